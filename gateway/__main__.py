@@ -1,0 +1,5 @@
+"""`python -m gateway` is `code-gateway`."""
+
+from gateway.app import main
+
+main()

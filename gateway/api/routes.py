@@ -1,0 +1,42 @@
+"""The route table: every URL the gateway serves, and the Tornado application around it.
+
+    app = make_app(keyring=keyring, sandboxes=manager, launcher=launcher)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tornado import web
+
+from gateway.api.base import NotFoundHandler
+from gateway.api.executions import ExecuteHandler, ExecutionHandler, SandboxExecutionsHandler
+from gateway.api.health import HealthHandler
+from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
+from gateway.auth import KeyRing
+from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.manager import SandboxManager
+
+ID = r"([0-9a-fA-F-]{1,64})"
+V1 = "/api/v1"
+
+
+def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLauncher,
+             **settings: Any) -> web.Application:
+    deps = {"keyring": keyring, "sandboxes": sandboxes}
+    routes = [
+        (rf"{V1}/sandboxes", SandboxesHandler, deps),
+        (rf"{V1}/sandboxes/{ID}", SandboxHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/execute", ExecuteHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/executions", SandboxExecutionsHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/interrupt", InterruptHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
+        (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
+        (r"/health", HealthHandler, {**deps, "launcher": launcher}),
+    ]
+    return web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"keyring": keyring},
+        **settings,
+    )

@@ -1,0 +1,62 @@
+"""Sandbox resources: create, list, show, delete, interrupt, restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.api import schemas
+from gateway.api.base import APIHandler
+from gateway.errors import InvalidRequest
+from gateway.sandboxes.manager import SandboxManager
+
+
+class SandboxAPIHandler(APIHandler):
+    def initialize(self, sandboxes: SandboxManager, **base: Any) -> None:  # type: ignore[override]
+        super().initialize(**base)
+        self.sandboxes = sandboxes
+
+
+def creation_limits(body: dict[str, Any]) -> dict[str, Any]:
+    """The requested limits: ``resources``, plus the ``timeout``/``network`` shorthands at top level."""
+    resources = dict(body.get("resources") or {})
+    for field in ("timeout", "network"):
+        if field in body:
+            if field in resources and resources[field] != body[field]:
+                raise InvalidRequest(f"field '{field}' is given twice with different values")
+            resources[field] = body[field]
+    return resources
+
+
+class SandboxesHandler(SandboxAPIHandler):
+    async def post(self) -> None:
+        body = self.json_body(schemas.create_sandbox, allow_empty=True)
+        sandbox = await self.sandboxes.create(
+            self.user, resources=creation_limits(body), env=body.get("env"), metadata=body.get("metadata")
+        )
+        self.set_header("Location", f"/api/v1/sandboxes/{sandbox.id}")
+        self.write_json(sandbox.to_public(), status=201)
+
+    async def get(self) -> None:
+        statuses = self.get_arguments("status") or None
+        sandboxes = await self.sandboxes.list_sandboxes(self.user, statuses=statuses)
+        self.write_json({"sandboxes": [s.to_public() for s in sandboxes]})
+
+
+class SandboxHandler(SandboxAPIHandler):
+    async def get(self, sandbox_id: str) -> None:
+        self.write_json((await self.sandboxes.get(sandbox_id, self.user)).to_public())
+
+    async def delete(self, sandbox_id: str) -> None:
+        await self.sandboxes.terminate(sandbox_id, self.user)
+        self.set_status(204)
+        self.finish()
+
+
+class InterruptHandler(SandboxAPIHandler):
+    async def post(self, sandbox_id: str) -> None:
+        self.write_json((await self.sandboxes.interrupt(sandbox_id, self.user)).to_public())
+
+
+class RestartHandler(SandboxAPIHandler):
+    async def post(self, sandbox_id: str) -> None:
+        self.write_json((await self.sandboxes.restart(sandbox_id, self.user)).to_public())

@@ -1,0 +1,61 @@
+"""JSON Schemas of the request bodies: checked on every request, and published in the OpenAPI document.
+
+Types and field names are checked here (400 naming the field); ranges are the domain's
+business (``ResourcePolicy``: 422 naming the field), so the operator's limits live in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+NUMBER = {"type": "number"}
+INTEGER = {"type": "integer"}
+
+RESOURCES: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "cpu": {**NUMBER, "description": "CPU cores, 0 < cpu <= 16"},
+        "memory_mb": {**INTEGER, "description": "memory in MiB, 0 < memory_mb <= 32768"},
+        "disk_mb": {**INTEGER, "description": "size of the working directory and /tmp in MiB"},
+        "pids": {**INTEGER, "description": "most processes and threads"},
+        "network": {"type": "boolean", "description": "network access (only where the operator allows it)"},
+        "timeout": {**NUMBER, "description": "default per-execution timeout in seconds"},
+    },
+}
+
+CREATE_SANDBOX: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "resources": RESOURCES,
+        "timeout": {**NUMBER, "description": "default per-execution timeout in seconds"},
+        "network": {"type": "boolean", "description": "network access (only where the operator allows it)"},
+        "env": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "description": "environment variables visible to the code as os.environ",
+        },
+        "metadata": {"type": "object", "description": "free-form, returned as given"},
+    },
+}
+
+EXECUTE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["code"],
+    "properties": {
+        "code": {"type": "string", "description": "Python source, at most 1 MiB"},
+        "timeout": {**NUMBER, "description": "seconds before the execution is interrupted"},
+        "interrupt_on_disconnect": {
+            "type": "boolean",
+            "description": "streaming only: interrupt the execution when the client goes away",
+        },
+    },
+}
+
+create_sandbox = Draft202012Validator(CREATE_SANDBOX)
+execute = Draft202012Validator(EXECUTE)

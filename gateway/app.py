@@ -1,0 +1,185 @@
+"""``code-gateway``: the application. Traits and wiring only; the work is in the components.
+
+    code-gateway --ip=127.0.0.1 --port=8888 --provisioner=docker
+    code-gateway keys create alice
+
+In tests and embedders::
+
+    app = GatewayApp()
+    app.initialize(["--port=0", "--data-dir=/tmp/x"])
+    await app.startup()          # listening on app.bound_port
+    await app.shutdown()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from tornado.netutil import bind_sockets
+from traitlets import Int, Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from gateway import __version__
+from gateway.api.routes import make_app
+from gateway.api.server import NoDelayHTTPServer
+from gateway.auth import KeyRing
+from gateway.config import env_config
+from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
+from gateway.sandboxes.limits import ResourcePolicy
+from gateway.sandboxes.manager import SandboxManager
+from gateway.store.base import Store
+from gateway.store.sqlite import SQLiteStore
+
+log = logging.getLogger("gateway")
+
+ALIASES = {
+    "ip": "GatewayApp.ip",
+    "port": "GatewayApp.port",
+    "data-dir": "GatewayApp.data_dir",
+    "runtime-dir": "GatewayApp.runtime_dir",
+    "config": "GatewayApp.config_file",
+    "log-level": "Application.log_level",
+    "api-keys": "KeyRing.api_keys",
+    "provisioner": "KernelLauncher.provisioner",
+    "max-sandboxes-per-user": "SandboxManager.max_sandboxes_per_user",
+    "max-cpu": "ResourcePolicy.max_cpu",
+    "max-memory-mb": "ResourcePolicy.max_memory_mb",
+    "max-disk-mb": "ResourcePolicy.max_disk_mb",
+    "max-timeout": "ResourcePolicy.max_timeout",
+    "allow-network": "ResourcePolicy.allow_network",
+}
+
+
+def open_store(data_dir: str) -> Store:
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(os.path.join(data_dir, "gateway.db"))
+
+
+class ConfiguredApp(Application):
+    """An Application that also reads ``GATEWAY_*`` variables and an optional config file."""
+
+    config_file = Unicode("", help="A Python config file (c.GatewayApp.port = ...).").tag(config=True)
+
+    @catch_config_error
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        if self.subapp is not None:
+            return
+        command_line = copy.deepcopy(self.config)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        self.update_config(env_config(os.environ, self.aliases, self._classes_with_config_traits()))
+        self.update_config(command_line)
+
+
+class KeysApp(ConfiguredApp):
+    name = "code-gateway keys"
+    description = "Manage API keys: `code-gateway keys create USER` prints a new key for USER, once."
+    data_dir = Unicode(".gateway-data", help="Where the gateway keeps its database.").tag(config=True)
+    aliases = {"data-dir": "KeysApp.data_dir", "config": "KeysApp.config_file"}
+
+    def start(self) -> None:
+        if len(self.extra_args) != 2 or self.extra_args[0] != "create":
+            sys.exit("usage: code-gateway keys create USER")
+        print(asyncio.run(self._create(self.extra_args[1])))
+
+    async def _create(self, user: str) -> str:
+        store = open_store(self.data_dir)
+        await store.open()
+        try:
+            return await KeyRing(store=store, parent=self).create(user)
+        finally:
+            await store.close()
+
+
+class GatewayApp(ConfiguredApp):
+    name = "code-gateway"
+    version = __version__
+    description = "Code Interpreter Gateway: stateful sandboxed Jupyter kernels over REST, streams and WebSockets."
+
+    ip = Unicode("127.0.0.1", help="Address to listen on.").tag(config=True)
+    port = Int(8888, help="Port to listen on (0: any free port).").tag(config=True)
+    data_dir = Unicode(".gateway-data", help="Where the SQLite database and other state live.").tag(config=True)
+    runtime_dir = Unicode(help="Short local directory for kernel sockets (default: derived from data_dir).").tag(
+        config=True
+    )
+    max_body_size = Int(64 << 20, help="Largest request body accepted, in bytes.").tag(config=True)
+
+    aliases = ALIASES
+    flags = {
+        "keep-sandboxes": (
+            {"SandboxManager": {"keep_on_shutdown": True}},
+            "Leave sandbox kernels running at shutdown, to re-attach at the next start.",
+        ),
+    }
+    classes = [KernelLauncher, SandboxManager, ResourcePolicy, KeyRing]
+    subcommands = {"keys": (KeysApp, KeysApp.description)}
+
+    @default("runtime_dir")
+    def _runtime_dir_default(self) -> str:
+        return default_runtime_dir(self.data_dir)
+
+    def start(self) -> None:
+        if self.subapp is not None:
+            self.subapp.start()
+            return
+        asyncio.run(self.serve())
+
+    async def serve(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await self.startup()
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.store = open_store(self.data_dir)
+        await self.store.open()
+        self.keyring = KeyRing(store=self.store, parent=self)
+        await self.keyring.start()
+        self.policy = ResourcePolicy(parent=self)
+        self.launcher = KernelLauncher(self.runtime_dir, parent=self)
+        await self.launcher.start()
+        self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy, parent=self)
+        await self.sandboxes.start()
+        web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher)
+        self.server = NoDelayHTTPServer(web_app, max_body_size=self.max_body_size)
+        sockets = bind_sockets(self.port, address=self.ip)
+        self.server.add_sockets(sockets)
+        self.bound_port = sockets[0].getsockname()[1]
+        log.info("Code Interpreter Gateway %s on http://%s:%d (provisioner: %s)",
+                 __version__, self.ip, self.bound_port, self.launcher.resolved)
+        if self.keyring.generated_key:
+            print(
+                "\nNo API key is configured, so this run made one for the user 'admin':\n"
+                f"    Authorization: Bearer {self.keyring.generated_key}\n"
+                "Set GATEWAY_API_KEYS=user:key,... or run `code-gateway keys create USER` to choose your own.\n",
+                flush=True,
+            )
+
+    async def shutdown(self) -> None:
+        self.server.stop()
+        await self.sandboxes.stop()
+        await self.server.close_all_connections()
+        await self.store.close()
+        log.info("gateway stopped")
+
+
+def main() -> None:
+    GatewayApp.launch_instance()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Typed domain errors, each carrying the HTTP status and the stable error code the API reports.
+
+Domain code raises these; only ``gateway.api.base`` turns them into responses of the one JSON
+error shape ``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error a client may see; ``message`` is safe to show to that client."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidJSON(GatewayError):
+    status = 400
+    code = "invalid_json"
+
+
+class InvalidPath(GatewayError):
+    status = 400
+    code = "invalid_path"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class NetworkNotAllowed(Forbidden):
+    code = "network_not_allowed"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class SandboxNotFound(NotFound):
+    code = "sandbox_not_found"
+
+    def __init__(self, sandbox_id: str) -> None:
+        super().__init__(f"no sandbox with id {sandbox_id!r}")
+
+
+class ExecutionNotFound(NotFound):
+    code = "execution_not_found"
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"no execution with id {execution_id!r}")
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class SandboxNotRunning(GatewayError):
+    """The sandbox exists but cannot take work in its current state."""
+
+    status = 409
+    code = "sandbox_not_running"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+class LimitOutOfRange(GatewayError):
+    """A resource limit outside what the gateway allows; the message names the field."""
+
+    status = 422
+    code = "limit_out_of_range"
+
+
+class QuotaExceeded(GatewayError):
+    status = 429
+    code = "quota_exceeded"
+
+
+class SandboxStartFailed(GatewayError):
+    status = 503
+    code = "sandbox_start_failed"

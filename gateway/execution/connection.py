@@ -1,0 +1,128 @@
+"""One long-lived kernel client per sandbox, routing every reply to the request that caused it.
+
+    connection = KernelConnection(kernel_manager.client(), sandbox_id)
+    await connection.open(timeout=30)
+    with connection.request(connection.client.execute(code)) as replies:
+        channel, msg = await replies.get()      # ("iopub" | "shell", message), in arrival order
+
+One reader task per channel receives continuously, so a request pays no polling cost, and messages
+are filtered by their parent ``msg_id`` (as jupyter_client's own execute loop does): output that
+other clients of the same kernel cause (the Jupyter WebSocket, say) never mixes in.
+When the kernel dies, ``fail()`` wakes every waiting request with ``KernelGone``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from jupyter_client.asynchronous.client import AsyncKernelClient
+
+log = logging.getLogger(__name__)
+
+
+class KernelGone(Exception):
+    """The kernel stopped answering for good (died, was killed, or the connection closed)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectTimeout(Exception):
+    """The kernel did not answer ``kernel_info`` on both shell and iopub in time."""
+
+
+class KernelConnection:
+    def __init__(self, client: AsyncKernelClient, sandbox_id: str) -> None:
+        self.client = client
+        self.sandbox_id = sandbox_id
+        self.kernel_info: dict[str, Any] = {}
+        self._waiting: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self._gone: KernelGone | None = None
+
+    async def open(self, timeout: float) -> None:
+        """Start the channels and wait until the kernel answers on shell *and* iopub.
+
+        A SUB socket only receives after its subscription reached the kernel, so we "nudge":
+        send ``kernel_info`` until its iopub status comes back, as jupyter_server does.
+        Without this the first execution's first outputs could be lost.
+        """
+        self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+        self._readers = [
+            asyncio.create_task(self._read("shell"), name=f"shell-reader-{self.sandbox_id}"),
+            asyncio.create_task(self._read("iopub"), name=f"iopub-reader-{self.sandbox_id}"),
+        ]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            with self.request(self.client.kernel_info()) as replies:
+                got_shell = got_iopub = False
+                nudge_deadline = min(deadline, loop.time() + 0.5)
+                while not (got_shell and got_iopub):
+                    remaining = nudge_deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        channel, msg = await asyncio.wait_for(replies.get(), remaining)
+                    except TimeoutError:
+                        break
+                    if channel == "shell":
+                        got_shell = True
+                        self.kernel_info = msg["content"]
+                    else:
+                        got_iopub = True
+                if got_shell and got_iopub:
+                    return
+        raise ConnectTimeout(f"kernel of sandbox {self.sandbox_id} did not answer within {timeout:g} s")
+
+    @contextlib.contextmanager
+    def request(self, msg_id: str) -> Iterator[asyncio.Queue[tuple[str, Any]]]:
+        """Receive every shell and iopub message whose parent is ``msg_id`` while inside the block.
+
+        The request must already be sent: nothing can arrive before this registers, because no
+        reader runs between a synchronous send and this call.
+        """
+        if self._gone is not None:
+            raise self._gone
+        replies: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._waiting[msg_id] = replies
+        try:
+            yield replies
+        finally:
+            self._waiting.pop(msg_id, None)
+
+    def fail(self, reason: str) -> None:
+        """Mark the kernel gone: wake every waiting request and refuse new ones."""
+        self._gone = KernelGone(reason)
+        for replies in self._waiting.values():
+            replies.put_nowait(("gone", self._gone))
+
+    async def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._readers = []
+        self.client.stop_channels()
+
+    async def _read(self, channel_name: str) -> None:
+        channel = getattr(self.client, f"{channel_name}_channel")
+        session = self.client.session
+        while True:
+            try:
+                raw = await channel.socket.recv_multipart()
+                _, parts = session.feed_identities(raw)
+                msg = session.deserialize(parts)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a malformed or badly signed message must not stop the reader
+                log.warning("sandbox %s: dropped an unreadable %s message", self.sandbox_id, channel_name,
+                            exc_info=True)
+                continue
+            replies = self._waiting.get(msg["parent_header"].get("msg_id", ""))
+            if replies is not None:
+                replies.put_nowait((channel_name, msg))

@@ -1,0 +1,169 @@
+"""Runs one execution on a sandbox's kernel: send the code, gather its outputs in order, keep the deadline.
+
+    executor = Executor(connection, interrupt=kernel_manager.interrupt_kernel, caps=OutputCaps())
+    responsive = await executor.run(execution, feed)
+
+Modelled on jupyter_client's execute loop: filter by parent ``msg_id``, finish when both the
+iopub ``status: idle`` and the shell ``execute_reply`` arrived, one deadline for all of it.
+On timeout the kernel is interrupted (state is kept) and given a grace period to go idle;
+``run`` returns False when it never does, so the owner can restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway import timestamps
+from gateway.execution.connection import KernelConnection, KernelGone
+from gateway.execution.feed import ExecutionFeed
+from gateway.execution.model import Execution, ExecutionStatus, execution_error
+from gateway.execution.outputs import OutputCollector
+
+log = logging.getLogger(__name__)
+
+#: Why a kernel went away -> (ename shown to the user, whether it was the user's own request).
+GONE_REASONS: dict[str, tuple[str, bool]] = {
+    "kernel_died": ("KernelDied", False),
+    "out_of_memory": ("OutOfMemory", False),
+    "sandbox_died": ("SandboxDied", False),
+    "restarted": ("KernelRestarted", True),
+    "terminated": ("SandboxTerminated", True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputCaps:
+    max_output_bytes: int = 5 << 20
+    max_total_bytes: int = 10 << 20
+
+
+@dataclasses.dataclass
+class _Progress:
+    idle: bool = False
+    reply: dict[str, Any] | None = None
+    gone: KernelGone | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.gone is not None or (self.idle and self.reply is not None)
+
+
+class Executor:
+    def __init__(
+        self,
+        connection: KernelConnection,
+        *,
+        interrupt: Callable[[], Awaitable[None]],
+        caps: OutputCaps,
+        interrupt_grace: float = 10.0,
+    ) -> None:
+        self.connection = connection
+        self.interrupt = interrupt
+        self.caps = caps
+        self.interrupt_grace = interrupt_grace
+
+    async def run(self, execution: Execution, feed: ExecutionFeed | None = None,
+                  cancel_requested: Callable[[], bool] = lambda: False) -> bool:
+        """Run ``execution`` to its end, filling it in; False if the kernel ignored an interrupt."""
+        collector = OutputCollector(
+            max_output_bytes=self.caps.max_output_bytes, max_total_bytes=self.caps.max_total_bytes
+        )
+        progress = _Progress()
+        execution.outputs = collector.outputs  # shared, so a running execution shows its outputs so far
+        execution.status = ExecutionStatus.RUNNING
+        execution.started_at = timestamps.now()
+        timed_out = False
+        responsive = True
+        try:
+            msg_id = self.connection.client.execute(
+                execution.code, silent=False, store_history=True, allow_stdin=False, stop_on_error=False
+            )
+            with self.connection.request(msg_id) as replies:
+                loop = asyncio.get_running_loop()
+                if not await self._drain(replies, progress, collector, feed, loop.time() + execution.timeout):
+                    timed_out = True
+                    log.info("sandbox %s: execution %s timed out after %g s; interrupting",
+                             execution.sandbox_id, execution.id, execution.timeout)
+                    await self.interrupt()
+                    responsive = await self._drain(
+                        replies, progress, collector, feed, loop.time() + self.interrupt_grace
+                    )
+        except KernelGone as gone:  # the kernel was already gone when we tried to send
+            progress.gone = gone
+        execution.truncated = collector.truncated
+        execution.finished_at = timestamps.now()
+        self._conclude(execution, progress, timed_out=timed_out, cancelled=cancel_requested())
+        return responsive
+
+    async def _drain(self, replies: asyncio.Queue[tuple[str, Any]], progress: _Progress,
+                     collector: OutputCollector, feed: ExecutionFeed | None, deadline: float) -> bool:
+        """Handle messages until done (True) or the deadline passes (False)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                while not progress.done:
+                    channel, msg = await replies.get()
+                    self._handle(channel, msg, progress, collector, feed)
+        except TimeoutError:
+            return False
+        return True
+
+    @staticmethod
+    def _handle(channel: str, msg: Any, progress: _Progress, collector: OutputCollector,
+                feed: ExecutionFeed | None) -> None:
+        if channel == "gone":
+            progress.gone = msg
+            return
+        if channel == "shell":
+            progress.reply = msg["content"]
+            return
+        msg_type = msg["header"]["msg_type"]
+        if msg_type == "status":
+            progress.idle = progress.idle or msg["content"]["execution_state"] == "idle"
+            return
+        for event in collector.apply(msg):
+            if feed is not None:
+                feed.publish(event)
+
+    @staticmethod
+    def _conclude(execution: Execution, progress: _Progress, *, timed_out: bool, cancelled: bool) -> None:
+        reply = progress.reply or {}
+        execution.execution_count = reply.get("execution_count", execution.execution_count)
+        if progress.gone is not None:
+            ename, expected = GONE_REASONS.get(progress.gone.reason, ("KernelDied", False))
+            execution.status = ExecutionStatus.CANCELLED if expected else ExecutionStatus.FAILED
+            execution.error = execution_error(
+                progress.gone.reason, ename, _gone_message(progress.gone.reason)
+            )
+        elif timed_out:
+            execution.status = ExecutionStatus.TIMED_OUT
+            execution.error = execution_error(
+                "timeout", "TimeoutError",
+                f"execution exceeded its {execution.timeout:g} s timeout and was interrupted",
+            )
+        elif reply.get("status") == "ok":
+            execution.status = ExecutionStatus.COMPLETED
+        elif reply.get("status") == "aborted" or cancelled:
+            execution.status = ExecutionStatus.CANCELLED
+            execution.error = execution_error(
+                "interrupted", reply.get("ename", "KeyboardInterrupt"),
+                reply.get("evalue", "execution was interrupted"), reply.get("traceback"),
+            )
+        else:
+            execution.status = ExecutionStatus.FAILED
+            execution.error = execution_error(
+                "exception", reply.get("ename", "Error"), reply.get("evalue", ""), reply.get("traceback")
+            )
+
+
+def _gone_message(reason: str) -> str:
+    return {
+        "kernel_died": "the kernel died while running this code; restart the sandbox to continue",
+        "out_of_memory": "the sandbox ran out of memory and its kernel was killed; restart the sandbox",
+        "sandbox_died": "the sandbox's container stopped; restart the sandbox to continue",
+        "restarted": "the sandbox was restarted before this execution finished",
+        "terminated": "the sandbox was terminated before this execution finished",
+    }.get(reason, f"the kernel went away ({reason})")

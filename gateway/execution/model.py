@@ -1,0 +1,111 @@
+"""The Execution record: one code request, its status, its ordered nbformat outputs and their summaries."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from gateway import timestamps
+
+
+class ExecutionStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset(
+    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT, ExecutionStatus.CANCELLED}
+)
+
+
+def execution_error(code: str, ename: str, evalue: str, traceback: list[str] | None = None) -> dict[str, Any]:
+    """The ``error`` field: ``code`` says who failed (``exception`` is the user's code raising)."""
+    return {"code": code, "ename": ename, "evalue": evalue, "traceback": traceback or []}
+
+
+@dataclasses.dataclass
+class Execution:
+    sandbox_id: str
+    code: str
+    timeout: float
+    id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    status: ExecutionStatus = ExecutionStatus.QUEUED
+    outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    error: dict[str, Any] | None = None
+    execution_count: int | None = None
+    #: True when some output was cut to respect the gateway's output caps.
+    truncated: bool = False
+    created_at: datetime = dataclasses.field(default_factory=timestamps.now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def stream_text(self, name: str) -> str:
+        return "".join(o["text"] for o in self.outputs if o["output_type"] == "stream" and o["name"] == name)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        for output in self.outputs:
+            if output["output_type"] == "execute_result":
+                return output["data"]
+        return None
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return round((self.finished_at - self.started_at).total_seconds() * 1000, 3)
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sandbox_id": self.sandbox_id,
+            "code": self.code,
+            "status": str(self.status),
+            "outputs": self.outputs,
+            "stdout": self.stream_text("stdout"),
+            "stderr": self.stream_text("stderr"),
+            "result": self.result,
+            "error": self.error,
+            "execution_count": self.execution_count,
+            "truncated": self.truncated,
+            "timeout": self.timeout,
+            "created_at": timestamps.to_iso(self.created_at),
+            "started_at": timestamps.to_iso(self.started_at),
+            "finished_at": timestamps.to_iso(self.finished_at),
+            "duration_ms": self.duration_ms,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            key: value
+            for key, value in self.to_public().items()
+            if key not in ("stdout", "stderr", "result", "duration_ms")
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Execution:
+        return cls(
+            id=record["id"],
+            sandbox_id=record["sandbox_id"],
+            code=record["code"],
+            timeout=record["timeout"],
+            status=ExecutionStatus(record["status"]),
+            outputs=record["outputs"],
+            error=record.get("error"),
+            execution_count=record.get("execution_count"),
+            truncated=record.get("truncated", False),
+            created_at=timestamps.from_iso(record["created_at"]),  # type: ignore[arg-type]
+            started_at=timestamps.from_iso(record.get("started_at")),
+            finished_at=timestamps.from_iso(record.get("finished_at")),
+        )

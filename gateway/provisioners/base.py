@@ -1,0 +1,29 @@
+"""What every sandbox provisioner receives and offers beyond jupyter_client's provisioner interface.
+
+``KernelLauncher`` passes two extra keyword arguments to ``start_kernel``; each provisioner pops
+them in ``pre_launch``:
+
+- ``SANDBOX_KWARG``: the ``Sandbox`` record (id, owner, resources, env, image);
+- ``SANDBOX_DIR_KWARG``: the sandbox's private host directory (kernel sockets, connection file,
+  and for the local provisioner the working directory).
+
+Each provisioner also offers ``async exit_reason() -> str``: once ``poll()`` reports the kernel
+gone, why (``kernel_died``, ``out_of_memory``, ``sandbox_died``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+SANDBOX_KWARG = "sandbox"
+SANDBOX_DIR_KWARG = "sandbox_dir"
+
+
+class ExitReasons(Protocol):
+    async def exit_reason(self) -> str: ...
+
+
+def workdir_of(sandbox_dir: Path) -> Path:
+    """The working directory of a locally run sandbox (its files live here)."""
+    return sandbox_dir / "work"

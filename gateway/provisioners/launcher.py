@@ -1,0 +1,189 @@
+"""Starts and re-attaches sandbox kernels through jupyter_client's provisioner machinery.
+
+    launcher = KernelLauncher(runtime_dir="/tmp/code-gateway-1a2b3c4d", parent=app)
+    await launcher.start()                     # resolves provisioner "auto" to docker or local
+    km = await launcher.launch(sandbox)        # an AsyncKernelManager whose kernel is up
+    sandbox.kernel = await launcher.record(km) # what another gateway process needs to re-attach
+    km = await launcher.reattach(sandbox)      # after a restart; None if the kernel is gone
+
+The provisioner is named in the kernelspec's metadata (``kernel_provisioner``), so the choice of
+where kernels run is made once, here, and jupyter_client's ``KernelProvisionerFactory`` loads it
+from the ``jupyter_client.kernel_provisioners`` entry points. Kernels use the ipc transport in a
+per-sandbox directory: no TCP port is opened, and a container needs no network to be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning import KernelProvisionerFactory
+from traitlets import CaselessStrEnum, Float, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+
+#: Our names for provisioners -> their entry point names.
+PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker"}
+
+
+def default_kernels_dir() -> str:
+    """The repository's ``kernels/`` (the package is installed in place, next to it)."""
+    return str(Path(__file__).resolve().parents[2] / "kernels")
+
+
+def default_runtime_dir(data_dir: str) -> str:
+    """A short directory for kernel sockets: ipc socket paths must stay under ~107 bytes."""
+    digest = hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:8]
+    return os.path.join(tempfile.gettempdir(), f"code-gateway-{digest}")
+
+
+def json_safe(value: Any) -> Any:
+    """Connection info holds its key as bytes; the store keeps JSON."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class SandboxKernelSpecManager(KernelSpecManager):  # type: ignore[misc]
+    """Serves the one kernelspec of our sandboxes, with the chosen provisioner in its metadata."""
+
+    def __init__(self, spec: KernelSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._spec = spec
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        return self._spec
+
+
+class KernelLauncher(LoggingConfigurable):
+    """Creates one AsyncKernelManager per sandbox, kernels running where ``provisioner`` says."""
+
+    provisioner = CaselessStrEnum(
+        ["auto", "docker", "local"],
+        default_value="auto",
+        help="Where sandbox kernels run: docker (one container each), local (plain processes, "
+        "development only), or auto (docker if the engine answers, else local with a warning).",
+    ).tag(config=True)
+    kernels_dir = Unicode(help="Directory holding the sandbox kernelspec and IPython profile.").tag(config=True)
+    kernel_name = Unicode("python3", help="Kernelspec (under kernels_dir) that sandboxes run.").tag(config=True)
+    startup_timeout = Float(60.0, help="Seconds a new kernel may take to answer.").tag(config=True)
+
+    @default("kernels_dir")
+    def _kernels_dir_default(self) -> str:
+        return default_kernels_dir()
+
+    def __init__(self, runtime_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runtime_dir = Path(runtime_dir)
+        self.context = zmq.asyncio.Context.instance()
+        #: Problems an operator should see in /health (e.g. falling back to local).
+        self.warnings: list[str] = []
+        self.resolved = "local"
+        self.spec_manager: SandboxKernelSpecManager | None = None
+
+    async def start(self) -> None:
+        """Decide where kernels run and prepare the kernelspec."""
+        self.resolved = await self._resolve()
+        self.runtime_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        base = KernelSpecManager(kernel_dirs=[self.kernels_dir]).get_kernel_spec(self.kernel_name)
+        spec = copy.deepcopy(base)
+        spec.metadata = {
+            **spec.metadata,
+            "kernel_provisioner": {"provisioner_name": PROVISIONERS[self.resolved], "config": {}},
+        }
+        self.spec_manager = SandboxKernelSpecManager(spec, parent=self)
+
+    async def _resolve(self) -> str:
+        if self.provisioner != "auto":
+            return self.provisioner
+        from gateway.provisioners.engine import engine_answers
+
+        if await engine_answers():
+            return "docker"
+        message = (
+            "no Docker engine answers: sandboxes run as LOCAL PROCESSES WITHOUT ISOLATION "
+            "(provisioner 'auto' fell back to 'local'); start Docker for real sandboxes"
+        )
+        self.log.warning(message)
+        self.warnings.append(message)
+        return "local"
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.runtime_dir / sandbox_id
+
+    def _kernel_manager(self, sandbox_id: str) -> AsyncKernelManager:
+        directory = self.sandbox_dir(sandbox_id)
+        return AsyncKernelManager(
+            parent=self,
+            kernel_name=self.kernel_name,
+            kernel_spec_manager=self.spec_manager,
+            context=self.context,
+            transport="ipc",
+            ip=str(directory / "k"),
+            connection_file=str(directory / "connection.json"),
+            shutdown_wait_time=2.0,
+        )
+
+    async def launch(self, sandbox: Any) -> AsyncKernelManager:
+        """Start the kernel of ``sandbox`` (its ``id`` becomes the kernel id)."""
+        directory = self.sandbox_dir(sandbox.id)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        km = self._kernel_manager(sandbox.id)
+        try:
+            await asyncio.wait_for(
+                km.start_kernel(kernel_id=sandbox.id, **{SANDBOX_KWARG: sandbox, SANDBOX_DIR_KWARG: str(directory)}),
+                self.startup_timeout,
+            )
+        except BaseException:
+            await self.dispose(km)
+            raise
+        return km
+
+    async def record(self, km: AsyncKernelManager) -> dict[str, Any]:
+        """JSON-safe connection and provisioner info: enough to re-attach from another process."""
+        assert km.provisioner is not None
+        return json_safe(
+            {"connection": km.get_connection_info(session=False),
+             "provisioner": await km.provisioner.get_provisioner_info()}
+        )
+
+    async def reattach(self, sandbox: Any) -> AsyncKernelManager | None:
+        """A kernel manager for the still-running kernel of ``sandbox``, or None if it is gone."""
+        if not sandbox.kernel.get("connection") or not sandbox.kernel.get("provisioner"):
+            return None
+        km = self._kernel_manager(sandbox.id)
+        km.kernel_id = sandbox.id
+        km.load_connection_info(sandbox.kernel["connection"])
+        km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
+            sandbox.id, km.kernel_spec, parent=km
+        )
+        await km.provisioner.load_provisioner_info(sandbox.kernel["provisioner"])
+        if not km.provisioner.has_process or await km.provisioner.poll() is not None:
+            await self.dispose(km)
+            return None
+        return km
+
+    async def dispose(self, km: AsyncKernelManager, *, remove_dir: bool = True) -> None:
+        """Stop the kernel if it still runs and free everything the sandbox had on this host."""
+        try:
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+            elif km.provisioner is not None:
+                await km.provisioner.cleanup(restart=False)
+        finally:
+            if remove_dir and km.kernel_id:
+                shutil.rmtree(self.sandbox_dir(km.kernel_id), ignore_errors=True)

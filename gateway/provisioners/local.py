@@ -1,0 +1,42 @@
+"""The ``local`` provisioner: a sandbox kernel as a plain local process. For development only.
+
+It isolates nothing but the environment: the kernel gets a minimal environment (never the
+gateway's own, which may hold keys) plus the sandbox's ``env``, and runs in the sandbox's own
+working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.provisioning import LocalProvisioner
+
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, workdir_of
+
+
+class LocalSandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """jupyter_client's local provisioner, started in the sandbox's directory and environment."""
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        sandbox = kwargs.pop(SANDBOX_KWARG)
+        sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
+        workdir = workdir_of(sandbox_dir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        kernels_dir = Path(self.kernel_spec.resource_dir).parent
+        kwargs["cwd"] = str(workdir)
+        kwargs["env"] = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": str(workdir),
+            "IPYTHONDIR": str(kernels_dir / "ipython"),
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            "PYTHONUNBUFFERED": "1",
+            **sandbox.env,
+        }
+        return await super().pre_launch(**kwargs)
+
+    async def exit_reason(self) -> str:
+        """Why the kernel is gone: a local process can only have died."""
+        return "kernel_died"

@@ -1,0 +1,1 @@
+"""Sandboxes: the record, its limits, and the manager that owns their lifecycle."""

@@ -1,0 +1,360 @@
+"""SandboxManager: every sandbox's lifecycle, ownership, quotas, and the executions run in it.
+
+    manager = SandboxManager(store=store, launcher=launcher, policy=policy, parent=app)
+    await manager.start()                                  # recover what the store remembers
+    sandbox = await manager.create("alice", resources={"cpu": 1})
+    execution = await manager.execute(sandbox.id, "alice", "x = 41; x + 1")
+    await manager.stop()
+
+Ownership: a sandbox is visible only to its owner (and to the ``admin`` user); anyone else gets
+``SandboxNotFound`` exactly as for an id that does not exist. Executions run in tasks this
+manager owns, so a client that goes away loses nothing: the execution runs to its end and is
+stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from traitlets import Bool, Float, Int, Unicode
+from traitlets.config import LoggingConfigurable
+
+from gateway import timestamps
+from gateway.errors import (
+    ExecutionNotFound,
+    QuotaExceeded,
+    SandboxNotFound,
+    SandboxNotRunning,
+    SandboxStartFailed,
+)
+from gateway.execution.executor import OutputCaps
+from gateway.execution.feed import ExecutionFeed
+from gateway.execution.model import Execution, ExecutionStatus, execution_error
+from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.limits import ResourcePolicy
+from gateway.sandboxes.model import Sandbox, SandboxStatus
+from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
+from gateway.store.base import Store
+
+log = logging.getLogger(__name__)
+
+LIVE = [str(SandboxStatus.CREATING), str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED),
+        str(SandboxStatus.TERMINATING)]
+
+
+@dataclasses.dataclass
+class RunningExecution:
+    """An execution that was accepted: its record, its live event feed, and its completion."""
+
+    execution: Execution
+    feed: ExecutionFeed
+    done: asyncio.Task[Execution]
+
+
+class SandboxManager(LoggingConfigurable):
+    admin_user = Unicode("admin", help="The user who may see and manage every sandbox.").tag(config=True)
+    max_sandboxes_per_user = Int(
+        20, help="Most live sandboxes one user may hold at once (0: no limit)."
+    ).tag(config=True)
+    max_output_bytes = Int(
+        5 << 20, help="Largest single output kept; a larger one is replaced by a note."
+    ).tag(config=True)
+    max_execution_output_bytes = Int(
+        10 << 20, help="Most output kept per execution; the rest is dropped behind a note."
+    ).tag(config=True)
+    interrupt_grace = Float(
+        10.0, help="Seconds a timed-out execution has to stop after an interrupt before the kernel is restarted."
+    ).tag(config=True)
+    keep_on_shutdown = Bool(
+        False, help="Leave sandbox kernels running when the gateway stops, to re-attach at the next start."
+    ).tag(config=True)
+
+    def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.store = store
+        self.launcher = launcher
+        self.policy = policy
+        self.settings = RuntimeSettings(
+            caps=OutputCaps(self.max_output_bytes, self.max_execution_output_bytes),
+            interrupt_grace=self.interrupt_grace,
+            connect_timeout=launcher.startup_timeout,
+        )
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._runtimes: dict[str, SandboxRuntime] = {}
+        self._running: dict[str, RunningExecution] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle of the manager ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Re-attach to kernels that outlived the last gateway process; end the records of the rest."""
+        for record in await self.store.list_unfinished_executions():
+            execution = Execution.from_record(record)
+            execution.status = ExecutionStatus.FAILED
+            execution.finished_at = execution.finished_at or timestamps.now()
+            execution.error = execution_error(
+                "gateway_restarted", "GatewayRestarted", "the gateway stopped before this execution finished"
+            )
+            await self.store.put_execution(execution.to_record())
+        for record in await self.store.list_sandboxes(statuses=LIVE):
+            await self._recover(Sandbox.from_record(record))
+
+    async def _recover(self, sandbox: Sandbox) -> None:
+        km = None
+        if sandbox.provisioner == self.launcher.resolved and sandbox.status == SandboxStatus.RUNNING:
+            try:
+                km = await self.launcher.reattach(sandbox)
+            except Exception:
+                log.exception("sandbox %s: could not re-attach to its kernel", sandbox.id)
+        if km is None:
+            await self._end(sandbox, "gateway_restarted")
+            return
+        try:
+            runtime = await self._connect(sandbox, km)
+        except Exception:
+            log.exception("sandbox %s: re-attached kernel does not answer", sandbox.id)
+            await self._end(sandbox, "gateway_restarted")
+            return
+        self._sandboxes[sandbox.id] = sandbox
+        self._runtimes[sandbox.id] = runtime
+        log.info("sandbox %s: re-attached to its kernel", sandbox.id)
+
+    async def stop(self) -> None:
+        """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``)."""
+        for sandbox_id in list(self._runtimes):
+            runtime = self._runtimes.pop(sandbox_id)
+            sandbox = self._sandboxes.pop(sandbox_id)
+            try:
+                await runtime.close(stop_kernel=not self.keep_on_shutdown)
+            except Exception:
+                log.exception("sandbox %s: error while stopping", sandbox_id)
+            if not self.keep_on_shutdown:
+                await self._end(sandbox, "gateway_shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- sandboxes -------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        owner: str,
+        *,
+        resources: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Sandbox:
+        limits = self.policy.resolve(resources or {})
+        self._check_quota(owner)
+        sandbox = Sandbox(
+            owner=owner, resources=limits, provisioner=self.launcher.resolved,
+            env=dict(env or {}), metadata=dict(metadata or {}),
+        )
+        self._sandboxes[sandbox.id] = sandbox
+        await self.store.put_sandbox(sandbox.to_record())
+        try:
+            runtime = await self._start_runtime(sandbox)
+        except Exception as exc:
+            log.exception("sandbox %s: failed to start", sandbox.id)
+            self._sandboxes.pop(sandbox.id, None)
+            sandbox.status = SandboxStatus.FAILED
+            sandbox.status_reason = "start_failed"
+            await self.store.put_sandbox(sandbox.to_record())
+            raise SandboxStartFailed(f"the sandbox could not be started: {exc}") from None
+        sandbox.image = sandbox.kernel["provisioner"].get("image")
+        sandbox.status = SandboxStatus.RUNNING
+        self._runtimes[sandbox.id] = runtime
+        await self.store.put_sandbox(sandbox.to_record())
+        log.info("sandbox %s: running for %s (%s)", sandbox.id, owner, sandbox.provisioner)
+        return sandbox
+
+    async def _start_runtime(self, sandbox: Sandbox) -> SandboxRuntime:
+        """Launch the kernel, connect to it, and record how to re-attach; nothing is left behind on failure."""
+        km = await self.launcher.launch(sandbox)
+        try:
+            sandbox.kernel = await self.launcher.record(km)
+        except BaseException:
+            await self.launcher.dispose(km)
+            raise
+        return await self._connect(sandbox, km)
+
+    async def _connect(self, sandbox: Sandbox, km: Any) -> SandboxRuntime:
+        """A runtime connected to the kernel ``km``; the kernel is stopped if it does not answer."""
+        runtime = SandboxRuntime(sandbox, km, self.launcher, self.settings, on_exit=self._exit_handler(sandbox))
+        try:
+            await runtime.connect()
+        except BaseException:
+            await runtime.close()
+            raise
+        return runtime
+
+    def _check_quota(self, owner: str) -> None:
+        if not self.max_sandboxes_per_user:
+            return
+        held = sum(1 for s in self._sandboxes.values() if s.owner == owner)
+        if held >= self.max_sandboxes_per_user:
+            raise QuotaExceeded(
+                f"user {owner!r} already has {held} live sandboxes (the limit is {self.max_sandboxes_per_user})"
+            )
+
+    def _may_see(self, sandbox: Sandbox, user: str) -> bool:
+        return sandbox.owner == user or user == self.admin_user
+
+    async def get(self, sandbox_id: str, user: str) -> Sandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            record = await self.store.get_sandbox(sandbox_id)
+            sandbox = Sandbox.from_record(record) if record else None
+        if sandbox is None or not self._may_see(sandbox, user):
+            raise SandboxNotFound(sandbox_id)
+        return sandbox
+
+    async def list_sandboxes(self, user: str, *, statuses: list[str] | None = None) -> list[Sandbox]:
+        owner = None if user == self.admin_user else user
+        records = await self.store.list_sandboxes(owner=owner, statuses=statuses)
+        return [self._sandboxes.get(r["id"]) or Sandbox.from_record(r) for r in records]
+
+    async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
+        sandbox = await self.get(sandbox_id, user)
+        runtime = self._runtimes.pop(sandbox_id, None)
+        if runtime is None:
+            if sandbox.status != SandboxStatus.TERMINATED:
+                await self._end(sandbox, "deleted")
+            return sandbox
+        sandbox.status = SandboxStatus.TERMINATING
+        await self.store.put_sandbox(sandbox.to_record())
+        try:
+            await runtime.close()
+        finally:
+            self._sandboxes.pop(sandbox_id, None)
+            await self._end(sandbox, "deleted")
+        log.info("sandbox %s: terminated by %s", sandbox_id, user)
+        return sandbox
+
+    async def _end(self, sandbox: Sandbox, reason: str) -> None:
+        sandbox.status = SandboxStatus.TERMINATED
+        sandbox.status_reason = reason
+        sandbox.terminated_at = timestamps.now()
+        sandbox.kernel = {}
+        await self.store.put_sandbox(sandbox.to_record())
+
+    def _exit_handler(self, sandbox: Sandbox) -> Any:
+        def on_exit(reason: str) -> None:
+            sandbox.status = SandboxStatus.FAILED
+            sandbox.status_reason = reason
+            self._spawn(self.store.put_sandbox(sandbox.to_record()), name=f"record-exit-{sandbox.id}")
+
+        return on_exit
+
+    async def _runtime(self, sandbox_id: str, user: str, *, allow_failed: bool = False) -> tuple[Sandbox, SandboxRuntime]:
+        sandbox = await self.get(sandbox_id, user)
+        runtime = self._runtimes.get(sandbox_id)
+        if runtime is None or sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}")
+        if sandbox.status == SandboxStatus.FAILED and not allow_failed:
+            raise SandboxNotRunning(
+                f"sandbox {sandbox_id} has failed ({sandbox.status_reason}); "
+                f"POST /api/v1/sandboxes/{sandbox_id}/restart to get a fresh kernel"
+            )
+        return sandbox, runtime
+
+    async def interrupt(self, sandbox_id: str, user: str) -> Sandbox:
+        sandbox, runtime = await self._runtime(sandbox_id, user)
+        await runtime.interrupt()
+        return sandbox
+
+    async def restart(self, sandbox_id: str, user: str) -> Sandbox:
+        sandbox, runtime = await self._runtime(sandbox_id, user, allow_failed=True)
+        try:
+            await runtime.restart()
+        except Exception as exc:
+            log.exception("sandbox %s: restart failed", sandbox_id)
+            sandbox.status = SandboxStatus.FAILED
+            sandbox.status_reason = "restart_failed"
+            await self.store.put_sandbox(sandbox.to_record())
+            raise SandboxStartFailed(f"the sandbox could not be restarted: {exc}") from None
+        sandbox.status = SandboxStatus.RUNNING
+        sandbox.status_reason = None
+        sandbox.touch()
+        await self.store.put_sandbox(sandbox.to_record())
+        return sandbox
+
+    # -- executions ------------------------------------------------------------------------------
+
+    async def submit(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> RunningExecution:
+        """Accept an execution: stored as ``queued`` at once, run in its turn by a task we own."""
+        sandbox, runtime = await self._runtime(sandbox_id, user)
+        execution = Execution(
+            sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
+        )
+        await self.store.put_execution(execution.to_record())
+        feed = ExecutionFeed()
+        done = self._spawn(self._run(sandbox, runtime, execution, feed), name=f"execution-{execution.id}")
+        running = RunningExecution(execution, feed, done)
+        self._running[execution.id] = running
+        return running
+
+    async def execute(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> Execution:
+        """Run code and wait for its end (the wait can be abandoned; the execution goes on)."""
+        running = await self.submit(sandbox_id, user, code, timeout=timeout)
+        return await asyncio.shield(running.done)
+
+    async def _run(self, sandbox: Sandbox, runtime: SandboxRuntime, execution: Execution,
+                   feed: ExecutionFeed) -> Execution:
+        try:
+            await runtime.run(execution, feed)
+        except Exception:
+            log.exception("sandbox %s: execution %s failed in the gateway", sandbox.id, execution.id)
+            execution.status = ExecutionStatus.FAILED
+            execution.finished_at = timestamps.now()
+            execution.error = execution_error("internal_error", "GatewayError", "the gateway failed to run this code")
+        finally:
+            sandbox.touch()
+            sandbox.execution_count += 1
+            await self.store.put_execution(execution.to_record())
+            await self.store.put_sandbox(sandbox.to_record())
+            self._running.pop(execution.id, None)
+            feed.close({"type": "execution", "execution": execution.to_public()})
+        return execution
+
+    def running(self, execution_id: str) -> RunningExecution | None:
+        return self._running.get(execution_id)
+
+    async def get_execution(self, execution_id: str, user: str) -> Execution:
+        running = self._running.get(execution_id)
+        if running is not None:
+            execution = running.execution
+        else:
+            record = await self.store.get_execution(execution_id)
+            if record is None:
+                raise ExecutionNotFound(execution_id)
+            execution = Execution.from_record(record)
+        try:
+            await self.get(execution.sandbox_id, user)
+        except SandboxNotFound:
+            raise ExecutionNotFound(execution_id) from None
+        return execution
+
+    async def list_executions(self, sandbox_id: str, user: str, *, limit: int | None = None,
+                              offset: int = 0) -> list[Execution]:
+        await self.get(sandbox_id, user)
+        records = await self.store.list_executions(sandbox_id, limit=limit, offset=offset)
+        return [
+            self._running[r["id"]].execution if r["id"] in self._running else Execution.from_record(r)
+            for r in records
+        ]
+
+    # -- for /health -----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        busy = sum(1 for runtime in self._runtimes.values() if runtime.busy)
+        return {"live": len(self._runtimes), "busy": busy, "executions_in_flight": len(self._running)}

@@ -1,0 +1,110 @@
+"""The sandbox record: identity, owner, lifecycle status, resource limits, and how to re-attach to its kernel."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from gateway import timestamps
+
+
+class SandboxStatus(enum.StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+
+#: Statuses after which a sandbox never runs code again.
+ENDED = frozenset({SandboxStatus.TERMINATED})
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceLimits:
+    """What one sandbox may use. Validated against the operator's policy by ``ResourcePolicy``."""
+
+    cpu: float = 1.0
+    memory_mb: int = 512
+    disk_mb: int = 1024
+    pids: int = 256
+    network: bool = False
+    #: Default per-execution timeout in seconds; a request may ask for its own.
+    timeout: float = 30.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResourceLimits:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclasses.dataclass
+class Sandbox:
+    """One isolated kernel owned by one user. ``kernel`` holds the private re-attach information."""
+
+    owner: str
+    resources: ResourceLimits
+    provisioner: str
+    id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    status: SandboxStatus = SandboxStatus.CREATING
+    #: Why the sandbox is in its status, when that is not the obvious one (e.g. ``kernel_died``).
+    status_reason: str | None = None
+    image: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    created_at: datetime = dataclasses.field(default_factory=timestamps.now)
+    last_active_at: datetime = dataclasses.field(default_factory=timestamps.now)
+    terminated_at: datetime | None = None
+    #: Executions run in this sandbox so far (across restarts).
+    execution_count: int = 0
+    kernel: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def touch(self) -> None:
+        self.last_active_at = timestamps.now()
+
+    def to_public(self) -> dict[str, Any]:
+        """The sandbox as the API shows it to its owner (no kernel connection secrets)."""
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "status": str(self.status),
+            "status_reason": self.status_reason,
+            "provisioner": self.provisioner,
+            "image": self.image,
+            "resources": self.resources.to_dict(),
+            "env": dict(self.env),
+            "metadata": self.metadata,
+            "created_at": timestamps.to_iso(self.created_at),
+            "last_active_at": timestamps.to_iso(self.last_active_at),
+            "terminated_at": timestamps.to_iso(self.terminated_at),
+            "execution_count": self.execution_count,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to rebuild this object, for the store."""
+        return {**self.to_public(), "kernel": self.kernel}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Sandbox:
+        return cls(
+            id=record["id"],
+            owner=record["owner"],
+            status=SandboxStatus(record["status"]),
+            status_reason=record.get("status_reason"),
+            provisioner=record["provisioner"],
+            image=record.get("image"),
+            resources=ResourceLimits.from_dict(record["resources"]),
+            env=record.get("env") or {},
+            metadata=record.get("metadata") or {},
+            created_at=timestamps.from_iso(record["created_at"]),  # type: ignore[arg-type]
+            last_active_at=timestamps.from_iso(record["last_active_at"]),  # type: ignore[arg-type]
+            terminated_at=timestamps.from_iso(record.get("terminated_at")),
+            execution_count=record.get("execution_count", 0),
+            kernel=record.get("kernel") or {},
+        )

@@ -1,0 +1,163 @@
+"""A live sandbox: its kernel manager, its kernel connection, and the queue that runs executions one at a time.
+
+    runtime = SandboxRuntime(sandbox, km, launcher, settings, on_exit=mark_failed)
+    await runtime.connect()
+    await runtime.run(execution, feed)      # waits its turn: arrival order, one at a time
+    await runtime.interrupt() / restart() / close()
+
+The runtime watches its kernel (``provisioner.wait()``) and reports a death at once through
+``on_exit(reason)``; a running execution then ends ``failed`` with that reason instead of
+waiting for its timeout. A restart or termination cancels the running execution and every
+queued one (their code was meant for the old kernel's state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from jupyter_client.manager import AsyncKernelManager
+
+from gateway.execution.connection import KernelConnection
+from gateway.execution.executor import Executor, OutputCaps
+from gateway.execution.feed import ExecutionFeed
+from gateway.execution.model import Execution, ExecutionStatus, execution_error
+from gateway import timestamps
+from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.model import Sandbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeSettings:
+    caps: OutputCaps = OutputCaps()
+    interrupt_grace: float = 10.0
+    connect_timeout: float = 60.0
+
+
+class SandboxRuntime:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        km: AsyncKernelManager,
+        launcher: KernelLauncher,
+        settings: RuntimeSettings,
+        on_exit: Callable[[str], None],
+    ) -> None:
+        self.sandbox = sandbox
+        self.sandbox_id = sandbox.id
+        self.km = km
+        self.launcher = launcher
+        self.settings = settings
+        self.on_exit = on_exit
+        self.connection: KernelConnection | None = None
+        self.executor: Executor | None = None
+        self.current: Execution | None = None
+        self._lock = asyncio.Lock()
+        #: Bumped by restart/close: queued executions of an older generation are cancelled.
+        self._generation = 0
+        self._cancel_requested = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        """Open the kernel connection, wait until it answers, and start watching the kernel."""
+        self.connection = KernelConnection(self.km.client(context=self.launcher.context), self.sandbox_id)
+        try:
+            await self.connection.open(timeout=self.settings.connect_timeout)
+        except BaseException:
+            await self.connection.close()
+            self.connection = None
+            raise
+        self.executor = Executor(
+            self.connection,
+            interrupt=self.km.interrupt_kernel,
+            caps=self.settings.caps,
+            interrupt_grace=self.settings.interrupt_grace,
+        )
+        self._watcher = asyncio.create_task(self._watch(), name=f"kernel-watch-{self.sandbox_id}")
+
+    async def _watch(self) -> None:
+        assert self.km.provisioner is not None and self.connection is not None
+        provisioner = self.km.provisioner
+        await provisioner.wait()
+        reason = await provisioner.exit_reason() if hasattr(provisioner, "exit_reason") else "kernel_died"
+        log.warning("sandbox %s: kernel is gone (%s)", self.sandbox_id, reason)
+        self.connection.fail(reason)
+        self.on_exit(reason)
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+    async def run(self, execution: Execution, feed: ExecutionFeed | None = None) -> Execution:
+        """Run ``execution`` after every execution submitted before it."""
+        generation = self._generation
+        async with self._lock:
+            if generation != self._generation or self.executor is None:
+                return _cancelled(execution, "the sandbox was restarted or terminated before this execution ran")
+            self.current = execution
+            self._cancel_requested = False
+            try:
+                responsive = await self.executor.run(execution, feed, cancel_requested=lambda: self._cancel_requested)
+            finally:
+                self.current = None
+            if not responsive:
+                log.warning("sandbox %s: kernel ignored the interrupt; restarting it", self.sandbox_id)
+                execution.error = execution_error(
+                    "timeout", "TimeoutError",
+                    f"execution exceeded its {execution.timeout:g} s timeout and did not stop when "
+                    "interrupted; the kernel was restarted and its state is lost",
+                )
+                await self._replace_kernel()
+        return execution
+
+    async def interrupt(self) -> None:
+        """Interrupt the running execution (it ends ``cancelled``); state is kept."""
+        if self.current is not None:
+            self._cancel_requested = True
+        await self.km.interrupt_kernel()
+
+    async def restart(self) -> None:
+        """A fresh kernel with empty state, same sandbox; running and queued executions are cancelled."""
+        self._generation += 1
+        if self.connection is not None:
+            self.connection.fail("restarted")
+        async with self._lock:
+            await self._replace_kernel()
+
+    async def _replace_kernel(self) -> None:
+        await self._disconnect()
+        await self.launcher.dispose(self.km, remove_dir=False)
+        self.km = await self.launcher.launch(self.sandbox)
+        self.sandbox.kernel = await self.launcher.record(self.km)
+        await self.connect()
+
+    async def close(self, *, stop_kernel: bool = True) -> None:
+        """Stop using the kernel: cancel all executions, then stop it (or leave it running to re-attach)."""
+        self._generation += 1
+        if self.connection is not None:
+            self.connection.fail("terminated")
+        async with self._lock:
+            await self._disconnect()
+            if stop_kernel:
+                await self.launcher.dispose(self.km)
+
+    async def _disconnect(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None
+        self.executor = None
+
+
+def _cancelled(execution: Execution, message: str) -> Execution:
+    execution.status = ExecutionStatus.CANCELLED
+    execution.error = execution_error("cancelled", "ExecutionCancelled", message)
+    execution.finished_at = timestamps.now()
+    return execution

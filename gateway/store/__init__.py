@@ -1,0 +1,1 @@
+"""Durable records of sandboxes, executions and API keys."""
