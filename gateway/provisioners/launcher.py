@@ -90,6 +90,10 @@ class KernelLauncher(LoggingConfigurable):
         super().__init__(**kwargs)
         self.runtime_dir = Path(runtime_dir)
         self.context = zmq.asyncio.Context.instance()
+        # No receive high-water mark: with the default (1000 messages) a kernel printing faster
+        # than we read would have its iopub messages silently dropped. Output is capped per
+        # execution instead, after it is read.
+        self.context.setsockopt(zmq.RCVHWM, 0)
         #: Problems an operator should see in /health (e.g. falling back to local).
         self.warnings: list[str] = []
         self.resolved = "local"

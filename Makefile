@@ -1,0 +1,38 @@
+# One command to run the gateway, one to test it; each sets up what it needs, idempotently.
+#   make run     venv + Docker engine + sandbox image, then the gateway on 127.0.0.1:8888
+#   make test    the same setup, then the whole test suite (what CI runs via .ci/run)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: venv engine images run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+engine:
+	bash deploy/host/ensure-docker.sh
+
+images: engine
+	bash images/build.sh
+
+run: venv
+	@bash deploy/host/ensure-docker.sh && bash images/build.sh \
+	  || echo "warning: no Docker engine or image; the gateway will fall back to local processes"
+	$(BIN)/code-gateway --ip=$(HOST) --port=$(PORT)
+
+test: venv images
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .gateway-data .pytest_cache

@@ -1,0 +1,109 @@
+"""Real gateways for tests: in-process (``InProcessGateway``) or as a child process (``GatewayProcess``).
+
+Both listen on a free loopback port and are reached over real HTTP with httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.app import GatewayApp
+
+KEYS = {"alice": "alice-key", "bob": "bob-key", "admin": "admin-key"}
+KEY_PAIRS = ",".join(f"{user}:{key}" for user, key in KEYS.items())
+
+
+def auth(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[user]}"}
+
+
+class InProcessGateway:
+    """A ``GatewayApp`` running in the test's own event loop."""
+
+    def __init__(self, data_dir: Path, *args: str, provisioner: str = "local") -> None:
+        self.app = GatewayApp()
+        self.app.initialize(
+            ["--ip=127.0.0.1", "--port=0", f"--data-dir={data_dir}", f"--provisioner={provisioner}",
+             f"--api-keys={KEY_PAIRS}", *args]
+        )
+        self.url = ""
+
+    async def __aenter__(self) -> InProcessGateway:
+        await self.app.startup()
+        self.url = f"http://127.0.0.1:{self.app.bound_port}"
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.app.shutdown()
+
+    def client(self, user: str | None = "alice", **kwargs: Any) -> httpx.AsyncClient:
+        headers = auth(user) if user else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120, **kwargs)
+
+
+class GatewayProcess:
+    """``code-gateway`` as a separate process, for restarts and kills."""
+
+    def __init__(self, data_dir: Path, *args: str, provisioner: str = "local", env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.args = args
+        self.provisioner = provisioner
+        self.env = {**os.environ, "GATEWAY_API_KEYS": KEY_PAIRS, **(env or {})}
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.output: list[str] = []
+
+    async def start(self, timeout: float = 60) -> GatewayProcess:
+        self.output = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--ip=127.0.0.1", "--port=0", f"--data-dir={self.data_dir}",
+             f"--provisioner={self.provisioner}", *self.args],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        port = await asyncio.wait_for(asyncio.to_thread(self._read_port), timeout)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def _read_port(self) -> int:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                # Keep draining so the child never blocks on a full pipe.
+                threading_drain(self.process, self.output)
+                return int(match.group(1))
+        raise RuntimeError("gateway exited before listening:\n" + "".join(self.output))
+
+    def client(self, user: str | None = "alice", **kwargs: Any) -> httpx.AsyncClient:
+        headers = auth(user) if user else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120, **kwargs)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def threading_drain(process: subprocess.Popen[str], sink: list[str]) -> None:
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sink.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
