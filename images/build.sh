@@ -42,11 +42,14 @@ IMAGE=code-gateway/python:$VERSION
 start=$SECONDS
 say "building $IMAGE"
 bash deploy/host/ensure-docker.sh
+# One build at a time on this host (parallel `make` targets, several checkouts).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/images.lock"
+flock 9
 bash images/base/build.sh
 BASE=$(bash images/base/build.sh --print-tag)
 
 # Stage the build context: only what the Dockerfile uses, laid out as in the repo.
-mkdir -p "$CACHE"
 CONTEXT=$(mktemp -d "$CACHE/context.XXXXXX")
 trap 'rm -rf "$CONTEXT"' EXIT
 mkdir -p "$CONTEXT/images/python" "$CONTEXT/images/base"
@@ -92,5 +95,7 @@ set -e
 
 built=$(docker image inspect -f '{{ index .Config.Labels "code-gateway.content-hash" }}' "$IMAGE" 2>/dev/null || true)
 [ "$built" = "$HASH" ] || die "docker build did not produce $IMAGE with content hash $HASH"
+# Drop the untagged images earlier builds of this image left behind.
+docker image prune -f --filter "label=org.opencontainers.image.title=code-gateway-python" >/dev/null || true
 say "built $IMAGE in $((SECONDS - start))s"
 echo "$IMAGE"
