@@ -122,6 +122,10 @@ class GatewayApp(ConfiguredApp):
     classes = [KernelLauncher, SandboxManager, ResourcePolicy, KeyRing]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return logging.INFO
+
     @default("runtime_dir")
     def _runtime_dir_default(self) -> str:
         return default_runtime_dir(self.data_dir)

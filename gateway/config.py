@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from traitlets import TraitError
 from traitlets.config import Config, Configurable
 
 PREFIX = "GATEWAY_"
@@ -26,10 +27,10 @@ def _set(config: Config, target: str, classes: Mapping[str, type[Configurable]],
     class_name, _, trait_name = target.rpartition(".")
     cls = classes.get(class_name)
     if cls is None:
-        raise ValueError(f"unknown configurable class in {target!r}")
+        raise TraitError(f"unknown configurable class in {target!r}")
     trait = cls.class_traits(config=True).get(trait_name)
     if trait is None:
-        raise ValueError(f"{class_name} has no option {trait_name!r}")
+        raise TraitError(f"{class_name} has no option {trait_name!r}")
     config[class_name][trait_name] = trait.from_string(value)
 
 
@@ -55,6 +56,6 @@ def env_config(
             class_part, _, trait_part = key[len(PREFIX):].partition("__")
             match = next((n for n in by_name if n.upper() == class_part), None)
             if match is None:
-                raise ValueError(f"{key}: no configurable class named {class_part!r}")
+                raise TraitError(f"{key}: no configurable class named {class_part!r}")
             _set(config, f"{match}.{trait_part.lower()}", by_name, value)
     return config

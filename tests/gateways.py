@@ -47,8 +47,9 @@ class InProcessGateway:
         await self.app.shutdown()
 
     def client(self, user: str | None = "alice", **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 120)
         headers = auth(user) if user else {}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120, **kwargs)
+        return httpx.AsyncClient(base_url=self.url, headers=headers, **kwargs)
 
 
 class GatewayProcess:
@@ -86,8 +87,9 @@ class GatewayProcess:
         raise RuntimeError("gateway exited before listening:\n" + "".join(self.output))
 
     def client(self, user: str | None = "alice", **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 120)
         headers = auth(user) if user else {}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120, **kwargs)
+        return httpx.AsyncClient(base_url=self.url, headers=headers, **kwargs)
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.process is not None

@@ -107,7 +107,9 @@ class KernelConnection:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._readers = []
-        self.client.stop_channels()
+        # Not client.stop_channels(): it would first create (and connect) the channels we never used.
+        self.client.shell_channel.stop()
+        self.client.iopub_channel.stop()
 
     async def _read(self, channel_name: str) -> None:
         channel = getattr(self.client, f"{channel_name}_channel")

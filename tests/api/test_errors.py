@@ -1,0 +1,98 @@
+"""Bad input gets a clear JSON error with the right status, and changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+
+def assert_error(response: httpx.Response, status: int, code: str, mentions: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    if mentions:
+        assert mentions in error["message"]
+    assert "Traceback" not in response.text
+
+
+async def no_sandboxes(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/v1/sandboxes")).json()["sandboxes"] == []
+
+
+@pytest.mark.parametrize(
+    "body, status, code, mentions",
+    [
+        (b"{not json", 400, "invalid_json", None),
+        (b"[1, 2]", 400, "invalid_json", None),
+        (b'{"cpu": 1}', 400, "invalid_request", "cpu"),
+        (b'{"resources": {"cpu": "two"}}', 400, "invalid_request", "resources.cpu"),
+        (b'{"resources": {"gpus": 1}}', 400, "invalid_request", "resources.gpus"),
+        (b'{"env": {"A": 1}}', 400, "invalid_request", "env.A"),
+        (b'{"env": {"1BAD": "x"}}', 400, "invalid_request", "env"),
+        (b'{"timeout": "soon"}', 400, "invalid_request", "timeout"),
+        (b'{"resources": {"cpu": 0}}', 422, "limit_out_of_range", "resources.cpu"),
+        (b'{"resources": {"cpu": 16.5}}', 422, "limit_out_of_range", "resources.cpu"),
+        (b'{"resources": {"cpu": -1}}', 422, "limit_out_of_range", "resources.cpu"),
+        (b'{"resources": {"memory_mb": 0}}', 422, "limit_out_of_range", "resources.memory_mb"),
+        (b'{"resources": {"memory_mb": 32769}}', 422, "limit_out_of_range", "resources.memory_mb"),
+        (b'{"timeout": 0}', 422, "limit_out_of_range", "timeout"),
+        (b'{"network": true}', 403, "network_not_allowed", None),
+    ],
+)
+async def test_bad_create_requests(alice: httpx.AsyncClient, body: bytes, status: int, code: str,
+                                   mentions: str | None) -> None:
+    response = await alice.post("/api/v1/sandboxes", content=body)
+    assert_error(response, status, code, mentions)
+    await no_sandboxes(alice)
+
+
+async def test_limits_at_the_bounds_are_accepted(alice: httpx.AsyncClient) -> None:
+    response = await alice.post("/api/v1/sandboxes", json={"resources": {"cpu": 16, "memory_mb": 32768}})
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "body, status, code, mentions",
+    [
+        (b"not json", 400, "invalid_json", None),
+        (b"{}", 400, "invalid_request", "code"),
+        (b'{"code": 5}', 400, "invalid_request", "code"),
+        (b'{"code": "1", "extra": true}', 400, "invalid_request", "extra"),
+        (b'{"code": "1", "timeout": "x"}', 400, "invalid_request", "timeout"),
+        (b'{"code": "1", "timeout": -1}', 422, "limit_out_of_range", "timeout"),
+    ],
+)
+async def test_bad_execute_requests(alice: httpx.AsyncClient, sandbox: dict[str, Any], body: bytes, status: int,
+                                    code: str, mentions: str | None) -> None:
+    response = await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/execute", content=body)
+    assert_error(response, status, code, mentions)
+    assert (await alice.get(f"/api/v1/sandboxes/{sandbox['id']}/executions")).json()["executions"] == []
+
+
+async def test_code_over_one_mebibyte_is_too_large(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    code = "#" * ((1 << 20) + 1)
+    response = await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": code})
+    assert_error(response, 413, "payload_too_large", "code")
+    assert (await alice.get(f"/api/v1/sandboxes/{sandbox['id']}/executions")).json()["executions"] == []
+    # Exactly 1 MiB is fine.
+    ok = await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": "#" * (1 << 20)})
+    assert ok.status_code == 200
+
+
+async def test_unknown_routes_and_methods_are_json(alice: httpx.AsyncClient) -> None:
+    assert_error(await alice.get("/api/v1/nothing-here"), 404, "not_found")
+    assert_error(await alice.get("/favicon.ico"), 404, "not_found")
+    assert_error(await alice.put("/api/v1/sandboxes"), 405, "method_not_allowed")
+
+
+async def test_unknown_execution_is_not_found(alice: httpx.AsyncClient) -> None:
+    assert_error(await alice.get("/api/v1/executions/0000"), 404, "execution_not_found")
+
+
+async def test_bad_paging_is_rejected(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    response = await alice.get(f"/api/v1/sandboxes/{sandbox['id']}/executions?limit=abc")
+    assert_error(response, 400, "invalid_request", "limit")

@@ -1,0 +1,189 @@
+"""Running code over REST against a real kernel: results, state, order, timeouts, death, history."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.test_sandboxes import run
+
+
+async def wait_finished(client: httpx.AsyncClient, execution_id: str, timeout: float = 60) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        execution = (await client.get(f"/api/v1/executions/{execution_id}")).json()
+        if execution["status"] not in ("queued", "running"):
+            return execution
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"execution {execution_id} did not finish")
+
+
+async def test_state_persists_between_executions(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    first = await run(alice, sandbox["id"], "x = 41")
+    assert first["status"] == "completed"
+    assert first["result"] is None
+    second = await run(alice, sandbox["id"], "x + 1")
+    assert second["status"] == "completed"
+    assert second["result"]["text/plain"] == "42"
+    assert second["execution_count"] == first["execution_count"] + 1
+
+
+async def test_execution_fields(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    code = "import sys\nprint('out')\nprint('err', file=sys.stderr)\n'done'"
+    execution = await run(alice, sandbox["id"], code)
+    assert execution["sandbox_id"] == sandbox["id"]
+    assert execution["code"] == code
+    assert execution["status"] == "completed"
+    assert execution["stdout"] == "out\n"
+    assert execution["stderr"] == "err\n"
+    assert execution["result"] == {"text/plain": "'done'"}
+    assert execution["error"] is None
+    types = [o["output_type"] for o in execution["outputs"]]
+    assert types == ["stream", "stream", "execute_result"]
+    assert execution["started_at"] <= execution["finished_at"]
+    assert execution["duration_ms"] >= 0
+
+
+async def test_outputs_keep_kernel_order_and_join_stream_chunks(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    code = (
+        "import sys\n"
+        "for i in range(3): print(i, flush=True)\n"
+        "print('e', file=sys.stderr, flush=True)\n"
+        "print('after', flush=True)\n"
+    )
+    outputs = (await run(alice, sandbox["id"], code))["outputs"]
+    assert [(o["name"], o["text"]) for o in outputs] == [("stdout", "0\n1\n2\n"), ("stderr", "e\n"), ("stdout", "after\n")]
+
+
+async def test_exception_fails_the_execution_with_the_error(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    execution = await run(alice, sandbox["id"], "print('before')\n1/0")
+    assert execution["status"] == "failed"
+    assert execution["stdout"] == "before\n"
+    assert execution["error"]["code"] == "exception"
+    assert execution["error"]["ename"] == "ZeroDivisionError"
+    assert execution["error"]["evalue"] == "division by zero"
+    assert any("ZeroDivisionError" in line for line in execution["error"]["traceback"])
+    assert execution["outputs"][-1]["output_type"] == "error"
+    # The sandbox is still usable afterwards.
+    assert (await run(alice, sandbox["id"], "2 + 2"))["result"]["text/plain"] == "4"
+
+
+async def test_input_fails_fast_instead_of_hanging(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    execution = await run(alice, sandbox["id"], "input('name? ')", timeout=20)
+    assert execution["status"] == "failed"
+    assert execution["error"]["ename"] == "StdinNotImplementedError"
+
+
+async def test_timeout_interrupts_and_keeps_state(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    sid = sandbox["id"]
+    await run(alice, sid, "x = 41")
+    execution = await run(alice, sid, "import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=1)
+    assert execution["status"] == "timed_out"
+    assert execution["stdout"] == "started\n"
+    assert execution["error"]["code"] == "timeout"
+    assert execution["finished_at"] is not None
+    after = await run(alice, sid, "x + 1")
+    assert after["result"]["text/plain"] == "42"
+
+
+async def test_kernel_death_fails_the_execution_and_restart_recovers(
+    alice: httpx.AsyncClient, sandbox: dict[str, Any]
+) -> None:
+    sid = sandbox["id"]
+    execution = await run(alice, sid, "import os; os._exit(1)")
+    assert execution["status"] == "failed"
+    assert execution["error"]["code"] == "kernel_died"
+    shown = (await alice.get(f"/api/v1/sandboxes/{sid}")).json()
+    assert shown["status"] == "failed"
+    assert shown["status_reason"] == "kernel_died"
+    refused = await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "1"})
+    assert refused.status_code == 409
+    assert "restart" in refused.json()["error"]["message"]
+    assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+    assert (await run(alice, sid, "1 + 1"))["result"]["text/plain"] == "2"
+
+
+async def test_executions_in_one_sandbox_run_one_at_a_time_in_arrival_order(
+    alice: httpx.AsyncClient, sandbox: dict[str, Any]
+) -> None:
+    sid = sandbox["id"]
+    await run(alice, sid, "import time; order = []")
+    codes = [f"time.sleep(0.2); order.append({i}); {i}" for i in range(4)]
+    tasks = []
+    for code in codes:
+        tasks.append(asyncio.create_task(run(alice, sid, code)))
+        await asyncio.sleep(0.02)  # arrival order is submission order
+    results = await asyncio.gather(*tasks)
+    assert [r["result"]["text/plain"] for r in results] == ["0", "1", "2", "3"]
+    assert (await run(alice, sid, "order"))["result"]["text/plain"] == "[0, 1, 2, 3]"
+    for earlier, later in zip(results, results[1:]):
+        assert earlier["finished_at"] <= later["started_at"]
+
+
+async def test_different_sandboxes_run_in_parallel(alice: httpx.AsyncClient) -> None:
+    ids = [(await alice.post("/api/v1/sandboxes")).json()["id"] for _ in range(2)]
+    results = await asyncio.gather(*(run(alice, sid, "import time; time.sleep(1)") for sid in ids))
+    first, second = results
+    # The two executions' running intervals overlap.
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
+
+
+async def test_history_lists_and_refetches_executions(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    sid = sandbox["id"]
+    ran = [await run(alice, sid, f"{i} * 10") for i in range(3)]
+    listed = (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]
+    assert [e["id"] for e in listed] == [e["id"] for e in ran]
+    again = (await alice.get(f"/api/v1/executions/{ran[1]['id']}")).json()
+    assert again == ran[1]
+    page = (await alice.get(f"/api/v1/sandboxes/{sid}/executions?limit=1&offset=2")).json()["executions"]
+    assert [e["id"] for e in page] == [ran[2]["id"]]
+
+
+async def test_someone_elses_execution_is_not_found(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, sandbox: dict[str, Any]
+) -> None:
+    execution = await run(alice, sandbox["id"], "1")
+    response = await bob.get(f"/api/v1/executions/{execution['id']}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "execution_not_found"
+
+
+async def test_a_dropped_client_loses_nothing(gateway: Any, alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    sid = sandbox["id"]
+    async with gateway.client("alice", timeout=0.5) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            await impatient.post(
+                f"/api/v1/sandboxes/{sid}/execute",
+                json={"code": "import time\ntime.sleep(1.5)\nprint('still here')\n'result'"},
+            )
+    listed = (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]
+    assert len(listed) == 1
+    execution = await wait_finished(alice, listed[0]["id"])
+    assert execution["status"] == "completed"
+    assert execution["stdout"] == "still here\n"
+    assert execution["result"]["text/plain"] == "'result'"
+
+
+async def test_interrupt_cancels_the_running_execution_and_keeps_state(
+    alice: httpx.AsyncClient, sandbox: dict[str, Any]
+) -> None:
+    sid = sandbox["id"]
+    await run(alice, sid, "x = 5")
+    slow = asyncio.create_task(run(alice, sid, "import time\nprint('go', flush=True)\ntime.sleep(60)"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline:  # wait until it runs (its output arrived)
+        listed = (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]
+        if listed[-1]["stdout"] == "go\n":
+            break
+        await asyncio.sleep(0.05)
+    response = await alice.post(f"/api/v1/sandboxes/{sid}/interrupt")
+    assert response.status_code == 200
+    execution = await slow
+    assert execution["status"] == "cancelled"
+    assert execution["error"]["ename"] == "KeyboardInterrupt"
+    assert (await run(alice, sid, "x"))["result"]["text/plain"] == "5"
