@@ -8,6 +8,7 @@ working directory.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,24 @@ class LocalSandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
         workdir = workdir_of(sandbox_dir)
         workdir.mkdir(parents=True, exist_ok=True)
-        kernels_dir = Path(self.kernel_spec.resource_dir).parent
         kwargs["cwd"] = str(workdir)
         kwargs["env"] = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "HOME": str(workdir),
-            "IPYTHONDIR": str(kernels_dir / "ipython"),
+            "IPYTHONDIR": str(self._ipython_dir(sandbox_dir)),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             "PYTHONUNBUFFERED": "1",
             **sandbox.env,
         }
         return await super().pre_launch(**kwargs)
+
+    def _ipython_dir(self, sandbox_dir: Path) -> Path:
+        """A private copy of the kernels/ IPython profile: IPython writes into its profile directory."""
+        profile = Path(self.kernel_spec.resource_dir).parent / "ipython" / "profile_default"
+        ipython_dir = sandbox_dir / "ipython"
+        shutil.copytree(profile, ipython_dir / "profile_default", dirs_exist_ok=True)
+        return ipython_dir
 
     async def exit_reason(self) -> str:
         """Why the kernel is gone: a local process can only have died."""
