@@ -1,0 +1,628 @@
+"""The ``docker`` provisioner: one hardened container per sandbox, its kernel reached over ipc sockets.
+
+    code-gateway --provisioner=docker --image=code-gateway/python:0.1.0
+
+``KernelLauncher`` starts one ``DockerEngine`` per gateway (the docker client, the one event
+stream, the gateway's instance label) and names ``code-gateway-docker`` in the kernelspec, so
+jupyter_client creates a ``DockerProvisioner`` per kernel, which finds the engine through its
+parents (kernel manager -> launcher).
+
+How the gateway reaches a kernel with no network and no host directory shared with it:
+
+- The container runs ``tini -g -- sh -c <write connection file> python3 -m ipykernel_launcher -f
+  /run/code-gateway/connection.json``. The connection file arrives in an environment variable
+  (removed before the kernel starts) and is written to a small private tmpfs at
+  ``/run/code-gateway``, where the kernel binds its ipc sockets.
+- On the host, ``<sandbox_dir>/sock`` is a symlink to ``/proc/<container pid>/root/run/code-gateway``:
+  the gateway connects to ``<sandbox_dir>/sock/k-<n>`` and the kernel sees ``/run/code-gateway/k-<n>``.
+  Nothing the sandbox writes lands on the host's disk, and it sees no host path.
+
+Hardening (each also proven by tests/provisioners/test_docker.py): no network (``none``), all
+capabilities dropped, no-new-privileges, Docker's default seccomp profile, read-only root,
+size-limited tmpfs for /tmp and /home/sandbox, non-root user, pids/memory/swap/CPU limits,
+private IPC namespace, bounded container log.
+
+Why a container stopped (``exit_reason``): ``out_of_memory`` (the memory cgroup killed it),
+``sandbox_died`` (killed or removed from outside the gateway), else ``kernel_died``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import KernelProvisionerBase
+from traitlets import Dict, Unicode, default
+
+from gateway import __version__
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+from gateway.provisioners.docker_events import ContainerEvents
+
+log = logging.getLogger(__name__)
+
+LABEL_SANDBOX = "code-gateway.sandbox"
+LABEL_OWNER = "code-gateway.owner"
+LABEL_INSTANCE = "code-gateway.instance"
+
+#: Inside the container: the kernel's private socket directory (a tmpfs) and its connection file.
+CONTAINER_DIR = "/run/code-gateway"
+CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/connection.json"
+CONNECTION_ENV = "CODE_GATEWAY_CONNECTION"
+HOME = "/home/sandbox"
+#: The image's ``sandbox`` user.
+SANDBOX_UID = 1000
+#: The exit code we report for a container that no longer exists.
+GONE = -1
+#: Writes the connection file, drops it from the environment, then becomes the kernel.
+BOOTSTRAP = f'printf %s "${CONNECTION_ENV}" > {CONTAINER_CONNECTION_FILE} && unset {CONNECTION_ENV} && exec "$@"'
+#: Signals that are not meant to stop the kernel (interrupts).
+HARMLESS_SIGNALS = frozenset({int(signal.SIGINT)})
+
+
+def default_image() -> str:
+    return f"code-gateway/python:{__version__}"
+
+
+def instance_id_for(runtime_dir: str | os.PathLike[str]) -> str:
+    """A stable id for the gateway owning ``runtime_dir``: the same gateway re-finds its containers."""
+    return hashlib.sha1(os.path.abspath(runtime_dir).encode()).hexdigest()[:12]
+
+
+def container_name(sandbox_id: str) -> str:
+    return f"code-gateway-{sandbox_id}"
+
+
+class SandboxImageMissing(RuntimeError):
+    """The configured sandbox image is not on the engine."""
+
+
+@dataclasses.dataclass
+class ContainerFacts:
+    """What the event stream told us about one container."""
+
+    exit_code: int | None = None
+    oom: bool = False
+    #: Signals sent through the Docker API (``docker kill``/``stop`` and our own interrupts).
+    signals: set[int] = dataclasses.field(default_factory=set)
+
+    @property
+    def killed_from_outside(self) -> bool:
+        return bool(self.signals - HARMLESS_SIGNALS)
+
+
+class DockerEngine:
+    """What all sandboxes of one gateway share: the docker client, one event stream, the waiters.
+
+    Every method runs in the event loop's thread; blocking SDK calls go through ``call``.
+    """
+
+    def __init__(self, *, base_url: str, instance_id: str, image: str, pool_size: int = 32) -> None:
+        self.base_url = base_url
+        self.instance_id = instance_id
+        self.image = image
+        self.pool_size = pool_size
+        self.client: Any = None
+        self.cpus = 0
+        self.events: ContainerEvents | None = None
+        self._facts: dict[str, ContainerFacts] = {}
+        self._waiters: dict[str, set[asyncio.Future[int]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def configured(cls, parent: Any, runtime_dir: str | os.PathLike[str]) -> DockerEngine:
+        """An engine set up as the operator configured ``DockerProvisioner`` for ``parent``."""
+        settings = DockerProvisioner(parent=parent)
+        return cls(
+            base_url=settings.docker_host,
+            instance_id=settings.instance_id or instance_id_for(runtime_dir),
+            image=settings.image,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        import docker
+
+        if self.base_url:
+            return docker.DockerClient(base_url=self.base_url, max_pool_size=self.pool_size)
+        return docker.from_env(max_pool_size=self.pool_size)
+
+    async def start(self) -> list[str]:
+        """Connect, check the image, subscribe to events; returns warnings for /health."""
+        warnings: list[str] = []
+        try:
+            self.client = await self.call(self._client)
+            info = await self.call(self.client.info)
+        except Exception as exc:
+            raise RuntimeError(f"no Docker engine answers ({exc}); start Docker or use --provisioner=local") from exc
+        self.cpus = int(info.get("NCPU") or os.cpu_count() or 1)
+        if not await self.image_present():
+            message = f"the sandbox image {self.image} is missing: build it with `make images`"
+            log.warning(message)
+            warnings.append(message)
+        self.events = ContainerEvents(
+            await self.call(self._client),
+            {"label": f"{LABEL_INSTANCE}={self.instance_id}"},
+            loop=asyncio.get_running_loop(),
+            on_event=self.handle_event,
+            on_reconnect=self.recheck,
+        )
+        self.events.start()
+        if not await self.events.wait_subscribed(10.0):
+            warnings.append("the Docker event stream is not connected: container deaths are noticed late")
+        log.info("docker engine ready (instance %s, image %s)", self.instance_id, self.image)
+        return warnings
+
+    async def stop(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
+            await self.call(self.events.client.close)
+            self.events = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
+        if self.client is not None:
+            await self.call(self.client.close)
+            self.client = None
+
+    def describe(self) -> dict[str, Any]:
+        """For /health."""
+        return {
+            "instance": self.instance_id,
+            "image": self.image,
+            "events_connected": bool(self.events and self.events.connected),
+        }
+
+    # -- docker calls ----------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking docker SDK call in the loop's executor."""
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    async def image_present(self) -> bool:
+        import docker.errors
+
+        try:
+            await self.call(self.client.images.get, self.image)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    async def state(self, container_id: str) -> dict[str, Any] | None:
+        """The container's ``State`` (``Running``, ``ExitCode``, ``OOMKilled``, ``Pid``), or None if gone."""
+        import docker.errors
+
+        try:
+            attrs = await self.call(self.client.api.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return None
+        return attrs["State"]
+
+    def labels(self, sandbox: Any) -> dict[str, str]:
+        return {LABEL_SANDBOX: sandbox.id, LABEL_OWNER: sandbox.owner, LABEL_INSTANCE: self.instance_id}
+
+    async def remove_orphans(self, known_ids: set[str]) -> list[str]:
+        """Remove our containers (by instance label) whose sandbox is not in ``known_ids``."""
+        containers = await self.call(
+            self.client.api.containers, all=True, filters={"label": f"{LABEL_INSTANCE}={self.instance_id}"}
+        )
+        removed = []
+        for container in containers:
+            sandbox_id = (container.get("Labels") or {}).get(LABEL_SANDBOX, "")
+            if sandbox_id in known_ids:
+                continue
+            log.warning("sandbox %s: removing orphaned container %s", sandbox_id or "?", container["Id"][:12])
+            await self.remove(container["Id"])
+            removed.append(container["Id"])
+        return removed
+
+    async def remove(self, container_id: str) -> None:
+        import docker.errors
+
+        try:
+            await self.call(self.client.api.remove_container, container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+
+    # -- deaths ----------------------------------------------------------------------------------
+
+    def facts(self, container_id: str) -> ContainerFacts:
+        return self._facts.get(container_id) or ContainerFacts()
+
+    def forget(self, container_id: str) -> None:
+        self._facts.pop(container_id, None)
+
+    async def wait(self, container_id: str) -> int:
+        """The exit code once the container stopped (``GONE`` if removed); costs no thread."""
+        known = self.facts(container_id).exit_code
+        if known is not None:
+            return known
+        future = self._subscribe(container_id)
+        try:
+            # The container may have died before we subscribed: look after subscribing.
+            state = await self.state(container_id)
+            if state is None:
+                return GONE
+            if not state["Running"]:
+                return int(state["ExitCode"])
+            return await future
+        finally:
+            self._unsubscribe(container_id, future)
+
+    async def settled(self, container_id: str, timeout: float) -> bool:
+        """Wait (bounded) until the stream delivered the container's ``die``: its events are all in."""
+        if self.facts(container_id).exit_code is None and self.events is not None and self.events.connected:
+            future = self._subscribe(container_id)
+            try:
+                await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                pass
+            finally:
+                self._unsubscribe(container_id, future)
+        return self.facts(container_id).exit_code is not None
+
+    def _subscribe(self, container_id: str) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(container_id, set()).add(future)
+        return future
+
+    def _unsubscribe(self, container_id: str, future: asyncio.Future[int]) -> None:
+        futures = self._waiters.get(container_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self._waiters[container_id]
+
+    def _resolve(self, container_id: str, exit_code: int) -> None:
+        for future in self._waiters.get(container_id, ()):
+            if not future.done():
+                future.set_result(exit_code)
+
+    def handle_event(self, event: dict[str, Any]) -> None:
+        """One container event from the stream (called in the loop's thread)."""
+        actor = event.get("Actor") or {}
+        container_id = actor.get("ID") or event.get("id") or ""
+        action = event.get("Action") or event.get("status") or ""
+        attributes = actor.get("Attributes") or {}
+        if action == "destroy":
+            facts = self._facts.pop(container_id, None)
+            self._resolve(container_id, GONE if facts is None or facts.exit_code is None else facts.exit_code)
+            return
+        facts = self._facts.setdefault(container_id, ContainerFacts())
+        if action == "oom":
+            facts.oom = True
+        elif action == "kill":
+            try:
+                facts.signals.add(int(attributes.get("signal", 0)))
+            except ValueError:
+                facts.signals.add(-1)
+        elif action == "die":
+            try:
+                facts.exit_code = int(attributes.get("exitCode", GONE))
+            except ValueError:
+                facts.exit_code = GONE
+            log.debug("container %s died (exit %s)", container_id[:12], facts.exit_code)
+            self._resolve(container_id, facts.exit_code)
+
+    def recheck(self) -> None:
+        """After the stream reconnected: look again at every container someone waits for."""
+        for container_id in list(self._waiters):
+            task = asyncio.get_running_loop().create_task(self._recheck(container_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _recheck(self, container_id: str) -> None:
+        try:
+            state = await self.state(container_id)
+        except Exception:
+            log.warning("container %s: could not re-check its state", container_id[:12], exc_info=True)
+            return
+        if state is None:
+            self._resolve(container_id, GONE)
+        elif not state["Running"]:
+            self._resolve(container_id, int(state["ExitCode"]))
+
+
+class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Runs a sandbox's kernel in its own hardened container."""
+
+    image = Unicode(help="The sandbox image (default: code-gateway/python:<gateway version>).").tag(config=True)
+    docker_host = Unicode(
+        "", help="Docker engine URL (e.g. unix:///var/run/docker.sock); default: DOCKER_HOST or the local socket."
+    ).tag(config=True)
+    instance_id = Unicode(
+        "", help="Label value marking this gateway's containers (default: derived from the runtime directory, "
+        "so a restarted gateway finds its containers again). Gateways sharing an engine need distinct ids."
+    ).tag(config=True)
+    network = Unicode(
+        "bridge", help="Docker network for sandboxes that asked for network access (only where "
+        "--allow-network permits it); all others get none."
+    ).tag(config=True)
+    user = Unicode(
+        "", help="uid:gid the kernel runs as (default: 1000:1000, the image's sandbox user, when the gateway "
+        "runs as root; else the gateway's own uid:gid, so it can reach the kernel's sockets)."
+    ).tag(config=True)
+    log_max_size = Unicode("1m", help="Largest container log kept on the host (json-file max-size).").tag(config=True)
+    run_options = Dict(
+        help="Extra keyword arguments for docker's containers.create, applied last (e.g. {'runtime': 'runsc'}).",
+    ).tag(config=True)
+
+    @default("image")
+    def _image_default(self) -> str:
+        return default_image()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.container_id: str | None = None
+        self.sandbox_dir: Path | None = None
+        self._last_container_id: str | None = None
+        self._exit_code: int | None = None
+
+    # -- where things are ------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> DockerEngine:
+        owner = self.parent
+        while owner is not None:
+            engine = getattr(owner, "engine", None)
+            if isinstance(engine, DockerEngine):
+                return engine
+            owner = getattr(owner, "parent", None)
+        raise RuntimeError("DockerProvisioner runs under the gateway's KernelLauncher, which owns the DockerEngine")
+
+    @property
+    def has_process(self) -> bool:
+        return self.container_id is not None
+
+    def _link(self) -> Path:
+        assert self.sandbox_dir is not None
+        return self.sandbox_dir / "sock"
+
+    def _point_link(self, pid: int) -> None:
+        """``<sandbox_dir>/sock`` -> the container's socket directory, through its init's root."""
+        link = self._link()
+        tmp = link.with_name("sock.new")
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"/proc/{pid}/root{CONTAINER_DIR}", tmp)
+        os.replace(tmp, link)
+
+    def _drop_link(self) -> None:
+        """Once the container is gone its pid may be reused: never follow the old link again."""
+        if self.sandbox_dir is not None:
+            self._link().unlink(missing_ok=True)
+
+    def _run_as(self) -> tuple[int, int]:
+        if self.user:
+            uid, _, gid = self.user.partition(":")
+            return int(uid), int(gid or uid)
+        if os.geteuid() == 0:
+            return SANDBOX_UID, SANDBOX_UID
+        return os.getuid(), os.getgid()
+
+    # -- launch ----------------------------------------------------------------------------------
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        sandbox = kwargs.pop(SANDBOX_KWARG)
+        self.sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
+        self.sandbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._drop_link()
+        km = self.parent
+        km.ip = str(self._link() / "k")
+        km.write_connection_file()
+        self.connection_info = km.get_connection_info()
+        inside = {**self.connection_info, "ip": f"{CONTAINER_DIR}/k"}
+        inside["key"] = inside["key"].decode() if isinstance(inside["key"], bytes) else inside["key"]
+        inside.pop("kernel_name", None)
+        return {"cmd": self._kernel_cmd(), "sandbox": sandbox, "connection": inside}
+
+    def _kernel_cmd(self) -> list[str]:
+        """The kernelspec's argv, run by tini through the bootstrap (python3 stays the image's)."""
+        argv = [arg.replace("{connection_file}", CONTAINER_CONNECTION_FILE) for arg in self.kernel_spec.argv]
+        return ["tini", "-g", "--", "sh", "-c", BOOTSTRAP, "sh", *argv]
+
+    def container_options(self, sandbox: Any, cmd: list[str], connection: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``containers.create`` for ``sandbox``: the hardening lives here."""
+        from docker.types import LogConfig
+
+        limits = sandbox.resources
+        uid, gid = self._run_as()
+        disk = f"size={int(limits.disk_mb)}m"
+        cpus = min(float(limits.cpu), float(self.engine.cpus or limits.cpu))
+        environment = {
+            "PYTHONUNBUFFERED": "1",
+            **sandbox.env,
+            CONNECTION_ENV: json.dumps(connection),
+        }
+        options: dict[str, Any] = {
+            "image": self.image,
+            "name": container_name(sandbox.id),
+            "entrypoint": cmd[:3],
+            "command": cmd[3:],
+            "user": f"{uid}:{gid}",
+            "working_dir": HOME,
+            "hostname": "sandbox",
+            "environment": environment,
+            "labels": self.engine.labels(sandbox),
+            "network_mode": self.network if limits.network else "none",
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "read_only": True,
+            "tmpfs": {
+                "/tmp": f"{disk},mode=1777,exec,nosuid,nodev",
+                HOME: f"{disk},uid={uid},gid={gid},mode=0700,exec,nosuid,nodev",
+                CONTAINER_DIR: f"size=1m,uid={uid},gid={gid},mode=0700,noexec,nosuid,nodev",
+            },
+            "ipc_mode": "private",
+            "pids_limit": int(limits.pids),
+            "mem_limit": f"{int(limits.memory_mb)}m",
+            "memswap_limit": f"{int(limits.memory_mb)}m",
+            "nano_cpus": int(cpus * 1e9),
+            "oom_kill_disable": False,
+            "oom_score_adj": 500,
+            "auto_remove": False,
+            "restart_policy": {"Name": "no"},
+            "init": False,
+            "stdin_open": False,
+            "tty": False,
+            "log_config": LogConfig(type="json-file", config={"max-size": self.log_max_size, "max-file": "1"}),
+        }
+        options.update(self.run_options)
+        return options
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        import docker.errors
+
+        sandbox = kwargs["sandbox"]
+        engine = self.engine
+        options = self.container_options(sandbox, cmd, kwargs["connection"])
+        self._exit_code = None
+        try:
+            container = await engine.call(engine.client.containers.create, **options)
+        except docker.errors.ImageNotFound:
+            raise SandboxImageMissing(f"the sandbox image {self.image} is missing: build it with `make images`") from None
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+            # A container of this sandbox survived an earlier failure: it is ours, replace it.
+            log.warning("sandbox %s: replacing a leftover container", sandbox.id)
+            await engine.remove(options["name"])
+            container = await engine.call(engine.client.containers.create, **options)
+        self.container_id = self._last_container_id = container.id
+        try:
+            await engine.call(engine.client.api.start, self.container_id)
+            state = await engine.state(self.container_id)
+            if state is None or not state["Running"]:
+                raise RuntimeError(f"the sandbox container stopped at once: {await self._log_tail()}")
+            self._point_link(int(state["Pid"]))
+        except BaseException:
+            await self.cleanup()
+            raise
+        log.info("sandbox %s: container %s started", sandbox.id, self.container_id[:12])
+        return self.connection_info
+
+    async def _log_tail(self) -> str:
+        try:
+            logs = await self.engine.call(self.engine.client.api.logs, self.container_id, tail=5)
+        except Exception:
+            return "(no log)"
+        return logs.decode(errors="replace").strip()[-500:] or "(no log)"
+
+    # -- process-like interface ------------------------------------------------------------------
+
+    def _stopped(self, exit_code: int) -> int:
+        self._exit_code = exit_code
+        self._drop_link()
+        return exit_code
+
+    async def poll(self) -> int | None:
+        if self.container_id is None:
+            return 0
+        if self._exit_code is not None:
+            return self._exit_code
+        known = self.engine.facts(self.container_id).exit_code
+        if known is not None:
+            return self._stopped(known)
+        state = await self.engine.state(self.container_id)
+        if state is None:
+            return self._stopped(GONE)
+        if state["Running"]:
+            return None
+        return self._stopped(int(state["ExitCode"]))
+
+    async def wait(self) -> int | None:
+        if self.container_id is None:
+            return None
+        if self._exit_code is not None:
+            return self._exit_code
+        return self._stopped(await self.engine.wait(self.container_id))
+
+    async def send_signal(self, signum: int) -> None:
+        """Signal the container's init (tini), which passes it on to the kernel's process group."""
+        import docker.errors
+
+        if self.container_id is None or self._exit_code is not None:
+            return
+        try:
+            await self.engine.call(self.engine.client.api.kill, self.container_id, signal=int(signum))
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: not running any more
+                raise
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Remove the container (whatever its state) and forget it."""
+        self._drop_link()
+        if self.container_id is None:
+            return
+        container_id, self.container_id = self.container_id, None
+        await self.engine.remove(container_id)
+        self.engine.forget(container_id)
+
+    async def exit_reason(self) -> str:
+        """Why the container stopped: ``out_of_memory``, ``sandbox_died`` or ``kernel_died``."""
+        container_id = self.container_id or self._last_container_id
+        if container_id is None:
+            return "kernel_died"
+        engine = self.engine
+        state = await engine.state(container_id)
+        if state is None:
+            return "sandbox_died"  # removed from outside
+        settled = await engine.settled(container_id, timeout=2.0)
+        facts = engine.facts(container_id)
+        if state.get("OOMKilled") or facts.oom:
+            return "out_of_memory"
+        if facts.killed_from_outside:
+            return "sandbox_died"
+        if not settled and int(state.get("ExitCode", 0)) in (128 + signal.SIGKILL, 128 + signal.SIGTERM):
+            return "sandbox_died"  # no events to tell: a signal's exit code is our best guess
+        return "kernel_died"
+
+    # -- re-attaching ----------------------------------------------------------------------------
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info.update(
+            container_id=self.container_id,
+            image=self.image,
+            instance_id=self.engine.instance_id,
+            sandbox_dir=str(self.sandbox_dir) if self.sandbox_dir else None,
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.container_id = self._last_container_id = provisioner_info.get("container_id")
+        self.image = provisioner_info.get("image") or self.image
+        if provisioner_info.get("sandbox_dir"):
+            self.sandbox_dir = Path(provisioner_info["sandbox_dir"])
+        if self.container_id is None or self.sandbox_dir is None:
+            self.container_id = None
+            return
+        state = await self.engine.state(self.container_id)
+        if state is not None and state["Running"]:
+            self.sandbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._point_link(int(state["Pid"]))
+
