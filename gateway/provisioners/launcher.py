@@ -98,11 +98,18 @@ class KernelLauncher(LoggingConfigurable):
         self.warnings: list[str] = []
         self.resolved = "local"
         self.spec_manager: SandboxKernelSpecManager | None = None
+        #: What the resolved provisioner's kernels share (docker: the ``DockerEngine``); None for local.
+        self.engine: Any = None
 
     async def start(self) -> None:
         """Decide where kernels run and prepare the kernelspec."""
         self.resolved = await self._resolve()
         self.runtime_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        if self.resolved == "docker":
+            from gateway.provisioners.docker import DockerEngine
+
+            self.engine = DockerEngine.configured(self, self.runtime_dir)
+            self.warnings.extend(await self.engine.start())
         base = KernelSpecManager(kernel_dirs=[self.kernels_dir]).get_kernel_spec(self.kernel_name)
         spec = copy.deepcopy(base)
         spec.metadata = {
@@ -180,6 +187,21 @@ class KernelLauncher(LoggingConfigurable):
             await self.dispose(km)
             return None
         return km
+
+    async def remove_orphans(self, known_ids: set[str]) -> None:
+        """Remove kernels (docker: containers with our instance label) and sandbox dirs of no known sandbox."""
+        if self.engine is not None:
+            await self.engine.remove_orphans(known_ids)
+        if self.runtime_dir.is_dir():
+            for directory in self.runtime_dir.iterdir():
+                if directory.name not in known_ids and directory.is_dir() and not directory.is_symlink():
+                    shutil.rmtree(directory, ignore_errors=True)
+
+    async def stop(self) -> None:
+        """Release what kernels shared (the docker client and event stream); kernels are left as they are."""
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
 
     async def dispose(self, km: AsyncKernelManager, *, remove_dir: bool = True) -> None:
         """Stop the kernel if it still runs and free everything the sandbox had on this host."""
