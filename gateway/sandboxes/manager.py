@@ -101,6 +101,7 @@ class SandboxManager(LoggingConfigurable):
             await self.store.put_execution(execution.to_record())
         for record in await self.store.list_sandboxes(statuses=LIVE):
             await self._recover(Sandbox.from_record(record))
+        await self.launcher.remove_orphans(set(self._runtimes))
 
     async def _recover(self, sandbox: Sandbox) -> None:
         km = None
