@@ -31,6 +31,7 @@ from gateway.api.routes import make_app
 from gateway.api.server import NoDelayHTTPServer
 from gateway.auth import KeyRing
 from gateway.config import env_config
+from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.manager import SandboxManager
@@ -54,6 +55,7 @@ ALIASES = {
     "max-disk-mb": "ResourcePolicy.max_disk_mb",
     "max-timeout": "ResourcePolicy.max_timeout",
     "allow-network": "ResourcePolicy.allow_network",
+    "image": "DockerProvisioner.image",
 }
 
 
@@ -119,7 +121,7 @@ class GatewayApp(ConfiguredApp):
             "Leave sandbox kernels running at shutdown, to re-attach at the next start.",
         ),
     }
-    classes = [KernelLauncher, SandboxManager, ResourcePolicy, KeyRing]
+    classes = [KernelLauncher, DockerProvisioner, SandboxManager, ResourcePolicy, KeyRing]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -176,6 +178,7 @@ class GatewayApp(ConfiguredApp):
     async def shutdown(self) -> None:
         self.server.stop()
         await self.sandboxes.stop()
+        await self.launcher.stop()
         await self.server.close_all_connections()
         await self.store.close()
         log.info("gateway stopped")
