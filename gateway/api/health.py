@@ -27,5 +27,6 @@ class HealthHandler(APIHandler):
                 "provisioner_requested": self.launcher.provisioner,
                 "warnings": self.launcher.warnings,
                 "sandboxes": self.sandboxes.counts(),
+                "engine": self.launcher.engine.describe() if self.launcher.engine is not None else None,
             }
         )
