@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -37,9 +37,12 @@ class ConnectTimeout(Exception):
 
 
 class KernelConnection:
-    def __init__(self, client: AsyncKernelClient, sandbox_id: str) -> None:
+    def __init__(self, client: AsyncKernelClient, sandbox_id: str,
+                 on_iopub: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.client = client
         self.sandbox_id = sandbox_id
+        #: Sees every iopub message, whoever caused it (the runtime tracks kernel activity with it).
+        self.on_iopub = on_iopub
         self.kernel_info: dict[str, Any] = {}
         self._waiting: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
         self._readers: list[asyncio.Task[None]] = []
@@ -125,6 +128,8 @@ class KernelConnection:
                 log.warning("sandbox %s: dropped an unreadable %s message", self.sandbox_id, channel_name,
                             exc_info=True)
                 continue
+            if channel_name == "iopub" and self.on_iopub is not None:
+                self.on_iopub(msg)
             replies = self._waiting.get(msg["parent_header"].get("msg_id", ""))
             if replies is not None:
                 replies.put_nowait((channel_name, msg))

@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerFactory
-from traitlets import CaselessStrEnum, Float, Unicode, default
+from traitlets import CaselessStrEnum, Float, Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
@@ -56,6 +57,18 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+class SandboxKernelManager(AsyncKernelManager):
+    """An AsyncKernelManager with the activity fields jupyter_server's kernel WebSocket reads."""
+
+    execution_state = Unicode("starting", help="idle, busy or starting, from the kernel's status messages")
+    last_activity = Instance(datetime, help="When the kernel last sent a message")
+    reason = Unicode("", help="Why the kernel last failed, if it did")
+
+    @default("last_activity")
+    def _last_activity_default(self) -> datetime:
+        return datetime.now(timezone.utc)
 
 
 class SandboxKernelSpecManager(KernelSpecManager):  # type: ignore[misc]
@@ -136,9 +149,9 @@ class KernelLauncher(LoggingConfigurable):
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.runtime_dir / sandbox_id
 
-    def _kernel_manager(self, sandbox_id: str) -> AsyncKernelManager:
+    def _kernel_manager(self, sandbox_id: str) -> SandboxKernelManager:
         directory = self.sandbox_dir(sandbox_id)
-        return AsyncKernelManager(
+        return SandboxKernelManager(
             parent=self,
             kernel_name=self.kernel_name,
             kernel_spec_manager=self.spec_manager,
@@ -155,14 +168,25 @@ class KernelLauncher(LoggingConfigurable):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         km = self._kernel_manager(sandbox.id)
         try:
-            await asyncio.wait_for(
-                km.start_kernel(kernel_id=sandbox.id, **{SANDBOX_KWARG: sandbox, SANDBOX_DIR_KWARG: str(directory)}),
-                self.startup_timeout,
-            )
+            await asyncio.wait_for(km.start_kernel(kernel_id=sandbox.id, **self._launch_kwargs(sandbox)),
+                                   self.startup_timeout)
         except BaseException:
             await self.dispose(km)
             raise
         return km
+
+    def _launch_kwargs(self, sandbox: Any) -> dict[str, Any]:
+        return {SANDBOX_KWARG: sandbox, SANDBOX_DIR_KWARG: str(self.sandbox_dir(sandbox.id))}
+
+    async def relaunch(self, km: AsyncKernelManager, sandbox: Any) -> None:
+        """A fresh kernel for ``sandbox`` behind the same kernel manager, connection file and sockets.
+
+        Like ``km.restart_kernel(now=True)``, which a re-attached manager cannot do (it never
+        called ``start_kernel``). Clients connected to the old kernel's sockets (the Jupyter
+        WebSocket) reconnect to the new one by themselves.
+        """
+        await km.shutdown_kernel(now=True, restart=True)
+        await asyncio.wait_for(km.start_kernel(**self._launch_kwargs(sandbox)), self.startup_timeout)
 
     async def record(self, km: AsyncKernelManager) -> dict[str, Any]:
         """JSON-safe connection and provisioner info: enough to re-attach from another process."""

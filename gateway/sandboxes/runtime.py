@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
 
@@ -64,9 +65,12 @@ class SandboxRuntime:
 
     async def connect(self) -> None:
         """Open the kernel connection, wait until it answers, and start watching the kernel."""
-        self.connection = KernelConnection(self.km.client(context=self.launcher.context), self.sandbox_id)
+        self.connection = KernelConnection(
+            self.km.client(context=self.launcher.context), self.sandbox_id, on_iopub=self._saw_iopub
+        )
         try:
             await self.connection.open(timeout=self.settings.connect_timeout)
+            self.km.execution_state = "idle"
         except BaseException:
             await self.connection.close()
             self.connection = None
@@ -79,12 +83,19 @@ class SandboxRuntime:
         )
         self._watcher = asyncio.create_task(self._watch(), name=f"kernel-watch-{self.sandbox_id}")
 
+    def _saw_iopub(self, msg: dict[str, Any]) -> None:
+        """Keep the kernel's activity fields current (the Jupyter kernel API reports them)."""
+        self.km.last_activity = timestamps.now()
+        if msg["header"]["msg_type"] == "status":
+            self.km.execution_state = msg["content"]["execution_state"]
+
     async def _watch(self) -> None:
         assert self.km.provisioner is not None and self.connection is not None
         provisioner = self.km.provisioner
         await provisioner.wait()
         reason = await provisioner.exit_reason() if hasattr(provisioner, "exit_reason") else "kernel_died"
         log.warning("sandbox %s: kernel is gone (%s)", self.sandbox_id, reason)
+        self.km.execution_state = "dead"
         self.connection.fail(reason)
         self.on_exit(reason)
 
@@ -130,8 +141,8 @@ class SandboxRuntime:
 
     async def _replace_kernel(self) -> None:
         await self._disconnect()
-        await self.launcher.dispose(self.km, remove_dir=False)
-        self.km = await self.launcher.launch(self.sandbox)
+        self.km.execution_state = "restarting"
+        await self.launcher.relaunch(self.km, self.sandbox)
         self.sandbox.kernel = await self.launcher.record(self.km)
         await self.connect()
 
