@@ -1,0 +1,270 @@
+"""Abuse a sandbox may try, contained by its container: fork and memory bombs, disk fill, output flood, outside kills, leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX, container_name
+from tests.gateways import InProcessGateway
+from tests.provisioners.test_docker import (
+    _until_status,
+    container_of,
+    containers_labelled,
+    create,
+    engine_of,
+    inside,
+    run,
+)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+async def alice(docker_gateway: InProcessGateway) -> Any:
+    async with docker_gateway.client("alice") as client:
+        yield client
+
+
+@pytest.fixture
+async def bob(docker_gateway: InProcessGateway) -> Any:
+    async with docker_gateway.client("bob") as client:
+        yield client
+
+
+async def responsive(gateway: InProcessGateway, client: httpx.AsyncClient, sandbox_id: str) -> None:
+    """The gateway answers /health and runs code in another sandbox (generous bounds, not timings)."""
+    async with gateway.client(None, timeout=20) as anonymous:
+        assert (await anonymous.get("/health")).status_code == 200
+    execution = await asyncio.wait_for(run(client, sandbox_id, "21 * 2"), 20)
+    assert execution["result"] == {"text/plain": "42"}
+
+
+async def test_fork_bomb_is_held_by_the_pids_limit(
+    docker_gateway: InProcessGateway, alice: httpx.AsyncClient, bob: httpx.AsyncClient, docker_client: Any
+) -> None:
+    bombed = (await create(alice, resources={"pids": 64}))["id"]
+    other = (await create(bob))["id"]
+
+    # Processes can be started only up to the limit (threads count too): then fork fails with EAGAIN.
+    counted = await inside(alice, bombed, """
+import json, subprocess
+procs, error = [], None
+try:
+    for _ in range(500):
+        procs.append(subprocess.Popen(['sleep', '60']))
+except OSError as exc:
+    error = exc.errno
+for p in procs:
+    p.kill(); p.wait()
+print(json.dumps([len(procs), error]))
+""")
+    assert 0 < counted[0] < 64 and counted[1] == 11  # EAGAIN
+
+    # A real bomb: every child forks forever. It runs in the background for the rest of the test.
+    started = await run(alice, bombed, """
+import subprocess, sys
+bomb = subprocess.Popen([sys.executable, '-c', '''
+import os
+while True:
+    try:
+        os.fork()
+    except OSError:
+        pass
+'''])
+""")
+    assert started["status"] == "completed", started
+    await asyncio.sleep(3)
+    pids = int(open_cgroup_pids(docker_client, bombed))
+    assert pids <= 64
+    await responsive(docker_gateway, bob, other)
+
+    # The bombed sandbox comes back: a restart is a fresh container.
+    old_id = container_of(docker_client, bombed).id
+    restarted = await alice.post(f"/api/v1/sandboxes/{bombed}/restart")
+    assert restarted.status_code == 200, restarted.text
+    assert container_of(docker_client, bombed).id != old_id
+    assert (await run(alice, bombed, "1 + 1"))["result"] == {"text/plain": "2"}
+    assert docker_client.containers.list(all=True, filters={"id": old_id}) == []
+
+
+def open_cgroup_pids(docker_client: Any, sandbox_id: str) -> int:
+    """How many tasks the sandbox's container holds right now (from the engine's view)."""
+    top = container_of(docker_client, sandbox_id).top()
+    return len(top["Processes"] or [])
+
+
+async def test_memory_bomb_ends_out_of_memory_and_restart_works(
+    docker_gateway: InProcessGateway, alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    sid = (await create(alice, resources={"memory_mb": 256}))["id"]
+    other = (await create(bob))["id"]
+    await run(alice, sid, "before = 1")
+    execution = await run(alice, sid, "chunks = []\nwhile True:\n    chunks.append(b'x' * (32 << 20))", timeout=30)
+    assert execution["status"] == "failed", execution  # not timed_out: noticed at once
+    assert execution["error"]["code"] == "out_of_memory"
+    assert execution["error"]["ename"] == "OutOfMemory"
+    sandbox = (await alice.get(f"/api/v1/sandboxes/{sid}")).json()
+    assert sandbox["status"] == "failed" and sandbox["status_reason"] == "out_of_memory"
+    refused = await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "1"})
+    assert refused.status_code == 409
+    await responsive(docker_gateway, bob, other)
+
+    assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+    fresh = await run(alice, sid, "before")
+    assert fresh["status"] == "failed" and fresh["error"]["ename"] == "NameError"  # a fresh kernel
+    assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "running"
+
+
+async def test_disk_fill_stops_inside_and_nothing_outside_grows(
+    docker_gateway: InProcessGateway, alice: httpx.AsyncClient, docker_client: Any
+) -> None:
+    sid = (await create(alice, resources={"disk_mb": 32, "memory_mb": 512}))["id"]
+    runtime_dir = docker_gateway.app.launcher.runtime_dir
+    before = _tree_bytes(runtime_dir)
+    log_path = container_of(docker_client, sid).attrs["LogPath"]
+
+    filled = await inside(alice, sid, """
+import errno, json, os
+result = {}
+for path in ['/home/sandbox/fill', '/tmp/fill', '/run/code-gateway/fill']:
+    written = 0
+    try:
+        with open(path, 'wb') as f:
+            while True:
+                f.write(b'x' * (1 << 20))
+                f.flush()
+                written += 1 << 20
+    except OSError as exc:
+        result[path] = [exc.errno, written >> 20]
+# The kernel's original stdout is the container log on the host: it is capped too.
+with open('/proc/1/fd/1', 'wb') as log:
+    for _ in range(8):
+        log.write(b'y' * (1 << 20))
+print(json.dumps(result))
+""")
+    assert filled["/home/sandbox/fill"][0] == 28 and filled["/home/sandbox/fill"][1] <= 32  # ENOSPC
+    assert filled["/tmp/fill"][0] == 28 and filled["/tmp/fill"][1] <= 32
+    assert filled["/run/code-gateway/fill"][0] == 28 and filled["/run/code-gateway/fill"][1] <= 1
+
+    size_rw = subprocess.run(["docker", "inspect", "--size", "--format", "{{.SizeRw}}", container_name(sid)],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert size_rw in ("0", "<no value>")  # the container's writable layer stayed empty
+    assert _tree_bytes(runtime_dir) - before < 64 << 10  # the host-side sandbox dir holds sockets only
+    assert os.path.getsize(log_path) < 4 << 20  # json-file log capped (max-size 1m, one file)
+
+    # Freeing space makes the sandbox usable again.
+    assert await inside(alice, sid, """
+import json, os
+for p in ['/home/sandbox/fill', '/tmp/fill', '/run/code-gateway/fill']:
+    os.remove(p)
+open('/home/sandbox/ok', 'w').write('ok')
+print(json.dumps(open('/home/sandbox/ok').read()))
+""") == "ok"
+
+
+def _tree_bytes(root: Any) -> int:
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+async def test_output_flood_is_truncated_and_the_gateway_stays_responsive(
+    docker_gateway: InProcessGateway, alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    flooding = (await create(alice))["id"]
+    other = (await create(bob))["id"]
+    # ~30 MiB in 100 kB lines over a few seconds (an unpaced loop would just run the kernel out of
+    # memory: ipykernel buffers what it has not sent yet, and that is the sandbox's memory).
+    flood = asyncio.create_task(run(alice, flooding, """
+import time
+line = 'x' * 100_000
+for _ in range(300):
+    print(line)
+    time.sleep(0.01)
+""", timeout=60))
+    await asyncio.sleep(1.5)
+    assert not flood.done()
+    await responsive(docker_gateway, bob, other)  # during the flood
+    execution = await flood
+    assert execution["status"] == "completed", execution["status"]
+    assert execution["truncated"] is True
+    kept = sum(len(o.get("text", "")) for o in execution["outputs"])
+    assert kept <= docker_gateway.app.sandboxes.max_execution_output_bytes + (1 << 20)
+    assert (await run(alice, flooding, "'still here'"))["result"] == {"text/plain": "'still here'"}
+
+
+@pytest.mark.parametrize("how", ["kill", "remove"])
+async def test_container_killed_from_outside_fails_the_execution_at_once(
+    how: str, docker_gateway: InProcessGateway, alice: httpx.AsyncClient, docker_client: Any
+) -> None:
+    sid = (await create(alice))["id"]
+    await run(alice, sid, "x = 41")
+    old_id = container_of(docker_client, sid).id
+    pending = asyncio.create_task(run(alice, sid, "import time\ntime.sleep(100)", timeout=60))
+    await asyncio.sleep(1.5)
+    if how == "kill":
+        container_of(docker_client, sid).kill()
+    else:
+        container_of(docker_client, sid).remove(force=True)
+    execution = await asyncio.wait_for(pending, 30)  # far sooner than the 60 s timeout
+    assert execution["status"] == "failed", execution
+    assert execution["error"]["code"] == "sandbox_died"
+    sandbox = (await alice.get(f"/api/v1/sandboxes/{sid}")).json()
+    assert sandbox["status"] == "failed" and sandbox["status_reason"] == "sandbox_died"
+
+    assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+    assert container_of(docker_client, sid).id != old_id
+    assert docker_client.containers.list(all=True, filters={"id": old_id}) == []
+    fresh = await run(alice, sid, "x")
+    assert fresh["error"]["ename"] == "NameError"
+
+
+async def test_kernel_exit_inside_is_kernel_died(alice: httpx.AsyncClient) -> None:
+    sid = (await create(alice))["id"]
+    execution = await run(alice, sid, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert execution["status"] == "failed" and execution["error"]["code"] == "kernel_died"
+    assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+    assert (await run(alice, sid, "1"))["status"] == "completed"
+
+
+async def test_no_container_left_after_delete_or_shutdown(tmp_path: Any, docker_client: Any) -> None:
+    gateway = InProcessGateway(tmp_path / "data", provisioner="docker")
+    async with gateway:
+        instance = engine_of(gateway).instance_id
+        async with gateway.client("alice") as client:
+            ids = [s["id"] for s in await asyncio.gather(*(create(client) for _ in range(3)))]
+            await run(client, ids[0], "import subprocess\nsubprocess.Popen(['sleep', '300'])")
+            assert len(containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance}")) == 3
+            assert (await client.delete(f"/api/v1/sandboxes/{ids[0]}")).status_code == 204
+            assert containers_labelled(docker_client, f"{LABEL_SANDBOX}={ids[0]}") == []
+    assert containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance}") == []
+    assert [t for t in threading.enumerate() if t.name == "docker-events"] == []
+
+    async with InProcessGateway(tmp_path / "data", provisioner="local") as again:
+        async with again.client("alice") as client:
+            for sid in ids[1:]:
+                sandbox = (await client.get(f"/api/v1/sandboxes/{sid}")).json()
+                assert sandbox["status"] == "terminated" and sandbox["status_reason"] == "gateway_shutdown"
+
+
+async def test_sandbox_deaths_are_noticed_while_others_keep_running(
+    docker_gateway: InProcessGateway, alice: httpx.AsyncClient
+) -> None:
+    ids = [s["id"] for s in await asyncio.gather(*(create(alice) for _ in range(4)))]
+    engine = engine_of(docker_gateway)
+    await engine.call(engine.client.api.kill, container_name(ids[0]))
+    await _until_status(alice, ids[0], "failed")
+    for sid in ids[1:]:
+        assert (await run(alice, sid, "2 + 2"))["result"] == {"text/plain": "4"}
