@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tornado.netutil import bind_sockets
-from traitlets import Int, Unicode, default
+from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from gateway import __version__
@@ -46,6 +46,8 @@ ALIASES = {
     "data-dir": "GatewayApp.data_dir",
     "runtime-dir": "GatewayApp.runtime_dir",
     "config": "GatewayApp.config_file",
+    "keepalive": "GatewayApp.keepalive",
+    "allow-origins": "GatewayApp.allow_origins",
     "log-level": "Application.log_level",
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
@@ -113,6 +115,10 @@ class GatewayApp(ConfiguredApp):
         config=True
     )
     max_body_size = Int(64 << 20, help="Largest request body accepted, in bytes.").tag(config=True)
+    keepalive = Float(15.0, help="Seconds of silence after which a stream sends a keepalive.").tag(config=True)
+    allow_origins = List(
+        Unicode(), help="Browser origins (besides the gateway's own) allowed on WebSockets; '*' for any."
+    ).tag(config=True)
 
     aliases = ALIASES
     flags = {
@@ -160,7 +166,8 @@ class GatewayApp(ConfiguredApp):
         await self.launcher.start()
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy, parent=self)
         await self.sandboxes.start()
-        web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher)
+        web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,
+                           keepalive=self.keepalive, allow_origins=self.allow_origins)
         self.server = NoDelayHTTPServer(web_app, max_body_size=self.max_body_size)
         sockets = bind_sockets(self.port, address=self.ip)
         self.server.add_sockets(sockets)

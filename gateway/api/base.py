@@ -55,13 +55,8 @@ class APIHandler(web.RequestHandler):
         return bearer_token(self)
 
     async def prepare(self) -> None:
-        if not self.auth_required:
-            return
-        token = self.request_token()
-        user = await self.keyring.authenticate(token) if token else None
-        if user is None:
-            raise Unauthorized("missing API key" if not token else "invalid API key")
-        self.current_user = user
+        if self.auth_required:
+            self.current_user = await authenticate(self.keyring, self.request_token())
 
     @property
     def user(self) -> str:
@@ -95,22 +90,40 @@ class APIHandler(web.RequestHandler):
     # -- errors ----------------------------------------------------------------------------------
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, GatewayError):
-            self.set_status(exc.status)
-            body = error_body(exc.code, exc.message)
-        elif isinstance(exc, web.HTTPError):
-            body = error_body(_http_code(status_code), exc.log_message or _reason(status_code))
-        else:
-            body = error_body(_http_code(status_code), _reason(status_code))
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(body))
+        write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, GatewayError):
-            log.debug("%s %s -> %s %s", self.request.method, self.request.path, value.status, value.code)
-            return
-        super().log_exception(typ, value, tb)
+        if not log_domain_error(self, value):
+            super().log_exception(typ, value, tb)
+
+
+async def authenticate(keyring: KeyRing, token: str) -> str:
+    """The user a token belongs to, or ``Unauthorized``."""
+    user = await keyring.authenticate(token) if token else None
+    if user is None:
+        raise Unauthorized("missing API key" if not token else "invalid API key")
+    return user
+
+
+def write_json_error(handler: web.RequestHandler, status_code: int, exc: BaseException | None) -> None:
+    """Finish ``handler`` with the JSON error for ``exc`` (any handler class, WebSockets included)."""
+    if isinstance(exc, GatewayError):
+        handler.set_status(exc.status)
+        body = error_body(exc.code, exc.message)
+    elif isinstance(exc, web.HTTPError):
+        body = error_body(_http_code(status_code), exc.log_message or _reason(status_code))
+    else:
+        body = error_body(_http_code(status_code), _reason(status_code))
+    handler.set_header("Content-Type", "application/json; charset=UTF-8")
+    handler.finish(json.dumps(body))
+
+
+def log_domain_error(handler: web.RequestHandler, exc: BaseException | None) -> bool:
+    """Log an expected ``GatewayError`` quietly; False for anything else (log it with its traceback)."""
+    if isinstance(exc, GatewayError):
+        log.debug("%s %s -> %s %s", handler.request.method, handler.request.path, exc.status, exc.code)
+        return True
+    return False
 
 
 def describe(error: Any) -> str:

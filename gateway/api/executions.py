@@ -2,27 +2,69 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
 from gateway.api import schemas
 from gateway.api.sandboxes import SandboxAPIHandler
+from gateway.api.streams import EventEncoder, negotiate
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.sandboxes.manager import RunningExecution
 
 MAX_CODE_BYTES = 1 << 20
 
 
-class ExecuteHandler(SandboxAPIHandler):
-    """``POST /sandboxes/{id}/execute``: run code, answer with the whole Execution when it ends."""
+def check_code(code: str) -> str:
+    if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
+        raise PayloadTooLarge(f"field 'code' is larger than {MAX_CODE_BYTES} bytes (1 MiB)")
+    return code
 
-    def execute_request(self) -> tuple[str, float | None]:
-        body = self.json_body(schemas.execute)
-        code = body["code"]
-        if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
-            raise PayloadTooLarge(f"field 'code' is larger than {MAX_CODE_BYTES} bytes (1 MiB)")
-        return code, body.get("timeout")
+
+class ExecuteHandler(SandboxAPIHandler):
+    """``POST /sandboxes/{id}/execute``: the whole Execution when it ends, or a live stream of it.
+
+    A client that goes away loses nothing: the execution runs on and is stored (``Location``
+    and ``X-Execution-Id`` say where to fetch it), unless it asked for
+    ``interrupt_on_disconnect``.
+    """
+
+    def initialize(self, keepalive: float = 15.0, **base: Any) -> None:  # type: ignore[override]
+        super().initialize(**base)
+        self.keepalive = keepalive
+        self.running: RunningExecution | None = None
+        self.interrupt_on_disconnect = False
 
     async def post(self, sandbox_id: str) -> None:
-        code, timeout = self.execute_request()
-        execution = await self.sandboxes.execute(sandbox_id, self.user, code, timeout=timeout)
-        self.write_json(execution.to_public())
+        body = self.json_body(schemas.execute)
+        code = check_code(body["code"])
+        encoder = negotiate(self.request.headers.get("Accept", ""))
+        if encoder is None:
+            execution = await self.sandboxes.execute(sandbox_id, self.user, code, timeout=body.get("timeout"))
+            self.write_json(execution.to_public())
+            return
+        self.interrupt_on_disconnect = body.get("interrupt_on_disconnect", False)
+        self.running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"))
+        await self.stream(encoder, self.running)
+
+    async def stream(self, encoder: EventEncoder, running: RunningExecution) -> None:
+        execution_id = running.execution.id
+        self.set_header("Content-Type", encoder.media_type)
+        self.set_header("Location", f"/api/v1/executions/{execution_id}")
+        self.set_header("X-Execution-Id", execution_id)
+        self.set_header("X-Accel-Buffering", "no")  # tell nginx-style proxies not to buffer the stream
+        try:
+            async for event in running.feed.follow(idle=self.keepalive):
+                # Awaiting each flush is the backpressure: a slow client slows only its own stream.
+                self.write(encoder.keepalive if event is None else encoder.encode({**event, "execution_id": execution_id}))
+                await self.flush()
+        except StreamClosedError:
+            return  # on_connection_close has seen to it
+        self.finish()
+
+    def on_connection_close(self) -> None:
+        if self.running is not None and self.interrupt_on_disconnect:
+            self.sandboxes.cancel_soon(self.running)
 
 
 def paging(handler: SandboxAPIHandler) -> tuple[int, int]:

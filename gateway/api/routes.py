@@ -12,6 +12,7 @@ from tornado import web
 from gateway.api.base import NotFoundHandler
 from gateway.api.executions import ExecuteHandler, ExecutionHandler, SandboxExecutionsHandler
 from gateway.api.health import HealthHandler
+from gateway.api.sockets import SandboxSocketHandler
 from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
 from gateway.auth import KeyRing
 from gateway.provisioners.launcher import KernelLauncher
@@ -22,13 +23,14 @@ V1 = "/api/v1"
 
 
 def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLauncher,
-             **settings: Any) -> web.Application:
+             keepalive: float = 15.0, allow_origins: list[str] | None = None, **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes}
     routes = [
         (rf"{V1}/sandboxes", SandboxesHandler, deps),
         (rf"{V1}/sandboxes/{ID}", SandboxHandler, deps),
-        (rf"{V1}/sandboxes/{ID}/execute", ExecuteHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/execute", ExecuteHandler, {**deps, "keepalive": keepalive}),
         (rf"{V1}/sandboxes/{ID}/executions", SandboxExecutionsHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/stream", SandboxSocketHandler, {**deps, "allow_origins": allow_origins}),
         (rf"{V1}/sandboxes/{ID}/interrupt", InterruptHandler, deps),
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
@@ -38,5 +40,8 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"keyring": keyring},
+        # WebSocket pings keep idle sockets alive through proxies and find dead peers.
+        websocket_ping_interval=keepalive,
+        websocket_ping_timeout=max(keepalive * 2, 30),
         **settings,
     )

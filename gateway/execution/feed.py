@@ -42,8 +42,12 @@ class ExecutionFeed:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self, start: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """Yield every event from ``start`` on, waiting for new ones until the feed closes."""
+    async def follow(self, start: int = 0, *, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+        """Yield every event from ``start`` on, waiting for new ones until the feed closes.
+
+        With ``idle``, also yield None after each ``idle`` seconds without an event, so a
+        streaming client can send a keepalive while a long execution is silent.
+        """
         position = start
         while True:
             changed = self._changed
@@ -52,4 +56,7 @@ class ExecutionFeed:
                 position += 1
             if self._closed:
                 return
-            await changed.wait()
+            try:
+                await asyncio.wait_for(changed.wait(), idle)
+            except TimeoutError:
+                yield None

@@ -273,6 +273,19 @@ class SandboxManager(LoggingConfigurable):
         await runtime.interrupt()
         return sandbox
 
+    def cancel_soon(self, running: RunningExecution) -> None:
+        """Cancel an accepted execution whose client went away and asked for that."""
+        self._spawn(self._cancel(running), name=f"cancel-{running.execution.id}")
+
+    async def _cancel(self, running: RunningExecution) -> None:
+        runtime = self._runtimes.get(running.execution.sandbox_id)
+        if runtime is None or running.execution.finished:
+            return
+        try:
+            await runtime.cancel(running.execution)
+        except Exception:  # nobody is left to tell; the execution's record says how it ended
+            log.exception("sandbox %s: could not cancel execution %s", runtime.sandbox_id, running.execution.id)
+
     async def restart(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox, runtime = await self._runtime(sandbox_id, user, allow_failed=True)
         try:

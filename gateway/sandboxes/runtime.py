@@ -61,6 +61,8 @@ class SandboxRuntime:
         #: Bumped by restart/close: queued executions of an older generation are cancelled.
         self._generation = 0
         self._cancel_requested = False
+        #: Executions cancelled while still queued: skipped when their turn comes.
+        self._withdrawn: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -109,6 +111,9 @@ class SandboxRuntime:
         async with self._lock:
             if generation != self._generation or self.executor is None:
                 return _cancelled(execution, "the sandbox was restarted or terminated before this execution ran")
+            if execution.id in self._withdrawn:
+                self._withdrawn.discard(execution.id)
+                return _cancelled(execution, "the execution was cancelled before it ran")
             self.current = execution
             self._cancel_requested = False
             try:
@@ -130,6 +135,13 @@ class SandboxRuntime:
         if self.current is not None:
             self._cancel_requested = True
         await self.km.interrupt_kernel()
+
+    async def cancel(self, execution: Execution) -> None:
+        """Cancel one execution: interrupt it if it runs, skip it if it still waits."""
+        if self.current is execution:
+            await self.interrupt()
+        elif not execution.finished:
+            self._withdrawn.add(execution.id)
 
     async def restart(self) -> None:
         """A fresh kernel with empty state, same sandbox; running and queued executions are cancelled."""

@@ -1,0 +1,143 @@
+"""``/api/v1/sandboxes/{id}/stream``: execute and interrupt over one WebSocket.
+
+Client -> server::
+
+    {"type": "execute", "id": "c1", "code": "print(1)", "timeout": 30}
+    {"type": "interrupt"}
+
+Server -> client, each tagged with the request's ``id`` and the ``execution_id``::
+
+    {"type": "accepted", ...}  then  {"type": "output", "output": {...}} ...  then
+    {"type": "execution", "execution": {...}}      (or {"type": "error", "error": {...}})
+
+Executes run in the order sent, one at a time. Authentication: ``Authorization: Bearer KEY`` or,
+for browsers (which cannot set headers on a WebSocket), ``?token=KEY``. Browser origins must be
+the gateway's own or listed in ``allow_origins``. When the socket closes, executions go on and
+are stored, unless they asked for ``interrupt_on_disconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+from jsonschema import Draft202012Validator
+from tornado import websocket
+
+from gateway.api import schemas
+from gateway.api.base import authenticate, bearer_token, describe, error_body, log_domain_error, write_json_error
+from gateway.api.executions import check_code
+from gateway.auth import KeyRing
+from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
+from gateway.sandboxes.manager import RunningExecution, SandboxManager
+
+SOCKET_MESSAGE = Draft202012Validator(
+    {
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"enum": ["execute", "interrupt"]}, "id": {"type": ["string", "integer"]}},
+        "if": {"properties": {"type": {"const": "execute"}}},
+        "then": {
+            **schemas.EXECUTE,
+            "properties": {**schemas.EXECUTE["properties"], "type": {"const": "execute"},
+                           "id": {"type": ["string", "integer"]}},
+        },
+        "else": {"additionalProperties": False, "properties": {"type": {}, "id": {}}},
+    }
+)
+
+
+def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
+    """Same host as the request, or listed (``*`` allows any)."""
+    return "*" in allowed or origin in allowed or urlparse(origin).netloc == host
+
+
+class SandboxSocketHandler(websocket.WebSocketHandler):
+    def initialize(self, keyring: KeyRing, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
+                   **_: Any) -> None:
+        self.keyring = keyring
+        self.sandboxes = sandboxes
+        self.allow_origins = allow_origins or []
+        self.sandbox_id = ""
+        self._accepted: asyncio.Queue[tuple[Any, RunningExecution] | None] = asyncio.Queue()
+        #: Executions to cancel if the socket closes before they finish.
+        self._to_cancel: list[RunningExecution] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def prepare(self) -> None:
+        token = bearer_token(self) or self.get_query_argument("token", "")
+        self.current_user = await authenticate(self.keyring, token)
+
+    async def get(self, sandbox_id: str) -> None:  # type: ignore[override]
+        await self.sandboxes.get(sandbox_id, self.current_user)  # 404 before the upgrade, like any route
+        self.sandbox_id = sandbox_id
+        await super().get(sandbox_id)
+
+    def check_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, self.request.host, self.allow_origins)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not log_domain_error(self, value):
+            super().log_exception(typ, value, tb)
+
+    def open(self, sandbox_id: str) -> None:  # type: ignore[override]
+        self._writer = asyncio.create_task(self._write_events(), name=f"socket-writer-{sandbox_id}")
+
+    async def on_message(self, message: str | bytes) -> None:
+        request_id = None
+        try:
+            request = _parse(message)
+            request_id = request.get("id")
+            if request["type"] == "interrupt":
+                await self.sandboxes.interrupt(self.sandbox_id, self.current_user)
+                return
+            code = check_code(request["code"])
+            running = await self.sandboxes.submit(self.sandbox_id, self.current_user, code,
+                                                  timeout=request.get("timeout"))
+        except GatewayError as error:
+            await self._send({"type": "error", "id": request_id, **error_body(error.code, error.message)})
+            return
+        if request.get("interrupt_on_disconnect", False):
+            self._to_cancel = [r for r in self._to_cancel if not r.execution.finished] + [running]
+        self._accepted.put_nowait((request_id, running))
+
+    async def _write_events(self) -> None:
+        """Send each accepted execution's events in turn; awaiting each write is the backpressure."""
+        while (item := await self._accepted.get()) is not None:
+            request_id, running = item
+            execution_id = running.execution.id
+            await self._send({"type": "accepted", "id": request_id, "execution_id": execution_id})
+            async for event in running.feed.follow():
+                assert event is not None
+                await self._send({**event, "id": request_id, "execution_id": execution_id})
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        try:
+            await self.write_message(json.dumps(event))
+        except websocket.WebSocketClosedError:
+            pass
+
+    def on_close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+        for running in self._to_cancel:
+            if not running.execution.finished:
+                self.sandboxes.cancel_soon(running)
+
+
+def _parse(message: str | bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(message)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidJSON(f"the message is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise InvalidJSON("a message must be a JSON object")
+    problem = next(iter(sorted(SOCKET_MESSAGE.iter_errors(request), key=lambda e: list(e.path))), None)
+    if problem is not None:
+        raise InvalidRequest(describe(problem))
+    return request

@@ -1,0 +1,121 @@
+"""The /stream WebSocket: executes in order, tagged events, interrupts, auth and origins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.api.test_executions import wait_finished
+from tests.api.test_streaming import LIVE_CODE
+from tests.gateways import KEYS, InProcessGateway
+
+
+def ws_url(gateway: InProcessGateway, sandbox_id: str, query: str = "") -> str:
+    return gateway.url.replace("http", "ws") + f"/api/v1/sandboxes/{sandbox_id}/stream{query}"
+
+
+def connect(gateway: InProcessGateway, sandbox_id: str, user: str = "alice", **kwargs: Any) -> Any:
+    return websockets.connect(ws_url(gateway, sandbox_id),
+                              additional_headers={"Authorization": f"Bearer {KEYS[user]}"}, **kwargs)
+
+
+async def receive_until_done(socket: Any, count: int) -> list[dict[str, Any]]:
+    events, done = [], 0
+    while done < count:
+        event = json.loads(await asyncio.wait_for(socket.recv(), 60))
+        events.append(event)
+        done += event["type"] in ("execution", "error")
+    return events
+
+
+async def test_executes_run_in_order_with_tagged_events(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "a", "code": "x = 41"}))
+        await socket.send(json.dumps({"type": "execute", "id": "b", "code": "print('hi'); x + 1"}))
+        events = await receive_until_done(socket, 2)
+    assert [(e["type"], e["id"]) for e in events] == [
+        ("accepted", "a"), ("execution", "a"), ("accepted", "b"), ("output", "b"), ("output", "b"), ("execution", "b")
+    ]
+    assert events[3]["output"]["text"] == "hi\n"
+    assert events[-1]["execution"]["result"]["text/plain"] == "42"
+    assert events[-1]["execution_id"] == events[-1]["execution"]["id"]
+
+
+async def test_output_arrives_live(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": 1, "code": LIVE_CODE}))
+        arrivals = []
+        while True:
+            event = json.loads(await asyncio.wait_for(socket.recv(), 60))
+            arrivals.append((time.monotonic(), event["type"]))
+            if event["type"] == "execution":
+                break
+    first_output = next(at for at, kind in arrivals if kind == "output")
+    assert arrivals[-1][0] - first_output >= 1.0
+
+
+async def test_interrupt_message(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "slow",
+                                      "code": "import time\nprint('go', flush=True)\ntime.sleep(60)"}))
+        while json.loads(await socket.recv())["type"] != "output":
+            pass
+        await socket.send(json.dumps({"type": "interrupt"}))
+        while (event := json.loads(await asyncio.wait_for(socket.recv(), 30)))["type"] != "execution":
+            pass
+    assert event["execution"]["status"] == "cancelled"
+
+
+async def test_bad_messages_get_an_error_event_and_the_socket_stays(gateway: InProcessGateway,
+                                                                    sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        for message, code in [("not json", "invalid_json"), ('{"type": "dance"}', "invalid_request"),
+                              ('{"type": "execute", "id": "q"}', "invalid_request"),
+                              ('{"type": "execute", "code": "1", "bogus": 1}', "invalid_request")]:
+            await socket.send(message)
+            event = json.loads(await socket.recv())
+            assert event["type"] == "error" and event["error"]["code"] == code
+        await socket.send(json.dumps({"type": "execute", "id": "ok", "code": "1"}))
+        events = await receive_until_done(socket, 1)
+    assert events[-1]["execution"]["status"] == "completed"
+
+
+async def test_auth_by_header_or_query_token(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(ws_url(gateway, sandbox["id"])):
+            pass
+    assert refused.value.response.status_code == 401
+    async with websockets.connect(ws_url(gateway, sandbox["id"], f"?token={KEYS['alice']}")) as socket:
+        await socket.send(json.dumps({"type": "execute", "code": "1"}))
+        assert (await receive_until_done(socket, 1))[-1]["type"] == "execution"
+
+
+async def test_someone_elses_sandbox_is_404(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with connect(gateway, sandbox["id"], user="bob"):
+            pass
+    assert refused.value.response.status_code == 404
+    assert json.loads(refused.value.response.body)["error"]["code"] == "sandbox_not_found"
+
+
+async def test_foreign_browser_origins_are_refused(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with connect(gateway, sandbox["id"], origin="http://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+    async with connect(gateway, sandbox["id"], origin=gateway.url) as socket:
+        await socket.send(json.dumps({"type": "execute", "code": "1"}))
+        assert (await receive_until_done(socket, 1))[-1]["type"] == "execution"
+
+
+async def test_closing_the_socket_loses_nothing(gateway: InProcessGateway, alice: Any, sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        await socket.send(json.dumps({"type": "execute", "code": "import time; time.sleep(1); 'kept'"}))
+        accepted = json.loads(await socket.recv())
+    execution = await wait_finished(alice, accepted["execution_id"])
+    assert execution["status"] == "completed" and execution["result"]["text/plain"] == "'kept'"

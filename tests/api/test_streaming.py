@@ -1,0 +1,109 @@
+"""Live streams of an execution: NDJSON and Server-Sent Events over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+
+from tests.api.test_executions import wait_finished
+from tests.gateways import InProcessGateway
+
+LIVE_CODE = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(1)\n"
+
+
+async def ndjson_events(client: httpx.AsyncClient, sandbox_id: str, body: dict[str, Any]) -> list[tuple[float, dict]]:
+    events = []
+    async with client.stream("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", json=body,
+                             headers={"Accept": "application/x-ndjson"}) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        async for line in response.aiter_lines():
+            if line:
+                events.append((time.monotonic(), json.loads(line)))
+    return events
+
+
+async def test_ndjson_streams_outputs_live_then_the_execution(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    events = await ndjson_events(alice, sandbox["id"], {"code": LIVE_CODE})
+    outputs = [e for _, e in events if e["type"] == "output"]
+    assert [o["output"]["text"] for o in outputs] == ["0\n", "1\n", "2\n"]
+    last_at, last = events[-1]
+    assert last["type"] == "execution"
+    assert last["execution"]["status"] == "completed"
+    assert last["execution"]["stdout"] == "0\n1\n2\n"
+    first_at = next(at for at, e in events if e["type"] == "output")
+    # The first line arrived while the code was still running, a second or more before the end.
+    assert last_at - first_at >= 1.0
+    assert {e["execution_id"] for _, e in events} == {last["execution"]["id"]}
+
+
+async def test_server_sent_events(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    async with alice.stream("POST", f"/api/v1/sandboxes/{sandbox['id']}/execute",
+                            json={"code": "print('a'); 1 + 1"}, headers={"Accept": "text/event-stream"}) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        text = (await response.aread()).decode()
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    parsed = [(b.split("\n")[0], json.loads(b.split("\n")[1][len("data: "):])) for b in blocks]
+    assert [name for name, _ in parsed] == ["event: output", "event: output", "event: execution"]
+    assert parsed[0][1]["output"]["text"] == "a\n"
+    assert parsed[1][1]["output"]["output_type"] == "execute_result"
+    assert parsed[2][1]["execution"]["result"] == {"text/plain": "2"}
+
+
+async def test_keepalive_while_silent(tmp_path: Any) -> None:
+    async with InProcessGateway(tmp_path / "data", "--keepalive=0.2") as gateway, gateway.client() as alice:
+        sid = (await alice.post("/api/v1/sandboxes")).json()["id"]
+        events = await ndjson_events(alice, sid, {"code": "import time; time.sleep(1.5)"})
+    kinds = [e["type"] for _, e in events]
+    assert kinds.count("keepalive") >= 3
+    assert kinds[-1] == "execution"
+
+
+async def test_stream_errors_are_plain_json_before_streaming(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    response = await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": 1},
+                                headers={"Accept": "application/x-ndjson"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+async def test_disconnect_mid_stream_loses_nothing(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    async with alice.stream("POST", f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": LIVE_CODE + "'end'"},
+                            headers={"Accept": "application/x-ndjson"}) as response:
+        execution_id = response.headers["X-Execution-Id"]
+        assert response.headers["Location"] == f"/api/v1/executions/{execution_id}"
+        async for line in response.aiter_lines():
+            assert json.loads(line)["output"]["text"] == "0\n"
+            break  # and hang up
+    execution = await wait_finished(alice, execution_id)
+    assert execution["status"] == "completed"
+    assert execution["stdout"] == "0\n1\n2\n"
+    assert execution["result"]["text/plain"] == "'end'"
+
+
+async def test_interrupt_on_disconnect(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    body = {"code": "import time\nprint('go', flush=True)\ntime.sleep(60)", "interrupt_on_disconnect": True}
+    async with alice.stream("POST", f"/api/v1/sandboxes/{sandbox['id']}/execute", json=body,
+                            headers={"Accept": "application/x-ndjson"}) as response:
+        execution_id = response.headers["X-Execution-Id"]
+        async for _ in response.aiter_lines():
+            break
+    execution = await wait_finished(alice, execution_id, timeout=30)
+    assert execution["status"] == "cancelled"
+
+
+async def test_a_slow_reader_does_not_stall_the_kernel(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    code = "for i in range(2000): print('x' * 200, flush=True)\n'done'"
+    async with alice.stream("POST", f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": code},
+                            headers={"Accept": "application/x-ndjson"}) as response:
+        execution_id = response.headers["X-Execution-Id"]
+        # Not reading: the execution still finishes and is stored while the stream waits.
+        execution = await wait_finished(alice, execution_id)
+        assert execution["status"] == "completed"
+        lines = [json.loads(line) async for line in response.aiter_lines() if line]
+    assert lines[-1]["type"] == "execution"
+    text = "".join(e["output"].get("text", "") for e in lines if e["type"] == "output")
+    assert text == ("x" * 200 + "\n") * 2000
