@@ -34,6 +34,8 @@ from gateway.config import env_config
 from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
 from gateway.sandboxes.limits import ResourcePolicy
+from gateway.sandboxes.commands import SandboxCommands
+from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
@@ -52,6 +54,7 @@ ALIASES = {
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
     "max-sandboxes-per-user": "SandboxManager.max_sandboxes_per_user",
+    "max-file-bytes": "SandboxFiles.max_file_bytes",
     "max-cpu": "ResourcePolicy.max_cpu",
     "max-memory-mb": "ResourcePolicy.max_memory_mb",
     "max-disk-mb": "ResourcePolicy.max_disk_mb",
@@ -127,7 +130,7 @@ class GatewayApp(ConfiguredApp):
             "Leave sandbox kernels running at shutdown, to re-attach at the next start.",
         ),
     }
-    classes = [KernelLauncher, DockerProvisioner, SandboxManager, ResourcePolicy, KeyRing]
+    classes = [KernelLauncher, DockerProvisioner, SandboxManager, SandboxFiles, ResourcePolicy, KeyRing]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -166,7 +169,8 @@ class GatewayApp(ConfiguredApp):
         await self.launcher.start()
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy, parent=self)
         await self.sandboxes.start()
-        web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,
+        self.files = SandboxFiles(sandboxes=self.sandboxes, commands=SandboxCommands(self.launcher), parent=self)
+        web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher, files=self.files,
                            keepalive=self.keepalive, allow_origins=self.allow_origins)
         self.server = NoDelayHTTPServer(web_app, max_body_size=self.max_body_size)
         sockets = bind_sockets(self.port, address=self.ip)
@@ -184,6 +188,7 @@ class GatewayApp(ConfiguredApp):
 
     async def shutdown(self) -> None:
         self.server.stop()
+        await self.files.stop()
         await self.sandboxes.stop()
         await self.launcher.stop()
         await self.server.close_all_connections()

@@ -33,6 +33,11 @@ class InvalidPath(GatewayError):
     code = "invalid_path"
 
 
+class InvalidNotebook(GatewayError):
+    status = 400
+    code = "invalid_notebook"
+
+
 class Unauthorized(GatewayError):
     status = 401
     code = "unauthorized"
@@ -87,6 +92,10 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+class FileTooLarge(PayloadTooLarge):
+    code = "file_too_large"
+
+
 class LimitOutOfRange(GatewayError):
     """A resource limit outside what the gateway allows; the message names the field."""
 
@@ -97,6 +106,13 @@ class LimitOutOfRange(GatewayError):
 class QuotaExceeded(GatewayError):
     status = 429
     code = "quota_exceeded"
+
+
+class SandboxDiskFull(GatewayError):
+    """The sandbox's working directory has no room for what was asked."""
+
+    status = 507
+    code = "disk_full"
 
 
 class SandboxStartFailed(GatewayError):

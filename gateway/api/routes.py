@@ -11,11 +11,14 @@ from tornado import web
 
 from gateway.api.base import NotFoundHandler
 from gateway.api.executions import ExecuteHandler, ExecutionHandler, SandboxExecutionsHandler
+from gateway.api.files import FileHandler, FileListHandler
 from gateway.api.health import HealthHandler
+from gateway.api.notebooks import NotebookHandler
 from gateway.api.sockets import SandboxSocketHandler
 from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
 from gateway.auth import KeyRing
 from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
 
 ID = r"([0-9a-fA-F-]{1,64})"
@@ -23,7 +26,8 @@ V1 = "/api/v1"
 
 
 def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLauncher,
-             keepalive: float = 15.0, allow_origins: list[str] | None = None, **settings: Any) -> web.Application:
+             keepalive: float = 15.0, allow_origins: list[str] | None = None,
+             files: SandboxFiles | None = None, **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes}
     routes = [
         (rf"{V1}/sandboxes", SandboxesHandler, deps),
@@ -33,9 +37,15 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/stream", SandboxSocketHandler, {**deps, "allow_origins": allow_origins}),
         (rf"{V1}/sandboxes/{ID}/interrupt", InterruptHandler, deps),
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (r"/health", HealthHandler, {**deps, "launcher": launcher}),
     ]
+    if files is not None:
+        routes += [
+            (rf"{V1}/sandboxes/{ID}/files/?", FileListHandler, {**deps, "files": files}),
+            (rf"{V1}/sandboxes/{ID}/files/(.+)", FileHandler, {**deps, "files": files}),
+        ]
     return web.Application(
         routes,
         default_handler_class=NotFoundHandler,

@@ -7,6 +7,7 @@ from typing import Any
 from gateway.api import schemas
 from gateway.api.base import APIHandler
 from gateway.errors import InvalidRequest
+from gateway.execution.notebook import run_seed, seed_cells
 from gateway.sandboxes.manager import SandboxManager
 
 
@@ -30,11 +31,21 @@ def creation_limits(body: dict[str, Any]) -> dict[str, Any]:
 class SandboxesHandler(SandboxAPIHandler):
     async def post(self) -> None:
         body = self.json_body(schemas.create_sandbox, allow_empty=True)
+        # A bad seed notebook is refused before anything starts.
+        seed = seed_cells(body["notebook"]) if "notebook" in body else None
         sandbox = await self.sandboxes.create(
-            self.user, resources=creation_limits(body), env=body.get("env"), metadata=body.get("metadata")
+            self.user, resources=creation_limits(body), env=body.get("env"), metadata=body.get("metadata"),
+            figure_formats=body.get("figure_formats"),
         )
+        report = None
+        if seed is not None:
+            # Seed cells are ordinary executions (in the history); the first failure stops the rest.
+            report = await run_seed(seed, lambda code: self.sandboxes.execute(sandbox.id, self.user, code))
+        created = sandbox.to_public()
+        if report is not None:
+            created["seed"] = report
         self.set_header("Location", f"/api/v1/sandboxes/{sandbox.id}")
-        self.write_json(sandbox.to_public(), status=201)
+        self.write_json(created, status=201)
 
     async def get(self) -> None:
         statuses = self.get_arguments("status") or None

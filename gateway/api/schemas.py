@@ -10,6 +10,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from gateway.sandboxes.model import FIGURE_FORMATS
+
 NUMBER = {"type": "number"}
 INTEGER = {"type": "integer"}
 
@@ -40,6 +42,17 @@ CREATE_SANDBOX: dict[str, Any] = {
             "description": "environment variables visible to the code as os.environ",
         },
         "metadata": {"type": "object", "description": "free-form, returned as given"},
+        "figure_formats": {
+            "type": "array",
+            "items": {"enum": list(FIGURE_FORMATS)},
+            "minItems": 1,
+            "uniqueItems": True,
+            "description": "MIME types of inline plots: png (default), retina, jpeg, svg, pdf",
+        },
+        "notebook": {
+            "type": "object",
+            "description": "an nbformat v4 notebook whose code cells run in order once the sandbox is up",
+        },
     },
 }
 

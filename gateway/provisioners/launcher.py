@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -176,7 +177,9 @@ class KernelLauncher(LoggingConfigurable):
         return km
 
     def _launch_kwargs(self, sandbox: Any) -> dict[str, Any]:
-        return {SANDBOX_KWARG: sandbox, SANDBOX_DIR_KWARG: str(self.sandbox_dir(sandbox.id))}
+        # Provisioners give the kernel ``sandbox.env``: here that is the user's env plus the gateway's settings.
+        for_kernel = dataclasses.replace(sandbox, env=sandbox.kernel_env())
+        return {SANDBOX_KWARG: for_kernel, SANDBOX_DIR_KWARG: str(self.sandbox_dir(sandbox.id))}
 
     async def relaunch(self, km: AsyncKernelManager, sandbox: Any) -> None:
         """A fresh kernel for ``sandbox`` behind the same kernel manager, connection file and sockets.

@@ -35,7 +35,7 @@ from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.limits import ResourcePolicy
-from gateway.sandboxes.model import Sandbox, SandboxStatus
+from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.store.base import Store
 
@@ -153,12 +153,14 @@ class SandboxManager(LoggingConfigurable):
         resources: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
+        figure_formats: list[str] | None = None,
     ) -> Sandbox:
         limits = self.policy.resolve(resources or {})
         self._check_quota(owner)
         sandbox = Sandbox(
             owner=owner, resources=limits, provisioner=self.launcher.resolved,
             env=dict(env or {}), metadata=dict(metadata or {}),
+            figure_formats=list(figure_formats or DEFAULT_FIGURE_FORMATS),
         )
         self._sandboxes[sandbox.id] = sandbox
         await self.store.put_sandbox(sandbox.to_record())

@@ -22,6 +22,12 @@ class SandboxStatus(enum.StrEnum):
 #: Statuses after which a sandbox never runs code again.
 ENDED = frozenset({SandboxStatus.TERMINATED})
 
+#: Inline figure formats a sandbox may ask for (matplotlib_inline's names), and the default.
+FIGURE_FORMATS = ("png", "retina", "jpeg", "svg", "pdf")
+DEFAULT_FIGURE_FORMATS = ("png",)
+#: How the kernel learns its figure formats (read and removed by kernels/.../startup/10-figures.py).
+FIGURE_FORMATS_ENV = "CODE_GATEWAY_FIGURE_FORMATS"
+
 
 @dataclasses.dataclass(frozen=True)
 class ResourceLimits:
@@ -58,6 +64,8 @@ class Sandbox:
     image: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: MIME types of inline plots: ``png`` (default), ``svg``, ... (see ``FIGURE_FORMATS``).
+    figure_formats: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_FIGURE_FORMATS))
     created_at: datetime = dataclasses.field(default_factory=timestamps.now)
     last_active_at: datetime = dataclasses.field(default_factory=timestamps.now)
     terminated_at: datetime | None = None
@@ -67,6 +75,10 @@ class Sandbox:
 
     def touch(self) -> None:
         self.last_active_at = timestamps.now()
+
+    def kernel_env(self) -> dict[str, str]:
+        """The environment the kernel starts with: the user's ``env`` and the gateway's display settings."""
+        return {**self.env, FIGURE_FORMATS_ENV: ",".join(self.figure_formats)}
 
     def to_public(self) -> dict[str, Any]:
         """The sandbox as the API shows it to its owner (no kernel connection secrets)."""
@@ -80,6 +92,7 @@ class Sandbox:
             "resources": self.resources.to_dict(),
             "env": dict(self.env),
             "metadata": self.metadata,
+            "figure_formats": list(self.figure_formats),
             "created_at": timestamps.to_iso(self.created_at),
             "last_active_at": timestamps.to_iso(self.last_active_at),
             "terminated_at": timestamps.to_iso(self.terminated_at),
@@ -102,6 +115,7 @@ class Sandbox:
             resources=ResourceLimits.from_dict(record["resources"]),
             env=record.get("env") or {},
             metadata=record.get("metadata") or {},
+            figure_formats=record.get("figure_formats") or list(DEFAULT_FIGURE_FORMATS),
             created_at=timestamps.from_iso(record["created_at"]),  # type: ignore[arg-type]
             last_active_at=timestamps.from_iso(record["last_active_at"]),  # type: ignore[arg-type]
             terminated_at=timestamps.from_iso(record.get("terminated_at")),
