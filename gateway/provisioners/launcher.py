@@ -27,9 +27,10 @@ from typing import Any
 
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerFactory
-from traitlets import CaselessStrEnum, Float, Instance, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
@@ -60,8 +61,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-class SandboxKernelManager(AsyncKernelManager):
-    """An AsyncKernelManager with the activity fields jupyter_server's kernel WebSocket reads."""
+class SandboxKernelManager(AsyncIOLoopKernelManager):
+    """A kernel manager as jupyter_server's kernel WebSocket expects one.
+
+    The IOLoop flavour, because that code wants its ``connect_*`` sockets as ``ZMQStream``s,
+    plus the activity fields it reads. No automatic restarts: a kernel's death is reported
+    (``SandboxRuntime`` watches it) and the owner decides.
+    """
+
+    autorestart = Bool(False)
 
     execution_state = Unicode("starting", help="idle, busy or starting, from the kernel's status messages")
     last_activity = Instance(datetime, help="When the kernel last sent a message")

@@ -1,0 +1,89 @@
+"""``/api/kernels/{id}/channels``: the standard Jupyter kernel WebSocket, on jupyter_server's own code.
+
+Both the default JSON protocol and ``v1.kernel.websocket.jupyter.org`` work, with message
+signing, ``kernel_info`` nudging and restart notices as in Jupyter Server itself. What we add:
+who the caller is (our API keys), that the kernel is one of *their* sandboxes, JSON errors, and
+no iopub data-rate limit (large plots are never dropped; output is capped per execution instead).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_server.auth.identity import IdentityProvider, User
+from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from traitlets import Bool
+
+from gateway.api.base import authenticate, log_domain_error, write_json_error
+from gateway.auth import KeyRing
+from gateway.errors import SandboxNotFound, Unauthorized
+from gateway.sandboxes.manager import SandboxManager
+from gateway.sandboxes.model import SandboxStatus
+
+
+class KeyRingIdentity(IdentityProvider):  # type: ignore[misc]
+    """Jupyter's identity hook over our API keys: ``Authorization: token|bearer KEY`` or ``?token=KEY``."""
+
+    def __init__(self, keyring: KeyRing, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keyring = keyring
+
+    async def get_user(self, handler: Any) -> User | None:
+        token = self.get_token(handler) or ""
+        try:
+            user = await authenticate(self.keyring, token)
+        except Unauthorized:
+            return None
+        # Token-authenticated requests are not browser-cookie requests: no XSRF/origin games.
+        handler._token_authenticated = True
+        return User(username=user)
+
+
+class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):  # type: ignore[misc]
+    """jupyter_server's ZMQ <-> WebSocket bridge, finding the registry through the handler."""
+
+    limit_rate = Bool(False, config=True, help="No iopub data-rate limit: outputs are capped per execution.")
+
+    @property
+    def multi_kernel_manager(self) -> Any:
+        # jupyter_server assumes the kernel manager's parent is the mapping manager; ours is the launcher.
+        return self.websocket_handler.kernel_manager
+
+
+class KernelChannelsHandler(KernelWebsocketHandler):  # type: ignore[misc]
+    def initialize(self, sandboxes: SandboxManager, **_: Any) -> None:
+        self.sandboxes = sandboxes
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        # Our 401 first: jupyter_server would answer a stranger with a bare 403.
+        if await self.identity_provider.get_user(self) is None:
+            raise Unauthorized("missing or invalid API key")
+        await super().prepare(*args, **kwargs)
+
+    async def get(self, kernel_id: str) -> None:  # type: ignore[override]
+        sandbox = await self.sandboxes.get(kernel_id, self.current_user.username)
+        if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED) or kernel_id not in self.kernel_manager:
+            raise SandboxNotFound(kernel_id)
+        await super().get(kernel_id)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not log_domain_error(self, value):
+            super().log_exception(typ, value, tb)
+
+
+def jupyter_settings(keyring: KeyRing, sandboxes: SandboxManager) -> dict[str, Any]:
+    """Tornado settings jupyter_server's WebSocket handler reads."""
+    from jupyter_server.auth.authorizer import AllowAllAuthorizer
+
+    return {
+        "kernel_manager": sandboxes.kernels,
+        "kernel_websocket_connection_class": SandboxChannelsConnection,
+        "identity_provider": KeyRingIdentity(keyring),
+        "authorizer": AllowAllAuthorizer(),  # ownership is checked per kernel in KernelChannelsHandler.get
+        "allow_remote_access": True,
+    }
+

@@ -1,0 +1,136 @@
+"""The Jupyter Server kernel API, as Jupyter Kernel Gateway serves it: each kernel is a sandbox.
+
+    jupyter lab --gateway-url=http://127.0.0.1:8888 --GatewayClient.auth_token=KEY
+
+``GET /api``, ``GET /api/kernelspecs[/{name}]``, ``GET|POST /api/kernels``,
+``GET|DELETE /api/kernels/{id}``, ``POST /api/kernels/{id}/interrupt|restart``; the kernel
+WebSocket is in ``gateway.api.channels``. A kernel belongs to the key that started it and has
+the same limits, auth (``Authorization: token KEY`` as Jupyter clients send it, or Bearer) and
+history as any sandbox: code run from a notebook shows up in the sandbox's executions only if
+it went through our REST/stream API, while the Jupyter WebSocket talks to the kernel directly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import jupyter_server
+from jsonschema import Draft202012Validator
+
+from gateway.api.base import APIHandler
+from gateway.api.schemas import CREATE_SANDBOX
+from gateway.errors import NotFound, SandboxNotFound
+from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.manager import SandboxManager
+from gateway.sandboxes.model import Sandbox, SandboxStatus
+
+START_KERNEL = Draft202012Validator(
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "path": {"type": ["string", "null"]},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+)
+
+#: Set by jupyter_server's gateway client to paths on *its* host; meaningless inside a sandbox.
+HOST_SPECIFIC_ENV = {"KERNEL_WORKING_DIR"}
+
+
+def jupyter_time(moment: datetime) -> str:
+    """Always with microseconds: jupyter_server's gateway client parses ``%Y-%m-%dT%H:%M:%S.%fZ`` strictly."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class JupyterHandler(APIHandler):
+    def initialize(self, sandboxes: SandboxManager, launcher: KernelLauncher, **base: Any) -> None:  # type: ignore[override]
+        super().initialize(**base)
+        self.sandboxes = sandboxes
+        self.launcher = launcher
+
+    def kernelspec(self) -> dict[str, Any]:
+        assert self.launcher.spec_manager is not None
+        spec = self.launcher.spec_manager.get_kernel_spec(self.launcher.kernel_name).to_dict()
+        spec["metadata"] = {k: v for k, v in spec.get("metadata", {}).items() if k != "kernel_provisioner"}
+        return {"name": self.launcher.kernel_name, "spec": spec, "resources": {}}
+
+    async def live_sandbox(self, kernel_id: str) -> Sandbox:
+        """A kernel exists while its sandbox is not terminated (Jupyter has no record of ended kernels)."""
+        sandbox = await self.sandboxes.get(kernel_id, self.user)
+        if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED):
+            raise SandboxNotFound(kernel_id)
+        return sandbox
+
+    def kernel_model(self, sandbox: Sandbox) -> dict[str, Any]:
+        km = self.sandboxes.kernel_of(sandbox.id)
+        alive = km is not None and sandbox.status == SandboxStatus.RUNNING
+        return {
+            "id": sandbox.id,
+            "name": self.launcher.kernel_name,
+            "last_activity": jupyter_time(km.last_activity if km is not None else sandbox.last_active_at),
+            "execution_state": km.execution_state if alive else "dead",
+            "connections": self.sandboxes.kernels.connections(sandbox.id),
+        }
+
+
+class ApiHandler(JupyterHandler):
+    auth_required = False
+
+    def get(self) -> None:
+        self.write_json({"version": jupyter_server.__version__})
+
+
+class KernelSpecsHandler(JupyterHandler):
+    def get(self) -> None:
+        self.write_json({"default": self.launcher.kernel_name, "kernelspecs": {self.launcher.kernel_name: self.kernelspec()}})
+
+
+class KernelSpecHandler(JupyterHandler):
+    def get(self, name: str) -> None:
+        if name != self.launcher.kernel_name:
+            raise NotFound(f"no kernelspec named {name!r}")
+        self.write_json(self.kernelspec())
+
+
+class KernelsHandler(JupyterHandler):
+    async def get(self) -> None:
+        sandboxes = await self.sandboxes.list_sandboxes(
+            self.user, statuses=[str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED)]
+        )
+        self.write_json([self.kernel_model(s) for s in sandboxes])
+
+    async def post(self) -> None:
+        body = self.json_body(START_KERNEL, allow_empty=True)
+        name = body.get("name") or self.launcher.kernel_name
+        if name != self.launcher.kernel_name:
+            raise NotFound(f"no kernelspec named {name!r}")
+        env = {k: v for k, v in (body.get("env") or {}).items() if k not in HOST_SPECIFIC_ENV}
+        Draft202012Validator(CREATE_SANDBOX["properties"]["env"]).validate(env)
+        sandbox = await self.sandboxes.create(self.user, env=env, metadata={"started_by": "jupyter"})
+        self.set_header("Location", f"/api/kernels/{sandbox.id}")
+        self.write_json(self.kernel_model(sandbox), status=201)
+
+
+class KernelHandler(JupyterHandler):
+    async def get(self, kernel_id: str) -> None:
+        self.write_json(self.kernel_model(await self.live_sandbox(kernel_id)))
+
+    async def delete(self, kernel_id: str) -> None:
+        await self.live_sandbox(kernel_id)
+        await self.sandboxes.terminate(kernel_id, self.user)
+        self.set_status(204)
+        self.finish()
+
+
+class KernelActionHandler(JupyterHandler):
+    async def post(self, kernel_id: str, action: str) -> None:
+        await self.live_sandbox(kernel_id)
+        if action == "interrupt":
+            await self.sandboxes.interrupt(kernel_id, self.user)
+            self.set_status(204)
+            self.finish()
+            return
+        self.write_json(self.kernel_model(await self.sandboxes.restart(kernel_id, self.user)))
