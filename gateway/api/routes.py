@@ -12,7 +12,16 @@ from tornado import web
 from gateway.api.base import NotFoundHandler
 from gateway.api.executions import ExecuteHandler, ExecutionHandler, SandboxExecutionsHandler
 from gateway.api.files import FileHandler, FileListHandler
+from gateway.api.channels import KernelChannelsHandler, jupyter_settings
 from gateway.api.health import HealthHandler
+from gateway.api.jupyter import (
+    ApiHandler,
+    KernelActionHandler,
+    KernelHandler,
+    KernelSpecHandler,
+    KernelSpecsHandler,
+    KernelsHandler,
+)
 from gateway.api.notebooks import NotebookHandler
 from gateway.api.sockets import SandboxSocketHandler
 from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
@@ -29,6 +38,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
              keepalive: float = 15.0, allow_origins: list[str] | None = None,
              files: SandboxFiles | None = None, **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes}
+    jupyter = {**deps, "launcher": launcher}
     routes = [
         (rf"{V1}/sandboxes", SandboxesHandler, deps),
         (rf"{V1}/sandboxes/{ID}", SandboxHandler, deps),
@@ -40,6 +50,14 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (r"/health", HealthHandler, {**deps, "launcher": launcher}),
+        # The Jupyter Server kernel API (what Kernel Gateway serves), for notebook front ends.
+        (r"/api", ApiHandler, jupyter),
+        (r"/api/kernelspecs", KernelSpecsHandler, jupyter),
+        (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, jupyter),
+        (r"/api/kernels", KernelsHandler, jupyter),
+        (rf"/api/kernels/{ID}", KernelHandler, jupyter),
+        (rf"/api/kernels/{ID}/(interrupt|restart)", KernelActionHandler, jupyter),
+        (rf"/api/kernels/(?P<kernel_id>{ID[1:-1]})/channels", KernelChannelsHandler, deps),
     ]
     if files is not None:
         routes += [
@@ -53,5 +71,6 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         # WebSocket pings keep idle sockets alive through proxies and find dead peers.
         websocket_ping_interval=keepalive,
         websocket_ping_timeout=max(keepalive * 2, 30),
+        **jupyter_settings(keyring, sandboxes),
         **settings,
     )

@@ -34,6 +34,7 @@ from gateway.execution.executor import OutputCaps
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.kernels import KernelRegistry
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
@@ -84,6 +85,8 @@ class SandboxManager(LoggingConfigurable):
         )
         self._sandboxes: dict[str, Sandbox] = {}
         self._runtimes: dict[str, SandboxRuntime] = {}
+        #: The same kernels as ``_runtimes``, for jupyter_server's kernel WebSocket code.
+        self.kernels = KernelRegistry(parent=self)
         self._running: dict[str, RunningExecution] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -91,8 +94,10 @@ class SandboxManager(LoggingConfigurable):
 
     async def start(self) -> None:
         """Re-attach to kernels that outlived the last gateway process; end the records of the rest."""
+        busy: set[str] = set()
         for record in await self.store.list_unfinished_executions():
             execution = Execution.from_record(record)
+            busy.add(execution.sandbox_id)  # (the store may still say queued: that is written first)
             execution.status = ExecutionStatus.FAILED
             execution.finished_at = execution.finished_at or timestamps.now()
             execution.error = execution_error(
@@ -100,10 +105,10 @@ class SandboxManager(LoggingConfigurable):
             )
             await self.store.put_execution(execution.to_record())
         for record in await self.store.list_sandboxes(statuses=LIVE):
-            await self._recover(Sandbox.from_record(record))
+            await self._recover(Sandbox.from_record(record), busy=record["id"] in busy)
         await self.launcher.remove_orphans(set(self._runtimes))
 
-    async def _recover(self, sandbox: Sandbox) -> None:
+    async def _recover(self, sandbox: Sandbox, *, busy: bool = False) -> None:
         km = None
         if sandbox.provisioner == self.launcher.resolved and sandbox.status == SandboxStatus.RUNNING:
             try:
@@ -113,6 +118,13 @@ class SandboxManager(LoggingConfigurable):
         if km is None:
             await self._end(sandbox, "gateway_restarted")
             return
+        if busy:
+            # The kernel may still run code for the gateway that died: nobody waits for that any
+            # more, and until it ends the kernel cannot answer the kernel_info that _connect awaits.
+            try:
+                await km.interrupt_kernel()
+            except Exception:
+                log.warning("sandbox %s: could not interrupt the re-attached kernel", sandbox.id, exc_info=True)
         try:
             runtime = await self._connect(sandbox, km)
         except Exception:
@@ -120,13 +132,13 @@ class SandboxManager(LoggingConfigurable):
             await self._end(sandbox, "gateway_restarted")
             return
         self._sandboxes[sandbox.id] = sandbox
-        self._runtimes[sandbox.id] = runtime
+        self._adopt(sandbox.id, runtime)
         log.info("sandbox %s: re-attached to its kernel", sandbox.id)
 
     async def stop(self) -> None:
         """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``)."""
         for sandbox_id in list(self._runtimes):
-            runtime = self._runtimes.pop(sandbox_id)
+            runtime = self._release(sandbox_id)
             sandbox = self._sandboxes.pop(sandbox_id)
             try:
                 await runtime.close(stop_kernel=not self.keep_on_shutdown)
@@ -137,6 +149,19 @@ class SandboxManager(LoggingConfigurable):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _adopt(self, sandbox_id: str, runtime: SandboxRuntime) -> None:
+        self._runtimes[sandbox_id] = runtime
+        self.kernels.add(sandbox_id, runtime.km)
+
+    def _release(self, sandbox_id: str) -> SandboxRuntime | None:
+        self.kernels.remove(sandbox_id)
+        return self._runtimes.pop(sandbox_id, None)
+
+    def kernel_of(self, sandbox_id: str) -> Any:
+        """The kernel manager of a live sandbox (for its activity fields), or None."""
+        runtime = self._runtimes.get(sandbox_id)
+        return runtime.km if runtime is not None else None
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -175,7 +200,7 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxStartFailed(f"the sandbox could not be started: {exc}") from None
         sandbox.image = sandbox.kernel["provisioner"].get("image")
         sandbox.status = SandboxStatus.RUNNING
-        self._runtimes[sandbox.id] = runtime
+        self._adopt(sandbox.id, runtime)
         await self.store.put_sandbox(sandbox.to_record())
         log.info("sandbox %s: running for %s (%s)", sandbox.id, owner, sandbox.provisioner)
         return sandbox
@@ -228,7 +253,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox = await self.get(sandbox_id, user)
-        runtime = self._runtimes.pop(sandbox_id, None)
+        runtime = self._release(sandbox_id)
         if runtime is None:
             if sandbox.status != SandboxStatus.TERMINATED:
                 await self._end(sandbox, "deleted")
