@@ -132,8 +132,8 @@ def op_read(root, parts, request, out):
         raise Refusal("file_not_found", "no such file: %s" % shown(parts)) from None
     except IsADirectoryError:
         raise Refusal("invalid_path", "is a directory: %s (list it instead)" % shown(parts)) from None
-    with os.fdopen(fd, "rb") as source:
-        info = os.fstat(source.fileno())
+    try:
+        info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise Refusal("invalid_path", "is a directory: %s (list it instead)" % shown(parts))
         if not stat.S_ISREG(info.st_mode):
@@ -142,15 +142,22 @@ def op_read(root, parts, request, out):
         limit = request.get("max_bytes")
         if isinstance(limit, int) and size > limit:
             raise Refusal("too_large", "%s is %d bytes, over the limit of %d bytes" % (shown(parts), size, limit))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as source:
         answer(out, ok=True, **entry(root, full, parts[-1], "/".join(parts)))
         left = size
-        while left > 0:
-            chunk = source.read(min(CHUNK, left))
-            if not chunk:
-                break  # the file shrank while we read it
-            out.write(chunk)
-            left -= len(chunk)
-        out.flush()
+        try:
+            while left > 0:
+                chunk = source.read(min(CHUNK, left))
+                if not chunk:
+                    break  # the file shrank while we read it: the gateway sees the content end early
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+        except OSError:
+            sys.exit(3)  # the answer is sent: no second one, just fewer bytes than announced
 
 
 def op_write(root, parts, request, out, data):
