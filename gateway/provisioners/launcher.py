@@ -213,6 +213,10 @@ class KernelLauncher(LoggingConfigurable):
             return None
         km = self._kernel_manager(sandbox.id)
         km.kernel_id = sandbox.id
+        # The kernel was started (by an earlier gateway process). Without this, jupyter_client's
+        # pending-state bookkeeping reuses one "ready" future for the shutdown and the start of a
+        # later relaunch, and the start fails with InvalidStateError.
+        km._attempted_start = True
         km.load_connection_info(sandbox.kernel["connection"])
         km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
             sandbox.id, km.kernel_spec, parent=km
