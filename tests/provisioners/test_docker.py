@@ -259,7 +259,7 @@ print(json.dumps({{'env': dict(os.environ),
 """)
     env = facts["env"]
     assert env["PUBLIC"] == "yes"
-    assert not [name for name in env if name.startswith("GATEWAY_") or name.startswith("CODE_GATEWAY")]
+    assert not [name for name in env if name.startswith("GATEWAY_")] and "CODE_GATEWAY_CONNECTION" not in env
     assert not [name for name in env if any(key in env[name] for key in KEYS.values())]
     assert facts["data_dir"] is False and facts["runtime_dir"] is False
     assert runtime_dir not in facts["mounts"] and str(data_dir) not in facts["mounts"]
