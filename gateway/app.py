@@ -37,6 +37,7 @@ from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
+from gateway.sandboxes.pool import WarmPool
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 
@@ -54,6 +55,7 @@ ALIASES = {
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
     "max-sandboxes-per-user": "SandboxManager.max_sandboxes_per_user",
+    "pool-size": "WarmPool.size",
     "max-file-bytes": "SandboxFiles.max_file_bytes",
     "max-cpu": "ResourcePolicy.max_cpu",
     "max-memory-mb": "ResourcePolicy.max_memory_mb",
@@ -130,7 +132,7 @@ class GatewayApp(ConfiguredApp):
             "Leave sandbox kernels running at shutdown, to re-attach at the next start.",
         ),
     }
-    classes = [KernelLauncher, DockerProvisioner, SandboxManager, SandboxFiles, ResourcePolicy, KeyRing]
+    classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy, KeyRing]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")

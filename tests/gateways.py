@@ -27,6 +27,11 @@ def auth(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[user]}"}
 
 
+def without_pool_unless_asked(args: tuple[str, ...]) -> list[str]:
+    """No warm pool unless a test asks for one: on 2 cores a background refill slows every other test."""
+    return list(args) if any(a.startswith("--pool-size") for a in args) else ["--pool-size=0", *args]
+
+
 class InProcessGateway:
     """A ``GatewayApp`` running in the test's own event loop."""
 
@@ -34,7 +39,7 @@ class InProcessGateway:
         self.app = GatewayApp()
         self.app.initialize(
             ["--ip=127.0.0.1", "--port=0", f"--data-dir={data_dir}", f"--provisioner={provisioner}",
-             f"--api-keys={KEY_PAIRS}", *args]
+             f"--api-keys={KEY_PAIRS}", *without_pool_unless_asked(args)]
         )
         self.url = ""
 
@@ -68,7 +73,7 @@ class GatewayProcess:
         self.output = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--ip=127.0.0.1", "--port=0", f"--data-dir={self.data_dir}",
-             f"--provisioner={self.provisioner}", *self.args],
+             f"--provisioner={self.provisioner}", *without_pool_unless_asked(self.args)],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         port = await asyncio.wait_for(asyncio.to_thread(self._read_port), timeout)

@@ -27,6 +27,7 @@ class HealthHandler(APIHandler):
                 "provisioner_requested": self.launcher.provisioner,
                 "warnings": self.launcher.warnings,
                 "sandboxes": self.sandboxes.counts(),
+                "pool": self.sandboxes.pool.describe(),
                 "engine": self.launcher.engine.describe() if self.launcher.engine is not None else None,
             }
         )

@@ -83,6 +83,20 @@ class KernelConnection:
                     return
         raise ConnectTimeout(f"kernel of sandbox {self.sandbox_id} did not answer within {timeout:g} s")
 
+    async def run_silent(self, code: str, timeout: float) -> None:
+        """Run setup code unseen: no outputs, no history, no execution count; raise if it fails."""
+        msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False, stop_on_error=False)
+        with self.request(msg_id) as replies:
+            async with asyncio.timeout(timeout):
+                while True:
+                    channel, msg = await replies.get()
+                    if channel == "gone":
+                        raise msg
+                    if channel == "shell":
+                        break
+        if msg["content"].get("status") != "ok":
+            raise RuntimeError(f"setup code failed in sandbox {self.sandbox_id}: {msg['content'].get('evalue')}")
+
     @contextlib.contextmanager
     def request(self, msg_id: str) -> Iterator[asyncio.Queue[tuple[str, Any]]]:
         """Receive every shell and iopub message whose parent is ``msg_id`` while inside the block.

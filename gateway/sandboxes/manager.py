@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from typing import Any
 
 from traitlets import Bool, Float, Int, Unicode
@@ -37,6 +38,7 @@ from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.kernels import KernelRegistry
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
+from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.store.base import Store
 
@@ -89,6 +91,8 @@ class SandboxManager(LoggingConfigurable):
         self.kernels = KernelRegistry(parent=self)
         self._running: dict[str, RunningExecution] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
+                             profile=policy.defaults(), parent=self)
 
     # -- lifecycle of the manager ----------------------------------------------------------------
 
@@ -107,6 +111,7 @@ class SandboxManager(LoggingConfigurable):
         for record in await self.store.list_sandboxes(statuses=LIVE):
             await self._recover(Sandbox.from_record(record), busy=record["id"] in busy)
         await self.launcher.remove_orphans(set(self._runtimes))
+        self.pool.start()
 
     async def _recover(self, sandbox: Sandbox, *, busy: bool = False) -> None:
         km = None
@@ -137,6 +142,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def stop(self) -> None:
         """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``)."""
+        await self.pool.stop()
         for sandbox_id in list(self._runtimes):
             runtime = self._release(sandbox_id)
             sandbox = self._sandboxes.pop(sandbox_id)
@@ -187,6 +193,9 @@ class SandboxManager(LoggingConfigurable):
             env=dict(env or {}), metadata=dict(metadata or {}),
             figure_formats=list(figure_formats or DEFAULT_FIGURE_FORMATS),
         )
+        taken = self.pool.claim(limits, sandbox.figure_formats)
+        if taken is not None and await self._take_pooled(taken, sandbox):
+            return taken[0]
         self._sandboxes[sandbox.id] = sandbox
         await self.store.put_sandbox(sandbox.to_record())
         try:
@@ -204,6 +213,44 @@ class SandboxManager(LoggingConfigurable):
         await self.store.put_sandbox(sandbox.to_record())
         log.info("sandbox %s: running for %s (%s)", sandbox.id, owner, sandbox.provisioner)
         return sandbox
+
+    async def _take_pooled(self, taken: tuple[Sandbox, SandboxRuntime], request: Sandbox) -> bool:
+        """Make a pooled sandbox the requested one: owner, limits, env; False if that fails."""
+        pooled, runtime = taken
+        try:
+            await runtime.configure(limits=request.resources if request.resources != pooled.resources else None,
+                                    env=request.env)
+        except Exception:
+            log.warning("sandbox %s: could not take it from the pool; starting a fresh one", pooled.id, exc_info=True)
+            await self._dispose_pooled(taken)
+            return False
+        pooled.owner, pooled.resources, pooled.env, pooled.metadata = (
+            request.owner, request.resources, request.env, request.metadata)
+        pooled.created_at = pooled.last_active_at = timestamps.now()
+        self._sandboxes[pooled.id] = pooled
+        self._adopt(pooled.id, runtime)
+        await self.store.put_sandbox(pooled.to_record())
+        log.info("sandbox %s: running for %s (from the warm pool)", pooled.id, request.owner)
+        return True
+
+    async def _start_pooled(self) -> tuple[Sandbox, SandboxRuntime]:
+        sandbox = Sandbox(owner="", resources=self.pool.profile, provisioner=self.launcher.resolved)
+        runtime = await self._start_runtime(sandbox)
+        sandbox.image = sandbox.kernel["provisioner"].get("image")
+        sandbox.status = SandboxStatus.RUNNING
+        return sandbox, runtime
+
+    async def _dispose_pooled(self, pooled: tuple[Sandbox, SandboxRuntime]) -> None:
+        try:
+            await pooled[1].close()
+        except Exception:
+            log.exception("sandbox %s: could not stop a pooled sandbox", pooled[0].id)
+
+    def saturated(self) -> bool:
+        """Whether background work (refilling the pool) should wait: all cores busy."""
+        cores = os.cpu_count() or 1
+        busy = sum(1 for runtime in self._runtimes.values() if runtime.busy)
+        return busy >= cores or os.getloadavg()[0] >= cores * self.pool.max_load_per_core
 
     async def _start_runtime(self, sandbox: Sandbox) -> SandboxRuntime:
         """Launch the kernel, connect to it, and record how to re-attach; nothing is left behind on failure."""
@@ -279,6 +326,9 @@ class SandboxManager(LoggingConfigurable):
         def on_exit(reason: str) -> None:
             sandbox.status = SandboxStatus.FAILED
             sandbox.status_reason = reason
+            if sandbox.id not in self._sandboxes:  # still in the pool: no record, just replace it
+                self.pool.notice_exit()
+                return
             self._spawn(self.store.put_sandbox(sandbox.to_record()), name=f"record-exit-{sandbox.id}")
 
         return on_exit
@@ -396,6 +446,6 @@ class SandboxManager(LoggingConfigurable):
 
     # -- for /health -----------------------------------------------------------------------------
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         busy = sum(1 for runtime in self._runtimes.values() if runtime.busy)
         return {"live": len(self._runtimes), "busy": busy, "executions_in_flight": len(self._running)}

@@ -27,7 +27,7 @@ from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway import timestamps
 from gateway.provisioners.launcher import KernelLauncher
-from gateway.sandboxes.model import Sandbox
+from gateway.sandboxes.model import ResourceLimits, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,21 @@ class SandboxRuntime:
         if self.current is not None:
             self._cancel_requested = True
         await self.km.interrupt_kernel()
+
+    async def configure(self, *, limits: ResourceLimits | None, env: dict[str, str]) -> None:
+        """Fit a running kernel to a new owner's request: lower its limits, add its environment.
+
+        Used when a sandbox comes from the warm pool, started before anyone asked for it.
+        """
+        if limits is not None:
+            update = getattr(self.km.provisioner, "update_limits", None)
+            if update is not None:
+                await update(limits)
+        if env:
+            assert self.connection is not None
+            await self.connection.run_silent(
+                f"import os as _os\n_os.environ.update({dict(env)!r})\ndel _os", timeout=self.settings.connect_timeout
+            )
 
     async def cancel(self, execution: Execution) -> None:
         """Cancel one execution: interrupt it if it runs, skip it if it still waits."""

@@ -1,0 +1,161 @@
+"""The warm pool: sandboxes started ahead of time, so creating one takes milliseconds, not a second.
+
+    pool = WarmPool(start=manager.start_pooled, saturated=manager.saturated, profile=limits, parent=manager)
+    pool.start()
+    taken = pool.claim(requested_limits, figure_formats)   # (sandbox, runtime) or None: start a cold one
+    await pool.stop()
+
+A pooled sandbox is ready (container up, kernel answered ``kernel_info``), owned by nobody and in
+no record until claimed. It is used once and never returned: kernels hold state. A request fits
+the pool when it asks for no network, the pool's disk size and figure formats, and at most the
+pool's CPU, memory and pids (those are lowered on the running container when claimed).
+
+Refilling never starves live work: one sandbox starts at a time, not while the machine is
+saturated, and after a failed start the pool waits (1 s, doubling to ``max_backoff``) so a broken
+image cannot loop hot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from traitlets import Float, Int
+from traitlets.config import LoggingConfigurable
+
+from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, ResourceLimits, Sandbox, SandboxStatus
+from gateway.sandboxes.runtime import SandboxRuntime
+
+log = logging.getLogger(__name__)
+
+Pooled = tuple[Sandbox, SandboxRuntime]
+
+
+def fits(requested: ResourceLimits, profile: ResourceLimits, figure_formats: list[str]) -> bool:
+    """Whether a pooled sandbox of ``profile`` can become what was requested."""
+    return (
+        not requested.network
+        and requested.disk_mb == profile.disk_mb
+        and requested.cpu <= profile.cpu
+        and requested.memory_mb <= profile.memory_mb
+        and requested.pids <= profile.pids
+        and list(figure_formats) == list(DEFAULT_FIGURE_FORMATS)
+    )
+
+
+class WarmPool(LoggingConfigurable):
+    size = Int(2, help="Ready sandboxes kept for the default resource profile (0: no pool).").tag(config=True)
+    max_load_per_core = Float(
+        1.5, help="Refilling pauses while the 1-minute load average per CPU core is at least this."
+    ).tag(config=True)
+    max_backoff = Float(60.0, help="Longest wait (s) after failed starts before trying again.").tag(config=True)
+
+    def __init__(
+        self,
+        *,
+        start: Callable[[], Awaitable[Pooled]],
+        dispose: Callable[[Pooled], Awaitable[None]],
+        saturated: Callable[[], bool],
+        profile: ResourceLimits,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._start = start
+        self._dispose = dispose
+        self._saturated = saturated
+        self.profile = profile
+        self._ready: deque[Pooled] = deque()
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.starting = False
+        self.failures = 0
+        self.paused: str | None = None
+        self.claimed = 0
+        self.missed = 0
+        self._disposals: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        if self.size > 0:
+            self._task = asyncio.create_task(self._refill(), name="warm-pool-refill")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        while self._ready:
+            self._discard(self._ready.popleft())
+        await asyncio.gather(*self._disposals, return_exceptions=True)
+
+    def claim(self, requested: ResourceLimits, figure_formats: list[str]) -> Pooled | None:
+        """A ready sandbox for this request, or None (no fit, or the pool is empty)."""
+        if self.size <= 0 or not fits(requested, self.profile, figure_formats):
+            return None
+        while self._ready:
+            sandbox, runtime = self._ready.popleft()
+            self._wanted.set()
+            if sandbox.status == SandboxStatus.RUNNING:
+                self.claimed += 1
+                return sandbox, runtime
+            self._discard((sandbox, runtime))  # its kernel died while it waited
+        self.missed += 1
+        return None
+
+    def _discard(self, pooled: Pooled) -> None:
+        task = asyncio.create_task(self._dispose(pooled), name=f"warm-pool-dispose-{pooled[0].id}")
+        self._disposals.add(task)
+        task.add_done_callback(self._disposals.discard)
+
+    def notice_exit(self) -> None:
+        """A pooled kernel died: prune it and refill."""
+        for pooled in [p for p in self._ready if p[0].status != SandboxStatus.RUNNING]:
+            self._ready.remove(pooled)
+            self._discard(pooled)
+        self._wanted.set()
+
+    async def _refill(self) -> None:
+        backoff = 0.0
+        while True:
+            if len(self._ready) >= self.size:
+                self._wanted.clear()
+                await self._wanted.wait()
+                continue
+            if self._saturated():
+                self.paused = "the machine is saturated"
+                await asyncio.sleep(1.0)
+                continue
+            self.paused = None
+            self.starting = True
+            began = time.monotonic()
+            try:
+                pooled = await self._start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                backoff = min(max(1.0, backoff * 2), self.max_backoff)
+                self.paused = f"backing off {backoff:g} s after a failed start: {exc}"
+                log.warning("warm pool: start failed (%s); next try in %g s", exc, backoff)
+                await asyncio.sleep(backoff)
+                continue
+            finally:
+                self.starting = False
+            backoff = 0.0
+            self._ready.append(pooled)
+            log.debug("warm pool: sandbox %s ready in %.2f s", pooled[0].id, time.monotonic() - began)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "ready": sum(1 for s, _ in self._ready if s.status == SandboxStatus.RUNNING),
+            "starting": self.starting,
+            "paused": self.paused,
+            "failed_starts": self.failures,
+            "claimed": self.claimed,
+            "missed": self.missed,
+            "profile": self.profile.to_dict(),
+        }

@@ -1,0 +1,58 @@
+"""The warm pool in a real gateway: instant sandboxes that still get their owner's env and limits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from tests.api.test_sandboxes import run
+from tests.gateways import InProcessGateway
+
+
+async def pool_state(client: httpx.AsyncClient, ready: int) -> dict[str, Any]:
+    for _ in range(600):
+        state = (await client.get("/health")).json()["pool"]
+        if state["ready"] == ready and not state["starting"]:
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the pool never had {ready} ready: {state}")
+
+
+async def test_a_pooled_sandbox_becomes_the_callers(tmp_path: Any) -> None:
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1") as gateway, gateway.client() as alice:
+        await pool_state(alice, ready=1)
+        response = await alice.post("/api/v1/sandboxes", json={"env": {"MINE": "yes"}, "metadata": {"m": 1},
+                                                               "resources": {"memory_mb": 256}})
+        assert response.status_code == 201
+        sandbox = response.json()
+        assert sandbox["owner"] == "alice" and sandbox["metadata"] == {"m": 1}
+        assert sandbox["resources"]["memory_mb"] == 256 and sandbox["status"] == "running"
+        state = await pool_state(alice, ready=1)  # refilled
+        assert state["claimed"] == 1
+        execution = await run(alice, sandbox["id"], "import os; x = 1; os.environ['MINE']")
+        assert execution["result"]["text/plain"] == "'yes'"
+        assert execution["execution_count"] == 1  # the setup left no trace in the kernel's history
+        assert (await alice.get(f"/api/v1/sandboxes/{sandbox['id']}")).json()["owner"] == "alice"
+        async with gateway.client("bob") as bob:
+            assert (await bob.get(f"/api/v1/sandboxes/{sandbox['id']}")).status_code == 404
+        # Restart keeps the owner's environment (the fresh kernel is started with it).
+        await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/restart")
+        again = await run(alice, sandbox["id"], "import os; os.environ['MINE']")
+        assert again["result"]["text/plain"] == "'yes'"
+
+
+async def test_requests_that_do_not_fit_start_cold(tmp_path: Any) -> None:
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1") as gateway, gateway.client() as alice:
+        await pool_state(alice, ready=1)
+        response = await alice.post("/api/v1/sandboxes", json={"resources": {"memory_mb": 1024}})
+        assert response.status_code == 201
+        state = (await alice.get("/health")).json()["pool"]
+        assert state["claimed"] == 0 and state["ready"] == 1
+
+
+async def test_pool_size_zero_turns_it_off(gateway: InProcessGateway) -> None:
+    async with gateway.client(None) as client:
+        state = (await client.get("/health")).json()["pool"]
+    assert state["size"] == 0 and state["ready"] == 0 and not state["starting"]
