@@ -1,0 +1,64 @@
+"""Gateways for tests that must hold for every provisioner: ``local`` and ``docker``.
+
+    from tests.provisioned import each_gateway, alice, bob  # noqa: F401  (fixtures)
+
+    async def test_something(each_gateway, alice): ...    # runs once per provisioner
+
+The docker variant carries the ``docker`` mark and fails loudly (never skips) without an engine
+or the sandbox image, as every container test does. A test that needs other gateway options::
+
+    @pytest.mark.parametrize("provisioner", PROVISIONERS)
+    async def test_limit(provisioner, tmp_path):
+        async with gateway_for(provisioner, tmp_path, "--SandboxFiles.max_file_bytes=1024") as gateway: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import docker_or_fail
+from tests.gateways import InProcessGateway
+
+PROVISIONERS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+def gateway_for(provisioner: str, tmp_path: Any, *args: str) -> InProcessGateway:
+    """A gateway (to use with ``async with``) whose sandboxes run on ``provisioner``."""
+    if provisioner == "docker":
+        docker_or_fail().close()
+    return InProcessGateway(tmp_path / "data", *args, provisioner=provisioner)
+
+
+@pytest.fixture(params=PROVISIONERS)
+async def each_gateway(request: Any, tmp_path: Any) -> AsyncIterator[InProcessGateway]:
+    """An in-process gateway with the provisioner of this run (users alice, bob and admin)."""
+    async with gateway_for(request.param, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def alice(each_gateway: InProcessGateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with each_gateway.client("alice") as client:
+        yield client
+
+
+@pytest.fixture
+async def bob(each_gateway: InProcessGateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with each_gateway.client("bob") as client:
+        yield client
+
+
+async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await client.post("/api/v1/sandboxes", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def run(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: Any) -> dict[str, Any]:
+    response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
