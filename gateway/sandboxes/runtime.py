@@ -71,7 +71,7 @@ class SandboxRuntime:
             self.km.client(context=self.launcher.context), self.sandbox_id, on_iopub=self._saw_iopub
         )
         try:
-            await self.connection.open(timeout=self.settings.connect_timeout)
+            await self._open_while_alive(self.connection)
             self.km.execution_state = "idle"
         except BaseException:
             await self.connection.close()
@@ -84,6 +84,23 @@ class SandboxRuntime:
             interrupt_grace=self.settings.interrupt_grace,
         )
         self._watcher = asyncio.create_task(self._watch(), name=f"kernel-watch-{self.sandbox_id}")
+
+    async def _open_while_alive(self, connection: KernelConnection) -> None:
+        """``connection.open``, but give up at once if the kernel dies meanwhile (say, out of memory at start)."""
+        assert self.km.provisioner is not None
+        provisioner = self.km.provisioner
+        opening = asyncio.ensure_future(connection.open(timeout=self.settings.connect_timeout))
+        died = asyncio.ensure_future(provisioner.wait())
+        try:
+            await asyncio.wait({opening, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (opening, died):
+                task.cancel()
+            await asyncio.gather(opening, died, return_exceptions=True)
+        if opening.cancelled() and died.done() and not died.cancelled() and died.exception() is None:
+            reason = await provisioner.exit_reason() if hasattr(provisioner, "exit_reason") else "kernel_died"
+            raise RuntimeError(f"the kernel stopped before it answered ({reason})")
+        opening.result()
 
     def _saw_iopub(self, msg: dict[str, Any]) -> None:
         """Keep the kernel's activity fields current (the Jupyter kernel API reports them)."""
