@@ -268,3 +268,16 @@ async def test_sandbox_deaths_are_noticed_while_others_keep_running(
     await _until_status(alice, ids[0], "failed")
     for sid in ids[1:]:
         assert (await run(alice, sid, "2 + 2"))["result"] == {"text/plain": "4"}
+
+
+async def test_a_kernel_that_dies_while_starting_fails_the_create_at_once(
+    docker_gateway: InProcessGateway, alice: httpx.AsyncClient, docker_client: Any
+) -> None:
+    # 20 MiB cannot hold an IPython kernel: it is killed while starting, and create says so
+    # (well within the 60 s the gateway would otherwise wait for the kernel to answer).
+    response = await asyncio.wait_for(alice.post("/api/v1/sandboxes", json={"resources": {"memory_mb": 20}}), 30)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "sandbox_start_failed"
+    assert "out_of_memory" in response.json()["error"]["message"]
+    instance = engine_of(docker_gateway).instance_id
+    assert containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance}") == []
