@@ -81,7 +81,7 @@ while True:
 """)
     assert started["status"] == "completed", started
     await asyncio.sleep(3)
-    pids = int(open_cgroup_pids(docker_client, bombed))
+    pids = process_count(docker_client, bombed)
     assert pids <= 64
     await responsive(docker_gateway, bob, other)
 
@@ -94,7 +94,7 @@ while True:
     assert docker_client.containers.list(all=True, filters={"id": old_id}) == []
 
 
-def open_cgroup_pids(docker_client: Any, sandbox_id: str) -> int:
+def process_count(docker_client: Any, sandbox_id: str) -> int:
     """How many tasks the sandbox's container holds right now (from the engine's view)."""
     top = container_of(docker_client, sandbox_id).top()
     return len(top["Processes"] or [])
