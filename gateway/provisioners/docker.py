@@ -15,7 +15,10 @@ How the gateway reaches a kernel with no network and no host directory shared wi
   ``/run/code-gateway``, where the kernel binds its ipc sockets.
 - On the host, ``<sandbox_dir>/sock`` is a symlink to ``/proc/<container pid>/root/run/code-gateway``:
   the gateway connects to ``<sandbox_dir>/sock/k-<n>`` and the kernel sees ``/run/code-gateway/k-<n>``.
-  Nothing the sandbox writes lands on the host's disk, and it sees no host path.
+  Nothing the sandbox writes lands on the host's disk, and it sees no host path. (A bind-mounted
+  host directory would be both: a way to fill the host's disk, and files the root gateway writes
+  into a directory the sandbox controls.) So the gateway runs on the engine's host, in its pid
+  namespace, as root (with the usual CAP_SYS_PTRACE) or as the uid its sandboxes run as.
 
 Hardening (each also proven by tests/provisioners/test_docker.py): no network (``none``), all
 capabilities dropped, no-new-privileges, Docker's default seccomp profile, read-only root,
