@@ -1,6 +1,7 @@
 # One command to run the gateway, one to test it; each sets up what it needs, idempotently.
 #   make run     venv + Docker engine + sandbox image, then the gateway on 127.0.0.1:8888
 #   make test    the same setup, then the whole test suite (what CI runs via .ci/run)
+#   make bench   the same setup, then the benchmarks (bench/run.py; BENCH_ARGS=--quick for a smoke run)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -33,6 +34,9 @@ run: venv
 
 test: venv images
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv images
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .gateway-data .pytest_cache

@@ -1,0 +1,201 @@
+"""The clients the benchmarks time: lean on purpose, so the figures are the servers', not the clients'.
+
+    http = await HttpConnection.open(port, {"Authorization": "Bearer KEY"})
+    status, body = await http.request("POST", "/api/v1/sandboxes/ID/execute", {"code": "1+1"})
+    execution = await rest_execute(http, sandbox_id, "1+1")          # raises unless it completed
+    await ws_execute(socket, "1+1")                                   # our /stream WebSocket
+    await channels_execute(socket, "1+1")                             # Jupyter channels (ours or KG's)
+    await raw_execute(kernel_client, "1+1")                           # jupyter_client, no gateway
+
+Every WebSocket client is ``websockets`` (asyncio, compression off); HTTP is a raw HTTP/1.1
+keep-alive connection over asyncio streams (asyncio sets TCP_NODELAY), so no client library's
+overhead weighs on one method more than another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import websockets
+
+TIMEOUT = 120.0
+
+
+class HttpError(Exception):
+    pass
+
+
+class HttpConnection:
+    """One persistent HTTP/1.1 connection (Content-Length and chunked bodies)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int,
+                 headers: dict[str, str]) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.port = port
+        self.headers = headers
+
+    @classmethod
+    async def open(cls, port: int, headers: dict[str, str] | None = None) -> HttpConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        return cls(reader, writer, port, headers or {})
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        data = b"" if body is None else json.dumps(body).encode()
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", f"Content-Length: {len(data)}"]
+        if body is not None:
+            lines.append("Content-Type: application/json")
+        lines += [f"{k}: {v}" for k, v in {**self.headers, **(headers or {})}.items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+        return await asyncio.wait_for(self._response(), TIMEOUT)
+
+    async def _response(self) -> tuple[int, bytes]:
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split()[1])
+        headers = {}
+        for line in header_lines:
+            if ":" in line:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            return status, b"".join(parts)
+        length = int(headers.get("content-length", "0"))
+        return status, await self.reader.readexactly(length) if length else b""
+
+    async def json(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        status, data = await self.request(method, path, body)
+        if status != expect:
+            raise HttpError(f"{method} {path}: {status} {data[:300]!r}")
+        return json.loads(data) if data else None
+
+
+def check_completed(execution: dict[str, Any], expect: str | None) -> dict[str, Any]:
+    if execution.get("status") != "completed":
+        raise HttpError(f"execution {execution.get('status')}: {json.dumps(execution.get('error'))[:300]}")
+    if expect is not None and (execution.get("result") or {}).get("text/plain") != expect:
+        raise HttpError(f"unexpected result {execution.get('result')!r}, wanted {expect!r}")
+    return execution
+
+
+async def create_sandbox(http: HttpConnection, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    return await http.json("POST", "/api/v1/sandboxes", body or {}, expect=201)  # type: ignore[no-any-return]
+
+
+async def delete_sandbox(http: HttpConnection, sandbox_id: str) -> None:
+    await http.json("DELETE", f"/api/v1/sandboxes/{sandbox_id}", expect=204)
+
+
+async def rest_execute(http: HttpConnection, sandbox_id: str, code: str, expect: str | None = "2") -> dict[str, Any]:
+    """``POST .../execute``: the whole Execution as one JSON response."""
+    execution = await http.json("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", {"code": code})
+    return check_completed(execution, expect)
+
+
+async def ndjson_execute(http: HttpConnection, sandbox_id: str, code: str,
+                         expect: str | None = "2") -> dict[str, Any]:
+    """The same with ``Accept: application/x-ndjson``: read every line to the final Execution."""
+    status, data = await http.request("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", {"code": code},
+                                      headers={"Accept": "application/x-ndjson"})
+    if status != 200:
+        raise HttpError(f"ndjson execute: {status} {data[:300]!r}")
+    last = json.loads(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    if last.get("type") != "execution":
+        raise HttpError(f"stream ended with {last.get('type')}")
+    return check_completed(last["execution"], expect)
+
+
+def ws_connect(url: str, headers: dict[str, str]) -> Any:
+    return websockets.connect(url, additional_headers=headers, max_size=None, compression=None,
+                              ping_interval=None, open_timeout=60)
+
+
+async def ws_execute(socket: Any, code: str, expect: str | None = "2") -> dict[str, Any]:
+    """Our ``/stream`` WebSocket: one execute message, events until its ``execution``."""
+    request_id = uuid.uuid4().hex
+    await socket.send(json.dumps({"type": "execute", "id": request_id, "code": code}))
+    while True:
+        event = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        if event.get("id") != request_id:
+            continue
+        if event["type"] == "error":
+            raise HttpError(f"ws error: {event['error']}")
+        if event["type"] == "execution":
+            return check_completed(event["execution"], expect)
+
+
+def _jupyter_message(code: str, session: str) -> dict[str, Any]:
+    msg_id = uuid.uuid4().hex
+    return {
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "bench", "session": session,
+                   "date": datetime.now(timezone.utc).isoformat(), "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }
+
+
+async def channels_execute(socket: Any, code: str, session: str, expect: str | None = "2") -> list[dict[str, Any]]:
+    """Jupyter's channels WebSocket (default JSON protocol): until the execute_reply *and* idle status."""
+    request = _jupyter_message(code, session)
+    msg_id = request["header"]["msg_id"]
+    await socket.send(json.dumps(request))
+    got, reply, idle = [], None, False
+    while reply is None or not idle:
+        msg = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        got.append(msg)
+        if msg["msg_type"] == "execute_reply":
+            reply = msg
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            idle = True
+    check_reply(reply["content"], got, expect)
+    return got
+
+
+async def raw_execute(client: Any, code: str, expect: str | None = "2") -> list[dict[str, Any]]:
+    """jupyter_client with no gateway: send, read iopub to the idle status, then the shell reply."""
+    msg_id = client.execute(code)
+    got = []
+    while True:
+        msg = await client.get_iopub_msg(timeout=TIMEOUT)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        got.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    while True:
+        reply = await client.get_shell_msg(timeout=TIMEOUT)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    check_reply(reply["content"], got, expect)
+    return got
+
+
+def check_reply(content: dict[str, Any], got: list[dict[str, Any]], expect: str | None) -> None:
+    if content.get("status") != "ok":
+        raise HttpError(f"execute_reply {content.get('status')}: {content.get('ename')} {content.get('evalue')}")
+    if expect is not None:
+        results = [m["content"]["data"].get("text/plain") for m in got if m["msg_type"] == "execute_result"]
+        if results != [expect]:
+            raise HttpError(f"unexpected results {results!r}, wanted {expect!r}")

@@ -1,0 +1,190 @@
+"""The one table (figures against their baselines and targets) and the latency chart.
+
+    rows = table_rows(results)
+    print(markdown(rows))
+    chart(results, Path("bench/results/latency.png"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from bench.measure import fmt_seconds
+
+#: Targets of issue 6, on a 2-core machine.
+POOLED_P50 = 0.050
+COLD_P50 = 1.2
+ROUNDTRIP_RATIO = 1.15
+GATEWAY_KIB_PER_SANDBOX = 1024
+
+
+@dataclasses.dataclass
+class Row:
+    scenario: str
+    method: str
+    p50: str
+    p99: str
+    baseline: str
+    target: str = "—"
+    verdict: str = "—"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a is not None and b else "n/a"
+
+
+def vs(series: dict[str, Any], base: dict[str, Any] | None, name: str) -> str:
+    if base is None or not series.get("n"):
+        return "—"
+    return f"{ratio(series['p50'], base['p50'])} / {ratio(series['p99'], base['p99'])} {name}"
+
+
+def at_most(value: float | None, target: float) -> str:
+    """``met`` or ``missed by X%``."""
+    if value is None:
+        return "n/a"
+    if value <= target:
+        return "met"
+    return f"missed by {(value / target - 1) * 100:.0f}%"
+
+
+def errors_note(series: dict[str, Any]) -> str:
+    return f" ({series['errors']} errors)" if series.get("errors") else ""
+
+
+def latency_row(scenario: str, series: dict[str, Any], baseline: str) -> Row:
+    return Row(scenario, series["label"] + errors_note(series), fmt_seconds(series.get("p50")),
+               fmt_seconds(series.get("p99")), baseline)
+
+
+def table_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    first = results.get("first_result")
+    if first:
+        raw, cold, pooled = first.get("raw"), first.get("cold"), first.get("pooled") or {}
+        title = "first result (create + 1+1)"
+        if pooled.get("available"):
+            row = latency_row(title, pooled, vs(pooled, cold, "pool off"))
+            row.target, row.verdict = "p50 ≤ 50 ms", at_most(pooled["p50"], POOLED_P50)
+            rows.append(row)
+        else:
+            rows.append(Row(title, "first result, pool warm", "n/a (no pool)", "n/a", "—", "p50 ≤ 50 ms", "n/a"))
+        if cold:
+            row = latency_row(title, cold, vs(cold, raw, "raw start"))
+            row.target, row.verdict = "p50 ≤ 1.2 s", at_most(cold["p50"], COLD_P50)
+            rows.append(row)
+        if raw:
+            rows.append(latency_row(title, raw, "baseline"))
+
+    roundtrip = results.get("roundtrip")
+    if roundtrip:
+        raw, kg = roundtrip.get("raw"), roundtrip.get("kg")
+        for name, series in roundtrip.items():
+            if name == "raw":
+                continue
+            row = latency_row("round trip of 1+1", series, vs(series, raw, "raw"))
+            if name in ("rest", "ws") and raw and series.get("n"):
+                row.target = "≤ 1.15× raw, < KG"
+                verdicts = [at_most(series["p50"] / raw["p50"], ROUNDTRIP_RATIO)]
+                if kg and kg.get("n"):
+                    faster = series["p50"] < kg["p50"]
+                    verdicts.append(f"{'faster' if faster else 'slower'} than KG ({ratio(series['p50'], kg['p50'])})")
+                row.verdict = "; ".join(verdicts)
+            elif name == "kg":
+                row.method += " (local-process kernel)"
+            rows.append(row)
+        if raw:
+            rows.append(latency_row("round trip of 1+1", raw, "baseline (floor)"))
+
+    png = results.get("png")
+    if png:
+        raw = png.get("raw")
+        for name, series in png.items():
+            if name != "raw":
+                rows.append(latency_row("2 MiB PNG relayed", series, vs(series, raw, "raw")))
+        if raw:
+            rows.append(latency_row("2 MiB PNG relayed", raw, "baseline"))
+
+    scale = results.get("scale")
+    if scale and scale.get("gateway"):
+        gateway, raw = scale["gateway"], scale.get("raw")
+        title = f"{scale['sandboxes']} sandboxes × {scale['executions']} executions at once"
+        row = latency_row(title, gateway, vs(gateway, raw, "raw"))
+        failed = max(gateway["errors"], gateway["expected"] - len(gateway["samples"]))
+        errors = failed + scale.get("create_errors", 0)
+        row.target = "no error"
+        row.verdict = "met (0 errors)" if errors == 0 else f"missed: {errors} errors"
+        rows.append(row)
+        if raw:
+            rows.append(latency_row(title, raw, "baseline"))
+            rows.append(Row(title, "throughput (executions/s)", f"{gateway['throughput']:.0f}/s", "—",
+                            f"{gateway['throughput'] / raw['throughput']:.2f}× raw ({raw['throughput']:.0f}/s)"))
+    if scale and scale.get("gateway_rss"):
+        per = scale["gateway_rss"]["per_sandbox_kib"]
+        rows.append(Row("memory", f"gateway RSS per live sandbox ({scale['sandboxes']} idle)",
+                        f"{per:.0f} KiB", "—", f"{scale['gateway_rss']['idle_0_kib'] / 1024:.0f} MiB with none",
+                        "≤ 1 MiB", at_most(per, GATEWAY_KIB_PER_SANDBOX)))
+        containers, raw_containers = scale["containers"], scale.get("raw_containers") or {}
+        rows.append(Row("memory", "container per idle sandbox (cgroup working set)",
+                        f"{containers['working_set_mean'] / 2**20:.1f} MiB", "—",
+                        f"{ratio(containers['working_set_mean'], raw_containers.get('working_set_mean'))} raw kernel"
+                        if raw_containers.get("containers") else "—"))
+        rows.append(Row("memory", "containerd-shim per sandbox (PSS, outside the cgroup)",
+                        f"{containers['shim_pss_mean'] / 2**20:.1f} MiB", "—", "—"))
+        per_sandbox = containers["working_set_mean"] + containers["shim_pss_mean"] + max(per, 0) * 1024
+        total = scale["mem_total_kib"] * 1024
+        rows.append(Row("memory", "idle sandboxes that fit in RAM (estimate)",
+                        f"≈ {int(total / per_sandbox)}", "—",
+                        f"{total / 2**30:.1f} GiB / {per_sandbox / 2**20:.1f} MiB each"))
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    header = ["scenario", "method", "p50", "p99", "vs baseline (p50 / p99)", "target", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(v) for v in dataclasses.astuple(row)) + " |")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """CDFs of the latency distributions, one panel per scenario (log time axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [
+        ("round trip of 1+1 in a live kernel", results.get("roundtrip") or {}),
+        ("2 MiB PNG output relayed", results.get("png") or {}),
+        ("first result: create + 1+1", {k: v for k, v in (results.get("first_result") or {}).items()
+                                         if isinstance(v, dict) and v.get("samples")}),
+        ("50 sandboxes × 20 executions at once", {k: v for k, v in (results.get("scale") or {}).items()
+                                                  if k in ("gateway", "raw") and isinstance(v, dict)}),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    for ax, (title, series_by_name) in zip(axes.flat, panels):
+        for series in series_by_name.values():
+            samples = np.sort(np.asarray(series.get("samples") or [])) * 1000
+            if samples.size == 0:
+                continue
+            y = np.arange(1, samples.size + 1) / samples.size
+            ax.step(samples, y, where="post",
+                    label=f"{series['label']} (p50 {np.percentile(samples, 50):.3g} ms)")
+        ax.set_xscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_ylabel("fraction of samples ≤ x")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.axhline(0.99, color="grey", lw=0.6, ls=":")
+        if ax.lines:
+            ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Code Interpreter Gateway vs raw jupyter_client and Jupyter Kernel Gateway 3 (CDFs)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,110 @@
+"""Live kernels behind every method the round-trip benchmarks compare, each with its own kernel.
+
+    async with Live(bench) as live:
+        await live.methods["rest"]("1+1", "2")     # one execution, checked; raises on any failure
+
+Methods: ``rest``, ``ndjson``, ``ws`` (our /stream) and ``jupyter_ws`` (our Jupyter channels)
+against one gateway (pool off, so nothing starts in the background); ``raw`` (jupyter_client on a
+kernel in the same kind of container, no gateway: the floor); ``kg`` (Jupyter Kernel Gateway 3
+over its channels WebSocket; its kernel is a local process, not a container).
+A kernel per method, so no method's traffic reaches another's client (a Jupyter channels socket
+receives every iopub message of its kernel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench import clients
+from bench.harness import Bench, Gateway, KernelGateway, RawKernels
+from bench.measure import log
+
+Method = Callable[[str, "str | None"], Awaitable[Any]]
+
+LABELS = {
+    "rest": "gateway REST execute",
+    "ndjson": "gateway NDJSON stream",
+    "ws": "gateway WebSocket (/stream)",
+    "jupyter_ws": "gateway Jupyter channels WS",
+    "raw": "raw jupyter_client (container kernel)",
+    "kg": "Jupyter Kernel Gateway 3 WS",
+}
+
+
+def pool_args() -> dict[str, Any]:
+    """``pool_size=0`` where the gateway has a warm pool (so it starts nothing in the background)."""
+    from gateway.app import ALIASES
+
+    return {"pool_size": 0} if "pool-size" in ALIASES else {}
+
+
+class Live:
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.methods: dict[str, Method] = {}
+        self.stack = contextlib.AsyncExitStack()
+        self.gateway: Gateway | None = None
+
+    async def __aenter__(self) -> Live:
+        try:
+            await self._open()
+        except BaseException:
+            await self.stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stack.aclose()
+
+    async def _open(self) -> None:
+        stack = self.stack
+        gateway = self.gateway = await stack.enter_async_context(Gateway(self.bench, "live", **pool_args()))
+        http = await gateway.connect()
+        stack.push_async_callback(http.close)
+        ids = {}
+        for name in ("rest", "ndjson", "ws"):
+            ids[name] = (await clients.create_sandbox(http))["id"]
+        kernel = await http.json("POST", "/api/kernels", {"name": "python3"}, expect=201)
+        ids["jupyter_ws"] = kernel["id"]
+        log(f"  gateway sandboxes ready: {', '.join(f'{k}={v[:8]}' for k, v in ids.items())}")
+
+        rest_http = await gateway.connect()
+        stack.push_async_callback(rest_http.close)
+        self.methods["rest"] = lambda code, expect: clients.rest_execute(rest_http, ids["rest"], code, expect)
+        ndjson_http = await gateway.connect()
+        stack.push_async_callback(ndjson_http.close)
+        self.methods["ndjson"] = lambda code, expect: clients.ndjson_execute(ndjson_http, ids["ndjson"], code, expect)
+        ws = await stack.enter_async_context(
+            clients.ws_connect(f"{gateway.ws_base}/api/v1/sandboxes/{ids['ws']}/stream", gateway.headers))
+        self.methods["ws"] = lambda code, expect: clients.ws_execute(ws, code, expect)
+        session = uuid.uuid4().hex
+        channels = await stack.enter_async_context(clients.ws_connect(
+            f"{gateway.ws_base}/api/kernels/{ids['jupyter_ws']}/channels?session_id={session}", gateway.headers))
+        self.methods["jupyter_ws"] = lambda code, expect: clients.channels_execute(channels, code, session, expect)
+
+        raw = await stack.enter_async_context(RawKernels(self.bench))
+        _, raw_client = await raw.start()
+        log("  raw container kernel ready")
+        self.methods["raw"] = lambda code, expect: clients.raw_execute(raw_client, code, expect)
+
+        try:
+            kg = await stack.enter_async_context(KernelGateway(self.bench))
+            kg_kernel = await kg.start_kernel()
+            kg_session = uuid.uuid4().hex
+            kg_socket = await stack.enter_async_context(
+                clients.ws_connect(kg.channels_url(kg_kernel, kg_session), kg.headers))
+            self.methods["kg"] = lambda code, expect: clients.channels_execute(kg_socket, code, kg_session, expect)
+            log("  kernel-gateway kernel ready")
+        except Exception as exc:
+            log(f"  Kernel Gateway unavailable, comparing without it: {exc}")
+
+    async def setup(self, code: str) -> None:
+        """Run ``code`` once in every kernel (untimed), e.g. to define what the timed code uses."""
+        for name, method in self.methods.items():
+            try:
+                await method(code, None)
+            except Exception as exc:
+                raise RuntimeError(f"setup failed in {name}: {exc}") from exc

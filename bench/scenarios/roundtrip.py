@@ -1,0 +1,23 @@
+"""Round trip of ``1+1`` in a live kernel, through every method, interleaved sample by sample."""
+
+from __future__ import annotations
+
+import functools
+
+from bench.harness import Bench
+from bench.measure import Series, log, sample_rounds
+from bench.scenarios.live import LABELS, Live
+
+CODE = "1+1"
+
+
+async def run(bench: Bench, live: Live) -> None:
+    n, warmup, budget = bench.n(300, 30), bench.n(30, 5), bench.n(240, 30)
+    methods = {name: functools.partial(method, CODE, "2") for name, method in live.methods.items()}
+    series = {name: Series(name, LABELS[name]) for name in methods}
+    log(f"round trip of {CODE!r}: {n} interleaved rounds of {', '.join(methods)} (after {warmup} warm-up rounds)")
+    await sample_rounds(methods, series, n=n, warmup=warmup, budget=budget)
+    bench.results["roundtrip"] = {name: s.to_dict() for name, s in series.items()}
+    for s in series.values():
+        log(f"  {s.label:40s} p50 {s.p50 * 1e3 if s.p50 else float('nan'):7.2f} ms  "
+            f"p99 {s.p99 * 1e3 if s.p99 else float('nan'):7.2f} ms  errors {s.errors}")
