@@ -67,6 +67,12 @@ class KernelChannelsHandler(KernelWebsocketHandler):  # type: ignore[misc]
             raise SandboxNotFound(kernel_id)
         await super().get(kernel_id)
 
+    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        # Tornado leaves Nagle's algorithm on for WebSockets: a kernel's second message would wait
+        # ~40 ms for the client's delayed ACK of the first (every execute pays it).
+        self.set_nodelay(True)
+        await super().open(kernel_id)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
 

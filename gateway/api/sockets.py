@@ -86,6 +86,7 @@ class SandboxSocketHandler(websocket.WebSocketHandler):
             super().log_exception(typ, value, tb)
 
     def open(self, sandbox_id: str) -> None:  # type: ignore[override]
+        self.set_nodelay(True)  # else each event after the first may wait ~40 ms for a delayed ACK (Nagle)
         self._writer = asyncio.create_task(self._write_events(), name=f"socket-writer-{sandbox_id}")
 
     async def on_message(self, message: str | bytes) -> None:
