@@ -26,7 +26,11 @@ from gateway.errors import FileTooLarge, InvalidRequest
 from gateway.sandboxes.files import SandboxFiles, Upload
 
 #: Types Python's table lacks, by suffix.
-EXTRA_TYPES = {".ipynb": "application/x-ipynb+json", ".md": "text/markdown", ".parquet": "application/vnd.apache.parquet"}
+EXTRA_TYPES = {
+    ".ipynb": "application/x-ipynb+json",
+    ".md": "text/markdown",
+    ".parquet": "application/vnd.apache.parquet",
+}
 
 
 def content_type(name: str) -> str:

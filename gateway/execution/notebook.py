@@ -38,7 +38,8 @@ LANGUAGE_INFO = {
 }
 
 
-def history_notebook(sandbox_id: str, executions: list[Execution], *, created_at: str | None = None) -> dict[str, Any]:
+def history_notebook(sandbox_id: str, executions: list[Execution], *,
+                     created_at: str | None = None) -> dict[str, Any]:
     """The executions as an nbformat v4.5 notebook (a JSON-ready dict that passes ``nbformat.validate``)."""
     return {
         "nbformat": 4,
@@ -110,7 +111,9 @@ def seed_cells(document: Any, *, max_code_bytes: int = MAX_CELL_BYTES) -> list[t
     except nbformat.ValidationError as exc:
         where = ".".join(str(part) for part in exc.absolute_path)
         place = f"notebook.{where}" if where else "notebook"
-        raise InvalidNotebook(f"field 'notebook' is not a valid nbformat v4 notebook: {place}: {exc.message}") from None
+        raise InvalidNotebook(
+            f"field 'notebook' is not a valid nbformat v4 notebook: {place}: {exc.message}"
+        ) from None
     cells = []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
@@ -124,7 +127,8 @@ def seed_cells(document: Any, *, max_code_bytes: int = MAX_CELL_BYTES) -> list[t
     return cells
 
 
-async def run_seed(cells: list[tuple[int, str]], execute: Callable[[str], Awaitable[Execution]]) -> dict[str, Any]:
+async def run_seed(cells: list[tuple[int, str]],
+                   execute: Callable[[str], Awaitable[Execution]]) -> dict[str, Any]:
     """Run the seed cells in order, stopping at the first that does not complete.
 
     Returns the ``seed`` report: ``status`` (``completed`` or ``failed``), ``cells`` (code cells
@@ -139,6 +143,7 @@ async def run_seed(cells: list[tuple[int, str]], execute: Callable[[str], Awaita
         execution = await execute(code)
         report["executed"] += 1
         if execution.status != ExecutionStatus.COMPLETED:
-            report.update(status="failed", failed_cell=index, execution_id=execution.id, error=execution.error)
+            report.update(status="failed", failed_cell=index, execution_id=execution.id,
+                          error=execution.error)
             break
     return report

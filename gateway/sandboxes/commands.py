@@ -121,7 +121,9 @@ class SandboxCommands:
             return await self._start_docker(sandbox, tool)
         if sandbox.provisioner == "local":
             return await self._start_local(sandbox, tool)
-        raise SandboxNotRunning(f"sandbox {sandbox.id} runs on {sandbox.provisioner!r}, which has no file access")
+        raise SandboxNotRunning(
+            f"sandbox {sandbox.id} runs on {sandbox.provisioner!r}, where tools cannot run"
+        )
 
     async def _start_local(self, sandbox: Sandbox, tool: str) -> SandboxProcess:
         workdir = workdir_of(self.launcher.sandbox_dir(sandbox.id))
@@ -139,7 +141,9 @@ class SandboxCommands:
     async def _start_docker(self, sandbox: Sandbox, tool: str) -> SandboxProcess:
         engine = self.launcher.engine
         if engine is None or engine.client is None:
-            raise SandboxNotRunning(f"sandbox {sandbox.id} is a container, but this gateway has no Docker engine")
+            raise SandboxNotRunning(
+                f"sandbox {sandbox.id} is a container, but this gateway has no Docker engine"
+            )
         from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX
 
         api = engine.client.api

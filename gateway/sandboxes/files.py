@@ -103,10 +103,13 @@ class SandboxFiles(LoggingConfigurable):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _start(self, sandbox_id: str, user: str, request: dict[str, Any]) -> tuple[Sandbox, SandboxProcess]:
+    async def _start(self, sandbox_id: str, user: str,
+                     request: dict[str, Any]) -> tuple[Sandbox, SandboxProcess]:
         sandbox = await self.sandboxes.get(sandbox_id, user)
         if sandbox.status != SandboxStatus.RUNNING:
-            raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}: its files are reachable only while it runs")
+            raise SandboxNotRunning(
+                f"sandbox {sandbox_id} is {sandbox.status}: its files are reachable only while it runs"
+            )
         process = await self.commands.start(sandbox, TOOL)
         sandbox.touch()
         if not await process.write(json.dumps(request).encode() + b"\n"):
@@ -120,7 +123,8 @@ class SandboxFiles(LoggingConfigurable):
         try:
             answer = json.loads(line)
         except ValueError:
-            log.warning("sandbox %s: the file tool gave no answer (stderr: %s)", sandbox.id, process.stderr()[-500:])
+            log.warning("sandbox %s: the file tool gave no answer (stderr: %s)",
+                        sandbox.id, process.stderr()[-500:])
             raise FileOperationFailed("the file tool in the sandbox failed") from None
         if not answer.get("ok"):
             raise refusal(answer)
@@ -179,7 +183,9 @@ class Download:
         while left > 0:
             chunk = await self.process.read(min(CHUNK, left))
             if not chunk:
-                raise FileOperationFailed(f"the file ended {left} bytes early (was it changed while being read?)")
+                raise FileOperationFailed(
+                    f"the file ended {left} bytes early (was it changed while being read?)"
+                )
             left -= len(chunk)
             yield chunk
 

@@ -141,7 +141,8 @@ def op_read(root, parts, request, out):
         size = info.st_size
         limit = request.get("max_bytes")
         if isinstance(limit, int) and size > limit:
-            raise Refusal("too_large", "%s is %d bytes, over the limit of %d bytes" % (shown(parts), size, limit))
+            raise Refusal("too_large",
+                          "%s is %d bytes, over the limit of %d bytes" % (shown(parts), size, limit))
     except BaseException:
         os.close(fd)
         raise

@@ -58,6 +58,9 @@ async def test_binary_round_trip_and_code_sees_it(alice: httpx.AsyncClient) -> N
     execution = await run(alice, sandbox["id"],
                           "import hashlib; print(hashlib.sha256(open('data/blob.bin', 'rb').read()).hexdigest())")
     assert execution["stdout"].strip() == hashlib.sha256(data).hexdigest()
+    # ... and owns it, as if it had written it itself.
+    owner = "import os; print(os.stat('data/blob.bin').st_uid == os.getuid(), os.access('data/blob.bin', os.W_OK))"
+    assert (await run(alice, sandbox["id"], owner))["stdout"] == "True True\n"
 
     downloaded = await alice.get(files_url(sandbox["id"], "data/blob.bin"))
     assert downloaded.status_code == 200
