@@ -234,6 +234,14 @@ async def test_size_limit(provisioner: str, tmp_path: Any) -> None:
         assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "file_too_large"
         at_limit = await client.put(files_url(sandbox["id"], "ok"), content=b"z" * limit)
         assert at_limit.status_code == 201
+
+        async def small_chunks() -> Any:
+            for _ in range(4):
+                yield b"c" * 1000
+
+        chunked_ok = await client.put(files_url(sandbox["id"], "chunked"), content=small_chunks())
+        assert chunked_ok.status_code == 201 and chunked_ok.json()["size"] == 4000
+        assert (await client.delete(files_url(sandbox["id"], "chunked"))).status_code == 204
         listing = (await client.get(files_url(sandbox["id"]))).json()["entries"]
         assert [e["name"] for e in listing] == ["ok"]  # nothing left of the refused uploads
 
