@@ -526,6 +526,19 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return "(no log)"
         return logs.decode(errors="replace").strip()[-500:] or "(no log)"
 
+    async def update_limits(self, limits: Any) -> None:
+        """Apply new CPU, memory (and swap) and pids limits to the running container (warm pool claims)."""
+        if self.container_id is None:
+            return
+        engine = self.engine
+        cpus = min(float(limits.cpu), float(engine.cpus or limits.cpu))
+        memory = int(limits.memory_mb) << 20
+        api = engine.client.api
+        # The SDK's update_container knows neither NanoCpus nor PidsLimit: post the API's own body.
+        body = {"NanoCpus": int(cpus * 1e9), "Memory": memory, "MemorySwap": memory, "PidsLimit": int(limits.pids)}
+        url = api._url("/containers/{0}/update", self.container_id)
+        await engine.call(lambda: api._result(api._post_json(url, data=body), True))
+
     # -- process-like interface ------------------------------------------------------------------
 
     def _stopped(self, exit_code: int) -> int:
@@ -583,6 +596,22 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         container_id, self.container_id = self.container_id, None
         await self.engine.remove(container_id)
         self.engine.forget(container_id)
+
+    async def update_limits(self, limits: Any) -> None:
+        """Apply new CPU, memory (and swap) and pids limits to the running container.
+
+        For the warm pool: a sandbox started with the pool's profile is fitted to the request
+        that claims it. Docker changes these live; the tmpfs sizes and network cannot change.
+        """
+        assert self.container_id is not None
+        cpus = min(float(limits.cpu), float(self.engine.cpus or limits.cpu))
+        memory = int(limits.memory_mb) << 20
+        body = {"Memory": memory, "MemorySwap": memory, "NanoCpus": int(cpus * 1e9), "PidsLimit": int(limits.pids)}
+        # The SDK's update_container knows neither NanoCpus nor PidsLimit; the engine's API does.
+        api = self.engine.client.api
+        url = f"{api.base_url}/v{api.api_version}/containers/{self.container_id}/update"
+        response = await self.engine.call(api.post, url, json=body)
+        response.raise_for_status()
 
     async def exit_reason(self) -> str:
         """Why the container stopped: ``out_of_memory``, ``sandbox_died`` or ``kernel_died``."""
