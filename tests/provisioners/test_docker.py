@@ -358,3 +358,23 @@ async def _until_status(client: httpx.AsyncClient, sandbox_id: str, status: str,
             assert sandbox["status"] == status, sandbox
             return sandbox
         await asyncio.sleep(0.05)
+
+
+async def test_a_pooled_container_gets_the_callers_lower_limits(tmp_path: Any, docker_client: Any) -> None:
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1", provisioner="docker") as gateway:
+        async with gateway.client("alice") as client:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while (await client.get("/health")).json()["pool"]["ready"] < 1:
+                assert loop.time() < deadline, "the pool never filled"
+                await asyncio.sleep(0.1)
+            sandbox = await create(client, resources={"cpu": 0.5, "memory_mb": 200, "pids": 50})
+            assert (await client.get("/health")).json()["pool"]["claimed"] == 1
+            host = container_of(docker_client, sandbox["id"]).attrs["HostConfig"]
+            assert host["NanoCpus"] == 500_000_000
+            assert host["Memory"] == host["MemorySwap"] == 200 << 20
+            assert host["PidsLimit"] == 50
+            assert (await run(client, sandbox["id"], "1 + 1"))["result"] == {"text/plain": "2"}
+            # The lowered memory limit holds.
+            bomb = await run(client, sandbox["id"], "chunks = [b'x' * (300 << 20)]")
+            assert bomb["status"] == "failed" and bomb["error"]["code"] == "out_of_memory"
