@@ -21,6 +21,7 @@ from tests.provisioners.test_docker import (
     engine_of,
     inside,
     run,
+    until_running,
 )
 
 pytestmark = pytest.mark.docker
@@ -212,8 +213,7 @@ async def test_container_killed_from_outside_fails_the_execution_at_once(
     sid = (await create(alice))["id"]
     await run(alice, sid, "x = 41")
     old_id = container_of(docker_client, sid).id
-    pending = asyncio.create_task(run(alice, sid, "import time\ntime.sleep(100)", timeout=60))
-    await asyncio.sleep(1.5)
+    pending = await until_running(alice, sid, "import time\ntime.sleep(100)", timeout=60)
     if how == "kill":
         container_of(docker_client, sid).kill()
     else:

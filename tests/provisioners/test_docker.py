@@ -38,6 +38,20 @@ async def inside(client: httpx.AsyncClient, sandbox_id: str, code: str) -> Any:
     return json.loads(execution["stdout"])
 
 
+async def until_running(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: Any) -> asyncio.Task[Any]:
+    """Submit ``code`` and return (as a task) its execution once the kernel runs it and printed ``started``."""
+    task = asyncio.create_task(run(client, sandbox_id, "print('started', flush=True)\n" + code, **extra))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline:
+        executions = (await client.get(f"/api/v1/sandboxes/{sandbox_id}/executions")).json()["executions"]
+        if executions and executions[-1]["status"] == "running" and "started" in executions[-1]["stdout"]:
+            return task
+        assert not task.done(), task.result()
+        await asyncio.sleep(0.05)
+    raise AssertionError("the execution never started")
+
+
 def container_of(docker_client: Any, sandbox_id: str) -> Any:
     return docker_client.containers.get(container_name(sandbox_id))
 
@@ -98,12 +112,9 @@ async def test_rich_output_and_interrupt_reach_the_kernel(alice: httpx.AsyncClie
     assert any("image/png" in o.get("data", {}) for o in plot["outputs"])
 
     await run(alice, sid, "kept = 'yes'")
-    pending = asyncio.create_task(
-        alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "import time\ntime.sleep(100)", "timeout": 60})
-    )
-    await asyncio.sleep(1.5)  # let the sleep begin; the interrupt is what ends it, not the timeout
+    pending = await until_running(alice, sid, "import time\ntime.sleep(100)", timeout=60)
     assert (await alice.post(f"/api/v1/sandboxes/{sid}/interrupt")).status_code in (200, 202, 204)
-    interrupted = (await pending).json()
+    interrupted = await pending  # the interrupt ends it, not the timeout
     assert interrupted["status"] == "cancelled", interrupted
     assert interrupted["error"]["ename"] == "KeyboardInterrupt"
     assert (await run(alice, sid, "kept"))["result"] == {"text/plain": "'yes'"}
