@@ -363,7 +363,8 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     ).tag(config=True)
     log_max_size = Unicode("1m", help="Largest container log kept on the host (json-file max-size).").tag(config=True)
     run_options = Dict(
-        help="Extra keyword arguments for docker's containers.create, applied last (e.g. {'runtime': 'runsc'}).",
+        help="Extra keyword arguments for docker's containers.create, applied last, so they can also weaken "
+        "the hardening (e.g. runtime=runsc, shm_size=256m).",
     ).tag(config=True)
 
     @default("image")
