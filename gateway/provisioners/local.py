@@ -32,6 +32,8 @@ class LocalSandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             "HOME": str(workdir),
             "IPYTHONDIR": str(self._ipython_dir(sandbox_dir)),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            # Shared by all local sandboxes: the font cache is built once, not in each working directory.
+            "MPLCONFIGDIR": str(sandbox_dir.parent / "matplotlib"),
             "PYTHONUNBUFFERED": "1",
             **sandbox.env,
         }

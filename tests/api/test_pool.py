@@ -10,6 +10,9 @@ import httpx
 from tests.api.test_sandboxes import run
 from tests.gateways import InProcessGateway
 
+# Other tests load this 2-core machine; the pool must refill here regardless.
+NEVER_SATURATED = "--WarmPool.max_load_per_core=1000"
+
 
 async def pool_state(client: httpx.AsyncClient, ready: int) -> dict[str, Any]:
     for _ in range(600):
@@ -21,7 +24,8 @@ async def pool_state(client: httpx.AsyncClient, ready: int) -> dict[str, Any]:
 
 
 async def test_a_pooled_sandbox_becomes_the_callers(tmp_path: Any) -> None:
-    async with InProcessGateway(tmp_path / "data", "--pool-size=1") as gateway, gateway.client() as alice:
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1", NEVER_SATURATED) as gateway, \
+            gateway.client() as alice:
         await pool_state(alice, ready=1)
         response = await alice.post("/api/v1/sandboxes", json={"env": {"MINE": "yes"}, "metadata": {"m": 1},
                                                                "resources": {"memory_mb": 256}})
@@ -44,7 +48,8 @@ async def test_a_pooled_sandbox_becomes_the_callers(tmp_path: Any) -> None:
 
 
 async def test_requests_that_do_not_fit_start_cold(tmp_path: Any) -> None:
-    async with InProcessGateway(tmp_path / "data", "--pool-size=1") as gateway, gateway.client() as alice:
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1", NEVER_SATURATED) as gateway, \
+            gateway.client() as alice:
         await pool_state(alice, ready=1)
         response = await alice.post("/api/v1/sandboxes", json={"resources": {"memory_mb": 1024}})
         assert response.status_code == 201

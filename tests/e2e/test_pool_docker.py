@@ -6,14 +6,11 @@ from typing import Any
 
 import pytest
 
-from tests.api.test_pool import pool_state
+from tests.api.test_pool import NEVER_SATURATED, pool_state
 from tests.api.test_sandboxes import run
 from tests.gateways import InProcessGateway
 
 pytestmark = pytest.mark.docker
-
-# Other tests load this 2-core machine; the pool must refill here regardless.
-NEVER_SATURATED = "--WarmPool.max_load_per_core=1000"
 
 
 async def test_claimed_container_gets_the_requested_limits_and_env(tmp_path: Any, docker_client: Any) -> None:
