@@ -173,6 +173,26 @@ async def channels_execute(socket: Any, code: str, session: str, expect: str | N
     return got
 
 
+async def raw_ready(client: Any, timeout: float = 60.0) -> None:
+    """Until the kernel answers on shell *and* iopub (jupyter_client's ``wait_for_ready`` adds a 0.2 s
+    iopub drain and 1 s polls; this is the same check without fixed waits, as the gateway does it)."""
+    from queue import Empty
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    msg_id = client.kernel_info()
+    while (await client.get_shell_msg(timeout=timeout))["parent_header"].get("msg_id") != msg_id:
+        pass
+    while loop.time() < deadline:  # a SUB socket only receives once its subscription arrived: nudge
+        client.kernel_info()
+        try:
+            await client.get_iopub_msg(timeout=0.05)
+            return
+        except Empty:
+            continue
+    raise TimeoutError("the kernel did not answer on iopub")
+
+
 async def raw_execute(client: Any, code: str, expect: str | None = "2") -> list[dict[str, Any]]:
     """jupyter_client with no gateway: send, read iopub to the idle status, then the shell reply."""
     msg_id = client.execute(code)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.clients import HttpConnection
+from bench.clients import HttpConnection, raw_ready
 from bench.measure import log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +60,12 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (clock-tick resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pss_kib(pid: int) -> int:
@@ -335,7 +341,7 @@ class RawKernels:
         self.kernels[sandbox.id] = (km, None)
         client = km.client(context=self.launcher.context)
         client.start_channels()
-        await client.wait_for_ready(timeout=60)
+        await raw_ready(client)
         self.kernels[sandbox.id] = (km, client)
         return sandbox.id, client
 

@@ -97,6 +97,12 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(row)
         if raw:
             rows.append(latency_row("round trip of 1+1", raw, "baseline (floor)"))
+    cpu = results.get("server_cpu") or {}
+    kg_cpu = cpu.get("kg")
+    for name, seconds in cpu.items():
+        label = (roundtrip or {}).get(name, {}).get("label", name)
+        rows.append(Row("server CPU per 1+1", label, f"{seconds * 1e6:.0f} µs", "—",
+                        f"{ratio(seconds, kg_cpu)} KG" if kg_cpu and name != "kg" else "—"))
 
     png = results.get("png")
     if png:
@@ -149,6 +155,11 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+#: One colour per method, the same in every panel.
+COLOURS = {"rest": "tab:blue", "ndjson": "tab:orange", "ws": "tab:green", "jupyter_ws": "tab:olive",
+           "raw": "black", "kg": "tab:red", "pooled": "tab:green", "cold": "tab:blue", "gateway": "tab:blue"}
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     """CDFs of the latency distributions, one panel per scenario (log time axis)."""
     import matplotlib
@@ -156,35 +167,44 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    scale = results.get("scale") or {}
     panels = [
         ("round trip of 1+1 in a live kernel", results.get("roundtrip") or {}),
         ("2 MiB PNG output relayed", results.get("png") or {}),
-        ("first result: create + 1+1", {k: v for k, v in (results.get("first_result") or {}).items()
-                                         if isinstance(v, dict) and v.get("samples")}),
-        ("50 sandboxes × 20 executions at once", {k: v for k, v in (results.get("scale") or {}).items()
-                                                  if k in ("gateway", "raw") and isinstance(v, dict)}),
+        ("first result: POST /sandboxes + 1+1", {k: v for k, v in (results.get("first_result") or {}).items()
+                                                  if isinstance(v, dict) and v.get("samples")}),
+        (f"{scale.get('sandboxes', '?')} sandboxes × {scale.get('executions', '?')} executions at once",
+         {k: v for k, v in scale.items() if k in ("gateway", "raw") and isinstance(v, dict)}),
     ]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     for ax, (title, series_by_name) in zip(axes.flat, panels):
-        for series in series_by_name.values():
+        drawn = False
+        for name, series in series_by_name.items():
             samples = np.sort(np.asarray(series.get("samples") or [])) * 1000
             if samples.size == 0:
                 continue
             y = np.arange(1, samples.size + 1) / samples.size
-            ax.step(samples, y, where="post",
-                    label=f"{series['label']} (p50 {np.percentile(samples, 50):.3g} ms)")
+            ax.step(np.concatenate([[samples[0]], samples]), np.concatenate([[0], y]), where="post",
+                    color=COLOURS.get(name), lw=2 if name == "raw" else 1.4,
+                    label=f"{series['label']}: p50 {np.percentile(samples, 50):.3g} ms, "
+                          f"p99 {np.percentile(samples, 99):.3g} ms (n={samples.size})")
+            drawn = True
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title)
-        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_xlabel("latency, ms (log scale)")
         ax.set_ylabel("fraction of samples ≤ x")
+        ax.set_ylim(0, 1.02)
         ax.grid(True, which="both", alpha=0.3)
-        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
-        ax.axhline(0.99, color="grey", lw=0.6, ls=":")
-        if ax.lines:
+        for q in (0.5, 0.99):
+            ax.axhline(q, color="grey", lw=0.6, ls=":")
+        if drawn:
             ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Code Interpreter Gateway vs raw jupyter_client and Jupyter Kernel Gateway 3 (CDFs)")
+    fig.suptitle("Code Interpreter Gateway vs raw jupyter_client and Jupyter Kernel Gateway 3: latency CDFs")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -47,6 +47,8 @@ class Live:
         self.methods: dict[str, Method] = {}
         self.stack = contextlib.AsyncExitStack()
         self.gateway: Gateway | None = None
+        #: The server process behind each method (for CPU accounting); raw has none.
+        self.servers: dict[str, int] = {}
 
     async def __aenter__(self) -> Live:
         try:
@@ -70,6 +72,7 @@ class Live:
         kernel = await http.json("POST", "/api/kernels", {"name": "python3"}, expect=201)
         ids["jupyter_ws"] = kernel["id"]
         log(f"  gateway sandboxes ready: {', '.join(f'{k}={v[:8]}' for k, v in ids.items())}")
+        self.servers.update(dict.fromkeys(ids, gateway.pid))
 
         rest_http = await gateway.connect()
         stack.push_async_callback(rest_http.close)
@@ -97,6 +100,7 @@ class Live:
             kg_socket = await stack.enter_async_context(
                 clients.ws_connect(kg.channels_url(kg_kernel, kg_session), kg.headers))
             self.methods["kg"] = lambda code, expect: clients.channels_execute(kg_socket, code, kg_session, expect)
+            self.servers["kg"] = kg.child.pid
             log("  kernel-gateway kernel ready")
         except Exception as exc:
             log(f"  Kernel Gateway unavailable, comparing without it: {exc}")

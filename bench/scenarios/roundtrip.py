@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import time
 
-from bench.harness import Bench
+from bench.harness import Bench, cpu_seconds
 from bench.measure import Series, log, sample_rounds
 from bench.scenarios.live import LABELS, Live
 
@@ -21,3 +22,19 @@ async def run(bench: Bench, live: Live) -> None:
     for s in series.values():
         log(f"  {s.label:40s} p50 {s.p50 * 1e3 if s.p50 else float('nan'):7.2f} ms  "
             f"p99 {s.p99 * 1e3 if s.p99 else float('nan'):7.2f} ms  errors {s.errors}")
+    bench.results["server_cpu"] = await server_cpu(live, bench.n(500, 100))
+
+
+async def server_cpu(live: Live, count: int) -> dict[str, float]:
+    """CPU time the server process (gateway or Kernel Gateway) spends per execution, method by method."""
+    per: dict[str, float] = {}
+    log(f"server CPU per execution: {count} executions of {CODE!r} per method, one method at a time")
+    for name, pid in live.servers.items():
+        method = live.methods[name]
+        before, began = cpu_seconds(pid), time.perf_counter()
+        for _ in range(count):
+            await method(CODE, "2")
+        per[name] = (cpu_seconds(pid) - before) / count
+        log(f"  {LABELS[name]:40s} {per[name] * 1e6:6.0f} µs CPU per execution "
+            f"({(time.perf_counter() - began) / count * 1e3:.2f} ms wall each)")
+    return per

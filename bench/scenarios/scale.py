@@ -108,7 +108,7 @@ async def run(bench: Bench) -> None:
 
         log(f"scale: {len(ids)} sandboxes x {executions} executions, all at once (REST, keep-alive)")
         connections = [await gateway.connect() for _ in ids]
-        series = Series("gateway", "gateway REST, 50 sandboxes at once")
+        series = Series("gateway", f"gateway REST, {len(ids)} sandboxes at once")
         pairs = list(zip(connections, ids))
 
         async def one(pair: Any, expect: str) -> None:
@@ -138,7 +138,7 @@ async def run(bench: Bench) -> None:
             await clients.raw_execute(kc, "1+1")
         await asyncio.sleep(3)
         out["raw_containers"] = container_costs(bench, raw.instance)
-        series = Series("raw", "raw jupyter_client, 50 kernels at once")
+        series = Series("raw", f"raw jupyter_client, {len(kernels)} kernels at once")
 
         async def raw_one(kc: Any, expect: str) -> None:
             await clients.raw_execute(kc, COUNTER, expect)
