@@ -32,6 +32,20 @@ def without_pool_unless_asked(args: tuple[str, ...]) -> list[str]:
     return list(args) if any(a.startswith("--pool-size") for a in args) else ["--pool-size=0", *args]
 
 
+async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    """POST /sandboxes; the new sandbox (the test fails unless it is 201)."""
+    response = await client.post("/api/v1/sandboxes", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def run(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: Any) -> dict[str, Any]:
+    """Execute ``code``; the Execution (the test fails unless it is 200)."""
+    response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 class InProcessGateway:
     """A ``GatewayApp`` running in the test's own event loop."""
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import docker_or_fail
-from tests.gateways import InProcessGateway
+from tests.gateways import InProcessGateway, create, run  # noqa: F401  (re-exported for the tests using these fixtures)
 
 PROVISIONERS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -52,13 +52,3 @@ async def bob(each_gateway: InProcessGateway) -> AsyncIterator[httpx.AsyncClient
         yield client
 
 
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    response = await client.post("/api/v1/sandboxes", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def run(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: Any) -> dict[str, Any]:
-    response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra})
-    assert response.status_code == 200, response.text
-    return response.json()

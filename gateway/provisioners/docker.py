@@ -527,19 +527,6 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return "(no log)"
         return logs.decode(errors="replace").strip()[-500:] or "(no log)"
 
-    async def update_limits(self, limits: Any) -> None:
-        """Apply new CPU, memory (and swap) and pids limits to the running container (warm pool claims)."""
-        if self.container_id is None:
-            return
-        engine = self.engine
-        cpus = min(float(limits.cpu), float(engine.cpus or limits.cpu))
-        memory = int(limits.memory_mb) << 20
-        api = engine.client.api
-        # The SDK's update_container knows neither NanoCpus nor PidsLimit: post the API's own body.
-        body = {"NanoCpus": int(cpus * 1e9), "Memory": memory, "MemorySwap": memory, "PidsLimit": int(limits.pids)}
-        url = api._url("/containers/{0}/update", self.container_id)
-        await engine.call(lambda: api._result(api._post_json(url, data=body), True))
-
     # -- process-like interface ------------------------------------------------------------------
 
     def _stopped(self, exit_code: int) -> int:

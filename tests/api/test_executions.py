@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.test_sandboxes import run
+from tests.gateways import run
 
 
 async def wait_finished(client: httpx.AsyncClient, execution_id: str, timeout: float = 60) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 from jupyter_client.session import Session

@@ -7,8 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.api.test_sandboxes import run
-from tests.gateways import InProcessGateway
+from tests.gateways import InProcessGateway, run
 
 # Other tests load this 2-core machine; the pool must refill here regardless.
 NEVER_SATURATED = "--WarmPool.max_load_per_core=1000"

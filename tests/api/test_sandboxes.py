@@ -6,11 +6,7 @@ from typing import Any
 
 import httpx
 
-
-async def run(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: Any) -> dict[str, Any]:
-    response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra})
-    assert response.status_code == 200, response.text
-    return response.json()
+from tests.gateways import run
 
 
 async def test_create_returns_a_running_sandbox_with_its_limits(alice: httpx.AsyncClient) -> None:

@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from tests.api.test_pool import NEVER_SATURATED, pool_state
-from tests.api.test_sandboxes import run
-from tests.gateways import InProcessGateway
+from tests.gateways import InProcessGateway, run
 
 pytestmark = pytest.mark.docker
 

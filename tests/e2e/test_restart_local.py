@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.test_sandboxes import run
-from tests.gateways import GatewayProcess
+from tests.gateways import GatewayProcess, run
 
 
 @pytest.fixture

@@ -11,24 +11,12 @@ import httpx
 import pytest
 
 from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_OWNER, LABEL_SANDBOX, DockerEngine, container_name
-from tests.gateways import KEYS, InProcessGateway
+from tests.gateways import KEYS, InProcessGateway, create, run
 
 pytestmark = pytest.mark.docker
 
 
 # -- helpers (the e2e tests use them too) ------------------------------------------------------
-
-
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    response = await client.post("/api/v1/sandboxes", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def run(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: Any) -> dict[str, Any]:
-    response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def inside(client: httpx.AsyncClient, sandbox_id: str, code: str) -> Any:
