@@ -20,6 +20,24 @@ ROUNDTRIP_RATIO = 1.15
 GATEWAY_KIB_PER_SANDBOX = 1024
 
 
+NOTES = """\
+- **raw jupyter_client** (the floor): a kernel in the same hardened container, started by our provisioner
+  (`KernelLauncher`) without the gateway, driven by one long-lived `AsyncKernelClient` in the harness.
+- **Kernel Gateway 3** (`jupyter-kernel-gateway` 3.0.1 from PyPI, in `bench/.venv-kg`) runs its kernels as
+  plain local processes (no container, TCP loopback). It leaves Nagle's algorithm on for its WebSocket
+  (Tornado's default), so the second message of every execute waits ~40 ms for the client's delayed ACK;
+  the `client TCP_QUICKACK` row is the same server with a client that acknowledges every message at once.
+- Clients: a raw HTTP/1.1 keep-alive connection (REST, NDJSON) and `websockets` (every WebSocket), all in
+  one asyncio process; every sample checks its result. Methods are sampled interleaved, one round at a time,
+  after warm-up rounds. The gateway is the working tree's `code-gateway` as a child process (pool off except
+  for the pooled first result), SQLite store in a temporary data directory.
+- Server CPU: user+system CPU of the server process per execution, over a run of one method alone.
+- Memory: gateway VmRSS with N idle sandboxes minus with none, over N; container memory is the cgroup's usage
+  minus inactive file pages (as `docker stats`); the estimate divides total RAM by container + shim + gateway
+  share. Memory limits are not reservations: the estimate is for idle sandboxes only.
+"""
+
+
 @dataclasses.dataclass
 class Row:
     scenario: str
@@ -91,8 +109,11 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 if kg and kg.get("n"):
                     faster = series["p50"] < kg["p50"]
                     verdicts.append(f"{'faster' if faster else 'slower'} than KG ({ratio(series['p50'], kg['p50'])})")
+                kg_quick = roundtrip.get("kg_quickack")
+                if kg_quick and kg_quick.get("n"):
+                    verdicts.append(f"{ratio(series['p50'], kg_quick['p50'])} KG with quick ACKs")
                 row.verdict = "; ".join(verdicts)
-            elif name == "kg":
+            elif name in ("kg", "kg_quickack"):
                 row.method += " (local-process kernel)"
             rows.append(row)
         if raw:
@@ -157,7 +178,7 @@ def markdown(rows: list[Row]) -> str:
 
 #: One colour per method, the same in every panel.
 COLOURS = {"rest": "tab:blue", "ndjson": "tab:orange", "ws": "tab:green", "jupyter_ws": "tab:olive",
-           "raw": "black", "kg": "tab:red", "pooled": "tab:green", "cold": "tab:blue", "gateway": "tab:blue"}
+           "raw": "black", "kg": "tab:red", "kg_quickack": "tab:purple", "pooled": "tab:green", "cold": "tab:blue", "gateway": "tab:blue"}
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

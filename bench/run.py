@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.harness import REPO, Bench, dump_json, ensure_kg_venv
+from bench.harness import REPO, Bench, dump_json, ensure_kg_venv, meminfo_kib
 from bench.measure import loadavg, log
 from bench.scenarios import first_result, png, roundtrip, scale
 from bench.scenarios.live import Live
@@ -44,17 +44,20 @@ def machine() -> dict[str, Any]:
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "kernels"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
-    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_gib": meminfo_kib("MemTotal") / 2**20, "kernel": platform.release(),
             "python": platform.python_version(), "commit": commit + ("+dirty" if dirty else "")}
 
 
 async def run(bench: Bench) -> None:
     wanted = [s for s in SCENARIOS if not bench.only or s in bench.only]
     if {"roundtrip", "png"} & set(wanted):
-        async with Live(bench) as live:
-            for name, module in (("roundtrip", roundtrip), ("png", png)):
-                if name in wanted:
-                    await guarded(bench, name, module.run(bench, live))
+        async def live_scenarios() -> None:
+            async with Live(bench) as live:
+                for name, module in (("roundtrip", roundtrip), ("png", png)):
+                    if name in wanted:
+                        await guarded(bench, name, module.run(bench, live))
+
+        await guarded(bench, "live setup", live_scenarios())
     if "first_result" in wanted:
         await guarded(bench, "first_result", first_result.run(bench))
     if "scale" in wanted:
@@ -62,20 +65,27 @@ async def run(bench: Bench) -> None:
 
 
 async def guarded(bench: Bench, name: str, coro: Any) -> None:
-    """A failing scenario is reported in the results; the others still run."""
+    """A failing scenario is reported in the results; the others still run. Load is noted around each."""
+    before = loadavg()[0]
     try:
         await coro
     except Exception as exc:
         log(f"scenario {name} FAILED: {type(exc).__name__}: {exc}")
         traceback.print_exc()
         bench.results.setdefault("failures", {})[name] = f"{type(exc).__name__}: {exc}"
+    finally:
+        bench.results.setdefault("load", {})[name] = [before, loadavg()[0]]
+        log(f"  (1-min load average {before:.2f} before {name}, {loadavg()[0]:.2f} after)")
 
 
-def header(meta: dict[str, Any]) -> str:
+def header(meta: dict[str, Any], results: dict[str, Any]) -> str:
     m = meta["machine"]
+    during = max([meta["load_before"][0], meta["load_after"][0]] + [v for pair in (results.get("load") or {}).values()
+                                                                  for v in pair])
     return (f"{meta['finished']} · {'quick smoke run' if meta['quick'] else 'full run'} · commit {m['commit']} · "
-            f"{m['cpus']} CPUs ({m['cpu_model']}) · load average {meta['load_before'][0]:.2f} before, "
-            f"{meta['load_after'][0]:.2f} after · {meta['seconds']:.0f} s")
+            f"{m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']:.1f} GiB · 1-min load average "
+            f"{meta['load_before'][0]:.2f} before, up to {during:.2f} during, {meta['load_after'][0]:.2f} after · "
+            f"{meta['seconds']:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.table_rows(bench.results)
     table = report.markdown(rows)
     print()
-    print(header(meta))
+    print(header(meta, bench.results))
     print()
     print(table)
     failures = bench.results.get("failures") or {}
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         dump_json(RESULTS / "latest.json", {"meta": meta, "results": bench.results})
         notes = "\n".join(f"- scenario `{n}` failed: {r}" for n, r in failures.items())
         (RESULTS / "latest.md").write_text(
-            f"{header(meta)}\n\n{table}\n" + (f"\n{notes}\n" if notes else ""))
+            f"{header(meta, bench.results)}\n\n{table}\n" + (f"\n{notes}\n" if notes else "") + f"\n{report.NOTES}")
         report.chart(bench.results, RESULTS / "latency.png")
         log(f"wrote {RESULTS.relative_to(REPO)}/latest.json, latest.md, latency.png")
     return 1 if failures else 0

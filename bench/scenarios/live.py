@@ -8,7 +8,10 @@ against one gateway (pool off, so nothing starts in the background); ``raw`` (ju
 kernel in the same kind of container, no gateway: the floor); ``kg`` (Jupyter Kernel Gateway 3
 over its channels WebSocket; its kernel is a local process, not a container).
 A kernel per method, so no method's traffic reaches another's client (a Jupyter channels socket
-receives every iopub message of its kernel).
+receives every iopub message of its kernel). ``kg_quickack`` is Kernel Gateway again with a client
+that acknowledges every message at once: Kernel Gateway leaves Nagle's algorithm on (Tornado's
+default for WebSockets), so its second message per execute otherwise waits ~40 ms for the
+client's delayed ACK; this row shows what it costs without that.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ LABELS = {
     "jupyter_ws": "gateway Jupyter channels WS",
     "raw": "raw jupyter_client (container kernel)",
     "kg": "Jupyter Kernel Gateway 3 WS",
+    "kg_quickack": "Kernel Gateway 3 WS, client TCP_QUICKACK",
 }
 
 
@@ -101,6 +105,13 @@ class Live:
                 clients.ws_connect(kg.channels_url(kg_kernel, kg_session), kg.headers))
             self.methods["kg"] = lambda code, expect: clients.channels_execute(kg_socket, code, kg_session, expect)
             self.servers["kg"] = kg.child.pid
+            kg_kernel2 = await kg.start_kernel()
+            kg_session2 = uuid.uuid4().hex
+            kg_socket2 = await stack.enter_async_context(
+                clients.ws_connect(kg.channels_url(kg_kernel2, kg_session2), kg.headers))
+            self.methods["kg_quickack"] = lambda code, expect: clients.channels_execute(
+                kg_socket2, code, kg_session2, expect, ack_at_once=True)
+            self.servers["kg_quickack"] = kg.child.pid
             log("  kernel-gateway kernel ready")
         except Exception as exc:
             log(f"  Kernel Gateway unavailable, comparing without it: {exc}")
