@@ -86,6 +86,8 @@ class Bench:
     run_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     instances: set[str] = dataclasses.field(default_factory=set)
+    #: Every server started, so none outlives the run whatever happened.
+    children: list[ChildProcess] = dataclasses.field(default_factory=list)
     docker: Any = None
 
     def __post_init__(self) -> None:
@@ -116,6 +118,8 @@ class Bench:
         return removed
 
     def cleanup(self) -> None:
+        for child in self.children:
+            child.kill()
         left = 0
         for instance in sorted(self.instances):
             left += self.remove_containers(instance)
@@ -130,7 +134,8 @@ class Bench:
 class ChildProcess:
     """A server as a child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, bench: Bench, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        bench.children.append(self)
         self.name = name
         self.argv = argv
         self.env = env
@@ -173,6 +178,13 @@ class ChildProcess:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{self.name} did not answer on port {port} within {timeout:g} s:\n{self.tail()}")
 
+    def kill(self) -> None:
+        """SIGKILL the process group if the process still runs (the last resort of cleanup)."""
+        if self.process is not None and self.process.poll() is None:
+            log(f"  {self.name} still running at cleanup: killing it")
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
     async def stop(self, timeout: float = 60.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -210,7 +222,7 @@ class Gateway:
         if pool_size is not None:
             argv.append(f"--pool-size={pool_size}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        self.child = ChildProcess(f"gateway[{role}]", argv, env, home / "gateway.log")
+        self.child = ChildProcess(bench, f"gateway[{role}]", argv, env, home / "gateway.log")
         self.headers = {"Authorization": f"Bearer {self.KEY}"}
 
     @property
@@ -270,7 +282,7 @@ class KernelGateway:
                "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_DATA_DIR": str(home / "data"),
                "JUPYTER_CONFIG_DIR": str(home / "config"), "IPYTHONDIR": str(home / "ipython")}
         env.pop("VIRTUAL_ENV", None)
-        self.child = ChildProcess("kernel-gateway", argv, env, home / "kg.log")
+        self.child = ChildProcess(bench, "kernel-gateway", argv, env, home / "kg.log")
         self.headers = {"Authorization": f"token {self.KEY}"}
 
     async def __aenter__(self) -> KernelGateway:
