@@ -188,7 +188,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter
 
     scale = results.get("scale") or {}
     panels = [
@@ -199,7 +199,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         (f"{scale.get('sandboxes', '?')} sandboxes × {scale.get('executions', '?')} executions at once",
          {k: v for k, v in scale.items() if k in ("gateway", "raw") and isinstance(v, dict)}),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 12), layout="constrained")
     for ax, (title, series_by_name) in zip(axes.flat, panels):
         drawn = False
         for name, series in series_by_name.items():
@@ -214,7 +214,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
             drawn = True
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_title(title)
         ax.set_xlabel("latency, ms (log scale)")
         ax.set_ylabel("fraction of samples ≤ x")
@@ -223,9 +225,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         for q in (0.5, 0.99):
             ax.axhline(q, color="grey", lw=0.6, ls=":")
         if drawn:
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     fig.suptitle("Code Interpreter Gateway vs raw jupyter_client and Jupyter Kernel Gateway 3: latency CDFs")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
