@@ -1,16 +1,26 @@
-"""Operations endpoints: ``/health`` (is it up, where do kernels run) and ``/ready``."""
+"""Operations endpoints: ``/health`` (is it up, where do kernels run), ``/ready`` and ``/metrics``.
+
+None needs a key: load balancers and Prometheus scrape them. They reveal counts, never ids.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
+
+from tornado import web
 
 from gateway import __version__
 from gateway.api.base import APIHandler
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.manager import SandboxManager
 
+access_log = logging.getLogger("tornado.access")
 
-class HealthHandler(APIHandler):
+
+class OperationsHandler(APIHandler):
     auth_required = False
 
     def initialize(self, sandboxes: SandboxManager, launcher: KernelLauncher, **base: Any) -> None:  # type: ignore[override]
@@ -18,6 +28,8 @@ class HealthHandler(APIHandler):
         self.sandboxes = sandboxes
         self.launcher = launcher
 
+
+class HealthHandler(OperationsHandler):
     def get(self) -> None:
         self.write_json(
             {
@@ -31,3 +43,39 @@ class HealthHandler(APIHandler):
                 "engine": self.launcher.engine.describe() if self.launcher.engine is not None else None,
             }
         )
+
+
+class ReadyHandler(OperationsHandler):
+    """200 when new sandboxes can start here; 503 (with the reasons) when they cannot."""
+
+    def get(self) -> None:
+        problems = []
+        engine = self.launcher.engine
+        if engine is not None and not engine.describe().get("events_connected"):
+            problems.append("the Docker engine's event stream is not connected")
+        self.write_json({"ready": not problems, "problems": problems}, status=503 if problems else 200)
+
+
+class MetricsHandler(OperationsHandler):
+    def initialize(self, metrics: GatewayMetrics, **base: Any) -> None:  # type: ignore[override]
+        super().initialize(**base)
+        self.metrics = metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.metrics.render())
+
+
+def request_logger(metrics: GatewayMetrics) -> Callable[[web.RequestHandler], None]:
+    """Tornado's ``log_function``: the access log line, and the request in the metrics."""
+
+    def log_request(handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        seconds = handler.request.request_time()
+        metrics.requests.labels(method=handler.request.method, status=str(status)).observe(seconds)
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        request = handler.request
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
+                       seconds * 1000)
+
+    return log_request

@@ -13,7 +13,7 @@ from gateway.api.base import NotFoundHandler
 from gateway.api.executions import ExecuteHandler, ExecutionHandler, SandboxExecutionsHandler
 from gateway.api.files import FileHandler, FileListHandler
 from gateway.api.channels import KernelChannelsHandler, jupyter_settings
-from gateway.api.health import HealthHandler
+from gateway.api.health import HealthHandler, MetricsHandler, ReadyHandler, request_logger
 from gateway.api.jupyter import (
     ApiHandler,
     KernelActionHandler,
@@ -26,6 +26,7 @@ from gateway.api.notebooks import NotebookHandler
 from gateway.api.sockets import SandboxSocketHandler
 from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
 from gateway.auth import KeyRing
+from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
@@ -36,9 +37,11 @@ V1 = "/api/v1"
 
 def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLauncher,
              keepalive: float = 15.0, allow_origins: list[str] | None = None,
-             files: SandboxFiles | None = None, **settings: Any) -> web.Application:
+             files: SandboxFiles | None = None, metrics: GatewayMetrics | None = None,
+             **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes}
     jupyter = {**deps, "launcher": launcher}
+    metrics = metrics or sandboxes.metrics
     routes = [
         (rf"{V1}/sandboxes", SandboxesHandler, deps),
         (rf"{V1}/sandboxes/{ID}", SandboxHandler, deps),
@@ -49,7 +52,9 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
-        (r"/health", HealthHandler, {**deps, "launcher": launcher}),
+        (r"/health", HealthHandler, jupyter),
+        (r"/ready", ReadyHandler, jupyter),
+        (r"/metrics", MetricsHandler, {**jupyter, "metrics": metrics}),
         # The Jupyter Server kernel API (what Kernel Gateway serves), for notebook front ends.
         (r"/api", ApiHandler, jupyter),
         (r"/api/kernelspecs", KernelSpecsHandler, jupyter),
@@ -71,6 +76,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         # WebSocket pings keep idle sockets alive through proxies and find dead peers.
         websocket_ping_interval=keepalive,
         websocket_ping_timeout=max(keepalive * 2, 30),
+        log_function=request_logger(metrics),
         **jupyter_settings(keyring, sandboxes),
         **settings,
     )

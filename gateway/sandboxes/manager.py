@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 from traitlets import Bool, Float, Int, Unicode
@@ -34,6 +35,7 @@ from gateway.errors import (
 from gateway.execution.executor import OutputCaps
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
+from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.kernels import KernelRegistry
 from gateway.sandboxes.limits import ResourcePolicy
@@ -75,9 +77,11 @@ class SandboxManager(LoggingConfigurable):
         False, help="Leave sandbox kernels running when the gateway stops, to re-attach at the next start."
     ).tag(config=True)
 
-    def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy, **kwargs: Any) -> None:
+    def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
+                 metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
+        self.metrics = metrics or GatewayMetrics()
         self.launcher = launcher
         self.policy = policy
         self.settings = RuntimeSettings(
@@ -93,6 +97,8 @@ class SandboxManager(LoggingConfigurable):
         self._tasks: set[asyncio.Task[Any]] = set()
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
                              profile=policy.defaults(), parent=self)
+        self.metrics.watch(live=lambda: len(self._runtimes), busy=lambda: self.counts()["busy"],
+                           pool_ready=lambda: self.pool.describe()["ready"])
 
     # -- lifecycle of the manager ----------------------------------------------------------------
 
@@ -193,8 +199,10 @@ class SandboxManager(LoggingConfigurable):
             env=dict(env or {}), metadata=dict(metadata or {}),
             figure_formats=list(figure_formats or DEFAULT_FIGURE_FORMATS),
         )
+        began = time.monotonic()
         taken = self.pool.claim(limits, sandbox.figure_formats)
         if taken is not None and await self._take_pooled(taken, sandbox):
+            self.metrics.sandbox_starts.labels(source="pool").observe(time.monotonic() - began)
             return taken[0]
         self._sandboxes[sandbox.id] = sandbox
         await self.store.put_sandbox(sandbox.to_record())
@@ -211,6 +219,7 @@ class SandboxManager(LoggingConfigurable):
         sandbox.status = SandboxStatus.RUNNING
         self._adopt(sandbox.id, runtime)
         await self.store.put_sandbox(sandbox.to_record())
+        self.metrics.sandbox_starts.labels(source="cold").observe(time.monotonic() - began)
         log.info("sandbox %s: running for %s (%s)", sandbox.id, owner, sandbox.provisioner)
         return sandbox
 
@@ -326,6 +335,7 @@ class SandboxManager(LoggingConfigurable):
         def on_exit(reason: str) -> None:
             sandbox.status = SandboxStatus.FAILED
             sandbox.status_reason = reason
+            self.metrics.sandbox_exits.labels(reason=reason).inc()
             if sandbox.id not in self._sandboxes:  # still in the pool: no record, just replace it
                 self.pool.notice_exit()
                 return
@@ -409,6 +419,9 @@ class SandboxManager(LoggingConfigurable):
             execution.finished_at = timestamps.now()
             execution.error = execution_error("internal_error", "GatewayError", "the gateway failed to run this code")
         finally:
+            self.metrics.executions.labels(status=str(execution.status)).inc()
+            if execution.duration_ms is not None:
+                self.metrics.execution_seconds.observe(execution.duration_ms / 1000)
             sandbox.touch()
             sandbox.execution_count += 1
             await self.store.put_execution(execution.to_record())

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one gateway process, in a registry of its own (several apps may share a process).
+
+    metrics = GatewayMetrics()
+    metrics.executions.labels(status="completed").inc()
+    text = metrics.render()        # what GET /metrics serves
+
+Gauges that mirror live state (sandboxes, pool) are read when scraped, from the callables
+given to ``watch``, so nothing has to keep them in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.executions = Counter(
+            "code_gateway_executions", "Executions finished, by final status", ["status"], registry=self.registry
+        )
+        self.execution_seconds = Histogram(
+            "code_gateway_execution_seconds", "Time from an execution's start to its end",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.sandbox_starts = Histogram(
+            "code_gateway_sandbox_start_seconds", "Time to a running sandbox, by where it came from",
+            ["source"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.sandbox_exits = Counter(
+            "code_gateway_sandbox_exits", "Kernels that went away on their own, by reason", ["reason"],
+            registry=self.registry,
+        )
+        self.requests = Histogram(
+            "code_gateway_http_request_seconds", "HTTP requests served, by method and status",
+            ["method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self._live = Gauge("code_gateway_sandboxes", "Live sandboxes, by state", ["state"], registry=self.registry)
+        self._pool = Gauge("code_gateway_pool_ready", "Warm sandboxes ready to be claimed", registry=self.registry)
+
+    def watch(self, *, live: Callable[[], int], busy: Callable[[], int], pool_ready: Callable[[], int]) -> None:
+        """Read these at every scrape."""
+        self._live.labels(state="live").set_function(live)
+        self._live.labels(state="busy").set_function(busy)
+        self._pool.set_function(pool_ready)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
