@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,3 +75,32 @@ async def docker_gateway(tmp_path: Any, docker_client: Any) -> AsyncIterator[InP
     """An in-process gateway whose sandboxes are Docker containers; users alice, bob and admin."""
     async with InProcessGateway(tmp_path / "data", provisioner="docker") as running:
         yield running
+
+
+# -- Diagnostics -------------------------------------------------------------------------------
+
+HANG_REPORT_AFTER = 150.0  # seconds; pytest-timeout fails the test later (setup.cfg)
+
+
+@pytest.fixture(autouse=True)
+async def report_hangs() -> AsyncIterator[None]:
+    """If a test is still running after HANG_REPORT_AFTER s, print every asyncio task's stack.
+
+    A hung await leaves the loop idle in epoll, where a thread dump shows nothing useful; the
+    tasks' coroutine stacks say what each one waits for.
+    """
+    import sys
+    import threading
+
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        print(f"\n=== still running after {HANG_REPORT_AFTER:g} s; asyncio tasks: ===", file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(limit=12, file=sys.stderr)
+
+    timer = threading.Timer(HANG_REPORT_AFTER, lambda: loop.call_soon_threadsafe(dump))
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
