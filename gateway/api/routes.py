@@ -23,6 +23,7 @@ from gateway.api.jupyter import (
     KernelsHandler,
 )
 from gateway.api.notebooks import NotebookHandler
+from gateway.api.openapi import OpenAPIHandler
 from gateway.api.sockets import SandboxSocketHandler
 from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
 from gateway.auth import KeyRing
@@ -52,6 +53,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
+        (rf"{V1}/openapi.json", OpenAPIHandler, deps),
         (r"/health", HealthHandler, jupyter),
         (r"/ready", ReadyHandler, jupyter),
         (r"/metrics", MetricsHandler, {**jupyter, "metrics": metrics}),
