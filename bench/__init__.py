@@ -1,1 +1,1 @@
-"""Benchmarks of the gateway against raw jupyter_client and Jupyter Kernel Gateway, run on demand: ``make bench``."""
+"""Benchmarks against raw jupyter_client and Jupyter Kernel Gateway, run on demand: ``make bench``."""

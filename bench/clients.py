@@ -105,7 +105,8 @@ async def delete_sandbox(http: HttpConnection, sandbox_id: str) -> None:
     await http.json("DELETE", f"/api/v1/sandboxes/{sandbox_id}", expect=204)
 
 
-async def rest_execute(http: HttpConnection, sandbox_id: str, code: str, expect: str | None = "2") -> dict[str, Any]:
+async def rest_execute(http: HttpConnection, sandbox_id: str, code: str,
+                       expect: str | None = "2") -> dict[str, Any]:
     """``POST .../execute``: the whole Execution as one JSON response."""
     execution = await http.json("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", {"code": code})
     return check_completed(execution, expect)
@@ -231,7 +232,8 @@ async def raw_execute(client: Any, code: str, expect: str | None = "2") -> list[
 
 def check_reply(content: dict[str, Any], got: list[dict[str, Any]], expect: str | None) -> None:
     if content.get("status") != "ok":
-        raise HttpError(f"execute_reply {content.get('status')}: {content.get('ename')} {content.get('evalue')}")
+        raise HttpError(f"execute_reply {content.get('status')}: "
+                        f"{content.get('ename')} {content.get('evalue')}")
     if expect is not None:
         results = [m["content"]["data"].get("text/plain") for m in got if m["msg_type"] == "execute_result"]
         if results != [expect]:

@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 def ensure_kg_venv() -> Path:
-    """``bench/.venv-kg`` with Jupyter Kernel Gateway 3 and ipykernel, made once (a separate venv, as a user would)."""
+    """``bench/.venv-kg``: Jupyter Kernel Gateway 3 and ipykernel in a venv of their own, made once."""
     jupyter = KG_VENV / "bin" / "jupyter"
     if jupyter.exists():
         return jupyter
@@ -158,7 +158,8 @@ class ChildProcess:
         except OSError:
             return "(no log)"
 
-    async def wait_http(self, port: int, path: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+    async def wait_http(self, port: int, path: str, timeout: float,
+                        headers: dict[str, str] | None = None) -> None:
         """Until ``GET path`` answers 200; fails at once if the process exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -208,7 +209,8 @@ class Gateway:
 
     KEY = "bench-key"
 
-    def __init__(self, bench: Bench, role: str, *, pool_size: int | None = None, extra: list[str] | None = None):
+    def __init__(self, bench: Bench, role: str, *, pool_size: int | None = None,
+                 extra: list[str] | None = None) -> None:
         self.bench = bench
         self.role = role
         self.instance = bench.instance(role)
@@ -275,7 +277,8 @@ class KernelGateway:
         home.mkdir(parents=True, exist_ok=True)
         argv = [str(jupyter), "kernelgateway", "--KernelGatewayApp.ip=127.0.0.1",
                 f"--KernelGatewayApp.port={self.port}", "--KernelGatewayApp.port_retries=0",
-                f"--KernelGatewayApp.auth_token={self.KEY}", "--JupyterWebsocketPersonality.list_kernels=True",
+                f"--KernelGatewayApp.auth_token={self.KEY}",
+                "--JupyterWebsocketPersonality.list_kernels=True",
                 "--ZMQChannelsWebsocketConnection.limit_rate=False"]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "GATEWAY_"))},
                "PATH": f"{KG_VENV / 'bin'}:{os.environ.get('PATH', '')}",
@@ -311,7 +314,7 @@ class KernelGateway:
 
 
 class RawKernels:
-    """Kernels in the same hardened containers, started by our provisioner (``KernelLauncher``) with no gateway.
+    """Kernels in the same hardened containers, started by our provisioner (``KernelLauncher``), no gateway.
 
     The floor: what any client of a container kernel pays, reached with a long-lived
     jupyter_client ``AsyncKernelClient`` in this process.
@@ -365,7 +368,7 @@ class RawKernels:
 
 
 def container_memory(container_id: str) -> dict[str, int]:
-    """A container's memory as ``docker stats`` counts it (cgroup v1: usage minus inactive file pages), in bytes."""
+    """A container's memory as ``docker stats`` counts it (usage minus inactive file pages), in bytes."""
     base = Path("/sys/fs/cgroup/memory/docker") / container_id
     if not base.is_dir():  # cgroup v2
         base = Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope")
@@ -380,7 +383,7 @@ def container_memory(container_id: str) -> dict[str, int]:
 
 
 def shim_pss_kib(container_pid: int) -> int:
-    """PSS of the container's ``containerd-shim`` (its init's parent): host memory each container costs too."""
+    """PSS of the container's ``containerd-shim`` (its init's parent): host memory each container costs."""
     status = Path(f"/proc/{container_pid}/status").read_text()
     ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
     cmdline = Path(f"/proc/{ppid}/cmdline").read_bytes()

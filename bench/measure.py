@@ -85,7 +85,8 @@ async def sample_rounds(methods: dict[str, Callable[[], Awaitable[Any]]], series
     deadline = time.monotonic() + budget
     for _ in range(n):
         if time.monotonic() > deadline:
-            log(f"  time budget ({budget:g} s) spent: stopping at {len(next(iter(series.values())).samples)} rounds")
+            rounds = len(next(iter(series.values())).samples)
+            log(f"  time budget ({budget:g} s) spent: stopping at {rounds} rounds")
             break
         for name, once in methods.items():
             await timed(series[name], once)

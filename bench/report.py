@@ -88,7 +88,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
             row.target, row.verdict = "p50 ≤ 50 ms", at_most(pooled["p50"], POOLED_P50)
             rows.append(row)
         else:
-            rows.append(Row(title, "first result, pool warm", "n/a (no pool)", "n/a", "—", "p50 ≤ 50 ms", "n/a"))
+            rows.append(Row(title, "first result, pool warm", "n/a (no pool)", "n/a", "—", "p50 ≤ 50 ms",
+                            "n/a"))
         if cold:
             row = latency_row(title, cold, vs(cold, raw, "raw start"))
             row.target, row.verdict = "p50 ≤ 1.2 s", at_most(cold["p50"], COLD_P50)
@@ -108,7 +109,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 verdicts = [at_most(series["p50"] / raw["p50"], ROUNDTRIP_RATIO)]
                 if kg and kg.get("n"):
                     faster = series["p50"] < kg["p50"]
-                    verdicts.append(f"{'faster' if faster else 'slower'} than KG ({ratio(series['p50'], kg['p50'])})")
+                    verdicts.append(f"{'faster' if faster else 'slower'} than KG "
+                                    f"({ratio(series['p50'], kg['p50'])})")
                 kg_quick = roundtrip.get("kg_quickack")
                 if kg_quick and kg_quick.get("n"):
                     verdicts.append(f"{ratio(series['p50'], kg_quick['p50'])} KG with quick ACKs")
@@ -146,18 +148,21 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(row)
         if raw:
             rows.append(latency_row(title, raw, "baseline"))
+            versus = f"{gateway['throughput'] / raw['throughput']:.2f}× raw ({raw['throughput']:.0f}/s)"
             rows.append(Row(title, "throughput (executions/s)", f"{gateway['throughput']:.0f}/s", "—",
-                            f"{gateway['throughput'] / raw['throughput']:.2f}× raw ({raw['throughput']:.0f}/s)"))
+                            versus))
     if scale and scale.get("gateway_rss"):
         per = scale["gateway_rss"]["per_sandbox_kib"]
+        with_none = f"{scale['gateway_rss']['idle_0_kib'] / 1024:.0f} MiB with none"
         rows.append(Row("memory", f"gateway RSS per live sandbox ({scale['sandboxes']} idle)",
-                        f"{per:.0f} KiB", "—", f"{scale['gateway_rss']['idle_0_kib'] / 1024:.0f} MiB with none",
-                        "≤ 1 MiB", at_most(per, GATEWAY_KIB_PER_SANDBOX)))
+                        f"{per:.0f} KiB", "—", with_none, "≤ 1 MiB",
+                        at_most(per, GATEWAY_KIB_PER_SANDBOX)))
         containers, raw_containers = scale["containers"], scale.get("raw_containers") or {}
+        raw_mean = raw_containers.get("working_set_mean")
+        versus = (f"{ratio(containers['working_set_mean'], raw_mean)} raw kernel"
+                  if raw_containers.get("containers") else "—")
         rows.append(Row("memory", "container per idle sandbox (cgroup working set)",
-                        f"{containers['working_set_mean'] / 2**20:.1f} MiB", "—",
-                        f"{ratio(containers['working_set_mean'], raw_containers.get('working_set_mean'))} raw kernel"
-                        if raw_containers.get("containers") else "—"))
+                        f"{containers['working_set_mean'] / 2**20:.1f} MiB", "—", versus))
         rows.append(Row("memory", "containerd-shim per sandbox (PSS, outside the cgroup)",
                         f"{containers['shim_pss_mean'] / 2**20:.1f} MiB", "—", "—"))
         per_sandbox = containers["working_set_mean"] + containers["shim_pss_mean"] + max(per, 0) * 1024
@@ -178,7 +183,8 @@ def markdown(rows: list[Row]) -> str:
 
 #: One colour per method, the same in every panel.
 COLOURS = {"rest": "tab:blue", "ndjson": "tab:orange", "ws": "tab:green", "jupyter_ws": "tab:olive",
-           "raw": "black", "kg": "tab:red", "kg_quickack": "tab:purple", "pooled": "tab:green", "cold": "tab:blue", "gateway": "tab:blue"}
+           "raw": "black", "kg": "tab:red", "kg_quickack": "tab:purple", "pooled": "tab:green",
+           "cold": "tab:blue", "gateway": "tab:blue"}
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

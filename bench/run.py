@@ -1,4 +1,4 @@
-"""``make bench``: run every scenario, print one table, write bench/results/{latest.json,latest.md,latency.png}.
+"""``make bench``: every scenario, one table; writes bench/results/{latest.json,latest.md,latency.png}.
 
     .venv/bin/python -m bench.run                 # the full run (several minutes)
     .venv/bin/python -m bench.run --quick         # a smoke run: few samples, 10 sandboxes
@@ -44,7 +44,8 @@ def machine() -> dict[str, Any]:
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "kernels"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
-    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_gib": meminfo_kib("MemTotal") / 2**20, "kernel": platform.release(),
+    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_gib": meminfo_kib("MemTotal") / 2**20,
+            "kernel": platform.release(),
             "python": platform.python_version(), "commit": commit + ("+dirty" if dirty else "")}
 
 
@@ -80,11 +81,13 @@ async def guarded(bench: Bench, name: str, coro: Any) -> None:
 
 def header(meta: dict[str, Any], results: dict[str, Any]) -> str:
     m = meta["machine"]
-    during = max([meta["load_before"][0], meta["load_after"][0]] + [v for pair in (results.get("load") or {}).values()
-                                                                  for v in pair])
-    return (f"{meta['finished']} · {'quick smoke run' if meta['quick'] else 'full run'} · commit {m['commit']} · "
+    loads = [v for pair in (results.get("load") or {}).values() for v in pair]
+    during = max([meta["load_before"][0], meta["load_after"][0], *loads])
+    kind = "quick smoke run" if meta["quick"] else "full run"
+    return (f"{meta['finished']} · {kind} · commit {m['commit']} · "
             f"{m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']:.1f} GiB · 1-min load average "
-            f"{meta['load_before'][0]:.2f} before, up to {during:.2f} during, {meta['load_after'][0]:.2f} after · "
+            f"{meta['load_before'][0]:.2f} before, up to {during:.2f} during, "
+            f"{meta['load_after'][0]:.2f} after · "
             f"{meta['seconds']:.0f} s")
 
 
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_kg_venv()
     bench = Bench(quick=args.quick, only=only)
     load_before = loadavg()
-    log(f"bench {'(quick) ' if args.quick else ''}run {bench.run_id}: load average {load_before}; tmp {bench.tmp}")
+    log(f"bench {'(quick) ' if args.quick else ''}run {bench.run_id}: load average {load_before}; "
+        f"tmp {bench.tmp}")
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
         asyncio.run(run(bench))
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.cleanup()
     finished = datetime.datetime.now(datetime.timezone.utc)
     meta = {"quick": args.quick, "started": started.isoformat(timespec="seconds"),
-            "finished": finished.strftime("%Y-%m-%d %H:%M UTC"), "seconds": (finished - started).total_seconds(),
+            "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
+            "seconds": (finished - started).total_seconds(),
             "load_before": load_before, "load_after": loadavg(), "machine": machine(),
             "argv": sys.argv[1:]}
     rows = report.table_rows(bench.results)
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         dump_json(RESULTS / "latest.json", {"meta": meta, "results": bench.results})
         notes = "\n".join(f"- scenario `{n}` failed: {r}" for n, r in failures.items())
         (RESULTS / "latest.md").write_text(
-            f"{header(meta, bench.results)}\n\n{table}\n" + (f"\n{notes}\n" if notes else "") + f"\n{report.NOTES}")
+            f"{header(meta, bench.results)}\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
+            + f"\n{report.NOTES}")
         report.chart(bench.results, RESULTS / "latency.png")
         log(f"wrote {RESULTS.relative_to(REPO)}/latest.json, latest.md, latency.png")
     return 1 if failures else 0

@@ -1,1 +1,1 @@
-"""One module per benchmark scenario; each has ``async def run(bench) -> None`` adding rows to ``bench.results``."""
+"""One module per scenario; each ``async def run(bench, ...)`` puts what it measured in ``bench.results``."""

@@ -86,7 +86,8 @@ async def run(bench: Bench) -> None:
     out: dict[str, Any] = {}
     bench.results["first_result"] = out
 
-    log(f"first result, raw: our provisioner starts a container kernel, jupyter_client runs 1+1 ({n} samples)")
+    log(f"first result, raw: our provisioner starts a container kernel, jupyter_client runs 1+1 "
+        f"({n} samples)")
     raw = Series("raw_start", "raw container start + 1+1")
     await run_raw(bench, raw, n, budget)
     out["raw"] = raw.to_dict()
@@ -108,7 +109,8 @@ async def run(bench: Bench) -> None:
     except ChildExited as exc:
         if "pool" in exc.tail.lower():
             log("  the gateway refuses --pool-size: no warm pool yet (n/a)")
-            out["pooled"] = {"available": False, "reason": "the gateway has no --pool-size (no warm pool yet)"}
+            out["pooled"] = {"available": False,
+                             "reason": "the gateway has no --pool-size (no warm pool yet)"}
             return
         raise
     not_refilled = 0

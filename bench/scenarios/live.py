@@ -83,14 +83,16 @@ class Live:
         self.methods["rest"] = lambda code, expect: clients.rest_execute(rest_http, ids["rest"], code, expect)
         ndjson_http = await gateway.connect()
         stack.push_async_callback(ndjson_http.close)
-        self.methods["ndjson"] = lambda code, expect: clients.ndjson_execute(ndjson_http, ids["ndjson"], code, expect)
+        self.methods["ndjson"] = lambda code, expect: clients.ndjson_execute(
+            ndjson_http, ids["ndjson"], code, expect)
         ws = await stack.enter_async_context(
             clients.ws_connect(f"{gateway.ws_base}/api/v1/sandboxes/{ids['ws']}/stream", gateway.headers))
         self.methods["ws"] = lambda code, expect: clients.ws_execute(ws, code, expect)
         session = uuid.uuid4().hex
-        channels = await stack.enter_async_context(clients.ws_connect(
-            f"{gateway.ws_base}/api/kernels/{ids['jupyter_ws']}/channels?session_id={session}", gateway.headers))
-        self.methods["jupyter_ws"] = lambda code, expect: clients.channels_execute(channels, code, session, expect)
+        channels_url = f"{gateway.ws_base}/api/kernels/{ids['jupyter_ws']}/channels?session_id={session}"
+        channels = await stack.enter_async_context(clients.ws_connect(channels_url, gateway.headers))
+        self.methods["jupyter_ws"] = lambda code, expect: clients.channels_execute(
+            channels, code, session, expect)
 
         raw = await stack.enter_async_context(RawKernels(self.bench))
         _, raw_client = await raw.start()
@@ -103,7 +105,8 @@ class Live:
             kg_session = uuid.uuid4().hex
             kg_socket = await stack.enter_async_context(
                 clients.ws_connect(kg.channels_url(kg_kernel, kg_session), kg.headers))
-            self.methods["kg"] = lambda code, expect: clients.channels_execute(kg_socket, code, kg_session, expect)
+            self.methods["kg"] = lambda code, expect: clients.channels_execute(
+                kg_socket, code, kg_session, expect)
             self.servers["kg"] = kg.child.pid
             kg_kernel2 = await kg.start_kernel()
             kg_session2 = uuid.uuid4().hex

@@ -16,7 +16,8 @@ async def run(bench: Bench, live: Live) -> None:
     n, warmup, budget = bench.n(300, 30), bench.n(30, 5), bench.n(240, 30)
     methods = {name: functools.partial(method, CODE, "2") for name, method in live.methods.items()}
     series = {name: Series(name, LABELS[name]) for name in methods}
-    log(f"round trip of {CODE!r}: {n} interleaved rounds of {', '.join(methods)} (after {warmup} warm-up rounds)")
+    log(f"round trip of {CODE!r}: {n} interleaved rounds of {', '.join(methods)} "
+        f"(after {warmup} warm-up rounds)")
     await sample_rounds(methods, series, n=n, warmup=warmup, budget=budget)
     bench.results["roundtrip"] = {name: s.to_dict() for name, s in series.items()}
     for s in series.values():

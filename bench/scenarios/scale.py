@@ -48,8 +48,8 @@ def container_costs(bench: Bench, instance: str) -> dict[str, Any]:
         rss.append(memory["rss"])
         shim.append(shim_pss_kib(int(container.attrs["State"]["Pid"])) * 1024)
     count = len(working) or 1
-    return {"containers": len(working), "working_set_mean": sum(working) / count, "rss_mean": sum(rss) / count,
-            "shim_pss_mean": sum(shim) / count}
+    return {"containers": len(working), "working_set_mean": sum(working) / count,
+            "rss_mean": sum(rss) / count, "shim_pss_mean": sum(shim) / count}
 
 
 async def drive(clients_: list[Any], executions: int, run_one: Any, series: Series) -> float:
@@ -102,7 +102,8 @@ async def run(bench: Bench) -> None:
         per = (rss_n - rss_0) / max(len(ids), 1)
         out["gateway_rss"] = {"idle_0_kib": rss_0, "idle_n_kib": rss_n, "per_sandbox_kib": per}
         out["containers"] = container_costs(bench, gateway.instance)
-        log(f"  gateway RSS {rss_n / 1024:.1f} MiB with {len(ids)} idle sandboxes: {per:.0f} KiB per sandbox; "
+        log(f"  gateway RSS {rss_n / 1024:.1f} MiB with {len(ids)} idle sandboxes: "
+            f"{per:.0f} KiB per sandbox; "
             f"container working set {out['containers']['working_set_mean'] / 2**20:.1f} MiB each, "
             f"shim {out['containers']['shim_pss_mean'] / 2**20:.1f} MiB")
 
@@ -128,7 +129,8 @@ async def run(bench: Bench) -> None:
         await bounded(8, [_delete(gateway, sid) for sid in ids])
         await http.close()
 
-    log(f"scale baseline: {count} raw container kernels x {executions} executions, all at once (jupyter_client)")
+    log(f"scale baseline: {count} raw container kernels x {executions} executions, all at once "
+        "(jupyter_client)")
     async with RawKernels(bench) as raw:
         started = await bounded(START_CONCURRENCY, [raw.start() for _ in range(count)])
         kernels = [k for k in started if not isinstance(k, BaseException)]
