@@ -14,7 +14,9 @@ def to_iso(moment: datetime | None) -> str | None:
     """``2026-11-28T23:20:10.123456Z`` (or None)."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def from_iso(text: str | None) -> datetime | None:

@@ -40,8 +40,8 @@ class ExecuteHandler(SandboxAPIHandler):
         code = check_code(body["code"])
         encoder = negotiate(self.request.headers.get("Accept", ""))
         if encoder is None:
-            execution = await self.sandboxes.execute(sandbox_id, self.user, code, timeout=body.get("timeout"))
-            self.write_json(execution.to_public())
+            running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"))
+            self.write_json(await self.sandboxes.finished(running))
             return
         self.interrupt_on_disconnect = body.get("interrupt_on_disconnect", False)
         self.running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"))
@@ -53,6 +53,8 @@ class ExecuteHandler(SandboxAPIHandler):
         self.set_header("Location", f"/api/v1/executions/{execution_id}")
         self.set_header("X-Execution-Id", execution_id)
         self.set_header("X-Accel-Buffering", "no")  # tell nginx-style proxies not to buffer the stream
+        # Tornado turns Nagle back on between keep-alive requests; each event must leave at once.
+        self.request.connection.stream.set_nodelay(True)
         try:
             async for event in running.feed.follow(idle=self.keepalive):
                 # Awaiting each flush is the backpressure: a slow client slows only its own stream.

@@ -73,7 +73,9 @@ def request_logger(metrics: GatewayMetrics) -> Callable[[web.RequestHandler], No
         status = handler.get_status()
         seconds = handler.request.request_time()
         metrics.requests.labels(method=handler.request.method, status=str(status)).observe(seconds)
-        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        # Like Jupyter Server: successes at debug (one INFO line per execution is a real cost at
+        # thousands of executions a second), client errors as warnings, server errors as errors.
+        level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         request = handler.request
         access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
                        seconds * 1000)

@@ -2,7 +2,7 @@
 
     connection = KernelConnection(kernel_manager.client(), sandbox_id)
     await connection.open(timeout=30)
-    with connection.request(connection.client.execute(code)) as replies:
+    with connection.request(connection.execute(code)) as replies:
         channel, msg = await replies.get()      # ("iopub" | "shell", message), in arrival order
 
 One reader task per channel receives continuously, so a request pays no polling cost, and messages
@@ -21,6 +21,8 @@ from typing import Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
+from gateway.execution.messages import BadMessage, Message, decode
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ class ConnectTimeout(Exception):
 
 class KernelConnection:
     def __init__(self, client: AsyncKernelClient, sandbox_id: str,
-                 on_iopub: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_iopub: Callable[[Message], None] | None = None) -> None:
         self.client = client
         self.sandbox_id = sandbox_id
         #: Sees every iopub message, whoever caused it (the runtime tracks kernel activity with it).
@@ -63,7 +65,7 @@ class KernelConnection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            with self.request(self.client.kernel_info()) as replies:
+            with self.request(self.send("kernel_info_request", {})) as replies:
                 got_shell = got_iopub = False
                 nudge_deadline = min(deadline, loop.time() + 0.5)
                 while not (got_shell and got_iopub):
@@ -83,9 +85,27 @@ class KernelConnection:
                     return
         raise ConnectTimeout(f"kernel of sandbox {self.sandbox_id} did not answer within {timeout:g} s")
 
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a shell request; its ``msg_id``.
+
+        Not ``client.execute``: jupyter_client's ``Session.send`` wraps an asyncio socket in a new
+        blocking shadow socket for every message. The send itself never waits (DEALER queue).
+        """
+        msg = self.client.session.msg(msg_type, content)
+        self.client.shell_channel.socket.send_multipart(self.client.session.serialize(msg))
+        return str(msg["header"]["msg_id"])
+
+    def execute(self, code: str, *, silent: bool = False) -> str:
+        """An ``execute_request`` as the gateway sends them: no stdin (``input()`` fails at once),
+        no abort of later requests after an error (each execution stands alone)."""
+        return self.send("execute_request", {
+            "code": code, "silent": silent, "store_history": not silent, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": False,
+        })
+
     async def run_silent(self, code: str, timeout: float) -> None:
         """Run setup code unseen: no outputs, no history, no execution count; raise if it fails."""
-        msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False, stop_on_error=False)
+        msg_id = self.execute(code, silent=True)
         with self.request(msg_id) as replies:
             async with asyncio.timeout(timeout):
                 while True:
@@ -129,21 +149,18 @@ class KernelConnection:
         self.client.iopub_channel.stop()
 
     async def _read(self, channel_name: str) -> None:
-        channel = getattr(self.client, f"{channel_name}_channel")
+        socket = getattr(self.client, f"{channel_name}_channel").socket
         session = self.client.session
+        iopub = channel_name == "iopub"
         while True:
+            frames = await socket.recv_multipart()
             try:
-                raw = await channel.socket.recv_multipart()
-                _, parts = session.feed_identities(raw)
-                msg = session.deserialize(parts)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a malformed or badly signed message must not stop the reader
+                message = decode(session, frames)
+                if iopub and self.on_iopub is not None:
+                    self.on_iopub(message)
+                replies = self._waiting.get(message.parent_id)
+                if replies is not None:
+                    replies.put_nowait((channel_name, message.full()))
+            except (BadMessage, ValueError, KeyError):  # must not stop the reader
                 log.warning("sandbox %s: dropped an unreadable %s message", self.sandbox_id, channel_name,
                             exc_info=True)
-                continue
-            if channel_name == "iopub" and self.on_iopub is not None:
-                self.on_iopub(msg)
-            replies = self._waiting.get(msg["parent_header"].get("msg_id", ""))
-            if replies is not None:
-                replies.put_nowait((channel_name, msg))

@@ -79,9 +79,7 @@ class Executor:
         timed_out = False
         responsive = True
         try:
-            msg_id = self.connection.client.execute(
-                execution.code, silent=False, store_history=True, allow_stdin=False, stop_on_error=False
-            )
+            msg_id = self.connection.execute(execution.code)
             with self.connection.request(msg_id) as replies:
                 loop = asyncio.get_running_loop()
                 if not await self._drain(replies, progress, collector, feed, loop.time() + execution.timeout):

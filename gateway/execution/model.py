@@ -87,10 +87,20 @@ class Execution:
         }
 
     def to_record(self) -> dict[str, Any]:
+        """For the store: a snapshot (the outputs list of a running execution keeps growing)."""
         return {
-            key: value
-            for key, value in self.to_public().items()
-            if key not in ("stdout", "stderr", "result", "duration_ms")
+            "id": self.id,
+            "sandbox_id": self.sandbox_id,
+            "code": self.code,
+            "status": str(self.status),
+            "outputs": list(self.outputs),
+            "error": self.error,
+            "execution_count": self.execution_count,
+            "truncated": self.truncated,
+            "timeout": self.timeout,
+            "created_at": timestamps.to_iso(self.created_at),
+            "started_at": timestamps.to_iso(self.started_at),
+            "finished_at": timestamps.to_iso(self.finished_at),
         }
 
     @classmethod

@@ -56,7 +56,9 @@ class RunningExecution:
 
     execution: Execution
     feed: ExecutionFeed
-    done: asyncio.Task[Execution]
+    done: asyncio.Future[Execution] = dataclasses.field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    #: The finished execution as the API shows it, made once for every client that asks.
+    final: dict[str, Any] | None = None
 
 
 class SandboxManager(LoggingConfigurable):
@@ -95,6 +97,8 @@ class SandboxManager(LoggingConfigurable):
         self.kernels = KernelRegistry(parent=self)
         self._running: dict[str, RunningExecution] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._active: set[str] = set()
+        self._activity_timer: asyncio.TimerHandle | None = None
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
                              profile=policy.defaults(), parent=self)
         self.metrics.watch(live=lambda: len(self._runtimes), busy=lambda: self.counts()["busy"],
@@ -149,6 +153,9 @@ class SandboxManager(LoggingConfigurable):
     async def stop(self) -> None:
         """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``)."""
         await self.pool.stop()
+        if self._activity_timer is not None:
+            self._activity_timer.cancel()
+        await self._record_activity()
         for sandbox_id in list(self._runtimes):
             runtime = self._release(sandbox_id)
             sandbox = self._sandboxes.pop(sandbox_id)
@@ -398,9 +405,8 @@ class SandboxManager(LoggingConfigurable):
             sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
         )
         await self.store.put_execution(execution.to_record())
-        feed = ExecutionFeed()
-        done = self._spawn(self._run(sandbox, runtime, execution, feed), name=f"execution-{execution.id}")
-        running = RunningExecution(execution, feed, done)
+        running = RunningExecution(execution, ExecutionFeed())
+        self._spawn(self._run(sandbox, runtime, running), name=f"execution-{execution.id}")
         self._running[execution.id] = running
         return running
 
@@ -409,8 +415,14 @@ class SandboxManager(LoggingConfigurable):
         running = await self.submit(sandbox_id, user, code, timeout=timeout)
         return await asyncio.shield(running.done)
 
-    async def _run(self, sandbox: Sandbox, runtime: SandboxRuntime, execution: Execution,
-                   feed: ExecutionFeed) -> Execution:
+    async def finished(self, running: RunningExecution) -> dict[str, Any]:
+        """Wait for an accepted execution's end (abandoning the wait does not stop it); its public form."""
+        await asyncio.shield(running.done)
+        assert running.final is not None
+        return running.final
+
+    async def _run(self, sandbox: Sandbox, runtime: SandboxRuntime, running: RunningExecution) -> None:
+        execution, feed = running.execution, running.feed
         try:
             await runtime.run(execution, feed)
         except Exception:
@@ -425,10 +437,31 @@ class SandboxManager(LoggingConfigurable):
             sandbox.touch()
             sandbox.execution_count += 1
             await self.store.put_execution(execution.to_record())
-            await self.store.put_sandbox(sandbox.to_record())
+            self._record_activity_soon(sandbox)
             self._running.pop(execution.id, None)
-            feed.close({"type": "execution", "execution": execution.to_public()})
-        return execution
+            running.final = execution.to_public()
+            feed.close({"type": "execution", "execution": running.final})
+            if not running.done.done():
+                running.done.set_result(execution)
+
+    def _record_activity_soon(self, sandbox: Sandbox) -> None:
+        """Store a sandbox's ``last_active_at``/``execution_count`` within a second, once for many executions.
+
+        A gateway killed in that second shows them a little stale; the executions themselves are
+        stored one by one.
+        """
+        self._active.add(sandbox.id)
+        if self._activity_timer is None:
+            self._activity_timer = asyncio.get_running_loop().call_later(
+                1.0, lambda: self._spawn(self._record_activity(), name="record-activity"))
+
+    async def _record_activity(self) -> None:
+        self._activity_timer = None
+        active, self._active = self._active, set()
+        for sandbox_id in active:
+            sandbox = self._sandboxes.get(sandbox_id)
+            if sandbox is not None:
+                await self.store.put_sandbox(sandbox.to_record())
 
     def running(self, execution_id: str) -> RunningExecution | None:
         return self._running.get(execution_id)

@@ -17,11 +17,11 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
 
 from gateway.execution.connection import KernelConnection
+from gateway.execution.messages import Message
 from gateway.execution.executor import Executor, OutputCaps
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
@@ -102,11 +102,13 @@ class SandboxRuntime:
             raise RuntimeError(f"the kernel stopped before it answered ({reason})")
         opening.result()
 
-    def _saw_iopub(self, msg: dict[str, Any]) -> None:
+    def _saw_iopub(self, message: Message) -> None:
         """Keep the kernel's activity fields current (the Jupyter kernel API reports them)."""
-        self.km.last_activity = timestamps.now()
-        if msg["header"]["msg_type"] == "status":
-            self.km.execution_state = msg["content"]["execution_state"]
+        if message.msg_type == "status":  # (traitlets assignments cost: not on every message)
+            self.km.last_activity = timestamps.now()
+            state = message.content["execution_state"]
+            if state != self.km.execution_state:
+                self.km.execution_state = state
 
     async def _watch(self) -> None:
         assert self.km.provisioner is not None and self.connection is not None

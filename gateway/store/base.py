@@ -22,8 +22,16 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
+    async def flush(self) -> None:
+        """Wait until every record write handed over so far is durable."""
+
+    @abc.abstractmethod
     async def put_sandbox(self, record: Record) -> None:
-        """Insert or replace the sandbox record with ``record["id"]``."""
+        """Insert or replace the sandbox record with ``record["id"]``.
+
+        May return before the write is durable (see ``flush``), but every later read sees it.
+        The store may encode the record later: pass one the caller will not mutate.
+        """
 
     @abc.abstractmethod
     async def get_sandbox(self, sandbox_id: str) -> Record | None: ...

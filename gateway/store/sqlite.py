@@ -6,21 +6,29 @@
 One thread owns the connection, so writes are serialized in submission order without locks,
 and the event loop never blocks on disk. WAL mode lets other processes (``code-gateway keys
 create``) write while the gateway runs.
+
+Record writes (``put_*``) are write-behind: they are handed to that thread (which also does the
+JSON encoding) and not waited for, so storing an execution costs its request nothing. Reads
+queue behind every earlier write, so the gateway always reads what it wrote; ``flush()`` (and
+``close()``) wait until everything handed over is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from gateway import timestamps
 from gateway.store.base import Record, Store
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -47,11 +55,19 @@ CREATE TABLE IF NOT EXISTS api_keys (
 UNFINISHED = ("queued", "running")
 
 
+def _log_write_failure(future: Future[None]) -> None:
+    if future.exception() is not None:
+        log.error("store: records could not be written", exc_info=future.exception())
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, tuple[Any, ...], Record]] = []
+        self._draining = False
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -68,9 +84,43 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._call(self._db.close)
+            await self._call(self._db.close)  # after every queued write
             self._db = None
         self._thread.shutdown(wait=True)
+
+    async def flush(self) -> None:
+        await self._call(lambda: None)
+
+    def _write_behind(self, sql: str, key: tuple[Any, ...], record: Record) -> None:
+        # Writes made in one go (an execution's record and its sandbox's) share one hand-over to
+        # the thread and one transaction: each hand-over costs a GIL round trip.
+        with self._lock:
+            self._pending.append((sql, key, record))
+            if self._draining:
+                return
+            self._draining = True
+        self._thread.submit(self._drain).add_done_callback(_log_write_failure)
+
+    def _drain(self) -> None:
+        assert self._db is not None, "store is not open"
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return
+            try:
+                self._db.execute("BEGIN")
+                for sql, key, record in batch:
+                    try:
+                        self._db.execute(sql, (*key, json.dumps(record)))
+                    except sqlite3.IntegrityError:  # one bad record must not cost the others
+                        log.exception("store: record %s could not be written", key[0])
+                self._db.execute("COMMIT")
+            except Exception:  # e.g. the disk is full: keep the connection usable for what follows
+                log.exception("store: %d records could not be written", len(batch))
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         assert self._db is not None, "store is not open"
@@ -87,11 +137,10 @@ class SQLiteStore(Store):
     # -- sandboxes -------------------------------------------------------------------------------
 
     async def put_sandbox(self, record: Record) -> None:
-        await self._call(
-            self._execute,
+        self._write_behind(
             "INSERT INTO sandboxes (id, owner, status, record) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record",
-            (record["id"], record["owner"], record["status"], json.dumps(record)),
+            (record["id"], record["owner"], record["status"]), record,
         )
 
     async def get_sandbox(self, sandbox_id: str) -> Record | None:
@@ -111,11 +160,10 @@ class SQLiteStore(Store):
     # -- executions ------------------------------------------------------------------------------
 
     async def put_execution(self, record: Record) -> None:
-        await self._call(
-            self._execute,
+        self._write_behind(
             "INSERT INTO executions (id, sandbox_id, status, record) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record",
-            (record["id"], record["sandbox_id"], record["status"], json.dumps(record)),
+            (record["id"], record["sandbox_id"], record["status"]), record,
         )
 
     async def get_execution(self, execution_id: str) -> Record | None:
