@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -73,9 +74,12 @@ async def sample_rounds(methods: dict[str, Callable[[], Awaitable[Any]]], series
                         n: int, warmup: int, budget: float) -> None:
     """Interleave the methods (one sample of each per round), so load drifts hit them all alike.
 
+    The order within each round is shuffled (seeded, so runs are comparable): in a fixed order the
+    method that follows another server's turn always pays for waking its own process up.
     ``warmup`` rounds are run and thrown away; then up to ``n`` rounds, or fewer if ``budget``
     seconds run out.
     """
+    order = random.Random(1234)
     for _ in range(warmup):
         for once in methods.values():
             try:
@@ -88,8 +92,10 @@ async def sample_rounds(methods: dict[str, Callable[[], Awaitable[Any]]], series
             rounds = len(next(iter(series.values())).samples)
             log(f"  time budget ({budget:g} s) spent: stopping at {rounds} rounds")
             break
-        for name, once in methods.items():
-            await timed(series[name], once)
+        names = list(methods)
+        order.shuffle(names)
+        for name in names:
+            await timed(series[name], methods[name])
 
 
 def fmt_seconds(seconds: float | None) -> str:
