@@ -5,8 +5,8 @@
     with connection.request(connection.execute(code)) as replies:
         channel, msg = await replies.get()      # ("iopub" | "shell", message), in arrival order
 
-One reader task per channel receives continuously, so a request pays no polling cost, and messages
-are filtered by their parent ``msg_id`` (as jupyter_client's own execute loop does): output that
+Each channel is read as soon as the event loop sees its socket readable (``SocketReader``), so a
+request pays no polling cost, and messages are filtered by their parent ``msg_id`` (as jupyter_client's own execute loop does): output that
 other clients of the same kernel cause (the Jupyter WebSocket, say) never mixes in.
 When the kernel dies, ``fail()`` wakes every waiting request with ``KernelGone``.
 """
@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import zmq
+import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from gateway.execution.messages import BadMessage, Message, decode
@@ -47,7 +49,8 @@ class KernelConnection:
         self.on_iopub = on_iopub
         self.kernel_info: dict[str, Any] = {}
         self._waiting: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
-        self._readers: list[asyncio.Task[None]] = []
+        self._shell: SocketReader | None = None
+        self._iopub: SocketReader | None = None
         self._gone: KernelGone | None = None
 
     async def open(self, timeout: float) -> None:
@@ -58,11 +61,9 @@ class KernelConnection:
         Without this the first execution's first outputs could be lost.
         """
         self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-        self._readers = [
-            asyncio.create_task(self._read("shell"), name=f"shell-reader-{self.sandbox_id}"),
-            asyncio.create_task(self._read("iopub"), name=f"iopub-reader-{self.sandbox_id}"),
-        ]
         loop = asyncio.get_running_loop()
+        self._shell = SocketReader(self.client.shell_channel.socket, self._receiver("shell"), loop)
+        self._iopub = SocketReader(self.client.iopub_channel.socket, self._receiver("iopub"), loop)
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             with self.request(self.send("kernel_info_request", {})) as replies:
@@ -92,7 +93,8 @@ class KernelConnection:
         blocking shadow socket for every message. The send itself never waits (DEALER queue).
         """
         msg = self.client.session.msg(msg_type, content)
-        self.client.shell_channel.socket.send_multipart(self.client.session.serialize(msg))
+        assert self._shell is not None, "the connection is not open"
+        self._shell.send(self.client.session.serialize(msg))
         return str(msg["header"]["msg_id"])
 
     def execute(self, code: str, *, silent: bool = False) -> str:
@@ -140,20 +142,19 @@ class KernelConnection:
             replies.put_nowait(("gone", self._gone))
 
     async def close(self) -> None:
-        for reader in self._readers:
-            reader.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        self._readers = []
+        for reader in (self._shell, self._iopub):
+            if reader is not None:
+                reader.stop()
+        self._shell = self._iopub = None
         # Not client.stop_channels(): it would first create (and connect) the channels we never used.
         self.client.shell_channel.stop()
         self.client.iopub_channel.stop()
 
-    async def _read(self, channel_name: str) -> None:
-        socket = getattr(self.client, f"{channel_name}_channel").socket
+    def _receiver(self, channel_name: str) -> Callable[[list[bytes]], None]:
         session = self.client.session
         iopub = channel_name == "iopub"
-        while True:
-            frames = await socket.recv_multipart()
+
+        def receive(frames: list[bytes]) -> None:
             try:
                 message = decode(session, frames)
                 if iopub and self.on_iopub is not None:
@@ -161,6 +162,43 @@ class KernelConnection:
                 replies = self._waiting.get(message.parent_id)
                 if replies is not None:
                     replies.put_nowait((channel_name, message.full()))
-            except (BadMessage, ValueError, KeyError):  # must not stop the reader
+            except (BadMessage, ValueError, KeyError):  # a bad message must not stop the reader
                 log.warning("sandbox %s: dropped an unreadable %s message", self.sandbox_id, channel_name,
                             exc_info=True)
+
+        return receive
+
+
+class SocketReader:
+    """Reads a ZMQ socket straight from the event loop's selector.
+
+    pyzmq's asyncio sockets make a future (and several callbacks) per received message; here the
+    socket's file descriptor wakes the loop and every waiting message is read at once, without
+    blocking. ZMQ's descriptor only signals a change: after each read or send, ``ZMQ_EVENTS``
+    must be asked again until no message is left (so a send re-checks too).
+    """
+
+    def __init__(self, socket: zmq.asyncio.Socket, receive: Callable[[list[bytes]], None],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.socket = zmq.Socket.shadow(socket.underlying)  # the same socket, without asyncio
+        self.receive = receive
+        self.loop = loop
+        self.fd = self.socket.getsockopt(zmq.FD)
+        loop.add_reader(self.fd, self.drain)
+        loop.call_soon(self.drain)  # messages may be waiting already
+
+    def drain(self) -> None:
+        try:
+            while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self.receive(self.socket.recv_multipart(zmq.NOBLOCK))
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EAGAIN and not self.socket.closed:
+                log.warning("kernel socket read failed: %s", exc)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Queue a message (a DEALER never blocks below its high-water mark)."""
+        self.socket.send_multipart(frames, zmq.NOBLOCK)
+        self.loop.call_soon(self.drain)
+
+    def stop(self) -> None:
+        self.loop.remove_reader(self.fd)
