@@ -172,9 +172,9 @@ class GatewayApp(ConfiguredApp):
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy, parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=SandboxCommands(self.launcher), parent=self)
-        self.web_app = web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher, files=self.files,
-                           keepalive=self.keepalive, allow_origins=self.allow_origins)
-        self.server = NoDelayHTTPServer(web_app, max_body_size=self.max_body_size)
+        self.web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,
+                                files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins)
+        self.server = NoDelayHTTPServer(self.web_app, max_body_size=self.max_body_size)
         sockets = bind_sockets(self.port, address=self.ip)
         self.server.add_sockets(sockets)
         self.bound_port = sockets[0].getsockname()[1]
