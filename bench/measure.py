@@ -71,11 +71,14 @@ async def timed(series: Series, once: Callable[[], Awaitable[Any]]) -> None:
 
 
 async def sample_rounds(methods: dict[str, Callable[[], Awaitable[Any]]], series: dict[str, Series], *,
-                        n: int, warmup: int, budget: float) -> None:
-    """Interleave the methods (one sample of each per round), so load drifts hit them all alike.
+                        n: int, warmup: int, budget: float, burst: int = 1) -> None:
+    """Interleave the methods (a turn of each per round), so load drifts hit them all alike.
 
     The order within each round is shuffled (seeded, so runs are comparable): in a fixed order the
-    method that follows another server's turn always pays for waking its own process up.
+    method that follows another server's turn always pays for waking its own process up. With
+    ``burst`` > 1 a turn is ``burst`` samples in a row and its first is thrown away: what is
+    measured is each method warm, as under steady use, not its processes waking from sleep on a
+    2-core machine shared with six other methods' servers. Every method is treated alike.
     ``warmup`` rounds are run and thrown away; then up to ``n`` rounds, or fewer if ``budget``
     seconds run out.
     """
@@ -95,7 +98,10 @@ async def sample_rounds(methods: dict[str, Callable[[], Awaitable[Any]]], series
         names = list(methods)
         order.shuffle(names)
         for name in names:
-            await timed(series[name], methods[name])
+            if burst > 1:
+                await timed(Series("discarded", "discarded"), methods[name])
+            for _ in range(max(burst - 1, 1)):
+                await timed(series[name], methods[name])
 
 
 def fmt_seconds(seconds: float | None) -> str:

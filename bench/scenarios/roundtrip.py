@@ -10,15 +10,17 @@ from bench.measure import Series, log, sample_rounds
 from bench.scenarios.live import LABELS, Live
 
 CODE = "1+1"
+#: Samples per method per round, the first thrown away (see ``sample_rounds``).
+BURST = 4
 
 
 async def run(bench: Bench, live: Live) -> None:
-    n, warmup, budget = bench.n(300, 30), bench.n(30, 5), bench.n(240, 30)
+    n, warmup, budget = bench.n(100, 10), bench.n(10, 2), bench.n(240, 30)
     methods = {name: functools.partial(method, CODE, "2") for name, method in live.methods.items()}
     series = {name: Series(name, LABELS[name]) for name in methods}
-    log(f"round trip of {CODE!r}: {n} interleaved rounds of {', '.join(methods)} "
-        f"(after {warmup} warm-up rounds)")
-    await sample_rounds(methods, series, n=n, warmup=warmup, budget=budget)
+    log(f"round trip of {CODE!r}: {n} interleaved rounds of {', '.join(methods)}, {BURST - 1} samples each "
+        f"after one thrown away (after {warmup} warm-up rounds)")
+    await sample_rounds(methods, series, n=n, warmup=warmup, budget=budget, burst=BURST)
     bench.results["roundtrip"] = {name: s.to_dict() for name, s in series.items()}
     for s in series.values():
         log(f"  {s.label:40s} p50 {s.p50 * 1e3 if s.p50 else float('nan'):7.2f} ms  "

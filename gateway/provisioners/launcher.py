@@ -30,7 +30,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerFactory
-from traitlets import Bool, CaselessStrEnum, Float, Instance, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
@@ -71,13 +71,15 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
 
     autorestart = Bool(False)
 
-    execution_state = Unicode("starting", help="idle, busy or starting, from the kernel's status messages")
-    last_activity = Instance(datetime, help="When the kernel last sent a message")
-    reason = Unicode("", help="Why the kernel last failed, if it did")
-
-    @default("last_activity")
-    def _last_activity_default(self) -> datetime:
-        return datetime.now(timezone.utc)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Plain attributes, not traits: they change with every execution, on the hot path.
+        #: idle, busy, starting, restarting or dead, from the kernel's status messages.
+        self.execution_state = "starting"
+        #: When the kernel last reported its status.
+        self.last_activity = datetime.now(timezone.utc)
+        #: Why the kernel last failed, if it did (jupyter_server's WebSocket code sets it).
+        self.reason = ""
 
 
 class SandboxKernelSpecManager(KernelSpecManager):  # type: ignore[misc]

@@ -104,11 +104,9 @@ class SandboxRuntime:
 
     def _saw_iopub(self, message: Message) -> None:
         """Keep the kernel's activity fields current (the Jupyter kernel API reports them)."""
-        if message.msg_type == "status":  # (traitlets assignments cost: not on every message)
+        if message.msg_type == "status":
             self.km.last_activity = timestamps.now()
-            state = message.content["execution_state"]
-            if state != self.km.execution_state:
-                self.km.execution_state = state
+            self.km.execution_state = message.content["execution_state"]
 
     async def _watch(self) -> None:
         assert self.km.provisioner is not None and self.connection is not None

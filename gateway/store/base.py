@@ -30,7 +30,6 @@ class Store(abc.ABC):
         """Insert or replace the sandbox record with ``record["id"]``.
 
         May return before the write is durable (see ``flush``), but every later read sees it.
-        The store may encode the record later: pass one the caller will not mutate.
         """
 
     @abc.abstractmethod
