@@ -66,41 +66,31 @@ class Execution:
             return None
         return round((self.finished_at - self.started_at).total_seconds() * 1000, 3)
 
-    def to_public(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, Any]:
+        """What the store keeps (it encodes the record at once, so sharing ``outputs`` is safe)."""
         return {
             "id": self.id,
             "sandbox_id": self.sandbox_id,
             "code": self.code,
             "status": str(self.status),
             "outputs": self.outputs,
+            "error": self.error,
+            "execution_count": self.execution_count,
+            "truncated": self.truncated,
+            "timeout": self.timeout,
+            "created_at": timestamps.to_iso(self.created_at),
+            "started_at": timestamps.to_iso(self.started_at),
+            "finished_at": timestamps.to_iso(self.finished_at),
+        }
+
+    def to_public(self) -> dict[str, Any]:
+        """The record plus the conveniences derived from the outputs."""
+        return {
+            **self.to_record(),
             "stdout": self.stream_text("stdout"),
             "stderr": self.stream_text("stderr"),
             "result": self.result,
-            "error": self.error,
-            "execution_count": self.execution_count,
-            "truncated": self.truncated,
-            "timeout": self.timeout,
-            "created_at": timestamps.to_iso(self.created_at),
-            "started_at": timestamps.to_iso(self.started_at),
-            "finished_at": timestamps.to_iso(self.finished_at),
             "duration_ms": self.duration_ms,
-        }
-
-    def to_record(self) -> dict[str, Any]:
-        """For the store: a snapshot (the outputs list of a running execution keeps growing)."""
-        return {
-            "id": self.id,
-            "sandbox_id": self.sandbox_id,
-            "code": self.code,
-            "status": str(self.status),
-            "outputs": list(self.outputs),
-            "error": self.error,
-            "execution_count": self.execution_count,
-            "truncated": self.truncated,
-            "timeout": self.timeout,
-            "created_at": timestamps.to_iso(self.created_at),
-            "started_at": timestamps.to_iso(self.started_at),
-            "finished_at": timestamps.to_iso(self.finished_at),
         }
 
     @classmethod
