@@ -41,7 +41,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
              files: SandboxFiles | None = None, metrics: GatewayMetrics | None = None,
              **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes}
-    jupyter = {**deps, "launcher": launcher}
+    with_launcher = {**deps, "launcher": launcher}
     metrics = metrics or sandboxes.metrics
     routes = [
         (rf"{V1}/sandboxes", SandboxesHandler, deps),
@@ -54,16 +54,16 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/openapi.json", OpenAPIHandler, deps),
-        (r"/health", HealthHandler, jupyter),
-        (r"/ready", ReadyHandler, jupyter),
-        (r"/metrics", MetricsHandler, {**jupyter, "metrics": metrics}),
+        (r"/health", HealthHandler, with_launcher),
+        (r"/ready", ReadyHandler, with_launcher),
+        (r"/metrics", MetricsHandler, {**with_launcher, "metrics": metrics}),
         # The Jupyter Server kernel API (what Kernel Gateway serves), for notebook front ends.
-        (r"/api", ApiHandler, jupyter),
-        (r"/api/kernelspecs", KernelSpecsHandler, jupyter),
-        (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, jupyter),
-        (r"/api/kernels", KernelsHandler, jupyter),
-        (rf"/api/kernels/{ID}", KernelHandler, jupyter),
-        (rf"/api/kernels/{ID}/(interrupt|restart)", KernelActionHandler, jupyter),
+        (r"/api", ApiHandler, with_launcher),
+        (r"/api/kernelspecs", KernelSpecsHandler, with_launcher),
+        (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, with_launcher),
+        (r"/api/kernels", KernelsHandler, with_launcher),
+        (rf"/api/kernels/{ID}", KernelHandler, with_launcher),
+        (rf"/api/kernels/{ID}/(interrupt|restart)", KernelActionHandler, with_launcher),
         (rf"/api/kernels/(?P<kernel_id>{ID[1:-1]})/channels", KernelChannelsHandler, deps),
     ]
     if files is not None:
