@@ -39,7 +39,19 @@ def bearer_token(handler: web.RequestHandler) -> str:
     return ""
 
 
-class APIHandler(web.RequestHandler):
+class JSONErrors:
+    """Errors as the one JSON shape, expected ``GatewayError``s logged quietly. Mixed into every
+    handler class (plain, WebSocket, jupyter_server's) ahead of its Tornado base."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])  # type: ignore[arg-type]
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not log_domain_error(self, value):  # type: ignore[arg-type]
+            super().log_exception(typ, value, tb)  # type: ignore[misc]
+
+
+class APIHandler(JSONErrors, web.RequestHandler):
     """A JSON API handler: authenticated unless ``auth_required`` is False."""
 
     auth_required = True
@@ -86,15 +98,6 @@ class APIHandler(web.RequestHandler):
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
-
-    # -- errors ----------------------------------------------------------------------------------
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if not log_domain_error(self, value):
-            super().log_exception(typ, value, tb)
 
 
 async def authenticate(keyring: KeyRing, token: str) -> str:

@@ -15,7 +15,7 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from traitlets import Bool
 
-from gateway.api.base import authenticate, log_domain_error, write_json_error
+from gateway.api.base import JSONErrors, authenticate
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, Unauthorized
 from gateway.sandboxes.manager import SandboxManager
@@ -51,7 +51,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):  # type: ignore
         return self.websocket_handler.kernel_manager
 
 
-class KernelChannelsHandler(KernelWebsocketHandler):  # type: ignore[misc]
+class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):  # type: ignore[misc]
     def initialize(self, sandboxes: SandboxManager, **_: Any) -> None:
         self.sandboxes = sandboxes
 
@@ -72,13 +72,6 @@ class KernelChannelsHandler(KernelWebsocketHandler):  # type: ignore[misc]
         # ~40 ms for the client's delayed ACK of the first (every execute pays it).
         self.set_nodelay(True)
         await super().open(kernel_id)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if not log_domain_error(self, value):
-            super().log_exception(typ, value, tb)
 
 
 def jupyter_settings(keyring: KeyRing, sandboxes: SandboxManager) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 from tornado import websocket
 
 from gateway.api import schemas
-from gateway.api.base import authenticate, bearer_token, describe, error_body, log_domain_error, write_json_error
+from gateway.api.base import JSONErrors, authenticate, bearer_token, describe, error_body
 from gateway.api.executions import check_code
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
@@ -54,7 +54,7 @@ def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
     return "*" in allowed or origin in allowed or urlparse(origin).netloc == host
 
 
-class SandboxSocketHandler(websocket.WebSocketHandler):
+class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
     def initialize(self, keyring: KeyRing, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
                    **_: Any) -> None:
         self.keyring = keyring
@@ -77,13 +77,6 @@ class SandboxSocketHandler(websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.request.host, self.allow_origins)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if not log_domain_error(self, value):
-            super().log_exception(typ, value, tb)
 
     def open(self, sandbox_id: str) -> None:  # type: ignore[override]
         self.set_nodelay(True)  # else each event after the first may wait ~40 ms for a delayed ACK (Nagle)
