@@ -101,7 +101,7 @@ class SandboxManager(LoggingConfigurable):
         self._activity_timer: asyncio.TimerHandle | None = None
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
                              profile=policy.defaults(), parent=self)
-        self.metrics.watch(live=lambda: len(self._runtimes), busy=lambda: self.counts()["busy"],
+        self.metrics.watch(live=lambda: len(self._runtimes), busy=self.busy,
                            pool_ready=lambda: self.pool.describe()["ready"])
 
     # -- lifecycle of the manager ----------------------------------------------------------------
@@ -265,8 +265,7 @@ class SandboxManager(LoggingConfigurable):
     def saturated(self) -> bool:
         """Whether background work (refilling the pool) should wait: all cores busy."""
         cores = os.cpu_count() or 1
-        busy = sum(1 for runtime in self._runtimes.values() if runtime.busy)
-        return busy >= cores or os.getloadavg()[0] >= cores * self.pool.max_load_per_core
+        return self.busy() >= cores or os.getloadavg()[0] >= cores * self.pool.max_load_per_core
 
     async def _start_runtime(self, sandbox: Sandbox) -> SandboxRuntime:
         """Launch the kernel, connect to it, and record how to re-attach; nothing is left behind on failure."""
@@ -492,6 +491,9 @@ class SandboxManager(LoggingConfigurable):
 
     # -- for /health -----------------------------------------------------------------------------
 
+    def busy(self) -> int:
+        """Sandboxes running code right now."""
+        return sum(1 for runtime in self._runtimes.values() if runtime.busy)
+
     def counts(self) -> dict[str, Any]:
-        busy = sum(1 for runtime in self._runtimes.values() if runtime.busy)
-        return {"live": len(self._runtimes), "busy": busy, "executions_in_flight": len(self._running)}
+        return {"live": len(self._runtimes), "busy": self.busy(), "executions_in_flight": len(self._running)}
