@@ -13,6 +13,7 @@ gone, why (``kernel_died``, ``out_of_memory``, ``sandbox_died``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -27,3 +28,8 @@ class ExitReasons(Protocol):
 def workdir_of(sandbox_dir: Path) -> Path:
     """The working directory of a locally run sandbox (its files live here)."""
     return sandbox_dir / "work"
+
+
+def local_env(workdir: Path) -> dict[str, str]:
+    """What a process run locally for a sandbox gets: never the gateway's own environment (keys)."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(workdir)}

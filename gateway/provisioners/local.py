@@ -7,14 +7,13 @@ working directory.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 
-from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, workdir_of
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, local_env, workdir_of
 
 
 class LocalSandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
@@ -27,9 +26,7 @@ class LocalSandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         workdir.mkdir(parents=True, exist_ok=True)
         kwargs["cwd"] = str(workdir)
         kwargs["env"] = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "HOME": str(workdir),
+            **local_env(workdir),
             "IPYTHONDIR": str(self._ipython_dir(sandbox_dir)),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             # Shared by all local sandboxes: the font cache is built once, not in each working directory.

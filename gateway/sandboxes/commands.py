@@ -25,7 +25,6 @@ import abc
 import asyncio
 import functools
 import logging
-import os
 import socket
 import struct
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import SandboxNotRunning
-from gateway.provisioners.base import workdir_of
+from gateway.provisioners.base import local_env, workdir_of
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.model import Sandbox
 
@@ -133,7 +132,7 @@ class SandboxCommands:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-I", str(script),
             cwd=str(workdir),
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(workdir)},
+            env=local_env(workdir),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         return LocalProcess(process)
