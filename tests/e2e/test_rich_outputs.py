@@ -14,6 +14,8 @@ import httpx
 from tests.provisioned import alice, create, each_gateway, run  # noqa: F401
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Our machine-readable table: a vendor type, which notebook front ends do not render (they show the HTML).
+TABLE = "application/vnd.code-gateway.table+json"
 
 
 def png_size(encoded: str) -> tuple[int, int]:
@@ -136,7 +138,7 @@ async def test_svg_figures_when_the_sandbox_asks(alice: httpx.AsyncClient) -> No
     assert bad.status_code == 400 and "figure_formats" in bad.json()["error"]["message"]
 
 
-async def test_dataframe_html_text_and_json(alice: httpx.AsyncClient) -> None:
+async def test_dataframe_html_text_and_table_json(alice: httpx.AsyncClient) -> None:
     sandbox = await create(alice)
     code = (
         "import pandas as pd, numpy as np\n"
@@ -146,14 +148,14 @@ async def test_dataframe_html_text_and_json(alice: httpx.AsyncClient) -> None:
     )
     execution = await run(alice, sandbox["id"], code)
     result = execution["result"]
-    assert set(result) == {"text/plain", "text/html", "application/json"}
+    assert set(result) == {"text/plain", "text/html", TABLE}  # no application/json: JupyterLab would prefer it
     assert "Oslo" in result["text/plain"]
     table = parse_table(result["text/html"])
     assert table.tables == 1
     assert table.headers == ["", "city", "temp", "day"]
     assert table.rows[0] == ["0", "Oslo", "3.5", "2024-01-01"]
     assert len(table.rows) == 3
-    payload = result["application/json"]
+    payload = result[TABLE]
     assert payload["columns"] == ["city", "temp", "day"]
     assert payload["index"] == [0, 1, 2]
     assert payload["rows"][0][:2] == ["Oslo", 3.5] and payload["rows"][0][2].startswith("2024-01-01T00:00:00")
@@ -162,10 +164,10 @@ async def test_dataframe_html_text_and_json(alice: httpx.AsyncClient) -> None:
     assert len(payload["dtypes"]) == 3
 
     series = await run(alice, sandbox["id"], "df['temp']")
-    assert series["result"]["application/json"]["columns"] == ["temp"]
+    assert series["result"][TABLE]["columns"] == ["temp"]
 
     big = await run(alice, sandbox["id"], "pd.DataFrame({'n': range(5000), 'sq': [i * i for i in range(5000)]})")
-    payload = big["result"]["application/json"]
+    payload = big["result"][TABLE]
     assert payload["truncated"] is True and payload["row_count"] == 5000
     assert len(payload["rows"]) == 1000 and payload["rows"][999] == [999, 998001]
     assert len(parse_table(big["result"]["text/html"]).rows) < 100  # pandas shortens the HTML itself
