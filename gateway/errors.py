@@ -87,6 +87,13 @@ class SandboxNotRunning(GatewayError):
     code = "sandbox_not_running"
 
 
+class SandboxBusy(GatewayError):
+    """Another lifecycle operation of the sandbox (a restart, a delete) is under way."""
+
+    status = 409
+    code = "sandbox_busy"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"

@@ -81,7 +81,8 @@ ERROR = {
 
 def sandbox_action(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
     return {"post": {"summary": summary, "parameters": [SANDBOX_ID], "responses": {**ok, **ERRORS,
-            "409": reply("the sandbox is not running", ref("Error"))}}}
+            "409": reply("the sandbox is not running, or another lifecycle operation of it is under way",
+                         ref("Error"))}}}
 
 
 PATHS: dict[str, Any] = {

@@ -39,6 +39,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.kernels import KernelRegistry
 from gateway.sandboxes.limits import ResourcePolicy
+from gateway.sandboxes.locks import LifecycleLocks
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
@@ -96,6 +97,8 @@ class SandboxManager(LoggingConfigurable):
         #: The same kernels as ``_runtimes``, for jupyter_server's kernel WebSocket code.
         self.kernels = KernelRegistry(parent=self)
         self._running: dict[str, RunningExecution] = {}
+        #: Restart, delete (and pause, resume) of one sandbox run one at a time.
+        self.locks = LifecycleLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._active: set[str] = set()
         self._activity_timer: asyncio.TimerHandle | None = None
@@ -314,6 +317,10 @@ class SandboxManager(LoggingConfigurable):
         return [self._sandboxes.get(r["id"]) or Sandbox.from_record(r) for r in records]
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
+        async with self.locks.hold(sandbox_id, "being deleted"):
+            return await self._terminate(sandbox_id, user)
+
+    async def _terminate(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox = await self.get(sandbox_id, user)
         runtime = self._release(sandbox_id)
         if runtime is None:
@@ -363,6 +370,9 @@ class SandboxManager(LoggingConfigurable):
 
     async def interrupt(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox, runtime = await self._runtime(sandbox_id, user)
+        # A signal reaching a kernel that is being started kills it: refuse rather than wait (the
+        # restart or delete under way cancels the running execution anyway).
+        self.locks.refuse_while_busy(sandbox_id, "interrupt")
         await runtime.interrupt()
         return sandbox
 
@@ -372,14 +382,18 @@ class SandboxManager(LoggingConfigurable):
 
     async def _cancel(self, running: RunningExecution) -> None:
         runtime = self._runtimes.get(running.execution.sandbox_id)
-        if runtime is None or running.execution.finished:
-            return
+        if runtime is None or running.execution.finished or self.locks.under_way(runtime.sandbox_id):
+            return  # (a restart or delete under way cancels it anyway)
         try:
             await runtime.cancel(running.execution)
         except Exception:  # nobody is left to tell; the execution's record says how it ended
             log.exception("sandbox %s: could not cancel execution %s", runtime.sandbox_id, running.execution.id)
 
     async def restart(self, sandbox_id: str, user: str) -> Sandbox:
+        async with self.locks.hold(sandbox_id, "restarting"):
+            return await self._restart(sandbox_id, user)
+
+    async def _restart(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox, runtime = await self._runtime(sandbox_id, user, allow_failed=True)
         try:
             await runtime.restart()

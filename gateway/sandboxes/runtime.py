@@ -26,6 +26,7 @@ from gateway.execution.executor import Executor, OutputCaps
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway import timestamps
+from gateway.errors import SandboxBusy
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.model import ResourceLimits, Sandbox
 
@@ -64,6 +65,8 @@ class SandboxRuntime:
         #: Executions cancelled while still queued: skipped when their turn comes.
         self._withdrawn: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
+        #: True while the kernel is being replaced: a signal would kill the one starting.
+        self.replacing = False
 
     async def connect(self) -> None:
         """Open the kernel connection, wait until it answers, and start watching the kernel."""
@@ -149,6 +152,8 @@ class SandboxRuntime:
 
     async def interrupt(self) -> None:
         """Interrupt the running execution (it ends ``cancelled``); state is kept."""
+        if self.replacing:
+            raise SandboxBusy(f"cannot interrupt sandbox {self.sandbox_id} while its kernel is restarting")
         if self.current is not None:
             self._cancel_requested = True
         await self.km.interrupt_kernel()
@@ -184,11 +189,15 @@ class SandboxRuntime:
             await self._replace_kernel()
 
     async def _replace_kernel(self) -> None:
-        await self._disconnect()
-        self.km.execution_state = "restarting"
-        await self.launcher.relaunch(self.km, self.sandbox)
-        self.sandbox.kernel = await self.launcher.record(self.km)
-        await self.connect()
+        self.replacing = True
+        try:
+            await self._disconnect()
+            self.km.execution_state = "restarting"
+            await self.launcher.relaunch(self.km, self.sandbox)
+            self.sandbox.kernel = await self.launcher.record(self.km)
+            await self.connect()  # (returns once the kernel answers: its signal handlers are in place)
+        finally:
+            self.replacing = False
 
     async def close(self, *, stop_kernel: bool = True) -> None:
         """Stop using the kernel: cancel all executions, then stop it (or leave it running to re-attach)."""
