@@ -83,6 +83,8 @@ class OutputCollector:
         if output is None:
             return events
         self._append(output, display_id)
+        if display_id:  # so a live client knows which output a later update_display replaces
+            return events + [{"type": "output", "output": output, "display_id": display_id}]
         return events + [{"type": "output", "output": output}]
 
     # -- outputs -------------------------------------------------------------------------------
