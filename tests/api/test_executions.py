@@ -6,20 +6,9 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.gateways import run
-
-
-async def wait_finished(client: httpx.AsyncClient, execution_id: str, timeout: float = 60) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        execution = (await client.get(f"/api/v1/executions/{execution_id}")).json()
-        if execution["status"] not in ("queued", "running"):
-            return execution
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"execution {execution_id} did not finish")
+from tests.waiting import HOLD, executions_of, release, until, until_running, wait_finished
 
 
 async def test_state_persists_between_executions(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
@@ -114,9 +103,11 @@ async def test_executions_in_one_sandbox_run_one_at_a_time_in_arrival_order(
     await run(alice, sid, "import time; order = []")
     codes = [f"time.sleep(0.2); order.append({i}); {i}" for i in range(4)]
     tasks = []
-    for code in codes:
+    for submitted, code in enumerate(codes, start=2):
         tasks.append(asyncio.create_task(run(alice, sid, code)))
-        await asyncio.sleep(0.02)  # arrival order is submission order
+        # Arrival order is the order the gateway accepted them: the next one goes once this one is stored.
+        await until(lambda: executions_of(alice, sid), lambda listed: len(listed) == submitted,
+                    what=f"execution {submitted} to be accepted")
     results = await asyncio.gather(*tasks)
     assert [r["result"]["text/plain"] for r in results] == ["0", "1", "2", "3"]
     assert (await run(alice, sid, "order"))["result"]["text/plain"] == "[0, 1, 2, 3]"
@@ -126,9 +117,13 @@ async def test_executions_in_one_sandbox_run_one_at_a_time_in_arrival_order(
 
 async def test_different_sandboxes_run_in_parallel(alice: httpx.AsyncClient) -> None:
     ids = [(await alice.post("/api/v1/sandboxes")).json()["id"] for _ in range(2)]
-    results = await asyncio.gather(*(run(alice, sid, "import time; time.sleep(1)") for sid in ids))
-    first, second = results
-    # The two executions' running intervals overlap.
+    # The first still runs (held) when the second is seen running: both run at once.
+    pending = [await until_running(alice, sid, HOLD) for sid in ids]
+    assert [(await executions_of(alice, sid))[-1]["status"] for sid in ids] == ["running", "running"]
+    for sid in ids:
+        await release(alice, sid)
+    first, second = await asyncio.gather(*pending)
+    assert first["status"] == second["status"] == "completed"
     assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
 
 
@@ -154,17 +149,16 @@ async def test_someone_elses_execution_is_not_found(
 
 async def test_a_dropped_client_loses_nothing(gateway: Any, alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
     sid = sandbox["id"]
-    async with gateway.client("alice", timeout=0.5) as impatient:
-        with pytest.raises(httpx.ReadTimeout):
-            await impatient.post(
-                f"/api/v1/sandboxes/{sid}/execute",
-                json={"code": "import time\ntime.sleep(1.5)\nprint('still here')\n'result'"},
-            )
-    listed = (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]
+    async with gateway.client("alice") as impatient:
+        pending = await until_running(impatient, sid, HOLD + "print('still here')\n'result'")
+        pending.cancel()  # the client goes away mid-request, while the code runs
+        await asyncio.gather(pending, return_exceptions=True)
+    await release(alice, sid)
+    listed = await executions_of(alice, sid)
     assert len(listed) == 1
     execution = await wait_finished(alice, listed[0]["id"])
     assert execution["status"] == "completed"
-    assert execution["stdout"] == "still here\n"
+    assert execution["stdout"] == "started\nstill here\n"
     assert execution["result"]["text/plain"] == "'result'"
 
 
@@ -173,14 +167,7 @@ async def test_interrupt_cancels_the_running_execution_and_keeps_state(
 ) -> None:
     sid = sandbox["id"]
     await run(alice, sid, "x = 5")
-    slow = asyncio.create_task(run(alice, sid, "import time\nprint('go', flush=True)\ntime.sleep(60)"))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while loop.time() < deadline:  # wait until it runs (its output arrived)
-        listed = (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]
-        if listed[-1]["stdout"] == "go\n":
-            break
-        await asyncio.sleep(0.05)
+    slow = await until_running(alice, sid, "import time\ntime.sleep(60)")
     response = await alice.post(f"/api/v1/sandboxes/{sid}/interrupt")
     assert response.status_code == 200
     execution = await slow

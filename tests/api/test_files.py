@@ -7,12 +7,15 @@ import asyncio
 import hashlib
 import json
 import random
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.gateways import KEYS, InProcessGateway
+from tests.waiting import until
 from tests.provisioned import PROVISIONERS, alice, bob, create, each_gateway, gateway_for, run  # noqa: F401
 
 
@@ -69,6 +72,10 @@ async def test_binary_round_trip_and_code_sees_it(alice: httpx.AsyncClient) -> N
     assert downloaded.headers["content-length"] == str(len(data))
     assert downloaded.headers["content-disposition"].startswith('attachment; filename="blob.bin"')
     assert downloaded.headers["x-content-type-options"] == "nosniff"
+    # A file written by sandboxed code never runs as a page of the gateway's origin.
+    assert downloaded.headers["content-security-policy"] == "sandbox; default-src 'none'"
+    modified = datetime.fromisoformat(entry["modified"].replace("Z", "+00:00")).replace(microsecond=0)
+    assert parsedate_to_datetime(downloaded.headers["last-modified"]) == modified
 
     replaced = await alice.put(files_url(sandbox["id"], "data/blob.bin"), content=b"short")
     assert replaced.status_code == 200 and replaced.json()["size"] == 5
@@ -259,14 +266,14 @@ async def test_abandoned_upload_leaves_nothing(each_gateway: InProcessGateway, a
     writer.write(f"PUT {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['alice']}\r\n"
                  f"Content-Length: {4 << 20}\r\n\r\n".encode() + b"n" * (1 << 20))
     await writer.drain()
-    await asyncio.sleep(0.5)
-    writer.close()  # the client goes away mid-upload
-    for _ in range(50):
-        names = [e["name"] for e in (await alice.get(files_url(sandbox["id"]))).json()["entries"]]
-        if names == ["keep.bin"]:
-            break
-        await asyncio.sleep(0.1)
-    assert names == ["keep.bin"]
+
+    async def names() -> list[str]:
+        return [e["name"] for e in (await alice.get(files_url(sandbox["id"]))).json()["entries"]]
+
+    # The upload is under way (its temporary file is in the directory), then the client goes away.
+    await until(names, lambda seen: any(n.startswith(".keep.bin.upload-") for n in seen), what="the upload to start")
+    writer.close()
+    await until(names, lambda seen: seen == ["keep.bin"], what="the abandoned upload to be removed")
     assert (await alice.get(files_url(sandbox["id"], "keep.bin"))).content == b"old"
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.api.test_executions import wait_finished
-from tests.api.test_streaming import LIVE_CODE
-from tests.gateways import KEYS, InProcessGateway
+from tests.api.test_streaming import DISPLAY_CODE, LIVE_CODE, assert_display_events
+from tests.gateways import KEYS, InProcessGateway, create
+from tests.waiting import HOLD, executions_of, release, until, wait_finished
 
 
 def ws_url(gateway: InProcessGateway, sandbox_id: str, query: str = "") -> str:
@@ -113,9 +113,51 @@ async def test_foreign_browser_origins_are_refused(gateway: InProcessGateway, sa
         assert (await receive_until_done(socket, 1))[-1]["type"] == "execution"
 
 
+async def test_allow_origins_admits_the_listed_origins_only(tmp_path: Any) -> None:
+    async with InProcessGateway(tmp_path / "data", "--allow-origins=http://app.example",
+                                "--allow-origins=https://other.example:8443") as gateway, gateway.client() as alice:
+        sid = (await create(alice))["id"]
+        for origin in ("http://app.example", "https://other.example:8443", gateway.url):
+            async with connect(gateway, sid, origin=origin) as socket:
+                await socket.send(json.dumps({"type": "execute", "code": "1"}))
+                assert (await receive_until_done(socket, 1))[-1]["execution"]["status"] == "completed"
+        for origin in ("http://evil.example", "https://app.example", "http://app.example:8080"):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with connect(gateway, sid, origin=origin):
+                    pass
+            assert refused.value.response.status_code == 403, origin
+
+
 async def test_closing_the_socket_loses_nothing(gateway: InProcessGateway, alice: Any, sandbox: dict[str, Any]) -> None:
     async with connect(gateway, sandbox["id"]) as socket:
-        await socket.send(json.dumps({"type": "execute", "code": "import time; time.sleep(1); 'kept'"}))
+        await socket.send(json.dumps({"type": "execute", "code": HOLD + "'kept'"}))
         accepted = json.loads(await socket.recv())
+    await release(alice, sandbox["id"])  # the socket is closed while the code still runs
     execution = await wait_finished(alice, accepted["execution_id"])
     assert execution["status"] == "completed" and execution["result"]["text/plain"] == "'kept'"
+
+
+async def test_interrupt_on_disconnect_cancels_only_what_asked_for_it(gateway: InProcessGateway, alice: Any,
+                                                                      sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "a", "interrupt_on_disconnect": True,
+                                      "code": "import time\nprint('go', flush=True)\ntime.sleep(60)"}))
+        await socket.send(json.dumps({"type": "execute", "id": "b", "code": "'after'"}))
+        while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "output":
+            pass  # a runs (b waits its turn): now hang up
+    first, second = await until(lambda: executions_of(alice, sandbox["id"]), lambda listed: len(listed) == 2,
+                                what="both executes to be accepted")
+    cancelled = await wait_finished(alice, first["id"], timeout=30)  # not its 60 s
+    assert cancelled["status"] == "cancelled" and cancelled["error"]["ename"] == "KeyboardInterrupt"
+    assert cancelled["stdout"] == "go\n"
+    after = await wait_finished(alice, second["id"])  # queued behind it, without the flag: it runs
+    assert after["status"] == "completed" and after["result"] == {"text/plain": "'after'"}
+
+
+async def test_display_updates_and_clears_arrive_live(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "d", "code": DISPLAY_CODE}))
+        events = await receive_until_done(socket, 1)
+    assert events[0]["type"] == "accepted"
+    assert {e["id"] for e in events} == {"d"}
+    assert_display_events(events[1:])

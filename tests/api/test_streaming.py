@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from tests.api.test_executions import wait_finished
 from tests.gateways import InProcessGateway
+from tests.waiting import HOLD, release, wait_finished
 
 LIVE_CODE = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(1)\n"
 
@@ -54,12 +54,57 @@ async def test_server_sent_events(alice: httpx.AsyncClient, sandbox: dict[str, A
 
 
 async def test_keepalive_while_silent(tmp_path: Any) -> None:
+    keepalive = {"application/x-ndjson": '{"type": "keepalive"}', "text/event-stream": ": keepalive"}
     async with InProcessGateway(tmp_path / "data", "--keepalive=0.2") as gateway, gateway.client() as alice:
         sid = (await alice.post("/api/v1/sandboxes")).json()["id"]
-        events = await ndjson_events(alice, sid, {"code": "import time; time.sleep(1.5)"})
-    kinds = [e["type"] for _, e in events]
-    assert kinds.count("keepalive") >= 3
-    assert kinds[-1] == "execution"
+        for accept, line_of_keepalive in keepalive.items():
+            lines = []
+            async with alice.stream("POST", f"/api/v1/sandboxes/{sid}/execute", json={"code": HOLD + "'end'"},
+                                    headers={"Accept": accept}) as response:
+                async for line in response.aiter_lines():
+                    lines.append(line)
+                    if lines.count(line_of_keepalive) == 3 and line == line_of_keepalive:
+                        await release(alice, sid)  # three keepalives while the code ran silently: let it end
+            assert lines.count(line_of_keepalive) >= 3, lines
+            if accept == "text/event-stream":  # a comment, which EventSource ignores, not an event
+                assert "event: keepalive" not in lines
+                assert lines[-3] == "event: execution"
+            last = json.loads(lines[-2].removeprefix("data: ") if accept == "text/event-stream" else lines[-1])
+            assert last["type"] == "execution" and last["execution"]["result"] == {"text/plain": "'end'"}
+
+
+DISPLAY_CODE = (
+    "from IPython.display import display, update_display, clear_output\n"
+    "display('step 0', display_id='progress')\n"
+    "update_display('step 1', display_id='progress')\n"
+    "print('x')\n"
+    "clear_output()\n"
+    "print('y')\n"
+    "clear_output(wait=True)\n"
+    "print('z')\n"
+)
+
+
+def assert_display_events(events: list[dict[str, Any]]) -> None:
+    """The live events of DISPLAY_CODE: each display change as it happens, then the execution as stored."""
+    shown = [(e["type"], e.get("display_id"), e.get("output", {}).get("data", {}).get("text/plain"),
+              e.get("output", {}).get("text"), e.get("wait")) for e in events[:-1]]
+    assert shown == [
+        ("output", "progress", "'step 0'", None, None),
+        ("update_display", "progress", "'step 1'", None, None),  # the display_id names the output it replaces
+        ("output", None, None, "x\n", None),
+        ("clear_output", None, None, None, False),
+        ("output", None, None, "y\n", None),
+        ("clear_output", None, None, None, True),  # wait=True: sent when the next output comes
+        ("output", None, None, "z\n", None),
+    ]
+    assert events[-1]["type"] == "execution"
+    assert events[-1]["execution"]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "z\n"}]
+
+
+async def test_display_updates_and_clears_are_streamed_live(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    events = await ndjson_events(alice, sandbox["id"], {"code": DISPLAY_CODE})
+    assert_display_events([e for _, e in events])
 
 
 async def test_stream_errors_are_plain_json_before_streaming(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:

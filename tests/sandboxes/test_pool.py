@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.sandboxes.model import ResourceLimits, Sandbox, SandboxStatus
 from gateway.sandboxes.pool import WarmPool, fits
+from tests.waiting import until
 
 PROFILE = ResourceLimits(cpu=1, memory_mb=512, disk_mb=1024, pids=256)
 
@@ -40,52 +41,55 @@ async def test_fills_claims_once_and_refills() -> None:
 
     pool, disposed = make_pool(start)
     pool.start()
-    for _ in range(100):
-        if pool.describe()["ready"] == 2:
-            break
-        await asyncio.sleep(0.01)
+    await until(pool.describe, lambda state: state["ready"] == 2, what="a full pool")
     first = pool.claim(PROFILE, ["png"])
     second = pool.claim(PROFILE, ["png"])
     assert first and second and first[0] is not second[0]
     assert pool.claim(ResourceLimits(memory_mb=4096, disk_mb=1024), ["png"]) is None  # no fit: not a miss
-    for _ in range(100):
-        if pool.describe()["ready"] == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert len(started) == 4 and pool.describe()["claimed"] == 2
+    await until(pool.describe, lambda state: state["ready"] == 2, what="the pool refilled")
+    assert len(started) == 4 and pool.describe()["claimed"] == 2 and pool.describe()["missed"] == 0
     await pool.stop()
     assert len(disposed) == 2  # the two never claimed
 
 
 async def test_a_failing_start_backs_off() -> None:
-    attempts = 0
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
 
     async def start() -> Any:
-        nonlocal attempts
-        attempts += 1
+        attempts.append(loop.time())
         raise RuntimeError("image is broken")
 
     pool, _ = make_pool(start)
     pool.start()
-    await asyncio.sleep(2.5)
-    state = pool.describe()
+    state = await until(pool.describe, lambda s: s["failed_starts"] == 2, what="a second attempt", timeout=30)
     await pool.stop()
-    assert attempts <= 3  # 1 s, then 2 s between tries: never a hot loop
-    assert state["failed_starts"] == attempts
-    assert "backing off" in state["paused"]
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 0.99  # a second after the first failure (later under load, never sooner)
+    assert state["paused"].startswith("backing off 2 s") and "image is broken" in state["paused"]  # then doubling
 
 
-async def test_saturation_pauses_refilling() -> None:
+async def test_saturation_pauses_refilling_until_it_ends() -> None:
+    saturated = True
+    checks = 0
     attempts = 0
+
+    def is_saturated() -> bool:
+        nonlocal checks
+        checks += 1
+        return saturated
 
     async def start() -> Any:
         nonlocal attempts
+        assert not saturated, "must not start while saturated"
         attempts += 1
-        raise AssertionError("must not start while saturated")
+        return Sandbox(owner="", resources=PROFILE, provisioner="fake", status=SandboxStatus.RUNNING), object()
 
-    pool = WarmPool(start=start, dispose=lambda p: asyncio.sleep(0), saturated=lambda: True, profile=PROFILE, size=1)
+    pool = WarmPool(start=start, dispose=lambda p: asyncio.sleep(0), saturated=is_saturated, profile=PROFILE, size=1)
     pool.start()
-    await asyncio.sleep(0.3)
-    assert pool.describe()["paused"] == "the machine is saturated"
+    await until(lambda: checks, lambda n: n >= 1, what="a saturation check")
+    assert pool.describe()["paused"] == "the machine is saturated" and attempts == 0
+    saturated = False
+    state = await until(pool.describe, lambda s: s["ready"] == 1, what="the pool to fill once no longer saturated")
+    assert state["paused"] is None and attempts == 1
     await pool.stop()
-    assert attempts == 0
