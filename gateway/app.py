@@ -33,11 +33,13 @@ from gateway.auth import KeyRing
 from gateway.config import env_config
 from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
+from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.pool import WarmPool
+from gateway.sandboxes.reaper import SandboxReaper
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 
@@ -55,6 +57,9 @@ ALIASES = {
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
     "max-sandboxes-per-user": "SandboxManager.max_sandboxes_per_user",
+    "default-lifetime": "LifetimePolicy.default_lifetime",
+    "max-lifetime": "LifetimePolicy.max_lifetime",
+    "idle-timeout": "LifetimePolicy.default_idle_timeout",
     "pool-size": "WarmPool.size",
     "max-file-bytes": "SandboxFiles.max_file_bytes",
     "max-cpu": "ResourcePolicy.max_cpu",
@@ -132,7 +137,8 @@ class GatewayApp(ConfiguredApp):
             "Leave sandbox kernels running at shutdown, to re-attach at the next start.",
         ),
     }
-    classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy, KeyRing]
+    classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
+               LifetimePolicy, SandboxReaper, KeyRing]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -169,7 +175,8 @@ class GatewayApp(ConfiguredApp):
         self.policy = ResourcePolicy(parent=self)
         self.launcher = KernelLauncher(self.runtime_dir, parent=self)
         await self.launcher.start()
-        self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy, parent=self)
+        self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
+                                        lifetimes=LifetimePolicy(parent=self), parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=SandboxCommands(self.launcher), parent=self)
         self.web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,

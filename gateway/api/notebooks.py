@@ -16,6 +16,7 @@ from gateway.execution.notebook import NOTEBOOK_MEDIA_TYPE, history_notebook, no
 class NotebookHandler(SandboxAPIHandler):
     async def get(self, sandbox_id: str) -> None:
         sandbox = await self.sandboxes.get(sandbox_id, self.user)
+        self.sandboxes.touch(sandbox.id)
         executions = await self.sandboxes.list_executions(sandbox_id, self.user)
         document = history_notebook(sandbox.id, executions, created_at=timestamps.to_iso(sandbox.created_at))
         self.set_header("Content-Type", f"{NOTEBOOK_MEDIA_TYPE}; charset=UTF-8")

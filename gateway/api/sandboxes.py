@@ -1,4 +1,4 @@
-"""Sandbox resources: create, list, show, delete, interrupt, restart."""
+"""Sandbox resources: create, list, show, change (PATCH), delete, interrupt, restart."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ def creation_limits(body: dict[str, Any]) -> dict[str, Any]:
     return resources
 
 
+def lifetime_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The lifetime fields a body gives (``lifetime``, ``idle_timeout``, ``on_idle``, ``auto_resume``)."""
+    return {field: body[field] for field in schemas.LIFETIME if field in body}
+
+
 class SandboxesHandler(SandboxAPIHandler):
     async def post(self) -> None:
         body = self.json_body(schemas.create_sandbox, allow_empty=True)
@@ -35,7 +40,7 @@ class SandboxesHandler(SandboxAPIHandler):
         seed = seed_cells(body["notebook"]) if "notebook" in body else None
         sandbox = await self.sandboxes.create(
             self.user, resources=creation_limits(body), env=body.get("env"), metadata=body.get("metadata"),
-            figure_formats=body.get("figure_formats"),
+            figure_formats=body.get("figure_formats"), **lifetime_fields(body),
         )
         report = None
         if seed is not None:
@@ -56,6 +61,12 @@ class SandboxesHandler(SandboxAPIHandler):
 class SandboxHandler(SandboxAPIHandler):
     async def get(self, sandbox_id: str) -> None:
         self.write_json((await self.sandboxes.get(sandbox_id, self.user)).to_public())
+
+    async def patch(self, sandbox_id: str) -> None:
+        body = self.json_body(schemas.update_sandbox)
+        sandbox = await self.sandboxes.update(sandbox_id, self.user, metadata=body.get("metadata"),
+                                              **lifetime_fields(body))
+        self.write_json(sandbox.to_public())
 
     async def delete(self, sandbox_id: str) -> None:
         await self.sandboxes.terminate(sandbox_id, self.user)

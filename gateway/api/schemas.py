@@ -10,7 +10,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from gateway.sandboxes.model import FIGURE_FORMATS
+from gateway.sandboxes.model import FIGURE_FORMATS, ON_IDLE
 
 NUMBER = {"type": "number"}
 INTEGER = {"type": "integer"}
@@ -28,10 +28,20 @@ RESOURCES: dict[str, Any] = {
     },
 }
 
+#: How long a sandbox lives and what idleness does to it (ranges: ``LifetimePolicy``, 422 naming the field).
+LIFETIME: dict[str, Any] = {
+    "lifetime": {**NUMBER, "description": "seconds until the sandbox expires and is terminated (default 3600)"},
+    "idle_timeout": {**NUMBER, "description": "seconds without activity before on_idle applies (default 600)"},
+    "on_idle": {"enum": list(ON_IDLE), "description": "what an idle sandbox becomes: pause (default) or terminate"},
+    "auto_resume": {"type": "boolean",
+                    "description": "work on a paused sandbox resumes it (default); false: 409 sandbox_paused"},
+}
+
 CREATE_SANDBOX: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
+        **LIFETIME,
         "resources": RESOURCES,
         "timeout": {**NUMBER, "description": "default per-execution timeout in seconds"},
         "network": {"type": "boolean", "description": "network access (only where the operator allows it)"},
@@ -70,5 +80,16 @@ EXECUTE: dict[str, Any] = {
     },
 }
 
+UPDATE_SANDBOX: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **LIFETIME,
+        "lifetime": {**NUMBER, "description": "seconds from now until the sandbox expires (a new expires_at)"},
+        "metadata": {"type": "object", "description": "replaces the sandbox's metadata"},
+    },
+}
+
 create_sandbox = Draft202012Validator(CREATE_SANDBOX)
+update_sandbox = Draft202012Validator(UPDATE_SANDBOX)
 execute = Draft202012Validator(EXECUTE)

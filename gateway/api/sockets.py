@@ -81,6 +81,7 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
     def open(self, sandbox_id: str) -> None:  # type: ignore[override]
         self.set_nodelay(True)  # else each event after the first may wait ~40 ms for a delayed ACK (Nagle)
         self._writer = asyncio.create_task(self._write_events(), name=f"socket-writer-{sandbox_id}")
+        self.sandboxes.socket_opened(sandbox_id)  # a connected socket keeps its sandbox from idling
 
     async def on_message(self, message: str | bytes) -> None:
         request_id = None
@@ -119,6 +120,7 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
+            self.sandboxes.socket_closed(self.sandbox_id)
         for running in self._to_cancel:
             if not running.execution.finished:
                 self.sandboxes.cancel_soon(running)

@@ -32,6 +32,7 @@ GONE_REASONS: dict[str, tuple[str, bool]] = {
     "sandbox_died": ("SandboxDied", False),
     "restarted": ("KernelRestarted", True),
     "terminated": ("SandboxTerminated", True),
+    "sandbox_expired": ("SandboxExpired", True),
 }
 
 
@@ -164,4 +165,5 @@ def _gone_message(reason: str) -> str:
         "sandbox_died": "the sandbox's container stopped; restart the sandbox to continue",
         "restarted": "the sandbox was restarted before this execution finished",
         "terminated": "the sandbox was terminated before this execution finished",
+        "sandbox_expired": "the sandbox reached the end of its lifetime (expires_at) before this execution finished",
     }.get(reason, f"the kernel went away ({reason})")

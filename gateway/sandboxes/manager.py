@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections import Counter
 from typing import Any
 
 from traitlets import Bool, Float, Int, Unicode
@@ -38,10 +39,12 @@ from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.kernels import KernelRegistry
+from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.locks import LifecycleLocks
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
 from gateway.sandboxes.pool import WarmPool
+from gateway.sandboxes.reaper import EXPIRED, SandboxReaper
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.store.base import Store
 
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 LIVE = [str(SandboxStatus.CREATING), str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED),
         str(SandboxStatus.TERMINATING)]
+#: What a sandbox taken from the warm pool gets from the request that claimed it.
+REQUESTED_FIELDS = ("owner", "resources", "env", "metadata", "expires_at", "idle_timeout", "on_idle", "auto_resume")
 
 
 @dataclasses.dataclass
@@ -81,12 +86,14 @@ class SandboxManager(LoggingConfigurable):
     ).tag(config=True)
 
     def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
-                 metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
+                 lifetimes: LifetimePolicy | None = None, metrics: GatewayMetrics | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.metrics = metrics or GatewayMetrics()
         self.launcher = launcher
         self.policy = policy
+        self.lifetimes = lifetimes or LifetimePolicy(parent=self)
         self.settings = RuntimeSettings(
             caps=OutputCaps(self.max_output_bytes, self.max_execution_output_bytes),
             interrupt_grace=self.interrupt_grace,
@@ -102,6 +109,10 @@ class SandboxManager(LoggingConfigurable):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._active: set[str] = set()
         self._activity_timer: asyncio.TimerHandle | None = None
+        #: Open /stream WebSockets per sandbox (activity: a sandbox with one is never idle).
+        self._sockets: Counter[str] = Counter()
+        self.reaper = SandboxReaper(sandboxes=self._sandboxes.values, active=self.is_active, act=self.reap,
+                                    parent=self)
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
                              profile=policy.defaults(), parent=self)
         self.metrics.watch(live=lambda: len(self._runtimes), busy=self.busy,
@@ -125,8 +136,11 @@ class SandboxManager(LoggingConfigurable):
             await self._recover(Sandbox.from_record(record), busy=record["id"] in busy)
         await self.launcher.remove_orphans(set(self._runtimes))
         self.pool.start()
+        self.reaper.start()
 
     async def _recover(self, sandbox: Sandbox, *, busy: bool = False) -> None:
+        if sandbox.expires_at is None:  # recorded before sandboxes had lifetimes
+            sandbox.expires_at = self.lifetimes.expiry(None)
         km = None
         if sandbox.provisioner == self.launcher.resolved and sandbox.status == SandboxStatus.RUNNING:
             try:
@@ -155,6 +169,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def stop(self) -> None:
         """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``)."""
+        await self.reaper.stop()
         await self.pool.stop()
         if self._activity_timer is not None:
             self._activity_timer.cancel()
@@ -201,13 +216,25 @@ class SandboxManager(LoggingConfigurable):
         env: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
         figure_formats: list[str] | None = None,
+        lifetime: float | None = None,
+        idle_timeout: float | None = None,
+        on_idle: str | None = None,
+        auto_resume: bool | None = None,
     ) -> Sandbox:
+        """Start a sandbox for ``owner``; ``lifetime`` (s) and the idle rules default to the policy's."""
         limits = self.policy.resolve(resources or {})
+        terms = self.lifetimes.resolve(
+            {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
+        )
         self._check_quota(owner)
         sandbox = Sandbox(
             owner=owner, resources=limits, provisioner=self.launcher.resolved,
             env=dict(env or {}), metadata=dict(metadata or {}),
             figure_formats=list(figure_formats or DEFAULT_FIGURE_FORMATS),
+            expires_at=self.lifetimes.expiry(terms.lifetime),
+            idle_timeout=self.lifetimes.default_idle_timeout if terms.idle_timeout is None else terms.idle_timeout,
+            on_idle=terms.on_idle or "pause",
+            auto_resume=True if terms.auto_resume is None else terms.auto_resume,
         )
         began = time.monotonic()
         taken = self.pool.claim(limits, sandbox.figure_formats)
@@ -243,8 +270,8 @@ class SandboxManager(LoggingConfigurable):
             log.warning("sandbox %s: could not take it from the pool; starting a fresh one", pooled.id, exc_info=True)
             await self._dispose_pooled(taken)
             return False
-        pooled.owner, pooled.resources, pooled.env, pooled.metadata = (
-            request.owner, request.resources, request.env, request.metadata)
+        for field in REQUESTED_FIELDS:
+            setattr(pooled, field, getattr(request, field))
         pooled.created_at = pooled.last_active_at = timestamps.now()
         self._sandboxes[pooled.id] = pooled
         self._adopt(pooled.id, runtime)
@@ -317,24 +344,88 @@ class SandboxManager(LoggingConfigurable):
         return [self._sandboxes.get(r["id"]) or Sandbox.from_record(r) for r in records]
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
-        async with self.locks.hold(sandbox_id, "being deleted"):
-            return await self._terminate(sandbox_id, user)
-
-    async def _terminate(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox = await self.get(sandbox_id, user)
-        runtime = self._release(sandbox_id)
-        if runtime is None:
-            if sandbox.status != SandboxStatus.TERMINATED:
-                await self._end(sandbox, "deleted")
-            return sandbox
-        sandbox.status = SandboxStatus.TERMINATING
-        await self.store.put_sandbox(sandbox.to_record())
-        try:
-            await runtime.close()
-        finally:
-            self._sandboxes.pop(sandbox_id, None)
-            await self._end(sandbox, "deleted")
+        await self._terminate(sandbox, "deleted")
         log.info("sandbox %s: terminated by %s", sandbox_id, user)
+        return sandbox
+
+    async def _terminate(self, sandbox: Sandbox, reason: str, *, cancel_code: str = "terminated") -> None:
+        """End ``sandbox`` for ``reason``; its running and queued executions end ``cancel_code``."""
+        async with self.locks.hold(sandbox.id, "being deleted" if reason == "deleted" else f"ending ({reason})"):
+            if sandbox.status == SandboxStatus.TERMINATED:
+                return
+            runtime = self._release(sandbox.id)
+            if runtime is None:
+                self._sandboxes.pop(sandbox.id, None)
+                await self._end(sandbox, reason)
+                return
+            sandbox.status = SandboxStatus.TERMINATING
+            await self.store.put_sandbox(sandbox.to_record())
+            try:
+                await runtime.close(reason=cancel_code)
+            finally:
+                self._sandboxes.pop(sandbox.id, None)
+                await self._end(sandbox, reason)
+
+    async def reap(self, sandbox: Sandbox, reason: str) -> None:
+        """What the reaper does with a sandbox that is due: ``expired`` or ``idle``."""
+        if reason == EXPIRED:
+            log.info("sandbox %s: expired (its lifetime ended at %s)", sandbox.id, timestamps.to_iso(sandbox.expires_at))
+            await self._terminate(sandbox, EXPIRED, cancel_code="sandbox_expired")
+            return
+        # A failed sandbox has no kernel left to pause: it is terminated whatever on_idle says.
+        log.info("sandbox %s: idle for %g s; terminating it", sandbox.id, sandbox.idle_timeout)
+        await self._terminate(sandbox, reason)
+
+    def is_active(self, sandbox_id: str) -> bool:
+        """Whether something keeps the sandbox from being idle: an execution in flight or a connected socket."""
+        runtime = self._runtimes.get(sandbox_id)
+        if runtime is not None and runtime.busy:
+            return True
+        if self._sockets[sandbox_id] > 0 or self.kernels.connections(sandbox_id) > 0:
+            return True
+        return any(r.execution.sandbox_id == sandbox_id for r in self._running.values())
+
+    def socket_opened(self, sandbox_id: str) -> None:
+        """A /stream WebSocket on the sandbox opened: it is active until ``socket_closed``."""
+        self._sockets[sandbox_id] += 1
+        self.touch(sandbox_id)
+
+    def socket_closed(self, sandbox_id: str) -> None:
+        self._sockets[sandbox_id] -= 1
+        if self._sockets[sandbox_id] <= 0:
+            del self._sockets[sandbox_id]
+        self.touch(sandbox_id)
+
+    def touch(self, sandbox_id: str) -> None:
+        """Activity on the sandbox (a request on it): its idle time starts again."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is not None:
+            sandbox.touch()
+            self._record_activity_soon(sandbox)
+
+    async def update(self, sandbox_id: str, user: str, *, lifetime: float | None = None,
+                     metadata: dict[str, Any] | None = None, idle_timeout: float | None = None,
+                     on_idle: str | None = None, auto_resume: bool | None = None) -> Sandbox:
+        """``PATCH``: a new lifetime from now, new metadata, new idle rules; all checked before any applies."""
+        terms = self.lifetimes.resolve(
+            {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
+        )
+        sandbox = await self.get(sandbox_id, user)
+        if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}: it cannot be changed")
+        if terms.lifetime is not None:
+            sandbox.expires_at = self.lifetimes.expiry(terms.lifetime)
+        if terms.idle_timeout is not None:
+            sandbox.idle_timeout = terms.idle_timeout
+        if terms.on_idle is not None:
+            sandbox.on_idle = terms.on_idle
+        if terms.auto_resume is not None:
+            sandbox.auto_resume = terms.auto_resume
+        if metadata is not None:
+            sandbox.metadata = dict(metadata)
+        sandbox.touch()
+        await self.store.put_sandbox(sandbox.to_record())
         return sandbox
 
     async def _end(self, sandbox: Sandbox, reason: str) -> None:
@@ -373,6 +464,7 @@ class SandboxManager(LoggingConfigurable):
         # A signal reaching a kernel that is being started kills it: refuse rather than wait (the
         # restart or delete under way cancels the running execution anyway).
         self.locks.refuse_while_busy(sandbox_id, "interrupt")
+        sandbox.touch()
         await runtime.interrupt()
         return sandbox
 
@@ -414,6 +506,7 @@ class SandboxManager(LoggingConfigurable):
     async def submit(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> RunningExecution:
         """Accept an execution: stored as ``queued`` at once, run in its turn by a task we own."""
         sandbox, runtime = await self._runtime(sandbox_id, user)
+        sandbox.touch()
         execution = Execution(
             sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
         )

@@ -14,6 +14,8 @@ from gateway import timestamps
 class SandboxStatus(enum.StrEnum):
     CREATING = "creating"
     RUNNING = "running"
+    #: No container or kernel: its files and variables wait on the gateway's disk (``resume``).
+    PAUSED = "paused"
     TERMINATING = "terminating"
     TERMINATED = "terminated"
     FAILED = "failed"
@@ -21,6 +23,9 @@ class SandboxStatus(enum.StrEnum):
 
 #: Statuses after which a sandbox never runs code again.
 ENDED = frozenset({SandboxStatus.TERMINATED})
+
+#: What an idle sandbox becomes (``on_idle``).
+ON_IDLE = ("pause", "terminate")
 
 #: Inline figure formats a sandbox may ask for (matplotlib_inline's names), and the default.
 FIGURE_FORMATS = ("png", "retina", "jpeg", "svg", "pdf")
@@ -69,6 +74,13 @@ class Sandbox:
     created_at: datetime = dataclasses.field(default_factory=timestamps.now)
     last_active_at: datetime = dataclasses.field(default_factory=timestamps.now)
     terminated_at: datetime | None = None
+    #: When the sandbox is terminated (``status_reason: expired``), whatever it is doing; None: never.
+    expires_at: datetime | None = None
+    #: Seconds without activity after which the sandbox is paused or terminated (``on_idle``).
+    idle_timeout: float = 600.0
+    on_idle: str = "pause"
+    #: Whether work on a paused sandbox resumes it first (else: 409 ``sandbox_paused``).
+    auto_resume: bool = True
     #: Executions run in this sandbox so far (across restarts).
     execution_count: int = 0
     kernel: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -96,6 +108,10 @@ class Sandbox:
             "created_at": timestamps.to_iso(self.created_at),
             "last_active_at": timestamps.to_iso(self.last_active_at),
             "terminated_at": timestamps.to_iso(self.terminated_at),
+            "expires_at": timestamps.to_iso(self.expires_at),
+            "idle_timeout": self.idle_timeout,
+            "on_idle": self.on_idle,
+            "auto_resume": self.auto_resume,
             "execution_count": self.execution_count,
         }
 
@@ -119,6 +135,10 @@ class Sandbox:
             created_at=timestamps.from_iso(record["created_at"]),  # type: ignore[arg-type]
             last_active_at=timestamps.from_iso(record["last_active_at"]),  # type: ignore[arg-type]
             terminated_at=timestamps.from_iso(record.get("terminated_at")),
+            expires_at=timestamps.from_iso(record.get("expires_at")),
+            idle_timeout=record.get("idle_timeout", 600.0),
+            on_idle=record.get("on_idle", "pause"),
+            auto_resume=record.get("auto_resume", True),
             execution_count=record.get("execution_count", 0),
             kernel=record.get("kernel") or {},
         )

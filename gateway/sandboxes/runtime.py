@@ -67,6 +67,8 @@ class SandboxRuntime:
         self._watcher: asyncio.Task[None] | None = None
         #: True while the kernel is being replaced: a signal would kill the one starting.
         self.replacing = False
+        #: Why the runtime was closed (e.g. ``sandbox_expired``): the error code of what it cancels.
+        self._closed_for = "cancelled"
 
     async def connect(self) -> None:
         """Open the kernel connection, wait until it answers, and start watching the kernel."""
@@ -130,7 +132,8 @@ class SandboxRuntime:
         generation = self._generation
         async with self._lock:
             if generation != self._generation or self.executor is None:
-                return _cancelled(execution, "the sandbox was restarted or terminated before this execution ran")
+                return _cancelled(execution, "the sandbox was restarted or terminated before this execution ran",
+                                  code=self._closed_for)
             if execution.id in self._withdrawn:
                 self._withdrawn.discard(execution.id)
                 return _cancelled(execution, "the execution was cancelled before it ran")
@@ -199,11 +202,16 @@ class SandboxRuntime:
         finally:
             self.replacing = False
 
-    async def close(self, *, stop_kernel: bool = True) -> None:
-        """Stop using the kernel: cancel all executions, then stop it (or leave it running to re-attach)."""
+    async def close(self, *, stop_kernel: bool = True, reason: str = "terminated") -> None:
+        """Stop using the kernel: cancel all executions, then stop it (or leave it running to re-attach).
+
+        ``reason`` is the error code of the executions this cancels (``terminated``, ``sandbox_expired``).
+        """
         self._generation += 1
+        if reason != "terminated":
+            self._closed_for = reason
         if self.connection is not None:
-            self.connection.fail("terminated")
+            self.connection.fail(reason)
         async with self._lock:
             await self._disconnect()
             if stop_kernel:
@@ -220,8 +228,8 @@ class SandboxRuntime:
         self.executor = None
 
 
-def _cancelled(execution: Execution, message: str) -> Execution:
+def _cancelled(execution: Execution, message: str, *, code: str = "cancelled") -> Execution:
     execution.status = ExecutionStatus.CANCELLED
-    execution.error = execution_error("cancelled", "ExecutionCancelled", message)
+    execution.error = execution_error(code, "ExecutionCancelled", message)
     execution.finished_at = timestamps.now()
     return execution
