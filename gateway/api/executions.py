@@ -1,4 +1,10 @@
-"""Running code and reading the history: execute, list a sandbox's executions, fetch one."""
+"""Running code and reading the history: execute, list a sandbox's executions, fetch one, follow one.
+
+``GET /executions/{id}/events?after=N`` re-attaches a client whose stream broke: with the same
+``Accept`` (NDJSON or SSE) as the execute request, it streams that execution's events from the
+``N``-th on (counting every event but keepalives) while it runs, then the final Execution. Once it
+has ended, the answer is the final ``execution`` event alone: its ``outputs`` hold everything.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from tornado.iostream import StreamClosedError
 
 from gateway.api import schemas
 from gateway.api.sandboxes import SandboxAPIHandler
-from gateway.api.streams import EventEncoder, negotiate
+from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, negotiate
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.execution.feed import ExecutionFeed
+from gateway.execution.model import Execution
 from gateway.sandboxes.manager import RunningExecution
 
 MAX_CODE_BYTES = 1 << 20
@@ -21,7 +29,32 @@ def check_code(code: str) -> str:
     return code
 
 
-class ExecuteHandler(SandboxAPIHandler):
+class StreamingHandler(SandboxAPIHandler):
+    """Writes one execution's events as a live stream, each flush awaited (backpressure)."""
+
+    def initialize(self, keepalive: float = 15.0, **base: Any) -> None:  # type: ignore[override]
+        super().initialize(**base)
+        self.keepalive = keepalive
+
+    async def stream(self, encoder: EventEncoder, running: RunningExecution, start: int = 0) -> None:
+        execution_id = running.execution.id
+        self.set_header("Content-Type", encoder.media_type)
+        self.set_header("Location", f"/api/v1/executions/{execution_id}")
+        self.set_header("X-Execution-Id", execution_id)
+        self.set_header("X-Accel-Buffering", "no")  # tell nginx-style proxies not to buffer the stream
+        # Tornado turns Nagle back on between keep-alive requests; each event must leave at once.
+        self.request.connection.stream.set_nodelay(True)
+        try:
+            async for event in running.feed.follow(start, idle=self.keepalive):
+                # Awaiting each flush is the backpressure: a slow client slows only its own stream.
+                self.write(encoder.keepalive if event is None else encoder.encode({**event, "execution_id": execution_id}))
+                await self.flush()
+        except StreamClosedError:
+            return  # on_connection_close has seen to it
+        self.finish()
+
+
+class ExecuteHandler(StreamingHandler):
     """``POST /sandboxes/{id}/execute``: the whole Execution when it ends, or a live stream of it.
 
     A client that goes away loses nothing: the execution runs on and is stored (``Location``
@@ -30,8 +63,7 @@ class ExecuteHandler(SandboxAPIHandler):
     """
 
     def initialize(self, keepalive: float = 15.0, **base: Any) -> None:  # type: ignore[override]
-        super().initialize(**base)
-        self.keepalive = keepalive
+        super().initialize(keepalive, **base)
         self.running: RunningExecution | None = None
         self.interrupt_on_disconnect = False
 
@@ -46,23 +78,6 @@ class ExecuteHandler(SandboxAPIHandler):
         self.interrupt_on_disconnect = body.get("interrupt_on_disconnect", False)
         self.running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"))
         await self.stream(encoder, self.running)
-
-    async def stream(self, encoder: EventEncoder, running: RunningExecution) -> None:
-        execution_id = running.execution.id
-        self.set_header("Content-Type", encoder.media_type)
-        self.set_header("Location", f"/api/v1/executions/{execution_id}")
-        self.set_header("X-Execution-Id", execution_id)
-        self.set_header("X-Accel-Buffering", "no")  # tell nginx-style proxies not to buffer the stream
-        # Tornado turns Nagle back on between keep-alive requests; each event must leave at once.
-        self.request.connection.stream.set_nodelay(True)
-        try:
-            async for event in running.feed.follow(idle=self.keepalive):
-                # Awaiting each flush is the backpressure: a slow client slows only its own stream.
-                self.write(encoder.keepalive if event is None else encoder.encode({**event, "execution_id": execution_id}))
-                await self.flush()
-        except StreamClosedError:
-            return  # on_connection_close has seen to it
-        self.finish()
 
     def on_connection_close(self) -> None:
         if self.running is not None and self.interrupt_on_disconnect:
@@ -90,3 +105,27 @@ class SandboxExecutionsHandler(SandboxAPIHandler):
 class ExecutionHandler(SandboxAPIHandler):
     async def get(self, execution_id: str) -> None:
         self.write_json((await self.sandboxes.get_execution(execution_id, self.user)).to_public())
+
+
+class ExecutionEventsHandler(StreamingHandler):
+    async def get(self, execution_id: str) -> None:
+        try:
+            after = int(self.get_argument("after", "0"))
+        except ValueError:
+            raise InvalidRequest("query parameter 'after' must be an integer") from None
+        if after < 0:
+            raise InvalidRequest("'after' must be at least 0")
+        encoder = negotiate(self.request.headers.get("Accept", "")) or ENCODERS[NDJSON]
+        execution = await self.sandboxes.get_execution(execution_id, self.user)  # ownership, 404
+        running = self.sandboxes.running(execution_id)
+        if running is None:
+            running = ended(execution.to_public())
+            after = 0
+        await self.stream(encoder, running, after)
+
+
+def ended(public: dict[str, Any]) -> RunningExecution:
+    """A finished execution as a feed holding only its final event."""
+    feed = ExecutionFeed()
+    feed.close({"type": "execution", "execution": public})
+    return RunningExecution(Execution.from_record(public), feed)

@@ -136,6 +136,16 @@ PATHS: dict[str, Any] = {
         "get": {"summary": "One execution, also after the client that ran it went away",
                 "parameters": [EXECUTION_ID], "responses": {"200": reply("the execution", ref("Execution")), **ERRORS}},
     },
+    "/api/v1/executions/{execution_id}/events": {
+        "get": {"summary": "Re-attach to an execution's stream: its events from the after-th on while it runs "
+                           "(Accept: application/x-ndjson or text/event-stream), then the final Execution",
+                "parameters": [EXECUTION_ID, {"name": "after", "in": "query", "schema": {"type": "integer"},
+                                              "description": "how many events the client already has"}],
+                "responses": {"200": {"description": "the events, then the Execution",
+                                      "content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                                                  "text/event-stream": {"schema": {"type": "string"}}}},
+                              **ERRORS}},
+    },
     "/api/v1/sandboxes/{sandbox_id}/interrupt": sandbox_action(
         "Interrupt the running execution (state is kept)", {"200": reply("the sandbox", ref("Sandbox"))}),
     "/api/v1/sandboxes/{sandbox_id}/restart": sandbox_action(

@@ -10,7 +10,12 @@ from typing import Any
 from tornado import web
 
 from gateway.api.base import NotFoundHandler
-from gateway.api.executions import ExecuteHandler, ExecutionHandler, SandboxExecutionsHandler
+from gateway.api.executions import (
+    ExecuteHandler,
+    ExecutionEventsHandler,
+    ExecutionHandler,
+    SandboxExecutionsHandler,
+)
 from gateway.api.files import FileHandler, FileListHandler
 from gateway.api.channels import KernelChannelsHandler, jupyter_settings
 from gateway.api.health import HealthHandler, MetricsHandler, ReadyHandler, request_logger
@@ -53,6 +58,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
+        (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),
         (rf"{V1}/openapi.json", OpenAPIHandler, deps),
         (r"/health", HealthHandler, with_launcher),
         (r"/ready", ReadyHandler, with_launcher),

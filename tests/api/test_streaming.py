@@ -151,3 +151,43 @@ async def test_a_slow_reader_does_not_stall_the_kernel(alice: httpx.AsyncClient,
     assert lines[-1]["type"] == "execution"
     text = "".join(e["output"].get("text", "") for e in lines if e["type"] == "output")
     assert text == ("x" * 200 + "\n") * 2000
+
+
+WAIT_FOR_GO = ("import os, time\nprint('0', flush=True)\nwhile not os.path.exists('go'):\n    time.sleep(0.05)\n"
+               "print('1', flush=True)\nprint('2', flush=True)\n'end'")
+
+
+async def test_reattach_to_a_live_execution_from_the_event_it_reached(
+        alice: httpx.AsyncClient, bob: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    async with alice.stream("POST", f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": WAIT_FOR_GO},
+                            headers={"Accept": "application/x-ndjson"}) as response:
+        execution_id = response.headers["X-Execution-Id"]
+        async for line in response.aiter_lines():
+            assert json.loads(line)["output"]["text"] == "0\n"
+            break  # the stream breaks after one event
+    assert (await bob.get(f"/api/v1/executions/{execution_id}/events")).json()["error"]["code"] == "execution_not_found"
+    bad = await alice.get(f"/api/v1/executions/{execution_id}/events?after=x")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    async with alice.stream("GET", f"/api/v1/executions/{execution_id}/events?after=1",
+                            headers={"Accept": "application/x-ndjson"}) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        # Still running: the stream is live, so what the code prints after this point arrives on it.
+        assert (await alice.put(f"/api/v1/sandboxes/{sandbox['id']}/files/go", content=b"")).status_code == 201
+        events = [json.loads(line) async for line in response.aiter_lines() if line]
+    events = [e for e in events if e["type"] != "keepalive"]
+    assert {e["execution_id"] for e in events} == {execution_id}
+    assert "".join(e["output"].get("text", "") for e in events if e["type"] == "output") == "1\n2\n"
+    assert events[-1]["type"] == "execution"
+    assert events[-1]["execution"]["stdout"] == "0\n1\n2\n"
+
+
+async def test_reattach_to_an_ended_execution_gives_the_final_event(alice: httpx.AsyncClient,
+                                                                    sandbox: dict[str, Any]) -> None:
+    done = (await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": "print(1); 2"})).json()
+    response = await alice.get(f"/api/v1/executions/{done['id']}/events?after=7", headers={"Accept": "text/event-stream"})
+    assert response.headers["Content-Type"] == "text/event-stream"
+    blocks = [b for b in response.text.split("\n\n") if b.strip()]
+    assert len(blocks) == 1 and blocks[0].startswith("event: execution\n")
+    final = json.loads(blocks[0].split("\n")[1][len("data: "):])
+    assert final["execution"]["id"] == done["id"] and final["execution"]["outputs"] == done["outputs"]
