@@ -13,10 +13,10 @@ PYTEST_ARGS ?=
 
 .PHONY: venv engine images run test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -e 'clients/python'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -47,7 +47,10 @@ class StreamingHandler(SandboxAPIHandler):
         try:
             async for event in running.feed.follow(start, idle=self.keepalive):
                 # Awaiting each flush is the backpressure: a slow client slows only its own stream.
-                self.write(encoder.keepalive if event is None else encoder.encode({**event, "execution_id": execution_id}))
+                if event is None:
+                    self.write(encoder.keepalive)
+                else:
+                    self.write(encoder.encode({**event, "execution_id": execution_id}))
                 await self.flush()
         except StreamClosedError:
             return  # on_connection_close has seen to it
