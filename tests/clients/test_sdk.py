@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from code_gateway_client import (
 )
 from tests.clients.proxy import CuttableProxy
 from tests.gateways import KEYS, GatewayProcess, auth
+from tests.waiting import wait_finished
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"
 FRAME = "import pandas as pd\npd.DataFrame({'a': [1, 2, 3], 'b': ['x', 'y', None]}, index=[10, 20, 30])"
@@ -195,8 +195,7 @@ async def test_a_stream_cut_until_the_execution_ended_loses_nothing(client_gatew
                 proxy.cut()  # and the client reads nothing until the execution has ended
                 await direct.put(f"/api/v1/sandboxes/{sandbox.id}/files/go", content=b"")
                 [running] = (await direct.get(f"/api/v1/sandboxes/{sandbox.id}/executions")).json()["executions"]
-                while (await direct.get(f"/api/v1/executions/{running['id']}")).json()["status"] == "running":
-                    await asyncio.sleep(0.05)
+                await wait_finished(direct, running["id"])
 
             execution = await sandbox.run(WAIT_FOR_GO, on_stdout=on_stdout, on_result=results.append)
     assert execution.status == "completed"
