@@ -22,7 +22,7 @@ from gateway.api.base import APIHandler
 from gateway.api.schemas import CREATE_SANDBOX
 from gateway.errors import NotFound, SandboxNotFound
 from gateway.provisioners.launcher import KernelLauncher
-from gateway.sandboxes.manager import SandboxManager
+from gateway.sandboxes.manager import STARTED_BY_JUPYTER, SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
 
 START_KERNEL = Draft202012Validator(
@@ -66,7 +66,9 @@ class JupyterHandler(APIHandler):
 
     def kernel_model(self, sandbox: Sandbox) -> dict[str, Any]:
         km = self.sandboxes.kernel_of(sandbox.id)
-        alive = km is not None and sandbox.status == SandboxStatus.RUNNING
+        # (a kernel restarted after its death is "restarting", as in Jupyter Server, not "dead")
+        alive = km is not None and (sandbox.status == SandboxStatus.RUNNING
+                                    or self.sandboxes.locks.under_way(sandbox.id) == "restarting")
         return {
             "id": sandbox.id,
             "name": self.launcher.kernel_name,
@@ -109,7 +111,7 @@ class KernelsHandler(JupyterHandler):
             raise NotFound(f"no kernelspec named {name!r}")
         env = {k: v for k, v in (body.get("env") or {}).items() if k not in HOST_SPECIFIC_ENV}
         Draft202012Validator(CREATE_SANDBOX["properties"]["env"]).validate(env)
-        sandbox = await self.sandboxes.create(self.user, env=env, metadata={"started_by": "jupyter"})
+        sandbox = await self.sandboxes.create(self.user, env=env, metadata={"started_by": STARTED_BY_JUPYTER})
         self.set_header("Location", f"/api/kernels/{sandbox.id}")
         self.write_json(self.kernel_model(sandbox), status=201)
 

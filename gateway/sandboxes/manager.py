@@ -50,6 +50,9 @@ from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
+#: ``metadata["started_by"]`` of sandboxes started through the Jupyter kernel API (``/api/kernels``).
+STARTED_BY_JUPYTER = "jupyter"
+
 LIVE = [str(SandboxStatus.CREATING), str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED),
         str(SandboxStatus.TERMINATING)]
 #: What a sandbox taken from the warm pool gets from the request that claimed it.
@@ -80,6 +83,11 @@ class SandboxManager(LoggingConfigurable):
     ).tag(config=True)
     interrupt_grace = Float(
         10.0, help="Seconds a timed-out execution has to stop after an interrupt before the kernel is restarted."
+    ).tag(config=True)
+    restart_jupyter_kernels = Bool(
+        True, help="Restart a kernel started through the Jupyter kernel API (/api/kernels) as soon as it "
+        "dies, as Jupyter Server does (its WebSockets get status: restarting, then the new kernel). Other "
+        "sandboxes stay failed until restarted (their WebSockets get status: dead)."
     ).tag(config=True)
     keep_on_shutdown = Bool(
         False, help="Leave sandbox kernels running when the gateway stops, to re-attach at the next start."
@@ -444,8 +452,25 @@ class SandboxManager(LoggingConfigurable):
                 self.pool.notice_exit()
                 return
             self._spawn(self.store.put_sandbox(sandbox.to_record()), name=f"record-exit-{sandbox.id}")
+            if self.restart_jupyter_kernels and sandbox.metadata.get("started_by") == STARTED_BY_JUPYTER:
+                self.kernels.announce(sandbox.id, "restart")
+                self._spawn(self._restart_after_death(sandbox, self._runtimes.get(sandbox.id)),
+                            name=f"autorestart-{sandbox.id}")
+            else:
+                self.kernels.announce(sandbox.id, "dead")
 
         return on_exit
+
+    async def _restart_after_death(self, sandbox: Sandbox, runtime: SandboxRuntime | None) -> None:
+        """Jupyter Server's policy for its kernels: a fresh kernel at once; ``status: dead`` if that fails."""
+        async with self.locks.hold(sandbox.id, "restarting"):
+            if runtime is None or self._runtimes.get(sandbox.id) is not runtime or sandbox.status != SandboxStatus.FAILED:
+                return  # restarted or deleted meanwhile
+            log.info("sandbox %s: restarting its Jupyter kernel, which died (%s)", sandbox.id, sandbox.status_reason)
+            try:
+                await self._restart(sandbox.id, sandbox.owner)
+            except Exception:  # (logged and recorded as restart_failed by _restart)
+                self.kernels.announce(sandbox.id, "dead")
 
     async def _runtime(self, sandbox_id: str, user: str, *, allow_failed: bool = False) -> tuple[Sandbox, SandboxRuntime]:
         sandbox = await self.get(sandbox_id, user)

@@ -158,3 +158,48 @@ async def test_channels_refuse_strangers(gateway: InProcessGateway, kernel: dict
             pass
     assert bob.value.response.status_code == 404
     assert json.loads(bob.value.response.body)["error"]["code"] == "sandbox_not_found"
+
+
+async def statuses_until(socket: Any, wanted: str, within: float = 10) -> list[str]:
+    """The iopub execution states received until ``wanted`` (the test fails after ``within`` seconds)."""
+    seen: list[str] = []
+    async with asyncio.timeout(within):
+        while wanted not in seen:
+            msg = json.loads(await socket.recv())
+            if msg["msg_type"] == "status":
+                seen.append(msg["content"]["execution_state"])
+    return seen
+
+
+async def test_a_dying_jupyter_kernel_says_restarting_and_comes_back(gateway: InProcessGateway,
+                                                                     kernel: dict[str, Any]) -> None:
+    """As Jupyter Server does for its kernels: ``status: restarting`` on iopub at once, then a fresh kernel."""
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        await socket.send(json.dumps(execute_request("x = 1\nimport os\nos._exit(1)")))
+        assert "restarting" in await statuses_until(socket, "restarting")
+        # The same socket reaches the new kernel (its sockets are the old ones' addresses); state is gone.
+        async with asyncio.timeout(60):
+            while True:
+                request = execute_request("'x' in globals()")
+                await socket.send(json.dumps(request))
+                got = await replies_to(socket, request["header"]["msg_id"])
+                results = [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"]
+                if results:
+                    break
+        assert results == ["False"]
+    async with gateway.client(None) as client:
+        model = (await client.get(f"/api/kernels/{kernel['id']}", headers=TOKEN)).json()
+        assert model["execution_state"] == "idle"
+        sandbox = (await client.get(f"/api/v1/sandboxes/{kernel['id']}", headers=TOKEN)).json()
+        assert sandbox["status"] == "running" and sandbox["status_reason"] is None
+
+
+async def test_a_dying_sandbox_kernel_says_dead(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    """A sandbox of our own API stays failed (its owner restarts it), and Jupyter clients are told at once."""
+    async with websockets.connect(channels_url(gateway, sandbox["id"]), additional_headers=TOKEN) as socket:
+        await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
+        assert "restarting" not in await statuses_until(socket, "dead")
+    async with gateway.client(None) as client:
+        assert (await client.get(f"/api/kernels/{sandbox['id']}", headers=TOKEN)).json()["execution_state"] == "dead"
+        failed = (await client.get(f"/api/v1/sandboxes/{sandbox['id']}", headers=TOKEN)).json()
+        assert failed["status"] == "failed" and failed["status_reason"] == "kernel_died"
