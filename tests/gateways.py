@@ -6,6 +6,7 @@ Both listen on a free loopback port and are reached over real HTTP with httpx.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -44,6 +45,13 @@ async def run(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: An
     response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+async def inside(client: httpx.AsyncClient, sandbox_id: str, code: str) -> Any:
+    """Run ``code`` in the sandbox; it prints one JSON value, which is returned."""
+    execution = await run(client, sandbox_id, code)
+    assert execution["status"] == "completed", execution
+    return json.loads(execution["stdout"])
 
 
 class InProcessGateway:

@@ -5,7 +5,13 @@
     async def test_something(each_gateway, alice): ...    # runs once per provisioner
 
 The docker variant carries the ``docker`` mark and fails loudly (never skips) without an engine
-or the sandbox image, as every container test does. A test that needs other gateway options::
+or the sandbox image, as every container test does. A module whose tests are all about
+containers makes ``gateway`` (and so ``alice``, ``bob`` and ``sandbox`` of tests/conftest.py) a
+docker one::
+
+    from tests.provisioned import docker_as_the_gateway  # noqa: F401  (fixture: gateway)
+
+A test that needs other gateway options::
 
     @pytest.mark.parametrize("provisioner", PROVISIONERS)
     async def test_limit(provisioner, tmp_path):
@@ -20,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.provisioners.docker import DockerEngine, container_name
 from tests.conftest import docker_or_fail
 from tests.gateways import InProcessGateway, create, run  # noqa: F401  (re-exported for the tests using these fixtures)
 
@@ -52,3 +59,26 @@ async def bob(each_gateway: InProcessGateway) -> AsyncIterator[httpx.AsyncClient
         yield client
 
 
+
+
+@pytest.fixture(name="gateway")
+async def docker_as_the_gateway(docker_gateway: InProcessGateway) -> InProcessGateway:
+    """In a module that imports it, ``gateway`` is ``docker_gateway``: the users' clients reach containers."""
+    return docker_gateway
+
+
+# -- the engine's side of docker sandboxes -----------------------------------------------------
+
+
+def container_of(docker_client: Any, sandbox_id: str) -> Any:
+    return docker_client.containers.get(container_name(sandbox_id))
+
+
+def containers_labelled(docker_client: Any, label: str) -> list[Any]:
+    return docker_client.containers.list(all=True, filters={"label": label})
+
+
+def engine_of(gateway: InProcessGateway) -> DockerEngine:
+    engine = gateway.app.launcher.engine
+    assert isinstance(engine, DockerEngine)
+    return engine

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import httpx
-
 from tests.gateways import InProcessGateway, run
+from tests.waiting import pool_state
 
 # Other tests load this 2-core machine; the pool must refill here regardless.
 NEVER_SATURATED = "--WarmPool.max_load_per_core=1000"
-
-
-async def pool_state(client: httpx.AsyncClient, ready: int) -> dict[str, Any]:
-    for _ in range(600):
-        state = (await client.get("/health")).json()["pool"]
-        if state["ready"] == ready and not state["starting"]:
-            return state
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the pool never had {ready} ready: {state}")
 
 
 async def test_a_pooled_sandbox_becomes_the_callers(tmp_path: Any) -> None:

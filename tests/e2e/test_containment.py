@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import threading
@@ -12,31 +13,11 @@ import httpx
 import pytest
 
 from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX, container_name
-from tests.gateways import InProcessGateway
-from tests.provisioners.test_docker import (
-    _until_status,
-    container_of,
-    containers_labelled,
-    create,
-    engine_of,
-    inside,
-    run,
-    until_running,
-)
+from tests.gateways import InProcessGateway, create, inside, run
+from tests.provisioned import container_of, containers_labelled, docker_as_the_gateway, engine_of  # noqa: F401
+from tests.waiting import release, until, until_running, until_status
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-async def alice(docker_gateway: InProcessGateway) -> Any:
-    async with docker_gateway.client("alice") as client:
-        yield client
-
-
-@pytest.fixture
-async def bob(docker_gateway: InProcessGateway) -> Any:
-    async with docker_gateway.client("bob") as client:
-        yield client
 
 
 async def responsive(gateway: InProcessGateway, client: httpx.AsyncClient, sandbox_id: str) -> None:
@@ -81,9 +62,10 @@ while True:
 '''])
 """)
     assert started["status"] == "completed", started
-    await asyncio.sleep(3)
-    pids = process_count(docker_client, bombed)
-    assert pids <= 64
+    # The bomb has filled the pids limit (and keeps forking): it is held there.
+    await until(lambda: pids_in_use(docker_client, bombed), lambda pids: pids == 64,
+                what="the fork bomb to reach the pids limit")
+    assert process_count(docker_client, bombed) <= 64
     await responsive(docker_gateway, bob, other)
 
     # The bombed sandbox comes back: a restart is a fresh container.
@@ -93,6 +75,13 @@ while True:
     assert container_of(docker_client, bombed).id != old_id
     assert (await run(alice, bombed, "1 + 1"))["result"] == {"text/plain": "2"}
     assert docker_client.containers.list(all=True, filters={"id": old_id}) == []
+
+
+def pids_in_use(docker_client: Any, sandbox_id: str) -> int:
+    """Tasks (processes and threads) the container's pids cgroup counts right now."""
+    stats = container_of(docker_client, sandbox_id).stats(stream=False, one_shot=True)
+    assert stats["pids_stats"]["limit"] == 64
+    return int(stats["pids_stats"]["current"])
 
 
 def process_count(docker_client: Any, sandbox_id: str) -> int:
@@ -186,19 +175,26 @@ async def test_output_flood_is_truncated_and_the_gateway_stays_responsive(
 ) -> None:
     flooding = (await create(alice))["id"]
     other = (await create(bob))["id"]
-    # ~30 MiB in 100 kB lines over a few seconds (an unpaced loop would just run the kernel out of
-    # memory: ipykernel buffers what it has not sent yet, and that is the sandbox's memory).
-    flood = asyncio.create_task(run(alice, flooding, """
-import time
+    # At least ~30 MiB in 100 kB lines over a few seconds, and on until the test says so (an unpaced
+    # loop would just run the kernel out of memory: ipykernel buffers what it has not sent yet, and
+    # that is the sandbox's memory).
+    flood = """
+import os, time
 line = 'x' * 100_000
-for _ in range(300):
+printed = 0
+while printed < 300 or not os.path.exists('.release'):
     print(line)
     time.sleep(0.01)
-""", timeout=60))
-    await asyncio.sleep(1.5)
-    assert not flood.done()
-    await responsive(docker_gateway, bob, other)  # during the flood
-    execution = await flood
+    printed += 1
+"""
+    async with alice.stream("POST", f"/api/v1/sandboxes/{flooding}/execute", json={"code": flood, "timeout": 120},
+                            headers={"Accept": "application/x-ndjson"}) as response:
+        lines = response.aiter_lines()
+        assert json.loads(await anext(lines))["type"] == "output"  # the flood is on
+        await responsive(docker_gateway, bob, other)  # during the flood: it cannot end before the release
+        await release(alice, flooding)
+        events = [json.loads(line) async for line in lines if line]
+    execution = events[-1]["execution"]
     assert execution["status"] == "completed", execution["status"]
     assert execution["truncated"] is True
     kept = sum(len(o.get("text", "")) for o in execution["outputs"])
@@ -265,7 +261,7 @@ async def test_sandbox_deaths_are_noticed_while_others_keep_running(
     ids = [s["id"] for s in await asyncio.gather(*(create(alice) for _ in range(4)))]
     engine = engine_of(docker_gateway)
     await engine.call(engine.client.api.kill, container_name(ids[0]))
-    await _until_status(alice, ids[0], "failed")
+    await until_status(alice, ids[0], "failed")
     for sid in ids[1:]:
         assert (await run(alice, sid, "2 + 2"))["result"] == {"text/plain": "4"}
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX, default_image, instance_id_for
 from gateway.provisioners.launcher import default_runtime_dir
 from tests.gateways import GatewayProcess, InProcessGateway
-from tests.provisioners.test_docker import container_of, containers_labelled, create, run
+from tests.gateways import create, run
+from tests.provisioned import container_of, containers_labelled
+from tests.waiting import until_running, until_status
 
 pytestmark = pytest.mark.docker
 
@@ -36,10 +38,9 @@ async def test_state_survives_a_sigkilled_gateway(process: GatewayProcess, docke
     async with process.client() as alice:
         sid = (await create(alice))["id"]
         assert (await run(alice, sid, "x = 41"))["status"] == "completed"
-        pending = asyncio.create_task(run(alice, sid, "import time\ntime.sleep(300)"))
-        await asyncio.sleep(1)
+        pending = await until_running(alice, sid, "import time\ntime.sleep(300)")
         await process.stop(signal.SIGKILL)
-        with pytest.raises(Exception):
+        with pytest.raises(httpx.TransportError):  # the gateway died mid-request
             await pending
     container_id = container_of(docker_client, sid).id
     assert container_of(docker_client, sid).status == "running"  # the kernel outlived its gateway
@@ -55,11 +56,7 @@ async def test_state_survives_a_sigkilled_gateway(process: GatewayProcess, docke
         assert container_of(docker_client, sid).id == container_id  # the same container, re-attached
         # Death is still watched after re-attaching.
         container_of(docker_client, sid).kill()
-        for _ in range(200):
-            sandbox = (await alice.get(f"/api/v1/sandboxes/{sid}")).json()
-            if sandbox["status"] == "failed":
-                break
-            await asyncio.sleep(0.05)
+        sandbox = await until_status(alice, sid, "failed")
         assert sandbox["status_reason"] == "sandbox_died"
         assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
         assert (await run(alice, sid, "1 + 1"))["result"] == {"text/plain": "2"}

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
-from tests.api.test_pool import NEVER_SATURATED, pool_state
+from tests.api.test_pool import NEVER_SATURATED
 from tests.gateways import InProcessGateway, run
+from tests.provisioned import container_of
+from tests.waiting import pool_state
 
 pytestmark = pytest.mark.docker
 
@@ -20,12 +22,15 @@ async def test_claimed_container_gets_the_requested_limits_and_env(tmp_path: Any
             "resources": {"cpu": 0.5, "memory_mb": 256, "pids": 128}, "env": {"TOKEN_FOR_CODE": "t"}})
         sandbox = response.json()
         assert (await pool_state(alice, ready=1))["claimed"] == 1
-        host = docker_client.containers.get(f"code-gateway-{sandbox['id']}").attrs["HostConfig"]
+        host = container_of(docker_client, sandbox["id"]).attrs["HostConfig"]
         assert host["Memory"] == host["MemorySwap"] == 256 << 20
         assert host["NanoCpus"] == 500_000_000
         assert host["PidsLimit"] == 128
         execution = await run(alice, sandbox["id"], "import os; os.environ['TOKEN_FOR_CODE']")
         assert execution["result"]["text/plain"] == "'t'"
+        # The lowered memory limit holds.
+        bomb = await run(alice, sandbox["id"], "chunks = [b'x' * (300 << 20)]")
+        assert bomb["status"] == "failed" and bomb["error"]["code"] == "out_of_memory"
     assert docker_client.containers.list(all=True, filters={"label": f"code-gateway.sandbox={sandbox['id']}"}) == []
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.gateways import GatewayProcess, run
+from tests.waiting import until, until_running
 
 
 @pytest.fixture
@@ -43,10 +44,9 @@ async def test_sigkill_mid_execution_marks_the_records_and_leaves_no_kernel(proc
         sid = (await alice.post("/api/v1/sandboxes")).json()["id"]
         done = await run(alice, sid, "import os; os.getpid()")
         kernel_pid = int(done["result"]["text/plain"])
-        pending = asyncio.create_task(alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "import time; time.sleep(30)"}))
-        await asyncio.sleep(1)
+        pending = await until_running(alice, sid, "import time; time.sleep(30)")
         await process.stop(signal.SIGKILL)
-        with pytest.raises(Exception):
+        with pytest.raises(httpx.TransportError):  # the gateway died mid-request
             await pending
 
     await process.start()
@@ -59,11 +59,8 @@ async def test_sigkill_mid_execution_marks_the_records_and_leaves_no_kernel(proc
         assert executions[1]["error"]["code"] == "gateway_restarted"
         assert executions[0] == done
     # A local kernel notices its parent is gone and exits (jupyter_client's JPY_PARENT_PID poller).
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while loop.time() < deadline and _alive(kernel_pid):
-        await asyncio.sleep(0.2)
-    assert not _alive(kernel_pid)
+    await until(lambda: _alive(kernel_pid), lambda alive: not alive, what=f"the kernel {kernel_pid} to exit",
+                timeout=30, interval=0.2)
 
 
 def _alive(pid: int) -> bool:
