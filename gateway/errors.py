@@ -12,6 +12,8 @@ class GatewayError(Exception):
 
     status = 500
     code = "internal_error"
+    #: Seconds after which trying again may succeed (sent as ``Retry-After``), if that is known.
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -50,6 +52,12 @@ class Forbidden(GatewayError):
 
 class NetworkNotAllowed(Forbidden):
     code = "network_not_allowed"
+
+
+class OriginNotAllowed(Forbidden):
+    """A browser page of an origin the operator did not allow."""
+
+    code = "origin_not_allowed"
 
 
 class NotFound(GatewayError):

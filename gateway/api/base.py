@@ -8,7 +8,16 @@
 Errors: domain code raises ``GatewayError`` subclasses; ``write_error`` turns them (and Tornado's
 own ``HTTPError``, and anything unexpected) into ``{"error": {"code": ..., "message": ...}}`` with
 the error's status. An unexpected exception is logged with its traceback and answered with a
-bare 500: a response never carries a traceback of the gateway.
+bare 500: a response never carries a traceback of the gateway, nor the text of an internal error.
+A 405 says which methods the route has (``Allow``).
+
+Browsers: a request's ``Origin`` must be the gateway's own (the request's ``Host``) or one of
+``allow_origins`` (exact matches; ``*`` for any). Allowed origins get CORS headers and answered
+preflights (``OPTIONS``); any other origin gets no CORS header, a 403 preflight, and no
+WebSocket (``check_websocket``).
+
+Logs never carry a secret: a request's URI is logged with ``scrub_uri`` (``?token=KEY`` becomes
+``?token=[secret]``), and the request's headers are never logged.
 """
 
 from __future__ import annotations
@@ -17,14 +26,88 @@ import json
 import logging
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote_plus, urlparse
 
 from jsonschema import Draft202012Validator
 from tornado import web
 
 from gateway.auth import KeyRing
-from gateway.errors import GatewayError, InvalidJSON, InvalidRequest, NotFound, Unauthorized
+from gateway.errors import (
+    GatewayError,
+    InvalidJSON,
+    InvalidRequest,
+    NotFound,
+    OriginNotAllowed,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
+
+
+#: Query parameters whose values are secrets (compared lowercased, as jupyter_server scrubs them).
+SECRET_PARAMETERS = frozenset({"token", "key", "api_key", "apikey", "access_token", "auth", "password", "secret"})
+
+
+def scrub_uri(uri: str) -> str:
+    """``uri`` with the value of every secret query parameter replaced, for logs."""
+    path, question, query = uri.partition("?")
+    if not question:
+        return uri
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        if equals and unquote_plus(name).strip().lower() in SECRET_PARAMETERS:
+            part = f"{name}=[secret]"
+        parts.append(part)
+    return f"{path}?{'&'.join(parts)}"
+
+
+def request_summary(handler: web.RequestHandler) -> str:
+    """``METHOD uri (remote ip)`` with secrets scrubbed: how a request appears in a log line."""
+    request = handler.request
+    return f"{request.method} {scrub_uri(request.uri or '')} ({request.remote_ip})"
+
+
+#: Request headers a cross-origin page may send (what a preflight grants).
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, Accept, Last-Event-ID"
+#: Response headers a cross-origin page may read.
+CORS_EXPOSED_HEADERS = "Location, X-Execution-Id, Retry-After, Content-Disposition"
+#: How long a browser may cache a preflight's answer, in seconds.
+CORS_MAX_AGE = 600
+
+
+def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
+    """The gateway's own origin (same ``host:port`` as the request's ``Host``) or one listed.
+
+    Exact comparisons, never prefixes or patterns: ``http://a.example`` does not allow
+    ``http://a.example.evil``. ``*`` in ``allowed`` allows every origin.
+    """
+    if "*" in allowed:
+        return True
+    normalized = origin.strip().rstrip("/").lower()
+    if normalized in {entry.strip().rstrip("/").lower() for entry in allowed}:
+        return True
+    parsed = urlparse(normalized)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc) and parsed.netloc == host.lower()
+
+
+def request_origin(handler: web.RequestHandler) -> str | None:
+    """The browser origin a request comes from (None from non-browser clients)."""
+    headers = handler.request.headers
+    return headers.get("Origin") or headers.get("Sec-Websocket-Origin")
+
+
+def check_websocket(handler: web.RequestHandler, allow_origins: list[str]) -> None:
+    """Refuse, as a JSON error, what Tornado's WebSocket code would refuse with a text page:
+    a request that is not a WebSocket upgrade (400), or one from a foreign browser origin (403)."""
+    headers = handler.request.headers
+    if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in headers.get("Connection", "").lower():
+        raise InvalidRequest("this endpoint is a WebSocket: the request must be an upgrade "
+                             "('Connection: Upgrade', 'Upgrade: websocket')")
+    origin = request_origin(handler)
+    if origin is not None and not origin_allowed(origin, handler.request.host, allow_origins):
+        raise OriginNotAllowed(f"origin {origin!r} is not allowed here: only the gateway's own origin and "
+                               "those in --allow-origins may open WebSockets")
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -40,35 +123,78 @@ def bearer_token(handler: web.RequestHandler) -> str:
 
 
 class JSONErrors:
-    """Errors as the one JSON shape, expected ``GatewayError``s logged quietly. Mixed into every
-    handler class (plain, WebSocket, jupyter_server's) ahead of its Tornado base."""
+    """Errors as the one JSON shape, expected ``GatewayError``s logged quietly, secrets never
+    logged. Mixed into every handler class (plain, WebSocket, jupyter_server's) ahead of its
+    Tornado base."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         write_json_error(self, status_code, kwargs.get("exc_info", (None, None, None))[1])  # type: ignore[arg-type]
 
+    def _request_summary(self) -> str:
+        # Tornado's own log lines (and jupyter_server's) use this; its version logs the raw URI.
+        return request_summary(self)  # type: ignore[arg-type]
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if not log_domain_error(self, value):  # type: ignore[arg-type]
-            super().log_exception(typ, value, tb)  # type: ignore[misc]
+        # Tornado's version also logs repr(request), the raw URI again.
+        handler: web.RequestHandler = self  # type: ignore[assignment]
+        if log_domain_error(handler, value):
+            return
+        if isinstance(value, web.HTTPError):
+            message = value.get_message()
+            if message:
+                log.warning("%d %s: %s", value.status_code, request_summary(handler), message)
+            return
+        log.error("uncaught exception in %s", request_summary(handler), exc_info=(typ, value, tb))
 
 
 class APIHandler(JSONErrors, web.RequestHandler):
-    """A JSON API handler: authenticated unless ``auth_required`` is False."""
+    """A JSON API handler: authenticated unless ``auth_required`` is False; CORS for allowed origins."""
 
     auth_required = True
 
-    def initialize(self, keyring: KeyRing, **_: Any) -> None:
+    def initialize(self, keyring: KeyRing, allow_origins: list[str] | None = None, **_: Any) -> None:
         self.keyring = keyring
+        self.allow_origins = allow_origins or []
+        self._cors_headers()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
+        self._cors_headers()  # again after an error cleared the headers
+
+    def _cors_headers(self) -> None:
+        if not hasattr(self, "allow_origins"):
+            return  # Tornado sets default headers before initialize(); it is called again after it
+        origin = request_origin(self)
+        if origin is None:
+            return
+        self.set_header("Vary", "Origin")
+        if origin_allowed(origin, self.request.host, self.allow_origins):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)
 
     def request_token(self) -> str:
         return bearer_token(self)
 
     async def prepare(self) -> None:
-        if self.auth_required:
+        # A preflight never carries credentials: it is answered (or refused) by its origin alone.
+        if self.auth_required and self.request.method != "OPTIONS":
             self.current_user = await authenticate(self.keyring, self.request_token())
+
+    def options(self, *args: str) -> None:
+        """A CORS preflight: 204 with what the origin may do, or 403 for an origin not allowed."""
+        origin = request_origin(self)
+        if origin is not None and not origin_allowed(origin, self.request.host, self.allow_origins):
+            raise OriginNotAllowed(f"origin {origin!r} is not allowed: only the gateway's own origin and those "
+                                   "in --allow-origins may call the API from a browser")
+        self.set_header("Allow", ", ".join(allowed_methods(self)))
+        if origin is not None:
+            self.set_header("Access-Control-Allow-Methods", ", ".join(allowed_methods(self)))
+            self.set_header("Access-Control-Allow-Headers", CORS_REQUEST_HEADERS)
+            self.set_header("Access-Control-Max-Age", str(CORS_MAX_AGE))
+        self.clear_header("Content-Type")
+        self.set_status(204)
+        self.finish()
 
     @property
     def user(self) -> str:
@@ -112,13 +238,26 @@ def write_json_error(handler: web.RequestHandler, status_code: int, exc: BaseExc
     """Finish ``handler`` with the JSON error for ``exc`` (any handler class, WebSockets included)."""
     if isinstance(exc, GatewayError):
         handler.set_status(exc.status)
+        status_code = exc.status
         body = error_body(exc.code, exc.message)
+        if exc.retry_after is not None:
+            handler.set_header("Retry-After", str(exc.retry_after))
     elif isinstance(exc, web.HTTPError):
-        body = error_body(_http_code(status_code), exc.log_message or _reason(status_code))
+        body = error_body(_http_code(status_code), exc.get_message() or _reason(status_code))
     else:
         body = error_body(_http_code(status_code), _reason(status_code))
+    if status_code == 405:
+        handler.set_header("Allow", ", ".join(allowed_methods(handler)))
     handler.set_header("Content-Type", "application/json; charset=UTF-8")
     handler.finish(json.dumps(body))
+
+
+def allowed_methods(handler: web.RequestHandler) -> list[str]:
+    """The HTTP methods ``handler``'s class implements (what a 405's ``Allow`` header lists)."""
+    return [
+        method for method in handler.SUPPORTED_METHODS
+        if getattr(type(handler), method.lower(), None) is not getattr(web.RequestHandler, method.lower(), None)
+    ]
 
 
 def log_domain_error(handler: web.RequestHandler, exc: BaseException | None) -> bool:

@@ -15,7 +15,7 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from traitlets import Bool
 
-from gateway.api.base import JSONErrors, authenticate
+from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, Unauthorized
 from gateway.sandboxes.manager import SandboxManager
@@ -35,7 +35,8 @@ class KeyRingIdentity(IdentityProvider):  # type: ignore[misc]
             user = await authenticate(self.keyring, token)
         except Unauthorized:
             return None
-        # Token-authenticated requests are not browser-cookie requests: no XSRF/origin games.
+        # No XSRF cookie check for a token; the browser origin is still checked (check_websocket,
+        # KernelChannelsHandler.check_origin), as a page of any site may hold a leaked key.
         handler._token_authenticated = True
         return User(username=user)
 
@@ -52,8 +53,14 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):  # type: ignore
 
 
 class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):  # type: ignore[misc]
-    def initialize(self, sandboxes: SandboxManager, **_: Any) -> None:
+    def initialize(self, sandboxes: SandboxManager, allow_origins: list[str] | None = None, **_: Any) -> None:
         self.sandboxes = sandboxes
+        self.allow_origins = allow_origins or []
+
+    def check_origin(self, origin: str | None = None) -> bool:
+        # jupyter_server skips its own check for token-authenticated requests: never skip ours.
+        origin = origin if origin is not None else self.request.headers.get("Origin")
+        return origin is None or origin_allowed(origin, self.request.host, self.allow_origins)
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
         # Our 401 first: jupyter_server would answer a stranger with a bare 403.
@@ -62,6 +69,7 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):  # type: ignore
         await super().prepare(*args, **kwargs)
 
     async def get(self, kernel_id: str) -> None:  # type: ignore[override]
+        check_websocket(self, self.allow_origins)
         sandbox = await self.sandboxes.get(kernel_id, self.current_user.username)
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED) or kernel_id not in self.kernel_manager:
             raise SandboxNotFound(kernel_id)

@@ -12,7 +12,7 @@ from typing import Any
 from tornado import web
 
 from gateway import __version__
-from gateway.api.base import APIHandler
+from gateway.api.base import APIHandler, scrub_uri
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.manager import SandboxManager
@@ -77,7 +77,7 @@ def request_logger(metrics: GatewayMetrics) -> Callable[[web.RequestHandler], No
         # thousands of executions a second), client errors as warnings, server errors as errors.
         level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         request = handler.request
-        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
-                       seconds * 1000)
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, scrub_uri(request.uri or ""),
+                       request.remote_ip, seconds * 1000)
 
     return log_request

@@ -31,7 +31,7 @@ START_KERNEL = Draft202012Validator(
         "properties": {
             "name": {"type": "string"},
             "path": {"type": ["string", "null"]},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "env": CREATE_SANDBOX["properties"]["env"],
         },
     }
 )
@@ -110,7 +110,6 @@ class KernelsHandler(JupyterHandler):
         if name != self.launcher.kernel_name:
             raise NotFound(f"no kernelspec named {name!r}")
         env = {k: v for k, v in (body.get("env") or {}).items() if k not in HOST_SPECIFIC_ENV}
-        Draft202012Validator(CREATE_SANDBOX["properties"]["env"]).validate(env)
         sandbox = await self.sandboxes.create(self.user, env=env, metadata={"started_by": STARTED_BY_JUPYTER})
         self.set_header("Location", f"/api/kernels/{sandbox.id}")
         self.write_json(self.kernel_model(sandbox), status=201)

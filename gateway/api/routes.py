@@ -45,7 +45,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
              keepalive: float = 15.0, allow_origins: list[str] | None = None,
              files: SandboxFiles | None = None, metrics: GatewayMetrics | None = None,
              **settings: Any) -> web.Application:
-    deps = {"keyring": keyring, "sandboxes": sandboxes}
+    deps = {"keyring": keyring, "sandboxes": sandboxes, "allow_origins": allow_origins or []}
     with_launcher = {**deps, "launcher": launcher}
     metrics = metrics or sandboxes.metrics
     routes = [
@@ -53,7 +53,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}", SandboxHandler, deps),
         (rf"{V1}/sandboxes/{ID}/execute", ExecuteHandler, {**deps, "keepalive": keepalive}),
         (rf"{V1}/sandboxes/{ID}/executions", SandboxExecutionsHandler, deps),
-        (rf"{V1}/sandboxes/{ID}/stream", SandboxSocketHandler, {**deps, "allow_origins": allow_origins}),
+        (rf"{V1}/sandboxes/{ID}/stream", SandboxSocketHandler, deps),
         (rf"{V1}/sandboxes/{ID}/interrupt", InterruptHandler, deps),
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
@@ -80,7 +80,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
     return web.Application(
         routes,
         default_handler_class=NotFoundHandler,
-        default_handler_args={"keyring": keyring},
+        default_handler_args={"keyring": keyring, "allow_origins": allow_origins or []},
         # WebSocket pings keep idle sockets alive through proxies and find dead peers.
         websocket_ping_interval=keepalive,
         websocket_ping_timeout=max(keepalive * 2, 30),

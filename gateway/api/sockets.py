@@ -20,14 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
-from urllib.parse import urlparse
 
 from jsonschema import Draft202012Validator
 from tornado import websocket
 
 from gateway.api import schemas
-from gateway.api.base import JSONErrors, authenticate, bearer_token, describe, error_body
+from gateway.api.base import (
+    JSONErrors,
+    authenticate,
+    bearer_token,
+    check_websocket,
+    describe,
+    error_body,
+    origin_allowed,
+)
 from gateway.api.executions import check_code
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
@@ -49,11 +57,6 @@ SOCKET_MESSAGE = Draft202012Validator(
 )
 
 
-def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
-    """Same host as the request, or listed (``*`` allows any)."""
-    return "*" in allowed or origin in allowed or urlparse(origin).netloc == host
-
-
 class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
     def initialize(self, keyring: KeyRing, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
                    **_: Any) -> None:
@@ -71,6 +74,7 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
         self.current_user = await authenticate(self.keyring, token)
 
     async def get(self, sandbox_id: str) -> None:  # type: ignore[override]
+        check_websocket(self, self.allow_origins)
         await self.sandboxes.get(sandbox_id, self.current_user)  # 404 before the upgrade, like any route
         self.sandbox_id = sandbox_id
         await super().get(sandbox_id)
@@ -84,10 +88,13 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
         self.sandboxes.socket_opened(sandbox_id)  # a connected socket keeps its sandbox from idling
 
     async def on_message(self, message: str | bytes) -> None:
-        request_id = None
         try:
             request = _parse(message)
-            request_id = request.get("id")
+        except GatewayError as error:
+            await self._send({"type": "error", "id": message_id(message), **error_body(error.code, error.message)})
+            return
+        request_id = request.get("id")
+        try:
             if request["type"] == "interrupt":
                 await self.sandboxes.interrupt(self.sandbox_id, self.current_user)
                 return
@@ -124,6 +131,35 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
         for running in self._to_cancel:
             if not running.execution.finished:
                 self.sandboxes.cancel_soon(running)
+
+
+#: ``"id": "..."`` or ``"id": 12`` in a message that is not valid JSON.
+_ID_IN_TEXT = re.compile(r'"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.)*"|-?\d+)')
+
+
+def message_id(message: str | bytes) -> str | int | None:
+    """The client's ``id`` of a message, to tag the answer with, also when the message is bad.
+
+    A string or an integer, as a valid message has; from a message that is not valid JSON, what
+    its text unambiguously says (one ``"id": ...``); else None.
+    """
+    try:
+        text = message.decode("utf-8") if isinstance(message, bytes) else message
+    except UnicodeDecodeError:
+        return None
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError:
+        found = {match.group(1) for match in _ID_IN_TEXT.finditer(text)}
+        if len(found) != 1:
+            return None
+        try:
+            value = json.loads(found.pop())
+        except json.JSONDecodeError:
+            return None
+    else:
+        value = request.get("id") if isinstance(request, dict) else None
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
 
 
 def _parse(message: str | bytes) -> dict[str, Any]:

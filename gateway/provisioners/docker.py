@@ -48,6 +48,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from traitlets import Dict, Unicode, default
 
 from gateway import __version__
+from gateway.errors import SandboxStartFailed
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners.docker_events import ContainerEvents
 
@@ -85,8 +86,8 @@ def container_name(sandbox_id: str) -> str:
     return f"code-gateway-{sandbox_id}"
 
 
-class SandboxImageMissing(RuntimeError):
-    """The configured sandbox image is not on the engine."""
+class SandboxImageMissing(SandboxStartFailed):
+    """The configured sandbox image is not on the engine (a message a client may see)."""
 
 
 @dataclasses.dataclass

@@ -28,11 +28,13 @@ from traitlets.config import LoggingConfigurable
 from gateway import timestamps
 from gateway.errors import (
     ExecutionNotFound,
+    GatewayError,
     QuotaExceeded,
     SandboxNotFound,
     SandboxNotRunning,
     SandboxStartFailed,
 )
+from gateway.execution.connection import ConnectTimeout, KernelGone
 from gateway.execution.executor import OutputCaps
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
@@ -57,6 +59,18 @@ LIVE = [str(SandboxStatus.CREATING), str(SandboxStatus.RUNNING), str(SandboxStat
         str(SandboxStatus.TERMINATING)]
 #: What a sandbox taken from the warm pool gets from the request that claimed it.
 REQUESTED_FIELDS = ("owner", "resources", "env", "metadata", "expires_at", "idle_timeout", "on_idle", "auto_resume")
+
+
+def start_failure(exc: BaseException) -> str:
+    """Why a kernel did not start, as a client may be told: never the internal error's own text
+    (a Docker error can name host paths and the engine's internals); the log has that."""
+    if isinstance(exc, GatewayError):
+        return exc.message
+    if isinstance(exc, KernelGone):
+        return f"its kernel stopped before it answered ({exc.reason})"
+    if isinstance(exc, ConnectTimeout):
+        return "its kernel did not answer in time"
+    return "an internal error (the gateway's log has the details)"
 
 
 @dataclasses.dataclass
@@ -259,7 +273,7 @@ class SandboxManager(LoggingConfigurable):
             sandbox.status = SandboxStatus.FAILED
             sandbox.status_reason = "start_failed"
             await self.store.put_sandbox(sandbox.to_record())
-            raise SandboxStartFailed(f"the sandbox could not be started: {exc}") from None
+            raise SandboxStartFailed(f"the sandbox could not be started: {start_failure(exc)}") from None
         sandbox.image = sandbox.kernel["provisioner"].get("image")
         sandbox.status = SandboxStatus.RUNNING
         self._adopt(sandbox.id, runtime)
@@ -519,7 +533,7 @@ class SandboxManager(LoggingConfigurable):
             sandbox.status = SandboxStatus.FAILED
             sandbox.status_reason = "restart_failed"
             await self.store.put_sandbox(sandbox.to_record())
-            raise SandboxStartFailed(f"the sandbox could not be restarted: {exc}") from None
+            raise SandboxStartFailed(f"the sandbox could not be restarted: {start_failure(exc)}") from None
         sandbox.status = SandboxStatus.RUNNING
         sandbox.status_reason = None
         sandbox.touch()

@@ -138,7 +138,7 @@ class WarmPool(LoggingConfigurable):
             except Exception as exc:
                 self.failures += 1
                 backoff = min(max(1.0, backoff * 2), self.max_backoff)
-                self.paused = f"backing off {backoff:g} s after a failed start: {exc}"
+                self.paused = f"backing off {backoff:g} s after a failed start (the log says why)"
                 log.warning("warm pool: start failed (%s); next try in %g s", exc, backoff)
                 await asyncio.sleep(backoff)
                 continue

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from jupyter_client.manager import AsyncKernelManager
 
-from gateway.execution.connection import KernelConnection
+from gateway.execution.connection import KernelConnection, KernelGone
 from gateway.execution.messages import Message
 from gateway.execution.executor import Executor, OutputCaps
 from gateway.execution.feed import ExecutionFeed
@@ -104,7 +104,7 @@ class SandboxRuntime:
             await asyncio.gather(opening, died, return_exceptions=True)
         if opening.cancelled() and died.done() and not died.cancelled() and died.exception() is None:
             reason = await provisioner.exit_reason() if hasattr(provisioner, "exit_reason") else "kernel_died"
-            raise RuntimeError(f"the kernel stopped before it answered ({reason})")
+            raise KernelGone(reason)
         opening.result()
 
     def _saw_iopub(self, message: Message) -> None:

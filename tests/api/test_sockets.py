@@ -161,3 +161,22 @@ async def test_display_updates_and_clears_arrive_live(gateway: InProcessGateway,
     assert events[0]["type"] == "accepted"
     assert {e["id"] for e in events} == {"d"}
     assert_display_events(events[1:])
+
+
+async def test_error_events_echo_the_message_id(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    cases = [
+        ('{"type": "dance", "id": "t1"}', "t1", "invalid_request"),                      # invalid type
+        ('{"type": "execute", "id": "t2"}', "t2", "invalid_request"),                    # missing code
+        ('{"type": "execute", "id": 3, "code": 5}', 3, "invalid_request"),               # wrong-typed code
+        ('{"type": "execute", "id": "t4", "code": "1", "bogus": 1}', "t4", "invalid_request"),  # unknown field
+        ('{"type": "interrupt", "id": "t5", "extra": true}', "t5", "invalid_request"),
+        ('{"type": "execute", "id": "t6", "code": "1", "timeout": -1}', "t6", "limit_out_of_range"),
+        ('{"type": "execute", "id": "t7", "code": ', "t7", "invalid_json"),              # bad JSON, id readable
+        ('{"type": "execute", "id": [1], "code": "1"}', None, "invalid_request"),         # no usable id
+        ("not json", None, "invalid_json"),
+    ]
+    async with connect(gateway, sandbox["id"]) as socket:
+        for message, request_id, code in cases:
+            await socket.send(message)
+            event = json.loads(await asyncio.wait_for(socket.recv(), 30))
+            assert (event["type"], event["id"], event["error"]["code"]) == ("error", request_id, code), message
