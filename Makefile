@@ -1,6 +1,6 @@
 # One command to run the gateway, one to test it; each sets up what it needs, idempotently.
 #   make run     venv + Docker engine + sandbox image, then the gateway on 127.0.0.1:8888
-#   make test    the same setup, then the whole test suite (what CI runs via .ci/run)
+#   make test    the same setup, then `mypy --strict gateway/` and the whole test suite (what CI runs via .ci/run)
 #   make bench   the same setup, then the benchmarks (bench/run.py; BENCH_ARGS=--quick for a smoke run)
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: venv engine images run test bench clean
+.PHONY: venv engine images run test typecheck bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,11 @@ run: venv
 	  || echo "warning: no Docker engine or image; the gateway will fall back to local processes"
 	$(BIN)/code-gateway --ip=$(HOST) --port=$(PORT)
 
-test: venv images
+test: venv images typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+typecheck: venv
+	$(BIN)/python -m mypy --strict gateway/
 
 bench: venv images
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

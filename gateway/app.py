@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tornado.netutil import bind_sockets
 from traitlets import Float, Int, List, Unicode, default
@@ -167,7 +167,7 @@ class GatewayApp(ConfiguredApp):
             await self.shutdown()
 
     async def startup(self) -> None:
-        logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=cast(int, self.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.store = open_store(self.data_dir)
         await self.store.open()
         self.keyring = KeyRing(store=self.store, parent=self)

@@ -38,7 +38,7 @@ def env_config(
     environ: Mapping[str, str], aliases: Mapping[Any, Any], classes: Iterable[type[Configurable]]
 ) -> Config:
     """The configuration that ``GATEWAY_*`` variables in ``environ`` ask for."""
-    by_name = {}
+    by_name: dict[str, type[Configurable]] = {}
     for cls in classes:
         for klass in cls.mro():
             if isinstance(klass, type) and issubclass(klass, Configurable):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.identity import IdentityProvider, User
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
@@ -22,7 +23,7 @@ from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
 
 
-class KeyRingIdentity(IdentityProvider):  # type: ignore[misc]
+class KeyRingIdentity(IdentityProvider):
     """Jupyter's identity hook over our API keys: ``Authorization: token|bearer KEY`` or ``?token=KEY``."""
 
     def __init__(self, keyring: KeyRing, **kwargs: Any) -> None:
@@ -41,7 +42,7 @@ class KeyRingIdentity(IdentityProvider):  # type: ignore[misc]
         return User(username=user)
 
 
-class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):  # type: ignore[misc]
+class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
     """jupyter_server's ZMQ <-> WebSocket bridge, finding the registry through the handler."""
 
     limit_rate = Bool(False, config=True, help="No iopub data-rate limit: outputs are capped per execution.")
@@ -52,7 +53,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):  # type: ignore
         return self.websocket_handler.kernel_manager
 
 
-class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):  # type: ignore[misc]
+class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
     def initialize(self, sandboxes: SandboxManager, allow_origins: list[str] | None = None, **_: Any) -> None:
         self.sandboxes = sandboxes
         self.allow_origins = allow_origins or []
@@ -64,22 +65,22 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):  # type: ignore
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
         # Our 401 first: jupyter_server would answer a stranger with a bare 403.
-        if await self.identity_provider.get_user(self) is None:
+        if await ensure_async(self.identity_provider.get_user(self)) is None:
             raise Unauthorized("missing or invalid API key")
         await super().prepare(*args, **kwargs)
 
-    async def get(self, kernel_id: str) -> None:  # type: ignore[override]
+    async def get(self, kernel_id: str) -> None:
         check_websocket(self, self.allow_origins)
         sandbox = await self.sandboxes.get(kernel_id, self.current_user.username)
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED) or kernel_id not in self.kernel_manager:
             raise SandboxNotFound(kernel_id)
-        await super().get(kernel_id)
+        await super().get(kernel_id)  # type: ignore[no-untyped-call]
 
-    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+    async def open(self, kernel_id: str) -> None:
         # Tornado leaves Nagle's algorithm on for WebSockets: a kernel's second message would wait
         # ~40 ms for the client's delayed ACK of the first (every execute pays it).
         self.set_nodelay(True)
-        await super().open(kernel_id)
+        await super().open(kernel_id)  # type: ignore[no-untyped-call]
 
 
 def jupyter_settings(keyring: KeyRing, sandboxes: SandboxManager) -> dict[str, Any]:

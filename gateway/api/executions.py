@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from gateway.api import schemas
@@ -43,7 +44,8 @@ class StreamingHandler(SandboxAPIHandler):
         self.set_header("X-Execution-Id", execution_id)
         self.set_header("X-Accel-Buffering", "no")  # tell nginx-style proxies not to buffer the stream
         # Tornado turns Nagle back on between keep-alive requests; each event must leave at once.
-        self.request.connection.stream.set_nodelay(True)
+        if isinstance(self.request.connection, HTTP1Connection):
+            self.request.connection.stream.set_nodelay(True)
         try:
             async for event in running.feed.follow(start, idle=self.keepalive):
                 # Awaiting each flush is the backpressure: a slow client slows only its own stream.

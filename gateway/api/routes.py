@@ -48,7 +48,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
     deps = {"keyring": keyring, "sandboxes": sandboxes, "allow_origins": allow_origins or []}
     with_launcher = {**deps, "launcher": launcher}
     metrics = metrics or sandboxes.metrics
-    routes = [
+    routes: list[tuple[str, type[web.RequestHandler], dict[str, Any]]] = [
         (rf"{V1}/sandboxes", SandboxesHandler, deps),
         (rf"{V1}/sandboxes/{ID}", SandboxHandler, deps),
         (rf"{V1}/sandboxes/{ID}/execute", ExecuteHandler, {**deps, "keepalive": keepalive}),

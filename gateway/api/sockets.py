@@ -73,7 +73,7 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
         token = bearer_token(self) or self.get_query_argument("token", "")
         self.current_user = await authenticate(self.keyring, token)
 
-    async def get(self, sandbox_id: str) -> None:  # type: ignore[override]
+    async def get(self, sandbox_id: str) -> None:
         check_websocket(self, self.allow_origins)
         await self.sandboxes.get(sandbox_id, self.current_user)  # 404 before the upgrade, like any route
         self.sandbox_id = sandbox_id
@@ -82,7 +82,7 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.request.host, self.allow_origins)
 
-    def open(self, sandbox_id: str) -> None:  # type: ignore[override]
+    def open(self, sandbox_id: str) -> None:
         self.set_nodelay(True)  # else each event after the first may wait ~40 ms for a delayed ACK (Nagle)
         self._writer = asyncio.create_task(self._write_events(), name=f"socket-writer-{sandbox_id}")
         self.sandboxes.socket_opened(sandbox_id)  # a connected socket keeps its sandbox from idling

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -180,16 +180,16 @@ class SocketReader:
 
     def __init__(self, socket: zmq.asyncio.Socket, receive: Callable[[list[bytes]], None],
                  loop: asyncio.AbstractEventLoop) -> None:
-        self.socket = zmq.Socket.shadow(socket.underlying)  # the same socket, without asyncio
+        self.socket: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)  # the same socket, without asyncio
         self.receive = receive
         self.loop = loop
-        self.fd = self.socket.getsockopt(zmq.FD)
+        self.fd = cast(int, self.socket.getsockopt(zmq.FD))
         loop.add_reader(self.fd, self.drain)
         loop.call_soon(self.drain)  # messages may be waiting already
 
     def drain(self) -> None:
         try:
-            while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while cast(int, self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 self.receive(self.socket.recv_multipart(zmq.NOBLOCK))
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EAGAIN and not self.socket.closed:

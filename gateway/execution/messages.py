@@ -34,11 +34,13 @@ class Message:
 
     @property
     def msg_type(self) -> str:
-        return self.header.get("msg_type", "")
+        msg_type: str = self.header.get("msg_type", "")
+        return msg_type
 
     @property
     def parent_id(self) -> str:
-        return self.parent_header.get("msg_id", "")
+        msg_id: str = self.parent_header.get("msg_id", "")
+        return msg_id
 
     @property
     def content(self) -> dict[str, Any]:

@@ -57,7 +57,8 @@ class Execution:
     def result(self) -> dict[str, Any] | None:
         for output in self.outputs:
             if output["output_type"] == "execute_result":
-                return output["data"]
+                data: dict[str, Any] = output["data"]
+                return data
         return None
 
     @property

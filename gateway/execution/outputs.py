@@ -78,8 +78,7 @@ class OutputCollector:
         display_id = (msg["content"].get("transient") or {}).get("display_id")
         if msg_type == "update_display_data":
             return events + self._update_display(display_id, msg)
-        output = output_from_msg(msg)
-        output = self._within_caps(output)
+        output = self._within_caps(output_from_msg(msg))
         if output is None:
             return events
         self._append(output, display_id)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
-from jupyter_client.provisioning import KernelProvisionerBase
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Dict, Unicode, default
 
 from gateway import __version__
@@ -213,7 +213,8 @@ class DockerEngine:
             attrs = await self.call(self.client.api.inspect_container, container_id)
         except docker.errors.NotFound:
             return None
-        return attrs["State"]
+        state: dict[str, Any] = attrs["State"]
+        return state
 
     def labels(self, sandbox: Any) -> dict[str, str]:
         return {LABEL_SANDBOX: sandbox.id, LABEL_OWNER: sandbox.owner, LABEL_INSTANCE: self.instance_id}
@@ -343,7 +344,7 @@ class DockerEngine:
             self._resolve(container_id, int(state["ExitCode"]))
 
 
-class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+class DockerProvisioner(KernelProvisionerBase):
     """Runs a sandbox's kernel in its own hardened container."""
 
     image = Unicode(help="The sandbox image (default: code-gateway/python:<gateway version>).").tag(config=True)
@@ -428,6 +429,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.sandbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._drop_link()
         km = self.parent
+        assert km is not None, "a provisioner is created by its kernel manager"
         km.ip = str(self._link() / "k")
         km.write_connection_file()
         self.connection_info = km.get_connection_info()

@@ -8,7 +8,7 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def _ping(timeout: float) -> bool:
+def _ping(timeout: int) -> bool:
     import docker
 
     try:
@@ -22,6 +22,6 @@ def _ping(timeout: float) -> bool:
         return False
 
 
-async def engine_answers(timeout: float = 3.0) -> bool:
+async def engine_answers(timeout: int = 3) -> bool:
     """True if ``docker.from_env()`` reaches an engine within ``timeout`` seconds."""
     return await asyncio.get_running_loop().run_in_executor(None, _ping, timeout)

@@ -27,9 +27,9 @@ from typing import Any
 
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from jupyter_client.ioloop import AsyncIOLoopKernelManager
+from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
-from jupyter_client.provisioning import KernelProvisionerFactory
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from traitlets import Bool, CaselessStrEnum, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -82,7 +82,7 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
         self.reason = ""
 
 
-class SandboxKernelSpecManager(KernelSpecManager):  # type: ignore[misc]
+class SandboxKernelSpecManager(KernelSpecManager):
     """Serves the one kernelspec of our sandboxes, with the chosen provisioner in its metadata."""
 
     def __init__(self, spec: KernelSpec, **kwargs: Any) -> None:
@@ -144,7 +144,7 @@ class KernelLauncher(LoggingConfigurable):
 
     async def _resolve(self) -> str:
         if self.provisioner != "auto":
-            return self.provisioner
+            return str(self.provisioner)
         from gateway.provisioners.engine import engine_answers
 
         if await engine_answers():
@@ -173,7 +173,7 @@ class KernelLauncher(LoggingConfigurable):
             shutdown_wait_time=2.0,
         )
 
-    async def launch(self, sandbox: Any) -> AsyncKernelManager:
+    async def launch(self, sandbox: Any) -> SandboxKernelManager:
         """Start the kernel of ``sandbox`` (its ``id`` becomes the kernel id)."""
         directory = self.sandbox_dir(sandbox.id)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -204,12 +204,13 @@ class KernelLauncher(LoggingConfigurable):
     async def record(self, km: AsyncKernelManager) -> dict[str, Any]:
         """JSON-safe connection and provisioner info: enough to re-attach from another process."""
         assert km.provisioner is not None
-        return json_safe(
+        recorded: dict[str, Any] = json_safe(
             {"connection": km.get_connection_info(session=False),
              "provisioner": await km.provisioner.get_provisioner_info()}
         )
+        return recorded
 
-    async def reattach(self, sandbox: Any) -> AsyncKernelManager | None:
+    async def reattach(self, sandbox: Any) -> SandboxKernelManager | None:
         """A kernel manager for the still-running kernel of ``sandbox``, or None if it is gone."""
         if not sandbox.kernel.get("connection") or not sandbox.kernel.get("provisioner"):
             return None

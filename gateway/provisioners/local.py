@@ -11,12 +11,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, local_env, workdir_of
 
 
-class LocalSandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
+class LocalSandboxProvisioner(LocalProvisioner):
     """jupyter_client's local provisioner, started in the sandbox's directory and environment."""
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:

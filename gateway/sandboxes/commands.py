@@ -241,7 +241,8 @@ class DockerProcess(SandboxProcess):
 
     async def _receive(self) -> bytes:
         while True:
-            stream, payload = await self.call(self._next_frame)
+            frame: tuple[int, bytes] = await self.call(self._next_frame)
+            stream, payload = frame
             if stream == -1:
                 return b""
             if stream == 2:

@@ -128,7 +128,8 @@ class SandboxFiles(LoggingConfigurable):
             raise FileOperationFailed("the file tool in the sandbox failed") from None
         if not answer.get("ok"):
             raise refusal(answer)
-        return answer
+        ok: dict[str, Any] = answer
+        return ok
 
     async def _run(self, sandbox_id: str, user: str, request: dict[str, Any]) -> dict[str, Any]:
         sandbox, process = await self._start(sandbox_id, user, request)

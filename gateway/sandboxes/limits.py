@@ -57,7 +57,8 @@ class ResourcePolicy(LoggingConfigurable):
         )
 
     def maximum(self, field: str) -> float:
-        return min(getattr(self, f"max_{field}"), HARD_BOUNDS[field][1])
+        configured: float = getattr(self, f"max_{field}")
+        return min(configured, HARD_BOUNDS[field][1])
 
     def resolve(self, requested: dict[str, Any], *, prefix: str = "resources.") -> ResourceLimits:
         """Merge a request's limits over the defaults, or raise naming the first bad field."""

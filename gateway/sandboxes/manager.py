@@ -199,6 +199,8 @@ class SandboxManager(LoggingConfigurable):
         for sandbox_id in list(self._runtimes):
             runtime = self._release(sandbox_id)
             sandbox = self._sandboxes.pop(sandbox_id)
+            if runtime is None:
+                continue
             try:
                 await runtime.close(stop_kernel=not self.keep_on_shutdown)
             except Exception:

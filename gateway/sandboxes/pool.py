@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from traitlets import Float, Int
@@ -57,8 +57,8 @@ class WarmPool(LoggingConfigurable):
     def __init__(
         self,
         *,
-        start: Callable[[], Awaitable[Pooled]],
-        dispose: Callable[[Pooled], Awaitable[None]],
+        start: Callable[[], Coroutine[Any, Any, Pooled]],
+        dispose: Callable[[Pooled], Coroutine[Any, Any, None]],
         saturated: Callable[[], bool],
         profile: ResourceLimits,
         **kwargs: Any,

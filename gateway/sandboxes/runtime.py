@@ -18,7 +18,6 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from jupyter_client.manager import AsyncKernelManager
 
 from gateway.execution.connection import KernelConnection, KernelGone
 from gateway.execution.messages import Message
@@ -27,7 +26,7 @@ from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway import timestamps
 from gateway.errors import SandboxBusy
-from gateway.provisioners.launcher import KernelLauncher
+from gateway.provisioners.launcher import KernelLauncher, SandboxKernelManager
 from gateway.sandboxes.model import ResourceLimits, Sandbox
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class SandboxRuntime:
     def __init__(
         self,
         sandbox: Sandbox,
-        km: AsyncKernelManager,
+        km: SandboxKernelManager,
         launcher: KernelLauncher,
         settings: RuntimeSettings,
         on_exit: Callable[[str], None],
