@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]' -e 'clients/python'
+	$(BIN)/pip install --quiet -e '.[test]' -e 'clients/python[mcp]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -31,6 +31,7 @@ from gateway.api.routes import make_app
 from gateway.api.server import NoDelayHTTPServer
 from gateway.auth import KeyRing
 from gateway.config import env_config
+from gateway.mcp.server import McpService
 from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
 from gateway.sandboxes.lifetimes import LifetimePolicy
@@ -179,8 +180,11 @@ class GatewayApp(ConfiguredApp):
                                         lifetimes=LifetimePolicy(parent=self), parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=SandboxCommands(self.launcher), parent=self)
+        self.mcp = McpService(sandboxes=self.sandboxes, files=self.files)
+        await self.mcp.start()
         self.web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,
-                                files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins)
+                                files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins,
+                                mcp=self.mcp)
         self.server = NoDelayHTTPServer(self.web_app, max_body_size=self.max_body_size)
         sockets = bind_sockets(self.port, address=self.ip)
         self.server.add_sockets(sockets)
@@ -197,6 +201,7 @@ class GatewayApp(ConfiguredApp):
 
     async def shutdown(self) -> None:
         self.server.stop()
+        await self.mcp.stop()
         await self.files.stop()
         await self.sandboxes.stop()
         await self.launcher.stop()

@@ -27,11 +27,13 @@ from gateway.api.jupyter import (
     KernelSpecsHandler,
     KernelsHandler,
 )
+from gateway.api.mcp import McpHandler
 from gateway.api.notebooks import NotebookHandler
 from gateway.api.openapi import OpenAPIHandler
 from gateway.api.sockets import SandboxSocketHandler
 from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
 from gateway.auth import KeyRing
+from gateway.mcp.server import McpService
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.files import SandboxFiles
@@ -44,7 +46,7 @@ V1 = "/api/v1"
 def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLauncher,
              keepalive: float = 15.0, allow_origins: list[str] | None = None,
              files: SandboxFiles | None = None, metrics: GatewayMetrics | None = None,
-             **settings: Any) -> web.Application:
+             mcp: McpService | None = None, **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes, "allow_origins": allow_origins or []}
     with_launcher = {**deps, "launcher": launcher}
     metrics = metrics or sandboxes.metrics
@@ -77,6 +79,8 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
             (rf"{V1}/sandboxes/{ID}/files/?", FileListHandler, {**deps, "files": files}),
             (rf"{V1}/sandboxes/{ID}/files/(.+)", FileHandler, {**deps, "files": files}),
         ]
+    if mcp is not None:
+        routes.append((r"/mcp/?", McpHandler, {**deps, "mcp": mcp}))
     return web.Application(
         routes,
         default_handler_class=NotFoundHandler,

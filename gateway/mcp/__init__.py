@@ -1,0 +1,1 @@
+"""The MCP server at ``/mcp`` (streamable HTTP): the sandbox tools over the gateway's own managers."""
