@@ -11,6 +11,7 @@ from typing import Any
 from gateway import __version__
 from gateway.api import schemas
 from gateway.api.base import APIHandler
+from gateway.api.sandboxes import STATUSES
 
 JSON = "application/json"
 
@@ -97,7 +98,9 @@ PATHS: dict[str, Any] = {
                                "429": reply("too many live sandboxes for this user", ref("Error")),
                                "503": reply("the sandbox could not be started", ref("Error"))}},
         "get": {"summary": "List your sandboxes",
-                "parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}}],
+                "parameters": [{"name": "status", "in": "query", "style": "form", "explode": True,
+                                "description": "only sandboxes in one of these statuses (repeat it for several)",
+                                "schema": {"type": "array", "items": {"enum": STATUSES}}}],
                 "responses": {"200": reply("sandboxes", {"type": "object", "properties": {
                     "sandboxes": {"type": "array", "items": ref("Sandbox")}}}), **ERRORS}},
     },

@@ -9,6 +9,10 @@ from gateway.api.base import APIHandler
 from gateway.errors import InvalidRequest
 from gateway.execution.notebook import run_seed, seed_cells
 from gateway.sandboxes.manager import SandboxManager
+from gateway.sandboxes.model import SandboxStatus
+
+#: What ``GET /sandboxes?status=`` may ask for (repeated: any of them).
+STATUSES = [str(status) for status in SandboxStatus]
 
 
 class SandboxAPIHandler(APIHandler):
@@ -53,8 +57,11 @@ class SandboxesHandler(SandboxAPIHandler):
         self.write_json(created, status=201)
 
     async def get(self) -> None:
-        statuses = self.get_arguments("status") or None
-        sandboxes = await self.sandboxes.list_sandboxes(self.user, statuses=statuses)
+        statuses = self.get_arguments("status")
+        unknown = [status for status in statuses if status not in STATUSES]
+        if unknown:  # else a typo would list nothing, as if there were no such sandboxes
+            raise InvalidRequest(f"query parameter 'status' must be one of {', '.join(STATUSES)}; got {unknown[0]!r}")
+        sandboxes = await self.sandboxes.list_sandboxes(self.user, statuses=statuses or None)
         self.write_json({"sandboxes": [s.to_public() for s in sandboxes]})
 
 

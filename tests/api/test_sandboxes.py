@@ -56,6 +56,26 @@ async def test_get_and_list_show_only_own_sandboxes(
     assert (await bob.get("/api/v1/sandboxes")).json()["sandboxes"] == []
 
 
+async def test_list_by_status(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
+    running, deleted = (await alice.post("/api/v1/sandboxes")).json(), (await alice.post("/api/v1/sandboxes")).json()
+    assert (await alice.delete(f"/api/v1/sandboxes/{deleted['id']}")).status_code == 204
+
+    async def listed(query: str, client: httpx.AsyncClient = alice) -> list[str]:
+        response = await client.get(f"/api/v1/sandboxes{query}")
+        assert response.status_code == 200, response.text
+        return [s["id"] for s in response.json()["sandboxes"]]
+
+    assert await listed("") == [running["id"], deleted["id"]]
+    assert await listed("?status=running") == [running["id"]]
+    assert await listed("?status=terminated") == [deleted["id"]]
+    assert await listed("?status=running&status=terminated") == [running["id"], deleted["id"]]
+    assert await listed("?status=failed") == []
+    assert await listed("?status=running", client=bob) == []  # the filter never widens what one sees
+    refused = await alice.get("/api/v1/sandboxes?status=running&status=bogus")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_request"
+    assert "'bogus'" in refused.json()["error"]["message"] and "terminated" in refused.json()["error"]["message"]
+
+
 async def test_someone_elses_sandbox_is_not_found(bob: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
     sid = sandbox["id"]
     for response in (
