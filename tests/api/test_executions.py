@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.gateways import run
+from tests.gateways import InProcessGateway, create, run
 from tests.waiting import HOLD, executions_of, release, until, until_running, wait_finished
 
 
@@ -79,6 +79,25 @@ async def test_timeout_interrupts_and_keeps_state(alice: httpx.AsyncClient, sand
     assert after["result"]["text/plain"] == "42"
 
 
+async def test_a_kernel_ignoring_the_interrupt_is_restarted_after_the_grace(tmp_path: Any) -> None:
+    async with InProcessGateway(tmp_path / "data", "--SandboxManager.interrupt_grace=1") as gateway, \
+            gateway.client() as alice:
+        sid = (await create(alice))["id"]
+        await run(alice, sid, "x = 41")
+        stubborn = await run(alice, sid, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                         "print('ignoring interrupts', flush=True)\ntime.sleep(120)", timeout=1)
+        assert stubborn["status"] == "timed_out", stubborn
+        assert stubborn["stdout"] == "ignoring interrupts\n"
+        assert stubborn["error"]["code"] == "timeout"
+        assert "did not stop when interrupted" in stubborn["error"]["evalue"]
+        assert "restarted" in stubborn["error"]["evalue"] and "state is lost" in stubborn["error"]["evalue"]
+        # A fresh kernel answers at once (not after the 120 s sleep): the sandbox runs, its state is gone.
+        assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "running"
+        fresh = await run(alice, sid, "x", timeout=20)
+        assert fresh["status"] == "failed" and fresh["error"]["ename"] == "NameError"
+        assert fresh["execution_count"] == 1
+
+
 async def test_kernel_death_fails_the_execution_and_restart_recovers(
     alice: httpx.AsyncClient, sandbox: dict[str, Any]
 ) -> None:
@@ -92,7 +111,10 @@ async def test_kernel_death_fails_the_execution_and_restart_recovers(
     refused = await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "1"})
     assert refused.status_code == 409
     assert "restart" in refused.json()["error"]["message"]
-    assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+    restarted = await alice.post(f"/api/v1/sandboxes/{sid}/restart")  # a failed sandbox comes back
+    assert restarted.status_code == 200, restarted.text
+    assert restarted.json()["status"] == "running" and restarted.json()["status_reason"] is None
+    assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "running"
     assert (await run(alice, sid, "1 + 1"))["result"]["text/plain"] == "2"
 
 
