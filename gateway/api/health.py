@@ -48,11 +48,9 @@ class HealthHandler(OperationsHandler):
 class ReadyHandler(OperationsHandler):
     """200 when new sandboxes can start here; 503 (with the reasons) when they cannot."""
 
-    def get(self) -> None:
-        problems = []
+    async def get(self) -> None:
         engine = self.launcher.engine
-        if engine is not None and not engine.describe().get("events_connected"):
-            problems.append("the Docker engine's event stream is not connected")
+        problems = await engine.problems() if engine is not None else []
         self.write_json({"ready": not problems, "problems": problems}, status=503 if problems else 200)
 
 

@@ -182,6 +182,23 @@ class DockerEngine:
             await self.call(self.client.close)
             self.client = None
 
+    async def problems(self, timeout: float = 5.0) -> list[str]:
+        """Why sandboxes cannot start here right now (for /ready); empty when they can."""
+        found = []
+        if not (self.events and self.events.connected):
+            found.append("the Docker engine's event stream is not connected")
+        try:
+            async with asyncio.timeout(timeout):
+                present = await self.image_present()
+        except TimeoutError:
+            found.append(f"the Docker engine does not answer within {timeout:g} s")
+        except Exception as exc:
+            found.append(f"the Docker engine does not answer: {exc}")
+        else:
+            if not present:
+                found.append(f"the sandbox image {self.image} is missing: build it with `make images`")
+        return found
+
     def describe(self) -> dict[str, Any]:
         """For /health."""
         return {

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_OWNER, LABEL_SANDBOX, container_name
+from tests.clients.proxy import CuttableProxy
 from tests.gateways import KEYS, InProcessGateway, create, inside, run
 from tests.provisioned import container_of, containers_labelled, docker_as_the_gateway, engine_of  # noqa: F401
 from tests.waiting import until, until_running, until_status
@@ -241,6 +243,68 @@ print(json.dumps({'home': os.listdir('/home/sandbox'), 'tmp': os.listdir('/tmp')
     assert own["ip"] == "/run/code-gateway/k"
 
 
+# -- what the operator may configure -----------------------------------------------------------
+
+
+async def test_the_operators_docker_options_reach_the_containers(tmp_path: Any, docker_client: Any) -> None:
+    """``docker_host``, ``instance_id``, ``user``, ``network`` and ``run_options``, each seen on the
+    container and from inside it; and /ready follows the engine (reached through a proxy we cut)."""
+    instance = f"test-{uuid.uuid4().hex[:8]}"
+    network = docker_client.networks.create(f"code-gateway-test-{instance}", internal=True)  # nothing outside
+    try:
+        async with CuttableProxy(target_path="/var/run/docker.sock", path=tmp_path / "engine.sock") as engine_proxy, \
+                InProcessGateway(tmp_path / "data", "--allow-network=true",
+                                 f"--DockerProvisioner.docker_host={engine_proxy.url}",
+                                 f"--DockerProvisioner.instance_id={instance}",
+                                 "--DockerProvisioner.user=1234:1234",
+                                 f"--DockerProvisioner.network={network.name}",
+                                 "--DockerProvisioner.run_options=hostname=from-run-options",
+                                 "--DockerProvisioner.run_options=shm_size=32m",
+                                 provisioner="docker") as gateway, \
+                gateway.client("alice") as alice, gateway.client(None) as anonymous:
+            assert (await anonymous.get("/health")).json()["engine"]["instance"] == instance
+            networked = await create(alice, resources={"network": True})
+            isolated = await create(alice)
+            assert engine_proxy.connections > 0  # the gateway reached the engine at docker_host
+            for sandbox in (networked, isolated):
+                container = container_of(docker_client, sandbox["id"])
+                assert container.labels[LABEL_INSTANCE] == instance
+                assert container.attrs["Config"]["User"] == "1234:1234"
+            assert container_of(docker_client, networked["id"]).attrs["HostConfig"]["NetworkMode"] == network.name
+            assert container_of(docker_client, isolated["id"]).attrs["HostConfig"]["NetworkMode"] == "none"
+            facts = await inside(alice, networked["id"], """
+import json, os, socket
+shm = os.statvfs('/dev/shm')
+print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'home_uid': os.stat('.').st_uid,
+                  'hostname': socket.gethostname(), 'shm': shm.f_blocks * shm.f_frsize,
+                  'ifaces': sorted(os.listdir('/sys/class/net'))}))
+""")
+            assert facts == {"uid": 1234, "gid": 1234, "home_uid": 1234, "hostname": "from-run-options",
+                             "shm": 32 << 20, "ifaces": ["eth0", "lo"]}
+            # Files are reached as that user too.
+            assert (await alice.put(f"/api/v1/sandboxes/{isolated['id']}/files/mine", content=b"m")).status_code == 201
+            assert await inside(alice, isolated["id"], "import json, os\nprint(os.stat('mine').st_uid)") == 1234
+
+            assert (await anonymous.get("/ready")).json() == {"ready": True, "problems": []}
+            engine_proxy.down()  # the engine goes away
+            unready = await until(lambda: anonymous.get("/ready"), lambda r: r.status_code == 503,
+                                  what="/ready to say 503", timeout=30)
+            problems = unready.json()["problems"]
+            assert unready.json()["ready"] is False
+            assert "the Docker engine's event stream is not connected" in problems
+            assert any(p.startswith("the Docker engine does not answer") for p in problems), problems
+            engine_proxy.up()  # and comes back: the event stream reconnects by itself
+            ready = await until(lambda: anonymous.get("/ready"), lambda r: r.status_code == 200,
+                                what="/ready to recover", timeout=30)
+            assert ready.json() == {"ready": True, "problems": []}
+            assert (await run(alice, isolated["id"], "1 + 1"))["result"] == {"text/plain": "2"}
+        assert containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance}") == []
+    finally:
+        for leftover in containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance}"):
+            leftover.remove(force=True)
+        network.remove()
+
+
 # -- the engine: one event stream, no thread per sandbox ---------------------------------------
 
 
@@ -299,3 +363,8 @@ async def test_missing_image_is_reported(tmp_path: Any, docker_client: Any) -> N
         assert "no-such-image" in refused.json()["error"]["message"]
         assert "make images" in refused.json()["error"]["message"]
         assert containers_labelled(docker_client, f"{LABEL_INSTANCE}={engine_of(gw).instance_id}") == []
+        async with gw.client(None) as anonymous:
+            ready = await anonymous.get("/ready")  # sandboxes cannot start here: a load balancer should know
+        assert ready.status_code == 503
+        assert ready.json()["problems"] == ["the sandbox image code-gateway/no-such-image:0 is missing: "
+                                            "build it with `make images`"]
