@@ -41,6 +41,7 @@ from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.reaper import SandboxReaper
+from gateway.sandboxes.snapshots import SandboxSnapshots
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 
@@ -139,7 +140,7 @@ class GatewayApp(ConfiguredApp):
         ),
     }
     classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
-               LifetimePolicy, SandboxReaper, KeyRing]
+               LifetimePolicy, SandboxReaper, SandboxSnapshots, KeyRing]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -176,10 +177,13 @@ class GatewayApp(ConfiguredApp):
         self.policy = ResourcePolicy(parent=self)
         self.launcher = KernelLauncher(self.runtime_dir, parent=self)
         await self.launcher.start()
+        commands = SandboxCommands(self.launcher)
+        snapshots = SandboxSnapshots(commands=commands, root=os.path.join(self.data_dir, "paused"),
+                                     kernels_dir=self.launcher.kernels_dir, parent=self)
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
-                                        lifetimes=LifetimePolicy(parent=self), parent=self)
+                                        lifetimes=LifetimePolicy(parent=self), snapshots=snapshots, parent=self)
         await self.sandboxes.start()
-        self.files = SandboxFiles(sandboxes=self.sandboxes, commands=SandboxCommands(self.launcher), parent=self)
+        self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)
         self.mcp = McpService(sandboxes=self.sandboxes, files=self.files)
         await self.mcp.start()
         self.web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,

@@ -102,6 +102,13 @@ class SandboxBusy(GatewayError):
     code = "sandbox_busy"
 
 
+class SandboxPaused(GatewayError):
+    """The sandbox is paused and does not resume by itself (``auto_resume: false``)."""
+
+    status = 409
+    code = "sandbox_paused"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"

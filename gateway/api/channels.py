@@ -72,6 +72,8 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
     async def get(self, kernel_id: str) -> None:
         check_websocket(self, self.allow_origins)
         sandbox = await self.sandboxes.get(kernel_id, self.current_user.username)
+        if sandbox.status == SandboxStatus.PAUSED:  # connecting resumes it (or is 409 without auto_resume)
+            sandbox = await self.sandboxes.ready(kernel_id, self.current_user.username)
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED) or kernel_id not in self.kernel_manager:
             raise SandboxNotFound(kernel_id)
         await super().get(kernel_id)  # type: ignore[no-untyped-call]

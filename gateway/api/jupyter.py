@@ -69,11 +69,12 @@ class JupyterHandler(APIHandler):
         # (a kernel restarted after its death is "restarting", as in Jupyter Server, not "dead")
         alive = km is not None and (sandbox.status == SandboxStatus.RUNNING
                                     or self.sandboxes.locks.under_way(sandbox.id) == "restarting")
+        state = km.execution_state if alive else "idle" if sandbox.status == SandboxStatus.PAUSED else "dead"
         return {
             "id": sandbox.id,
             "name": self.launcher.kernel_name,
             "last_activity": jupyter_time(km.last_activity if km is not None else sandbox.last_active_at),
-            "execution_state": km.execution_state if alive else "dead",
+            "execution_state": state,
             "connections": self.sandboxes.kernels.connections(sandbox.id),
         }
 
@@ -99,8 +100,8 @@ class KernelSpecHandler(JupyterHandler):
 
 class KernelsHandler(JupyterHandler):
     async def get(self) -> None:
-        sandboxes = await self.sandboxes.list_sandboxes(
-            self.user, statuses=[str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED)]
+        sandboxes = await self.sandboxes.list_sandboxes(  # a paused kernel is listed: connecting resumes it
+            self.user, statuses=[str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED), str(SandboxStatus.PAUSED)]
         )
         self.write_json([self.kernel_model(s) for s in sandboxes])
 

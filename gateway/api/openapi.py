@@ -56,6 +56,8 @@ SANDBOX = {
         "idle_timeout": {"type": "number"}, "on_idle": {"enum": ["pause", "terminate"]},
         "auto_resume": {"type": "boolean"},
         "execution_count": {"type": "integer"},
+        "snapshot": {"type": ["object", "null"], "description": "while paused: what was saved"},
+        "restore": {"type": ["object", "null"], "description": "after a resume: files, variables, lost, at"},
     },
 }
 EXECUTION = {
@@ -153,6 +155,14 @@ PATHS: dict[str, Any] = {
         "Interrupt the running execution (state is kept)", {"200": reply("the sandbox", ref("Sandbox"))}),
     "/api/v1/sandboxes/{sandbox_id}/restart": sandbox_action(
         "A fresh kernel, same sandbox", {"200": reply("the sandbox", ref("Sandbox"))}),
+    "/api/v1/sandboxes/{sandbox_id}/pause": sandbox_action(
+        "Save files and variables to the gateway's disk and stop the container (status paused)",
+        {"200": reply("the paused sandbox, with its snapshot", ref("Sandbox")),
+         "507": reply("the saved state would be over the sandbox's disk_mb", ref("Error"))}),
+    "/api/v1/sandboxes/{sandbox_id}/resume": sandbox_action(
+        "Run a paused sandbox again, its files and variables restored (see restore)",
+        {"200": reply("the running sandbox, with its restore report", ref("Sandbox")),
+         "503": reply("the sandbox could not be resumed (it stays paused)", ref("Error"))}),
     "/api/v1/sandboxes/{sandbox_id}/stream": {
         "get": {"summary": "WebSocket: execute and interrupt messages in, output events out",
                 "parameters": [SANDBOX_ID], "responses": {"101": reply("switching to the WebSocket protocol"), **ERRORS}},

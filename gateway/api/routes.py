@@ -31,7 +31,14 @@ from gateway.api.mcp import McpHandler
 from gateway.api.notebooks import NotebookHandler
 from gateway.api.openapi import OpenAPIHandler
 from gateway.api.sockets import SandboxSocketHandler
-from gateway.api.sandboxes import InterruptHandler, RestartHandler, SandboxesHandler, SandboxHandler
+from gateway.api.sandboxes import (
+    InterruptHandler,
+    PauseHandler,
+    RestartHandler,
+    ResumeHandler,
+    SandboxesHandler,
+    SandboxHandler,
+)
 from gateway.auth import KeyRing
 from gateway.mcp.server import McpService
 from gateway.metrics import GatewayMetrics
@@ -58,6 +65,8 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/stream", SandboxSocketHandler, deps),
         (rf"{V1}/sandboxes/{ID}/interrupt", InterruptHandler, deps),
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/pause", PauseHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/resume", ResumeHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),

@@ -1,4 +1,4 @@
-"""Sandbox resources: create, list, show, change (PATCH), delete, interrupt, restart."""
+"""Sandbox resources: create, list, show, change (PATCH), delete, interrupt, restart, pause, resume."""
 
 from __future__ import annotations
 
@@ -89,3 +89,13 @@ class InterruptHandler(SandboxAPIHandler):
 class RestartHandler(SandboxAPIHandler):
     async def post(self, sandbox_id: str) -> None:
         self.write_json((await self.sandboxes.restart(sandbox_id, self.user)).to_public())
+
+
+class PauseHandler(SandboxAPIHandler):
+    async def post(self, sandbox_id: str) -> None:
+        self.write_json((await self.sandboxes.pause(sandbox_id, self.user)).to_public())
+
+
+class ResumeHandler(SandboxAPIHandler):
+    async def post(self, sandbox_id: str) -> None:
+        self.write_json((await self.sandboxes.resume(sandbox_id, self.user)).to_public())

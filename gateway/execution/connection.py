@@ -97,17 +97,20 @@ class KernelConnection:
         self._shell.send(self.client.session.serialize(msg))
         return str(msg["header"]["msg_id"])
 
-    def execute(self, code: str, *, silent: bool = False) -> str:
+    def execute(self, code: str, *, silent: bool = False, expressions: dict[str, str] | None = None) -> str:
         """An ``execute_request`` as the gateway sends them: no stdin (``input()`` fails at once),
         no abort of later requests after an error (each execution stands alone)."""
         return self.send("execute_request", {
-            "code": code, "silent": silent, "store_history": not silent, "user_expressions": {},
+            "code": code, "silent": silent, "store_history": not silent, "user_expressions": expressions or {},
             "allow_stdin": False, "stop_on_error": False,
         })
 
-    async def run_silent(self, code: str, timeout: float) -> None:
-        """Run setup code unseen: no outputs, no history, no execution count; raise if it fails."""
-        msg_id = self.execute(code, silent=True)
+    async def run_silent(self, code: str, timeout: float, expressions: dict[str, str] | None = None) -> dict[str, Any]:
+        """Run setup code unseen: no outputs, no history, no execution count; raise if it fails.
+
+        Returns the values of ``expressions`` (Jupyter's ``user_expressions``), evaluated after the code.
+        """
+        msg_id = self.execute(code, silent=True, expressions=expressions)
         with self.request(msg_id) as replies:
             async with asyncio.timeout(timeout):
                 while True:
@@ -118,6 +121,7 @@ class KernelConnection:
                         break
         if msg["content"].get("status") != "ok":
             raise RuntimeError(f"setup code failed in sandbox {self.sandbox_id}: {msg['content'].get('evalue')}")
+        return dict(msg["content"].get("user_expressions") or {})
 
     @contextlib.contextmanager
     def request(self, msg_id: str) -> Iterator[asyncio.Queue[tuple[str, Any]]]:

@@ -105,7 +105,7 @@ class SandboxFiles(LoggingConfigurable):
 
     async def _start(self, sandbox_id: str, user: str,
                      request: dict[str, Any]) -> tuple[Sandbox, SandboxProcess]:
-        sandbox = await self.sandboxes.get(sandbox_id, user)
+        sandbox = await self.sandboxes.ready(sandbox_id, user)  # a paused sandbox resumes first
         if sandbox.status != SandboxStatus.RUNNING:
             raise SandboxNotRunning(
                 f"sandbox {sandbox_id} is {sandbox.status}: its files are reachable only while it runs"

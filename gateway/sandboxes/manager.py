@@ -30,8 +30,10 @@ from gateway.errors import (
     ExecutionNotFound,
     GatewayError,
     QuotaExceeded,
+    SandboxBusy,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
     SandboxStartFailed,
 )
 from gateway.execution.connection import ConnectTimeout, KernelGone
@@ -46,8 +48,9 @@ from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.locks import LifecycleLocks
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
 from gateway.sandboxes.pool import WarmPool
-from gateway.sandboxes.reaper import EXPIRED, SandboxReaper
+from gateway.sandboxes.reaper import EXPIRED, IDLE, SandboxReaper
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
+from gateway.sandboxes.snapshots import SandboxSnapshots
 from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -108,14 +111,16 @@ class SandboxManager(LoggingConfigurable):
     ).tag(config=True)
 
     def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
-                 lifetimes: LifetimePolicy | None = None, metrics: GatewayMetrics | None = None,
-                 **kwargs: Any) -> None:
+                 lifetimes: LifetimePolicy | None = None, snapshots: SandboxSnapshots | None = None,
+                 metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.metrics = metrics or GatewayMetrics()
         self.launcher = launcher
         self.policy = policy
         self.lifetimes = lifetimes or LifetimePolicy(parent=self)
+        #: Where paused sandboxes keep their files and variables (None: pausing is not possible).
+        self.snapshots = snapshots
         self.settings = RuntimeSettings(
             caps=OutputCaps(self.max_output_bytes, self.max_execution_output_bytes),
             interrupt_grace=self.interrupt_grace,
@@ -156,6 +161,7 @@ class SandboxManager(LoggingConfigurable):
             await self.store.put_execution(execution.to_record())
         for record in await self.store.list_sandboxes(statuses=LIVE):
             await self._recover(Sandbox.from_record(record), busy=record["id"] in busy)
+        await self._recover_paused()
         await self.launcher.remove_orphans(set(self._runtimes))
         self.pool.start()
         self.reaper.start()
@@ -189,8 +195,20 @@ class SandboxManager(LoggingConfigurable):
         self._adopt(sandbox.id, runtime)
         log.info("sandbox %s: re-attached to its kernel", sandbox.id)
 
+    async def _recover_paused(self) -> None:
+        """Paused sandboxes wait on the disk across restarts; saved states nobody owns are removed."""
+        for record in await self.store.list_sandboxes(statuses=[str(SandboxStatus.PAUSED)]):
+            sandbox = Sandbox.from_record(record)
+            if self.snapshots is None or not self.snapshots.exists(sandbox.id):
+                log.error("sandbox %s: paused, but its saved state is gone from the gateway's disk", sandbox.id)
+                await self._end(sandbox, "snapshot_lost")
+                continue
+            self._sandboxes[sandbox.id] = sandbox
+        if self.snapshots is not None:
+            self.snapshots.keep_only({s.id for s in self._sandboxes.values() if s.status == SandboxStatus.PAUSED})
+
     async def stop(self) -> None:
-        """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``)."""
+        """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``); paused ones stay paused."""
         await self.reaper.stop()
         await self.pool.stop()
         if self._activity_timer is not None:
@@ -344,7 +362,7 @@ class SandboxManager(LoggingConfigurable):
     def _check_quota(self, owner: str) -> None:
         if not self.max_sandboxes_per_user:
             return
-        held = sum(1 for s in self._sandboxes.values() if s.owner == owner)
+        held = sum(1 for s in self._sandboxes.values() if s.owner == owner and s.status != SandboxStatus.PAUSED)
         if held >= self.max_sandboxes_per_user:
             raise QuotaExceeded(
                 f"user {owner!r} already has {held} live sandboxes (the limit is {self.max_sandboxes_per_user})"
@@ -396,6 +414,18 @@ class SandboxManager(LoggingConfigurable):
         if reason == EXPIRED:
             log.info("sandbox %s: expired (its lifetime ended at %s)", sandbox.id, timestamps.to_iso(sandbox.expires_at))
             await self._terminate(sandbox, EXPIRED, cancel_code="sandbox_expired")
+            return
+        if sandbox.status == SandboxStatus.RUNNING and sandbox.on_idle == "pause" and self.snapshots is not None:
+            log.info("sandbox %s: idle for %g s; pausing it", sandbox.id, sandbox.idle_timeout)
+            try:
+                async with self.locks.hold(sandbox.id, "pausing"):
+                    await self._pause(sandbox, IDLE)
+            except SandboxBusy:
+                pass  # work arrived meanwhile: it is not idle any more
+            except GatewayError as exc:
+                # It keeps running (nothing is lost) and is tried again after another idle timeout.
+                log.warning("sandbox %s: could not pause it (%s)", sandbox.id, exc.message)
+                sandbox.touch()
             return
         # A failed sandbox has no kernel left to pause: it is terminated whatever on_idle says.
         log.info("sandbox %s: idle for %g s; terminating it", sandbox.id, sandbox.idle_timeout)
@@ -457,7 +487,10 @@ class SandboxManager(LoggingConfigurable):
         sandbox.status_reason = reason
         sandbox.terminated_at = timestamps.now()
         sandbox.kernel = {}
+        sandbox.snapshot = None
         await self.store.put_sandbox(sandbox.to_record())
+        if self.snapshots is not None:
+            self.snapshots.remove(sandbox.id)  # after the record: a crash in between leaves an orphan, not a hole
 
     def _exit_handler(self, sandbox: Sandbox) -> Any:
         def on_exit(reason: str) -> None:
@@ -488,8 +521,21 @@ class SandboxManager(LoggingConfigurable):
             except Exception:  # (logged and recorded as restart_failed by _restart)
                 self.kernels.announce(sandbox.id, "dead")
 
-    async def _runtime(self, sandbox_id: str, user: str, *, allow_failed: bool = False) -> tuple[Sandbox, SandboxRuntime]:
+    async def _runtime(self, sandbox_id: str, user: str, *, allow_failed: bool = False, wake: bool = True,
+                       settle: bool = True, locked: bool = False) -> tuple[Sandbox, SandboxRuntime]:
+        """The sandbox and its runtime, ready for work; a paused sandbox is resumed first (``auto_resume``).
+
+        ``settle``: wait for a lifecycle operation under way (a pause, say) to finish first.
+        ``locked``: the caller holds the sandbox's lifecycle lock already. ``wake=False``: a paused
+        sandbox is an error (``SandboxPaused``), not resumed.
+        """
+        if settle and not locked:
+            await self._settled(sandbox_id)
         sandbox = await self.get(sandbox_id, user)
+        if sandbox.status == SandboxStatus.PAUSED:
+            if not wake:
+                raise SandboxPaused(f"sandbox {sandbox_id} is paused: nothing runs in it")
+            await self._wake(sandbox, locked=locked)
         runtime = self._runtimes.get(sandbox_id)
         if runtime is None or sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}")
@@ -500,8 +546,109 @@ class SandboxManager(LoggingConfigurable):
             )
         return sandbox, runtime
 
+    async def _settled(self, sandbox_id: str) -> None:
+        """Return once no lifecycle operation of the sandbox is under way (at once if none is)."""
+        if self.locks.under_way(sandbox_id) is not None:
+            async with self.locks.hold(sandbox_id, "waiting for a lifecycle operation"):
+                pass
+
+    async def _wake(self, sandbox: Sandbox, *, locked: bool = False) -> None:
+        """Resume a paused sandbox for work that arrived, if it allows that (else ``SandboxPaused``)."""
+        if not sandbox.auto_resume:
+            raise SandboxPaused(
+                f"sandbox {sandbox.id} is paused and does not resume by itself (auto_resume is false); "
+                f"POST /api/v1/sandboxes/{sandbox.id}/resume first"
+            )
+        if locked:
+            await self._resume(sandbox)
+            return
+        async with self.locks.hold(sandbox.id, "resuming"):
+            if sandbox.status == SandboxStatus.PAUSED:
+                await self._resume(sandbox)
+
+    async def ready(self, sandbox_id: str, user: str) -> Sandbox:
+        """The sandbox once it can take work (resumed if paused and allowed); for files and Jupyter channels."""
+        sandbox, _ = await self._runtime(sandbox_id, user, allow_failed=True)
+        sandbox.touch()
+        return sandbox
+
+    # -- pause and resume ------------------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str, user: str) -> Sandbox:
+        """Save the sandbox's files and variables to the gateway's disk and stop its container."""
+        sandbox = await self.get(sandbox_id, user)
+        async with self.locks.hold(sandbox_id, "pausing"):
+            await self._pause(sandbox, None)
+        return sandbox
+
+    async def _pause(self, sandbox: Sandbox, reason: str | None) -> None:
+        if sandbox.status == SandboxStatus.PAUSED:
+            return
+        runtime = self._runtimes.get(sandbox.id)
+        if sandbox.status != SandboxStatus.RUNNING or runtime is None:
+            raise SandboxNotRunning(f"sandbox {sandbox.id} is {sandbox.status}: only a running sandbox can be paused")
+        if self.snapshots is None:
+            raise SandboxNotRunning("this gateway has no place to keep paused sandboxes")
+        if runtime.busy or any(r.execution.sandbox_id == sandbox.id for r in self._running.values()):
+            raise SandboxBusy(f"sandbox {sandbox.id} is running code: interrupt it or wait for it, then pause")
+        began = time.monotonic()
+        sandbox.snapshot = await self.snapshots.save(sandbox, runtime)
+        self._release(sandbox.id)
+        sandbox.status = SandboxStatus.PAUSED
+        sandbox.status_reason = reason
+        sandbox.kernel = {}
+        await self.store.put_sandbox(sandbox.to_record())
+        await self.store.flush()  # paused for good before the container goes
+        try:
+            await runtime.close()
+        except Exception:
+            log.exception("sandbox %s: could not stop its container after pausing", sandbox.id)
+        log.info("sandbox %s: paused%s in %.2f s (%d files, %d variables, %d lost)", sandbox.id,
+                 f" ({reason})" if reason else "", time.monotonic() - began, sandbox.snapshot["files"],
+                 len(sandbox.snapshot["variables"]), len(sandbox.snapshot["lost"]))
+
+    async def resume(self, sandbox_id: str, user: str) -> Sandbox:
+        """A paused sandbox running again, its files and variables restored (``restore`` says what came back)."""
+        sandbox = await self.get(sandbox_id, user)
+        async with self.locks.hold(sandbox_id, "resuming"):
+            if sandbox.status == SandboxStatus.PAUSED:
+                await self._resume(sandbox)
+            elif sandbox.status != SandboxStatus.RUNNING:
+                raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}: only a paused sandbox resumes")
+        return sandbox
+
+    async def _resume(self, sandbox: Sandbox) -> None:
+        assert self.snapshots is not None
+        began = time.monotonic()
+        try:
+            runtime = await self._start_runtime(sandbox)
+        except Exception as exc:
+            log.exception("sandbox %s: could not start its container to resume", sandbox.id)
+            sandbox.kernel = {}
+            raise SandboxStartFailed(f"the sandbox could not be resumed: {exc}") from None
+        try:
+            report = await self.snapshots.restore(sandbox, runtime)
+        except Exception as exc:
+            log.exception("sandbox %s: could not restore its saved state", sandbox.id)
+            await runtime.close()
+            sandbox.kernel = {}
+            message = exc.message if isinstance(exc, GatewayError) else str(exc)
+            raise SandboxStartFailed(f"the sandbox could not be resumed (it stays paused): {message}") from None
+        sandbox.status = SandboxStatus.RUNNING
+        sandbox.status_reason = None
+        sandbox.restore = report
+        sandbox.snapshot = None
+        sandbox.touch()
+        self._adopt(sandbox.id, runtime)
+        await self.store.put_sandbox(sandbox.to_record())
+        await self.store.flush()  # running again for good before the saved state goes
+        self.snapshots.remove(sandbox.id)
+        self.metrics.sandbox_starts.labels(source="resume").observe(time.monotonic() - began)
+        log.info("sandbox %s: resumed in %.2f s (%d files, %d variables, %d lost)", sandbox.id,
+                 time.monotonic() - began, report["files"], len(report["variables"]), len(report["lost"]))
+
     async def interrupt(self, sandbox_id: str, user: str) -> Sandbox:
-        sandbox, runtime = await self._runtime(sandbox_id, user)
+        sandbox, runtime = await self._runtime(sandbox_id, user, wake=False, settle=False)
         # A signal reaching a kernel that is being started kills it: refuse rather than wait (the
         # restart or delete under way cancels the running execution anyway).
         self.locks.refuse_while_busy(sandbox_id, "interrupt")
@@ -527,7 +674,7 @@ class SandboxManager(LoggingConfigurable):
             return await self._restart(sandbox_id, user)
 
     async def _restart(self, sandbox_id: str, user: str) -> Sandbox:
-        sandbox, runtime = await self._runtime(sandbox_id, user, allow_failed=True)
+        sandbox, runtime = await self._runtime(sandbox_id, user, allow_failed=True, locked=True)
         try:
             await runtime.restart()
         except Exception as exc:
@@ -644,4 +791,5 @@ class SandboxManager(LoggingConfigurable):
         return sum(1 for runtime in self._runtimes.values() if runtime.busy)
 
     def counts(self) -> dict[str, Any]:
-        return {"live": len(self._runtimes), "busy": self.busy(), "executions_in_flight": len(self._running)}
+        return {"live": len(self._runtimes), "busy": self.busy(), "executions_in_flight": len(self._running),
+                "paused": sum(1 for s in self._sandboxes.values() if s.status == SandboxStatus.PAUSED)}

@@ -83,6 +83,10 @@ class Sandbox:
     auto_resume: bool = True
     #: Executions run in this sandbox so far (across restarts).
     execution_count: int = 0
+    #: While paused: what was saved (``files``, ``bytes``, ``variables``, ``modules``, ``lost``, ``at``).
+    snapshot: dict[str, Any] | None = None
+    #: After a resume: what came back (``files``, ``variables``, ``lost``, ``at``).
+    restore: dict[str, Any] | None = None
     kernel: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def touch(self) -> None:
@@ -113,6 +117,8 @@ class Sandbox:
             "on_idle": self.on_idle,
             "auto_resume": self.auto_resume,
             "execution_count": self.execution_count,
+            "snapshot": self.snapshot,
+            "restore": self.restore,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -140,5 +146,7 @@ class Sandbox:
             on_idle=record.get("on_idle", "pause"),
             auto_resume=record.get("auto_resume", True),
             execution_count=record.get("execution_count", 0),
+            snapshot=record.get("snapshot"),
+            restore=record.get("restore"),
             kernel=record.get("kernel") or {},
         )

@@ -42,9 +42,7 @@ def due(sandbox: Sandbox, now: datetime, *, active: bool) -> str | None:
         return None
     if sandbox.expires_at is not None and now >= sandbox.expires_at:
         return EXPIRED
-    idles = sandbox.status == SandboxStatus.FAILED or (
-        sandbox.status == SandboxStatus.RUNNING and sandbox.on_idle == "terminate")
-    if idles and not active:
+    if sandbox.status in (SandboxStatus.RUNNING, SandboxStatus.FAILED) and not active:
         if now - sandbox.last_active_at >= timedelta(seconds=sandbox.idle_timeout):
             return IDLE
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime
@@ -13,7 +14,7 @@ import websockets
 
 from tests.gateways import InProcessGateway, auth, create, run
 from tests.provisioned import PROVISIONERS, gateway_for
-from tests.waiting import until
+from tests.waiting import executions_of, until
 
 
 def moment(text: str) -> datetime:
@@ -62,36 +63,45 @@ async def test_wrong_types_are_400(alice: httpx.AsyncClient) -> None:
         assert next(iter(body)) in response.json()["error"]["message"]
 
 
+async def stream_lines(client: httpx.AsyncClient, sandbox_id: str, code: str) -> list[dict[str, Any]]:
+    async with client.stream("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, "timeout": 120},
+                             headers={"Accept": "application/x-ndjson"}) as response:
+        assert response.status_code == 200
+        return [json.loads(line) async for line in response.aiter_lines() if line.strip()]
+
+
 @pytest.mark.parametrize("provisioner", PROVISIONERS)
 async def test_expiry_ends_the_sandbox_and_cancels_its_running_execution(provisioner: str, tmp_path: Any) -> None:
     async with gateway_for(provisioner, tmp_path) as gateway, gateway.client("alice") as alice:
-        sandbox = await create(alice, lifetime=3)
-        sid = sandbox["id"]
+        sid = (await create(alice, lifetime=600))["id"]
         # A client streaming at that moment gets the final event saying why the execution ended.
-        async with alice.stream("POST", f"/api/v1/sandboxes/{sid}/execute", headers={"Accept": "application/x-ndjson"},
-                                json={"code": "import time\nprint('started', flush=True)\ntime.sleep(120)",
-                                      "timeout": 120}) as response:
-            assert response.status_code == 200
-            events = [json.loads(line) async for line in response.aiter_lines() if line.strip()]
+        streaming = asyncio.create_task(stream_lines(alice, sid, "import time\nprint('started', flush=True)\n"
+                                                                "time.sleep(120)"))
+        await until(lambda: executions_of(alice, sid), lambda e: bool(e) and "started" in e[-1]["stdout"],
+                    what="the execution to run")
+        shortened = (await alice.patch(f"/api/v1/sandboxes/{sid}", json={"lifetime": 1})).json()
+        events = await streaming
         final = events[-1]
         assert final["type"] == "execution"
         assert final["execution"]["status"] == "cancelled"
         assert final["execution"]["error"]["code"] == "sandbox_expired"
         assert final["execution"]["stdout"] == "started\n"
         ended_sandbox = await until_ended(alice, sid, "expired")
-        assert moment(ended_sandbox["terminated_at"]) >= moment(sandbox["expires_at"])
+        assert moment(ended_sandbox["terminated_at"]) >= moment(shortened["expires_at"])
         refused = await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "1"})
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "sandbox_not_running"
 
 
 async def test_patch_extends_the_lifetime_from_now_and_replaces_metadata(alice: httpx.AsyncClient) -> None:
-    sid = (await create(alice, lifetime=2, metadata={"a": 1}))["id"]
+    created = await create(alice, lifetime=30, metadata={"a": 1})
+    sid = created["id"]
     response = await alice.patch(f"/api/v1/sandboxes/{sid}", json={"lifetime": 600, "metadata": {"b": 2}})
     assert response.status_code == 200, response.text
     patched = response.json()
     assert 599 <= (moment(patched["expires_at"]) - moment(patched["last_active_at"])).total_seconds() <= 601
+    assert moment(patched["expires_at"]) > moment(created["expires_at"])
     assert patched["metadata"] == {"b": 2}
-    assert (await run(alice, sid, "1 + 1"))["result"] == {"text/plain": "2"}  # well past the first 2 s is fine
+    assert (await run(alice, sid, "1 + 1"))["result"] == {"text/plain": "2"}
     # and it still ends, at the new time: made short again, it expires.
     assert (await alice.patch(f"/api/v1/sandboxes/{sid}", json={"lifetime": 1})).status_code == 200
     await until_ended(alice, sid, "expired")
@@ -111,7 +121,8 @@ async def test_patch_refuses_bad_values_and_changes_nothing(alice: httpx.AsyncCl
 
 
 async def test_idle_sandbox_is_terminated_when_asked_and_activity_postpones_it(alice: httpx.AsyncClient) -> None:
-    sid = (await create(alice, idle_timeout=2, on_idle="terminate"))["id"]
+    sid = (await create(alice, on_idle="terminate"))["id"]
+    assert (await alice.patch(f"/api/v1/sandboxes/{sid}", json={"idle_timeout": 2})).status_code == 200
     # An execution running longer than the idle timeout is activity: the sandbox stays.
     long = await run(alice, sid, "import time; time.sleep(3.5); 'done'")
     assert long["status"] == "completed"
@@ -133,9 +144,10 @@ async def sweeps_past(gateway: InProcessGateway, client: httpx.AsyncClient, sand
 async def test_a_connected_websocket_keeps_its_sandbox_from_idling(
     gateway: InProcessGateway, alice: httpx.AsyncClient
 ) -> None:
-    sid = (await create(alice, idle_timeout=1, on_idle="terminate"))["id"]
+    sid = (await create(alice, on_idle="terminate"))["id"]
     url = gateway.url.replace("http", "ws") + f"/api/v1/sandboxes/{sid}/stream"
     async with websockets.connect(url, additional_headers=auth("alice")):
+        assert (await alice.patch(f"/api/v1/sandboxes/{sid}", json={"idle_timeout": 1})).status_code == 200
         await sweeps_past(gateway, alice, sid)
         assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "running"
     await until_ended(alice, sid, "idle")
