@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from tests.gateways import InProcessGateway, run
-from tests.waiting import pool_state
+import pytest
+
+from tests.gateways import InProcessGateway, create, run
+from tests.waiting import HOLD, pool_state, release, until, until_running
 
 # Other tests load this 2-core machine; the pool must refill here regardless.
 NEVER_SATURATED = "--WarmPool.max_load_per_core=1000"
@@ -49,3 +52,25 @@ async def test_pool_size_zero_turns_it_off(gateway: InProcessGateway) -> None:
     async with gateway.client(None) as client:
         state = (await client.get("/health")).json()["pool"]
     assert state["size"] == 0 and state["ready"] == 0 and not state["starting"]
+
+
+async def test_refilling_waits_while_every_core_is_busy(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the gateway sees two cores (as CI has): two busy sandboxes fill them
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1", NEVER_SATURATED) as gateway, \
+            gateway.client() as alice:
+        await pool_state(alice, ready=1)
+        first = await create(alice)  # from the pool, which refills: nothing is busy
+        await pool_state(alice, ready=1)
+        second = await create(alice, resources={"memory_mb": 1024})  # does not fit the pool: started cold
+        held = [await until_running(alice, sandbox["id"], HOLD) for sandbox in (first, second)]
+        assert (await alice.get("/health")).json()["sandboxes"]["busy"] == 2
+        await create(alice)  # takes the pooled one; refilling must wait for a free core
+        state = await until(lambda: alice.get("/health"), lambda r: r.json()["pool"]["paused"] is not None,
+                            what="the pool to pause")
+        assert state.json()["pool"] == {**state.json()["pool"], "paused": "the machine is saturated", "ready": 0,
+                                        "starting": False, "claimed": 2}
+        for sandbox in (first, second):
+            await release(alice, sandbox["id"])
+        assert [(await execution)["status"] for execution in held] == ["completed", "completed"]
+        refilled = await pool_state(alice, ready=1)  # a core is free again
+        assert refilled["paused"] is None and refilled["claimed"] == 2

@@ -138,6 +138,26 @@ async def test_svg_figures_when_the_sandbox_asks(alice: httpx.AsyncClient) -> No
     assert bad.status_code == 400 and "figure_formats" in bad.json()["error"]["message"]
 
 
+async def test_retina_jpeg_and_pdf_figures(alice: httpx.AsyncClient) -> None:
+    sandbox = await create(alice, figure_formats=["retina", "jpeg", "pdf"])
+    assert sandbox["figure_formats"] == ["retina", "jpeg", "pdf"]
+    code = "import matplotlib.pyplot as plt\nplt.figure(figsize=(3, 2), dpi=100)\nplt.plot([1, 3, 2])\nplt.show()"
+    execution = await run(alice, sandbox["id"], code)
+    assert execution["status"] == "completed" and execution["stderr"] == "", execution
+    [output] = execution["outputs"]
+    data = output["data"]
+    assert set(data) == {"image/png", "image/jpeg", "application/pdf", "text/plain"}
+    # retina: a PNG of twice the pixels, shown at the figure's size.
+    width, height = png_size(data["image/png"])
+    shown = output["metadata"]["image/png"]
+    assert (width // 2, height // 2) == (shown["width"], shown["height"])
+    assert 250 <= shown["width"] <= 300 and 170 <= shown["height"] <= 200
+    jpeg = base64.b64decode(data["image/jpeg"])
+    assert jpeg.startswith(b"\xff\xd8\xff") and jpeg.endswith(b"\xff\xd9")
+    pdf = base64.b64decode(data["application/pdf"])
+    assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-32:]
+
+
 async def test_dataframe_html_text_and_table_json(alice: httpx.AsyncClient) -> None:
     sandbox = await create(alice)
     code = (
