@@ -32,6 +32,7 @@ from gateway.api.server import NoDelayHTTPServer
 from gateway.auth import KeyRing
 from gateway.config import env_config
 from gateway.mcp.server import McpService
+from gateway.metrics import GatewayMetrics
 from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
 from gateway.sandboxes.lifetimes import LifetimePolicy
@@ -175,13 +176,15 @@ class GatewayApp(ConfiguredApp):
         self.keyring = KeyRing(store=self.store, parent=self)
         await self.keyring.start()
         self.policy = ResourcePolicy(parent=self)
-        self.launcher = KernelLauncher(self.runtime_dir, parent=self)
+        self.metrics = GatewayMetrics()
+        self.launcher = KernelLauncher(self.runtime_dir, metrics=self.metrics, parent=self)
         await self.launcher.start()
         commands = SandboxCommands(self.launcher)
         snapshots = SandboxSnapshots(commands=commands, root=os.path.join(self.data_dir, "paused"),
                                      kernels_dir=self.launcher.kernels_dir, parent=self)
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
-                                        lifetimes=LifetimePolicy(parent=self), snapshots=snapshots, parent=self)
+                                        lifetimes=LifetimePolicy(parent=self), snapshots=snapshots,
+                                        metrics=self.metrics, parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)
         self.mcp = McpService(sandboxes=self.sandboxes, files=self.files)

@@ -38,6 +38,11 @@ class GatewayMetrics:
             "code_gateway_sandbox_exits", "Kernels that went away on their own, by reason", ["reason"],
             registry=self.registry,
         )
+        self.kernel_messages_dropped = Counter(
+            "code_gateway_kernel_messages_dropped",
+            "Kernel messages dropped unread: malformed, or not signed with the sandbox's key", ["reason"],
+            registry=self.registry,
+        )
         self.requests = Histogram(
             "code_gateway_http_request_seconds", "HTTP requests served, by method and status",
             ["method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,

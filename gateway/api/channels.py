@@ -2,8 +2,10 @@
 
 Both the default JSON protocol and ``v1.kernel.websocket.jupyter.org`` work, with message
 signing, ``kernel_info`` nudging and restart notices as in Jupyter Server itself. What we add:
-who the caller is (our API keys), that the kernel is one of *their* sandboxes, JSON errors, and
-no iopub data-rate limit (large plots are never dropped; output is capped per execution instead).
+who the caller is (our API keys), that the kernel is one of *their* sandboxes, JSON errors, no
+iopub data-rate limit (large plots are never dropped; output is capped per execution instead),
+and that every message relayed to the client passed the sandbox's ``MessageGate`` (jupyter_server
+relays ``v1.kernel.websocket.jupyter.org`` frames without checking their signature at all).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.identity import IdentityProvider, User
+from tornado.websocket import WebSocketClosedError
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from traitlets import Bool
@@ -19,6 +22,7 @@ from traitlets import Bool
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, Unauthorized
+from gateway.execution.messages import MALFORMED, BadMessage
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
 
@@ -51,6 +55,24 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
     def multi_kernel_manager(self) -> Any:
         # jupyter_server assumes the kernel manager's parent is the mapping manager; ours is the launcher.
         return self.websocket_handler.kernel_manager
+
+    def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
+        """Relay a kernel message only if it is well-formed and signed with this sandbox's key.
+
+        Anything else (garbage, or a message signed with another key) is dropped and counted, and
+        so is a signed message jupyter_server's own code fails on (its errors would be logged
+        with a traceback each: a kernel could flood the log with them).
+        """
+        channel = stream if isinstance(stream, str) else str(getattr(stream, "channel", "?"))
+        gate = self.kernel_manager.messages
+        if gate.admit(channel, outgoing_msg) is None:
+            return
+        try:
+            super().handle_outgoing_message(stream, outgoing_msg)
+        except WebSocketClosedError:
+            pass  # the client left; the connection is being closed
+        except Exception as exc:
+            gate.drop(channel, BadMessage(MALFORMED, f"not relayable ({exc!r})"))
 
 
 class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):

@@ -1,14 +1,17 @@
 """One long-lived kernel client per sandbox, routing every reply to the request that caused it.
 
-    connection = KernelConnection(kernel_manager.client(), sandbox_id)
+    connection = KernelConnection(kernel_manager.client(), kernel_manager.messages)
     await connection.open(timeout=30)
     with connection.request(connection.execute(code)) as replies:
         channel, msg = await replies.get()      # ("iopub" | "shell", message), in arrival order
 
 Each channel is read as soon as the event loop sees its socket readable (``SocketReader``), so a
-request pays no polling cost, and messages are filtered by their parent ``msg_id`` (as jupyter_client's own execute loop does): output that
-other clients of the same kernel cause (the Jupyter WebSocket, say) never mixes in.
-When the kernel dies, ``fail()`` wakes every waiting request with ``KernelGone``.
+request pays no polling cost, and at most ``SocketReader.batch`` messages are read per wake-up
+(a kernel flooding its sockets cannot starve the rest of the gateway). Every message passes the
+sandbox's ``MessageGate`` (well-formed, signed with its key) and is then filtered by its parent
+``msg_id`` (as jupyter_client's own execute loop does): output that other clients of the same
+kernel cause (the Jupyter WebSocket, say) never mixes in. When the kernel dies, ``fail()`` wakes
+every waiting request with ``KernelGone``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
-from gateway.execution.messages import BadMessage, Message, decode
+from gateway.execution.messages import MALFORMED, BadMessage, Message, MessageGate
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,11 @@ class ConnectTimeout(Exception):
 
 
 class KernelConnection:
-    def __init__(self, client: AsyncKernelClient, sandbox_id: str,
+    def __init__(self, client: AsyncKernelClient, gate: MessageGate,
                  on_iopub: Callable[[Message], None] | None = None) -> None:
         self.client = client
-        self.sandbox_id = sandbox_id
+        self.gate = gate
+        self.sandbox_id = gate.sandbox_id
         #: Sees every iopub message, whoever caused it (the runtime tracks kernel activity with it).
         self.on_iopub = on_iopub
         self.kernel_info: dict[str, Any] = {}
@@ -155,20 +159,23 @@ class KernelConnection:
         self.client.iopub_channel.stop()
 
     def _receiver(self, channel_name: str) -> Callable[[list[bytes]], None]:
-        session = self.client.session
+        gate = self.gate
         iopub = channel_name == "iopub"
 
         def receive(frames: list[bytes]) -> None:
+            message = gate.admit(channel_name, frames)
+            if message is None:
+                return
             try:
-                message = decode(session, frames)
                 if iopub and self.on_iopub is not None:
                     self.on_iopub(message)
                 replies = self._waiting.get(message.parent_id)
                 if replies is not None:
                     replies.put_nowait((channel_name, message.full()))
-            except (BadMessage, ValueError, KeyError):  # a bad message must not stop the reader
-                log.warning("sandbox %s: dropped an unreadable %s message", self.sandbox_id, channel_name,
-                            exc_info=True)
+            except BadMessage as bad:  # its content or metadata is unreadable
+                gate.drop(channel_name, bad)
+            except Exception as exc:  # whatever a signed message holds, the reader goes on
+                gate.drop(channel_name, BadMessage(MALFORMED, f"unreadable ({exc!r})"))
 
         return receive
 
@@ -177,24 +184,34 @@ class SocketReader:
     """Reads a ZMQ socket straight from the event loop's selector.
 
     pyzmq's asyncio sockets make a future (and several callbacks) per received message; here the
-    socket's file descriptor wakes the loop and every waiting message is read at once, without
-    blocking. ZMQ's descriptor only signals a change: after each read or send, ``ZMQ_EVENTS``
-    must be asked again until no message is left (so a send re-checks too).
+    socket's file descriptor wakes the loop and waiting messages are read without blocking, at
+    most ``batch`` per turn of the loop (the rest on the next turn, after other callbacks).
+    ZMQ's descriptor only signals a change: after each read or send, ``ZMQ_EVENTS`` must be
+    asked again until no message is left (so a send re-checks too), and a turn that stops early
+    schedules the next one itself.
     """
+
+    batch = 256
 
     def __init__(self, socket: zmq.asyncio.Socket, receive: Callable[[list[bytes]], None],
                  loop: asyncio.AbstractEventLoop) -> None:
         self.socket: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)  # the same socket, without asyncio
         self.receive = receive
         self.loop = loop
-        self.fd = cast(int, self.socket.getsockopt(zmq.FD))
+        self.fd = int(self.socket.getsockopt(zmq.FD))
+        self._stopped = False
         loop.add_reader(self.fd, self.drain)
         loop.call_soon(self.drain)  # messages may be waiting already
 
     def drain(self) -> None:
+        if self._stopped:
+            return
         try:
-            while cast(int, self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            for _ in range(self.batch):
+                if not int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    return
                 self.receive(self.socket.recv_multipart(zmq.NOBLOCK))
+            self.loop.call_soon(self.drain)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EAGAIN and not self.socket.closed:
                 log.warning("kernel socket read failed: %s", exc)
@@ -205,4 +222,5 @@ class SocketReader:
         self.loop.call_soon(self.drain)
 
     def stop(self) -> None:
+        self._stopped = True
         self.loop.remove_reader(self.fd)

@@ -1,26 +1,56 @@
-"""Decoding kernel messages on the hot path, lazily.
+"""Kernel messages on the hot path: decoded lazily, admitted only if signed with the sandbox's key.
 
 jupyter_client's ``Session.deserialize`` parses every part of every message and turns each
 header date into a ``datetime`` (about 50 µs a message). The gateway reads every iopub message
 of a kernel, including those meant for other clients, and needs dates never. ``decode`` checks
 the signature like ``Session`` does, parses the headers, and parses content only when asked.
 
-    frames = await socket.recv_multipart()
-    message = decode(session, frames)
-    if message.parent_id in waiting: msg = message.full()
+Everything a kernel sends is untrusted: the code in a sandbox can write any bytes onto its
+kernel's sockets. ``MessageGate`` is the one check every relayed message passes (our own
+reader, and jupyter_server's channels WebSocket in both protocols)::
+
+    gate = MessageGate(sandbox_id, session, dropped=metrics.kernel_messages_dropped)
+    message = gate.admit("iopub", frames)      # None: dropped, counted, logged at most once a minute
+    if message is not None and message.parent_id in waiting: msg = message.full()
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_client.session import DELIM, Session
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+#: Why a message was dropped (the ``reason`` label of the dropped-messages counter).
+MALFORMED = "malformed"
+BAD_SIGNATURE = "bad_signature"
 
 
 class BadMessage(ValueError):
-    """Not a kernel message (no delimiter, too few parts) or not signed with the session key."""
+    """Not a kernel message we can read (``MALFORMED``) or not signed with the sandbox's key (``BAD_SIGNATURE``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _object(part: bytes, what: str) -> dict[str, Any]:
+    """One JSON part that must be an object."""
+    try:
+        value = json.loads(part)
+    except ValueError:  # bad JSON or bad UTF-8
+        raise BadMessage(MALFORMED, f"the {what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise BadMessage(MALFORMED, f"the {what} is not a JSON object")
+    return value
 
 
 class Message:
@@ -34,18 +64,17 @@ class Message:
 
     @property
     def msg_type(self) -> str:
-        msg_type: str = self.header.get("msg_type", "")
-        return msg_type
+        return str(self.header["msg_type"])
 
     @property
     def parent_id(self) -> str:
-        msg_id: str = self.parent_header.get("msg_id", "")
-        return msg_id
+        return str(self.parent_header.get("msg_id", ""))
 
     @property
     def content(self) -> dict[str, Any]:
+        """The parsed content; ``BadMessage`` if it is not a JSON object."""
         if self._content is None:
-            self._content = json.loads(self.parts[4])
+            self._content = _object(self.parts[4], "content")
         return self._content
 
     def full(self) -> dict[str, Any]:
@@ -53,7 +82,7 @@ class Message:
         return {
             "header": self.header,
             "parent_header": self.parent_header,
-            "metadata": json.loads(self.parts[3]),
+            "metadata": _object(self.parts[3], "metadata"),
             "content": self.content,
             "buffers": self.parts[5:],
             "msg_id": self.header.get("msg_id"),
@@ -62,12 +91,66 @@ class Message:
 
 
 def decode(session: Session, frames: list[bytes]) -> Message:
+    """The message in ``frames`` (identities first), or ``BadMessage``. The signature is checked first."""
     try:
         parts = frames[frames.index(DELIM) + 1:]
     except ValueError:
-        raise BadMessage("no delimiter") from None
+        raise BadMessage(MALFORMED, "no delimiter") from None
     if len(parts) < 5:
-        raise BadMessage(f"{len(parts)} parts, at least 5 expected")
-    if session.auth is not None and not hmac.compare_digest(parts[0], session.sign(parts[1:5])):
-        raise BadMessage("invalid signature")
-    return Message(parts, json.loads(parts[1]), json.loads(parts[2]))
+        raise BadMessage(MALFORMED, f"{len(parts)} parts, at least 5 expected")
+    if session.auth is None:
+        raise BadMessage(BAD_SIGNATURE, "no key to check the signature with")
+    if not hmac.compare_digest(parts[0], session.sign(parts[1:5])):
+        raise BadMessage(BAD_SIGNATURE, "not signed with the sandbox's key")
+    header = _object(parts[1], "header")
+    parent_header = _object(parts[2], "parent header")
+    if not isinstance(header.get("msg_type"), str) or not isinstance(parent_header.get("msg_id", ""), str):
+        raise BadMessage(MALFORMED, "the header has no msg_type, or the parent's msg_id is not a string")
+    return Message(parts, header, parent_header)
+
+
+class MessageGate:
+    """What every message from one sandbox's kernel passes before anything reads or relays it.
+
+    A message that is not a kernel message, or not signed with this sandbox's key (say, one that
+    code in the sandbox forged, or one from another tenant's kernel), is dropped and counted.
+    Drops are logged at most once per ``log_interval`` seconds, with their count, so a kernel
+    flooding its sockets with garbage cannot flood the log.
+    """
+
+    def __init__(self, sandbox_id: str, session: Session, *, dropped: Counter | None = None,
+                 log_interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sandbox_id = sandbox_id
+        #: The kernel manager's own session: its key is the sandbox's (loaded again at re-attach).
+        self.session = session
+        self.dropped = dropped
+        self.log_interval = log_interval
+        self.clock = clock
+        #: Every message dropped so far.
+        self.drops = 0
+        self._unreported: dict[str, int] = {}
+        self._quiet_until = float("-inf")
+
+    def admit(self, channel: str, frames: list[bytes]) -> Message | None:
+        """The decoded message, or None if it was dropped."""
+        try:
+            return decode(self.session, frames)
+        except BadMessage as bad:
+            self.drop(channel, bad)
+            return None
+
+    def drop(self, channel: str, bad: BadMessage) -> None:
+        """Count a message that failed a check (also for checks made after ``admit``, on content)."""
+        self.drops += 1
+        if self.dropped is not None:
+            self.dropped.labels(reason=bad.reason).inc()
+        self._unreported[bad.reason] = self._unreported.get(bad.reason, 0) + 1
+        now = self.clock()
+        if now < self._quiet_until:
+            return
+        counts = ", ".join(f"{count} {reason}" for reason, count in sorted(self._unreported.items()))
+        log.warning("sandbox %s: dropped kernel messages (%s), the last one on %s: %s; "
+                    "further drops are logged at most every %g s", self.sandbox_id, counts, channel,
+                    bad.detail, self.log_interval)
+        self._unreported.clear()
+        self._quiet_until = now + self.log_interval

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
+from prometheus_client import Counter
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
@@ -33,6 +34,8 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from traitlets import Bool, CaselessStrEnum, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from gateway.execution.messages import MessageGate
+from gateway.metrics import GatewayMetrics
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 
 #: Our names for provisioners -> their entry point names.
@@ -66,13 +69,15 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
 
     The IOLoop flavour, because that code wants its ``connect_*`` sockets as ``ZMQStream``s,
     plus the activity fields it reads. No automatic restarts: a kernel's death is reported
-    (``SandboxRuntime`` watches it) and the owner decides.
+    (``SandboxRuntime`` watches it) and the owner decides. ``messages`` is the sandbox's
+    ``MessageGate``: every reader of this kernel's sockets admits messages through it.
     """
 
     autorestart = Bool(False)
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, sandbox_id: str, dropped: Counter | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.messages = MessageGate(sandbox_id, self.session, dropped=dropped)
         # Plain attributes, not traits: they change with every execution, on the hot path.
         #: idle, busy, starting, restarting or dead, from the kernel's status messages.
         self.execution_state = "starting"
@@ -110,9 +115,10 @@ class KernelLauncher(LoggingConfigurable):
     def _kernels_dir_default(self) -> str:
         return default_kernels_dir()
 
-    def __init__(self, runtime_dir: str, **kwargs: Any) -> None:
+    def __init__(self, runtime_dir: str, *, metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runtime_dir = Path(runtime_dir)
+        self.metrics = metrics or GatewayMetrics()
         self.context = zmq.asyncio.Context.instance()
         # No receive high-water mark: with the default (1000 messages) a kernel printing faster
         # than we read would have its iopub messages silently dropped. Output is capped per
@@ -163,6 +169,8 @@ class KernelLauncher(LoggingConfigurable):
     def _kernel_manager(self, sandbox_id: str) -> SandboxKernelManager:
         directory = self.sandbox_dir(sandbox_id)
         return SandboxKernelManager(
+            sandbox_id=sandbox_id,
+            dropped=self.metrics.kernel_messages_dropped,
             parent=self,
             kernel_name=self.kernel_name,
             kernel_spec_manager=self.spec_manager,

@@ -72,7 +72,7 @@ class SandboxRuntime:
     async def connect(self) -> None:
         """Open the kernel connection, wait until it answers, and start watching the kernel."""
         self.connection = KernelConnection(
-            self.km.client(context=self.launcher.context), self.sandbox_id, on_iopub=self._saw_iopub
+            self.km.client(context=self.launcher.context), self.km.messages, on_iopub=self._saw_iopub
         )
         try:
             await self._open_while_alive(self.connection)
@@ -109,8 +109,10 @@ class SandboxRuntime:
     def _saw_iopub(self, message: Message) -> None:
         """Keep the kernel's activity fields current (the Jupyter kernel API reports them)."""
         if message.msg_type == "status":
-            self.km.last_activity = timestamps.now()
-            self.km.execution_state = message.content["execution_state"]
+            state = message.content.get("execution_state")
+            if isinstance(state, str):
+                self.km.last_activity = timestamps.now()
+                self.km.execution_state = state
 
     async def _watch(self) -> None:
         assert self.km.provisioner is not None and self.connection is not None
