@@ -14,9 +14,9 @@ from typing import Any
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.identity import IdentityProvider, User
-from tornado.websocket import WebSocketClosedError
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from tornado.websocket import WebSocketClosedError
 from traitlets import Bool
 
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
