@@ -33,10 +33,11 @@ run: venv
 	$(BIN)/code-gateway --ip=$(HOST) --port=$(PORT)
 
 test: venv images typecheck
+	bash deploy/host/ensure-browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 typecheck: venv
-	$(BIN)/python -m mypy --strict gateway/
+	$(BIN)/python -m mypy --strict gateway/ clients/python/code_gateway_client/
 
 bench: venv images
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

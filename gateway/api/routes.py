@@ -29,6 +29,7 @@ from gateway.api.jupyter import (
 )
 from gateway.api.mcp import McpHandler
 from gateway.api.notebooks import NotebookHandler
+from gateway.api.playground import playground_routes
 from gateway.api.openapi import OpenAPIHandler
 from gateway.api.sockets import SandboxSocketHandler
 from gateway.api.sandboxes import (
@@ -90,6 +91,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         ]
     if mcp is not None:
         routes.append((r"/mcp/?", McpHandler, {**deps, "mcp": mcp}))
+    routes += playground_routes()
     return web.Application(
         routes,
         default_handler_class=NotFoundHandler,
