@@ -11,6 +11,7 @@ given to ``watch``, so nothing has to keep them in step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -49,12 +50,31 @@ class GatewayMetrics:
         )
         self._live = Gauge("code_gateway_sandboxes", "Live sandboxes, by state", ["state"], registry=self.registry)
         self._pool = Gauge("code_gateway_pool_ready", "Warm sandboxes ready to be claimed", registry=self.registry)
+        # Totals over all sandboxes, sampled (SandboxManager.usage_interval); per sandbox: GET …/metrics.
+        self._usage_cpu = Gauge("code_gateway_sandbox_cpu_seconds",
+                                "CPU time used by the live sandboxes, summed", registry=self.registry)
+        self._usage_memory = Gauge("code_gateway_sandbox_memory_bytes",
+                                   "Memory used by the live sandboxes now (working sets), summed", registry=self.registry)
+        self._usage_pids = Gauge("code_gateway_sandbox_pids", "Processes and threads in the live sandboxes",
+                                 registry=self.registry)
+        self._saved_bytes = Gauge("code_gateway_paused_bytes",
+                                  "Gateway disk taken by the saved state of paused sandboxes", registry=self.registry)
 
     def watch(self, *, live: Callable[[], int], busy: Callable[[], int], pool_ready: Callable[[], int]) -> None:
         """Read these at every scrape."""
         self._live.labels(state="live").set_function(live)
         self._live.labels(state="busy").set_function(busy)
         self._pool.set_function(pool_ready)
+
+    def watch_paused(self, paused: Callable[[], int]) -> None:
+        self._live.labels(state="paused").set_function(paused)
+
+    def record_usage(self, totals: Any, *, saved_bytes: int) -> None:
+        """The latest usage totals (a ``Usage`` summed over sandboxes)."""
+        self._usage_cpu.set(totals.cpu_seconds or 0)
+        self._usage_memory.set(totals.memory_bytes or 0)
+        self._usage_pids.set(totals.pids or 0)
+        self._saved_bytes.set(saved_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -163,6 +163,11 @@ PATHS: dict[str, Any] = {
         "Run a paused sandbox again, its files and variables restored (see restore)",
         {"200": reply("the running sandbox, with its restore report", ref("Sandbox")),
          "503": reply("the sandbox could not be resumed (it stays paused)", ref("Error"))}),
+    "/api/v1/sandboxes/{sandbox_id}/metrics": {
+        "get": {"summary": "What the sandbox uses now: CPU seconds, memory (current, peak), disk, pids",
+                "parameters": [SANDBOX_ID], "responses": {"200": reply("usage beside the limits", {"type": "object"}),
+                                                          **ERRORS}},
+    },
     "/api/v1/sandboxes/{sandbox_id}/stream": {
         "get": {"summary": "WebSocket: execute and interrupt messages in, output events out",
                 "parameters": [SANDBOX_ID], "responses": {"101": reply("switching to the WebSocket protocol"), **ERRORS}},

@@ -39,6 +39,7 @@ from gateway.api.sandboxes import (
     ResumeHandler,
     SandboxesHandler,
     SandboxHandler,
+    SandboxMetricsHandler,
 )
 from gateway.auth import KeyRing
 from gateway.mcp.server import McpService
@@ -68,6 +69,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/restart", RestartHandler, deps),
         (rf"{V1}/sandboxes/{ID}/pause", PauseHandler, deps),
         (rf"{V1}/sandboxes/{ID}/resume", ResumeHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/metrics", SandboxMetricsHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),

@@ -1,4 +1,4 @@
-"""Sandbox resources: create, list, show, change (PATCH), delete, interrupt, restart, pause, resume."""
+"""Sandbox resources: create, list, show, change (PATCH), delete, interrupt, restart, pause, resume, metrics."""
 
 from __future__ import annotations
 
@@ -99,3 +99,10 @@ class PauseHandler(SandboxAPIHandler):
 class ResumeHandler(SandboxAPIHandler):
     async def post(self, sandbox_id: str) -> None:
         self.write_json((await self.sandboxes.resume(sandbox_id, self.user)).to_public())
+
+
+class SandboxMetricsHandler(SandboxAPIHandler):
+    """``GET …/metrics``: what the sandbox uses now (its cgroup, or a local kernel's process tree)."""
+
+    async def get(self, sandbox_id: str) -> None:
+        self.write_json(await self.sandboxes.usage(sandbox_id, self.user))

@@ -8,7 +8,8 @@ them in ``pre_launch``:
   and for the local provisioner the working directory).
 
 Each provisioner also offers ``async exit_reason() -> str``: once ``poll()`` reports the kernel
-gone, why (``kernel_died``, ``out_of_memory``, ``sandbox_died``).
+gone, why (``kernel_died``, ``out_of_memory``, ``sandbox_died``); and ``async usage() -> Usage``:
+what the sandbox uses right now (``gateway.provisioners.usage``).
 """
 
 from __future__ import annotations

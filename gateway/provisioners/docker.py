@@ -51,6 +51,7 @@ from gateway import __version__
 from gateway.errors import SandboxStartFailed
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners.docker_events import ContainerEvents
+from gateway.provisioners.usage import Usage, cgroup_usage, filesystem_bytes
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +397,8 @@ class DockerProvisioner(KernelProvisionerBase):
         self.sandbox_dir: Path | None = None
         self._last_container_id: str | None = None
         self._exit_code: int | None = None
+        #: The container's init, as the host sees it (its cgroup and root are reached through it).
+        self._pid: int | None = None
 
     # -- where things are ------------------------------------------------------------------------
 
@@ -419,6 +422,7 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def _point_link(self, pid: int) -> None:
         """``<sandbox_dir>/sock`` -> the container's socket directory, through its init's root."""
+        self._pid = pid
         link = self._link()
         tmp = link.with_name("sock.new")
         tmp.unlink(missing_ok=True)
@@ -427,6 +431,7 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def _drop_link(self) -> None:
         """Once the container is gone its pid may be reused: never follow the old link again."""
+        self._pid = None
         if self.sandbox_dir is not None:
             self._link().unlink(missing_ok=True)
 
@@ -620,6 +625,16 @@ class DockerProvisioner(KernelProvisionerBase):
         url = f"{api.base_url}/v{api.api_version}/containers/{self.container_id}/update"
         response = await self.engine.call(api.post, url, json=body)
         response.raise_for_status()
+
+    async def usage(self) -> Usage:
+        """What the container uses: its cgroup's CPU, memory and pids, and its two tmpfs' fill."""
+        pid = self._pid
+        if pid is None or self._exit_code is not None:
+            return Usage()
+        usage = cgroup_usage(pid)
+        usage.disk_bytes = filesystem_bytes(f"/proc/{pid}/root{HOME}")  # tmpfs mount points the sandbox cannot move
+        usage.tmp_bytes = filesystem_bytes(f"/proc/{pid}/root/tmp")
+        return usage
 
     async def exit_reason(self) -> str:
         """Why the container stopped: ``out_of_memory``, ``sandbox_died`` or ``kernel_died``."""

@@ -14,6 +14,7 @@ from typing import Any
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, local_env, workdir_of
+from gateway.provisioners.usage import Usage, directory_bytes, process_tree_usage
 
 
 class LocalSandboxProvisioner(LocalProvisioner):
@@ -24,6 +25,7 @@ class LocalSandboxProvisioner(LocalProvisioner):
         sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
         workdir = workdir_of(sandbox_dir)
         workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
         kwargs["cwd"] = str(workdir)
         kwargs["env"] = {
             **local_env(workdir),
@@ -42,6 +44,26 @@ class LocalSandboxProvisioner(LocalProvisioner):
         ipython_dir = sandbox_dir / "ipython"
         shutil.copytree(profile, ipython_dir / "profile_default", dirs_exist_ok=True)
         return ipython_dir
+
+    async def usage(self) -> Usage:
+        """The kernel's process tree and its working directory (no cgroup: nothing else bounds them)."""
+        pid = getattr(self, "pid", None)
+        if pid is None or await self.poll() is not None:
+            return Usage()
+        usage = process_tree_usage(pid)
+        workdir = getattr(self, "workdir", None)
+        usage.disk_bytes = directory_bytes(workdir) if workdir is not None else None
+        return usage
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info["workdir"] = str(getattr(self, "workdir", "")) or None
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        if provisioner_info.get("workdir"):
+            self.workdir = Path(provisioner_info["workdir"])
 
     async def exit_reason(self) -> str:
         """Why the kernel is gone: a local process can only have died."""

@@ -42,6 +42,7 @@ from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
+from gateway.provisioners.usage import Usage
 from gateway.sandboxes.kernels import KernelRegistry
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
@@ -106,6 +107,9 @@ class SandboxManager(LoggingConfigurable):
         "dies, as Jupyter Server does (its WebSockets get status: restarting, then the new kernel). Other "
         "sandboxes stay failed until restarted (their WebSockets get status: dead)."
     ).tag(config=True)
+    usage_interval = Float(
+        15.0, help="Seconds between two samples of all sandboxes' usage for /metrics (0: none)."
+    ).tag(config=True)
     keep_on_shutdown = Bool(
         False, help="Leave sandbox kernels running when the gateway stops, to re-attach at the next start."
     ).tag(config=True)
@@ -144,6 +148,7 @@ class SandboxManager(LoggingConfigurable):
                              profile=policy.defaults(), parent=self)
         self.metrics.watch(live=lambda: len(self._runtimes), busy=self.busy,
                            pool_ready=lambda: self.pool.describe()["ready"])
+        self.metrics.watch_paused(lambda: self.counts()["paused"])
 
     # -- lifecycle of the manager ----------------------------------------------------------------
 
@@ -165,6 +170,8 @@ class SandboxManager(LoggingConfigurable):
         await self.launcher.remove_orphans(set(self._runtimes))
         self.pool.start()
         self.reaper.start()
+        if self.usage_interval > 0:
+            self._spawn(self._sample_usage(), name="sample-usage")
 
     async def _recover(self, sandbox: Sandbox, *, busy: bool = False) -> None:
         if sandbox.expires_at is None:  # recorded before sandboxes had lifetimes
@@ -236,6 +243,49 @@ class SandboxManager(LoggingConfigurable):
     def _release(self, sandbox_id: str) -> SandboxRuntime | None:
         self.kernels.remove(sandbox_id)
         return self._runtimes.pop(sandbox_id, None)
+
+    async def usage(self, sandbox_id: str, user: str) -> dict[str, Any]:
+        """What the sandbox uses now (CPU seconds, memory, disk, pids) beside its limits. Not activity."""
+        sandbox = await self.get(sandbox_id, user)
+        measured = await self._measure(sandbox)
+        limits = sandbox.resources
+        saved = (sandbox.snapshot or {}).get("bytes") if sandbox.status == SandboxStatus.PAUSED else None
+        return {
+            "sandbox_id": sandbox.id,
+            "status": str(sandbox.status),
+            "at": timestamps.to_iso(timestamps.now()),
+            "cpu": {"seconds": measured.cpu_seconds, "limit_cores": limits.cpu},
+            "memory": {"current_bytes": measured.memory_bytes, "peak_bytes": measured.memory_peak_bytes,
+                       "limit_bytes": int(limits.memory_mb) << 20},
+            "disk": {"workdir_bytes": measured.disk_bytes, "tmp_bytes": measured.tmp_bytes,
+                     "limit_bytes": int(limits.disk_mb) << 20, "saved_bytes": saved},
+            "pids": {"current": measured.pids, "limit": limits.pids},
+        }
+
+    async def _measure(self, sandbox: Sandbox) -> Usage:
+        runtime = self._runtimes.get(sandbox.id)
+        measure = getattr(runtime.km.provisioner, "usage", None) if runtime is not None else None
+        if measure is None or sandbox.status not in (SandboxStatus.RUNNING, SandboxStatus.FAILED):
+            return Usage()
+        try:
+            usage: Usage = await measure()
+        except Exception:
+            log.warning("sandbox %s: could not measure its usage", sandbox.id, exc_info=True)
+            return Usage()
+        return usage
+
+    async def _sample_usage(self) -> None:
+        """Every ``usage_interval`` s, the totals over all sandboxes for Prometheus (no ids in labels)."""
+        while True:
+            totals = Usage(cpu_seconds=0.0, memory_bytes=0, pids=0)
+            for sandbox in list(self._sandboxes.values()):
+                measured = await self._measure(sandbox)
+                totals.cpu_seconds = (totals.cpu_seconds or 0.0) + (measured.cpu_seconds or 0.0)
+                totals.memory_bytes = (totals.memory_bytes or 0) + (measured.memory_bytes or 0)
+                totals.pids = (totals.pids or 0) + (measured.pids or 0)
+            saved = self.snapshots.disk_bytes() if self.snapshots is not None else 0
+            self.metrics.record_usage(totals, saved_bytes=saved)
+            await asyncio.sleep(self.usage_interval)
 
     def kernel_of(self, sandbox_id: str) -> Any:
         """The kernel manager of a live sandbox (for its activity fields), or None."""
