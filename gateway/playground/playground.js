@@ -201,7 +201,8 @@ function finish(cell, execution) {
   cell.meta.textContent = `[${execution.execution_count ?? " "}] ${execution.status}${took}`;
   cell.meta.className = `meta status-${execution.status}`;
   if (execution.error && execution.error.code !== "exception") {
-    cell.outputs.appendChild(element("pre", "error", `${execution.error.code}: ${execution.error.evalue}`));
+    const why = execution.error.evalue ? `: ${execution.error.evalue}` : "";
+    cell.outputs.appendChild(element("pre", "error", `${execution.error.code}${why}`));
   }
 }
 

@@ -239,3 +239,16 @@ def test_llm_tools_run_calls_and_answer_in_each_apis_shape(gateway: Gateway) -> 
                                           "input": {"path": "a"}}).text
         missing = tools.handle({"type": "tool_use", "id": "t6", "name": "read_file", "input": {"path": "nope"}})
         assert missing.is_error and "file_not_found" in missing.text
+
+
+def test_pause_and_resume_keep_variables_and_files(gateway: Gateway) -> None:
+    with gateway.create_sandbox() as sandbox:
+        sandbox.run("x = 41")
+        sandbox.files.upload("kept.txt", b"still here")
+        paused = sandbox.pause()
+        assert paused.status == "paused" and sandbox.info.status == "paused"
+        resumed = sandbox.resume()
+        assert resumed.status == "running"
+        assert "x" in resumed.raw["restore"]["variables"]
+        assert sandbox.run("x + 1").text == "42"
+        assert sandbox.files.download("kept.txt") == b"still here"
