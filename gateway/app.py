@@ -100,6 +100,7 @@ class KeysApp(ConfiguredApp):
     name = "code-gateway keys"
     description = "Manage API keys: `code-gateway keys create USER` prints a new key for USER, once."
     data_dir = Unicode(".gateway-data", help="Where the gateway keeps its database.").tag(config=True)
+    timeout = Float(30.0, help="Seconds to wait for the store to take the key.").tag(config=True)
     aliases = {"data-dir": "KeysApp.data_dir", "config": "KeysApp.config_file"}
 
     def start(self) -> None:
@@ -111,7 +112,9 @@ class KeysApp(ConfiguredApp):
         store = open_store(self.data_dir)
         await store.open()
         try:
-            return await KeyRing(store=store, parent=self).create(user)
+            return await asyncio.wait_for(KeyRing(store=store, parent=self).create(user), self.timeout)
+        except asyncio.TimeoutError:
+            sys.exit(f"the key could not be stored within {self.timeout:g} s: {store.problem}")
         finally:
             await store.close()
 

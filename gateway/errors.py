@@ -140,3 +140,10 @@ class SandboxDiskFull(GatewayError):
 class SandboxStartFailed(GatewayError):
     status = 503
     code = "sandbox_start_failed"
+
+
+class StoreUnavailable(GatewayError):
+    """The store cannot make records durable right now, so new work is refused rather than acknowledged."""
+
+    status = 503
+    code = "store_unavailable"

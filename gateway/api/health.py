@@ -31,9 +31,10 @@ class OperationsHandler(APIHandler):
 
 class HealthHandler(OperationsHandler):
     def get(self) -> None:
+        store = self.sandboxes.store
         self.write_json(
             {
-                "status": "degraded" if self.launcher.warnings else "ok",
+                "status": "degraded" if self.launcher.warnings or store.problem else "ok",
                 "version": __version__,
                 "provisioner": self.launcher.resolved,
                 "provisioner_requested": self.launcher.provisioner,
@@ -41,16 +42,21 @@ class HealthHandler(OperationsHandler):
                 "sandboxes": self.sandboxes.counts(),
                 "pool": self.sandboxes.pool.describe(),
                 "engine": self.launcher.engine.describe() if self.launcher.engine is not None else None,
+                "store": store.describe(),
             }
         )
 
 
 class ReadyHandler(OperationsHandler):
-    """200 when new sandboxes can start here; 503 (with the reasons) when they cannot."""
+    """200 when new sandboxes can start here; 503 (with the reasons) when they cannot (engine, store)."""
 
     async def get(self) -> None:
         engine = self.launcher.engine
         problems = await engine.problems() if engine is not None else []
+        store = self.sandboxes.store
+        if store.problem is not None:
+            problems.append(f"the store cannot commit writes ({store.problem}); "
+                            f"{store.held_writes()} held and retried, new work refused")
         self.write_json({"ready": not problems, "problems": problems}, status=503 if problems else 200)
 
 

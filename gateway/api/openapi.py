@@ -85,6 +85,10 @@ ERROR = {
 }
 
 
+#: While the store cannot commit, changes are refused rather than acknowledged.
+STORE_UNAVAILABLE = {"503": reply("the store cannot commit writes right now (store_unavailable)", ref("Error"))}
+
+
 def sandbox_action(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
     return {"post": {"summary": summary, "parameters": [SANDBOX_ID], "responses": {**ok, **ERRORS,
             "409": reply("the sandbox is not running, or another lifecycle operation of it is under way",
@@ -98,7 +102,8 @@ PATHS: dict[str, Any] = {
                                "403": reply("network access is not allowed here", ref("Error")),
                                "422": reply("a limit out of range (the message names the field)", ref("Error")),
                                "429": reply("too many live sandboxes for this user", ref("Error")),
-                               "503": reply("the sandbox could not be started", ref("Error"))}},
+                               "503": reply("the sandbox could not be started, or the store cannot commit writes "
+                                             "(sandbox_start_failed, store_unavailable)", ref("Error"))}},
         "get": {"summary": "List your sandboxes",
                 "parameters": [{"name": "status", "in": "query", "style": "form", "explode": True,
                                 "description": "only sandboxes in one of these statuses (repeat it for several)",
@@ -115,7 +120,7 @@ PATHS: dict[str, Any] = {
                                 "409": reply("the sandbox has ended", ref("Error")),
                                 "422": reply("a value out of range (the message names the field)", ref("Error"))}},
         "delete": {"summary": "Terminate a sandbox (the record stays)", "parameters": [SANDBOX_ID],
-                   "responses": {"204": reply("terminated"), **ERRORS}},
+                   "responses": {"204": reply("terminated"), **ERRORS, **STORE_UNAVAILABLE}},
     },
     "/api/v1/sandboxes/{sandbox_id}/execute": {
         "post": {
@@ -128,7 +133,7 @@ PATHS: dict[str, Any] = {
                                               "text/event-stream": {"schema": {"type": "string"}}}},
                           **ERRORS, "409": reply("the sandbox is not running", ref("Error")),
                           "413": reply("code over 1 MiB", ref("Error")),
-                          "422": reply("timeout out of range", ref("Error"))}},
+                          "422": reply("timeout out of range", ref("Error")), **STORE_UNAVAILABLE}},
     },
     "/api/v1/sandboxes/{sandbox_id}/executions": {
         "get": {"summary": "A sandbox's executions, oldest first", "parameters": [

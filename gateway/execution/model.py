@@ -68,13 +68,16 @@ class Execution:
         return round((self.finished_at - self.started_at).total_seconds() * 1000, 3)
 
     def to_record(self) -> dict[str, Any]:
-        """What the store keeps (it encodes the record at once, so sharing ``outputs`` is safe)."""
+        """What the store keeps (encoded later, on the store's thread: nothing in it may change afterwards).
+
+        Outputs are replaced, never changed in place, so a copy of the list is a snapshot.
+        """
         return {
             "id": self.id,
             "sandbox_id": self.sandbox_id,
             "code": self.code,
             "status": str(self.status),
-            "outputs": self.outputs,
+            "outputs": list(self.outputs),
             "error": self.error,
             "execution_count": self.execution_count,
             "truncated": self.truncated,

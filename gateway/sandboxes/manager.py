@@ -10,6 +10,10 @@ Ownership: a sandbox is visible only to its owner (and to the ``admin`` user); a
 ``SandboxNotFound`` exactly as for an id that does not exist. Executions run in tasks this
 manager owns, so a client that goes away loses nothing: the execution runs to its end and is
 stored.
+
+Acknowledged means durable: a request that changes something is answered only after the store
+has committed the change, and while the store cannot commit, new work is refused
+(``StoreUnavailable``) instead of being accepted.
 """
 
 from __future__ import annotations
@@ -109,6 +113,9 @@ class SandboxManager(LoggingConfigurable):
     ).tag(config=True)
     usage_interval = Float(
         15.0, help="Seconds between two samples of all sandboxes' usage for /metrics (0: none)."
+    ).tag(config=True)
+    store_shutdown_wait = Float(
+        10.0, help="Seconds shutdown waits for the records of the sandboxes it ends, if the store is failing."
     ).tag(config=True)
     keep_on_shutdown = Bool(
         False, help="Leave sandbox kernels running when the gateway stops, to re-attach at the next start."
@@ -220,7 +227,9 @@ class SandboxManager(LoggingConfigurable):
         await self.pool.stop()
         if self._activity_timer is not None:
             self._activity_timer.cancel()
-        await self._record_activity()
+        # Written, not awaited: if the store is failing, its close() waits for them a bounded time.
+        self._record_activity()
+        ends = []
         for sandbox_id in list(self._runtimes):
             runtime = self._release(sandbox_id)
             sandbox = self._sandboxes.pop(sandbox_id)
@@ -231,7 +240,11 @@ class SandboxManager(LoggingConfigurable):
             except Exception:
                 log.exception("sandbox %s: error while stopping", sandbox_id)
             if not self.keep_on_shutdown:
-                await self._end(sandbox, "gateway_shutdown")
+                ends.append(asyncio.ensure_future(self._end(sandbox, "gateway_shutdown")))
+        if ends:  # not for ever: a failing store holds the records, and its close() tries them once more
+            _, unfinished = await asyncio.wait(ends, timeout=self.store_shutdown_wait)
+            for end in unfinished:
+                end.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -318,6 +331,7 @@ class SandboxManager(LoggingConfigurable):
         terms = self.lifetimes.resolve(
             {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
         )
+        self.store.check_available()
         self._check_quota(owner)
         sandbox = Sandbox(
             owner=owner, resources=limits, provisioner=self.launcher.resolved,
@@ -437,6 +451,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox = await self.get(sandbox_id, user)
+        self.store.check_available()
         await self._terminate(sandbox, "deleted")
         log.info("sandbox %s: terminated by %s", sandbox_id, user)
         return sandbox
@@ -518,6 +533,7 @@ class SandboxManager(LoggingConfigurable):
         sandbox = await self.get(sandbox_id, user)
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}: it cannot be changed")
+        self.store.check_available()
         if terms.lifetime is not None:
             sandbox.expires_at = self.lifetimes.expiry(terms.lifetime)
         if terms.idle_timeout is not None:
@@ -550,7 +566,7 @@ class SandboxManager(LoggingConfigurable):
             if sandbox.id not in self._sandboxes:  # still in the pool: no record, just replace it
                 self.pool.notice_exit()
                 return
-            self._spawn(self.store.put_sandbox(sandbox.to_record()), name=f"record-exit-{sandbox.id}")
+            self.store.put_sandbox(sandbox.to_record())  # the store holds it until it is written
             if self.restart_jupyter_kernels and sandbox.metadata.get("started_by") == STARTED_BY_JUPYTER:
                 self.kernels.announce(sandbox.id, "restart")
                 self._spawn(self._restart_after_death(sandbox, self._runtimes.get(sandbox.id)),
@@ -720,6 +736,7 @@ class SandboxManager(LoggingConfigurable):
             log.exception("sandbox %s: could not cancel execution %s", runtime.sandbox_id, running.execution.id)
 
     async def restart(self, sandbox_id: str, user: str) -> Sandbox:
+        self.store.check_available()
         async with self.locks.hold(sandbox_id, "restarting"):
             return await self._restart(sandbox_id, user)
 
@@ -742,16 +759,20 @@ class SandboxManager(LoggingConfigurable):
     # -- executions ------------------------------------------------------------------------------
 
     async def submit(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> RunningExecution:
-        """Accept an execution: stored as ``queued`` at once, run in its turn by a task we own."""
+        """Accept an execution: run in its turn by a task we own, returned once stored as ``queued``."""
         sandbox, runtime = await self._runtime(sandbox_id, user)
+        self.store.check_available()
         sandbox.touch()
         execution = Execution(
             sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
         )
-        await self.store.put_execution(execution.to_record())
+        stored = self.store.put_execution(execution.to_record())
         running = RunningExecution(execution, ExecutionFeed())
+        # The run starts while the record commits (the store keeps their order), so the commit
+        # costs the round trip nothing; the caller learns of the execution once it is durable.
         self._spawn(self._run(sandbox, runtime, running), name=f"execution-{execution.id}")
         self._running[execution.id] = running
+        await stored
         return running
 
     async def execute(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> Execution:
@@ -780,7 +801,12 @@ class SandboxManager(LoggingConfigurable):
                 self.metrics.execution_seconds.observe(execution.duration_ms / 1000)
             sandbox.touch()
             sandbox.execution_count += 1
-            await self.store.put_execution(execution.to_record())
+            try:
+                # The result is told to no one before it is durable; until then (through a store
+                # outage, if need be) reads find the execution here, in _running.
+                await self.store.put_execution(execution.to_record())
+            except Exception:  # the database refused the record itself (a bug); the client still gets its result
+                log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
             self._record_activity_soon(sandbox)
             self._running.pop(execution.id, None)
             running.final = execution.to_public()
@@ -796,16 +822,15 @@ class SandboxManager(LoggingConfigurable):
         """
         self._active.add(sandbox.id)
         if self._activity_timer is None:
-            self._activity_timer = asyncio.get_running_loop().call_later(
-                1.0, lambda: self._spawn(self._record_activity(), name="record-activity"))
+            self._activity_timer = asyncio.get_running_loop().call_later(1.0, self._record_activity)
 
-    async def _record_activity(self) -> None:
+    def _record_activity(self) -> None:
         self._activity_timer = None
         active, self._active = self._active, set()
         for sandbox_id in active:
             sandbox = self._sandboxes.get(sandbox_id)
             if sandbox is not None:
-                await self.store.put_sandbox(sandbox.to_record())
+                self.store.put_sandbox(sandbox.to_record())
 
     def running(self, execution_id: str) -> RunningExecution | None:
         return self._running.get(execution_id)

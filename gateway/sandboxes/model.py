@@ -122,8 +122,8 @@ class Sandbox:
         }
 
     def to_record(self) -> dict[str, Any]:
-        """Everything needed to rebuild this object, for the store."""
-        return {**self.to_public(), "kernel": self.kernel}
+        """Everything needed to rebuild this object, for the store (which encodes it later: copies)."""
+        return {**self.to_public(), "metadata": dict(self.metadata), "kernel": dict(self.kernel)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Sandbox:

@@ -1,46 +1,96 @@
 """The store interface: durable JSON records of sandboxes and executions, and hashed API keys.
 
 Records are plain dicts (``Sandbox.to_record()``, ``Execution.to_record()``): the store knows
-nothing of the models above it. Every method is a coroutine; implementations keep blocking
-database calls off the event loop.
+nothing of the models above it, and encodes them later on a thread of its own, so a record
+handed over must not be changed afterwards.
+
+What every store guarantees:
+
+- **Nothing blocks the event loop**: encoding, writes, commits and reads run on the store's own
+  thread(s) or over its asynchronous driver.
+- **Writes are durable when their awaitable resolves.** ``put_*`` hand the record over at once,
+  in call order, and return an awaitable; awaiting it returns once the record is committed.
+  The API acknowledges a change only after that (see README "Storage").
+- **One transaction per batch**: writes handed over while the previous batch commits share the
+  next commit; writes made without an ``await`` between them always commit together.
+- **Read your writes**: a read sees every write handed over before it — except while the store
+  is failing, when reads answer from what is durable instead of waiting.
+- **Nothing handed over is dropped**: if the database fails (disk full, read-only, locked, gone),
+  the store keeps the writes in order and retries until they commit; meanwhile ``problem`` says
+  why and ``check_available()`` raises ``StoreUnavailable``, which callers use to refuse new work.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 from typing import Any
+
+from gateway.errors import StoreUnavailable
 
 Record = dict[str, Any]
 
+#: What a write returns at once: awaiting it returns when the write is durable (its value is of no use).
+Written = Awaitable[object]
+
 
 class Store(abc.ABC):
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and create the schema if needed."""
+    #: The kind of database, for /health (``sqlite``, ``postgresql``).
+    kind = ""
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (``gateway.store.migrations``)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Wait (a bounded time) for the writes still held, then disconnect; logs any not written."""
 
     @abc.abstractmethod
     async def flush(self) -> None:
-        """Wait until every record write handed over so far is durable."""
+        """Wait until every write handed over so far is durable (through an outage, if need be)."""
+
+    @property
+    @abc.abstractmethod
+    def problem(self) -> str | None:
+        """Why writes cannot be committed right now; None while they can."""
 
     @abc.abstractmethod
-    async def put_sandbox(self, record: Record) -> None:
-        """Insert or replace the sandbox record with ``record["id"]``.
+    def held_writes(self) -> int:
+        """Writes handed over and not committed yet."""
 
-        May return before the write is durable (see ``flush``), but every later read sees it.
-        """
+    def check_available(self) -> None:
+        """Raise ``StoreUnavailable`` while writes fail: new work must not be acknowledged then."""
+        problem = self.problem
+        if problem is not None:
+            raise StoreUnavailable(
+                f"the gateway cannot store records right now ({problem}); "
+                "nothing is lost, but new work is refused until it can: retry later"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """The store's state, for /health."""
+        return {"kind": self.kind, "available": self.problem is None, "problem": self.problem,
+                "held_writes": self.held_writes()}
+
+    # -- sandboxes -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_sandbox(self, record: Record) -> Written:
+        """Insert or replace the sandbox record with ``record["id"]``."""
 
     @abc.abstractmethod
     async def get_sandbox(self, sandbox_id: str) -> Record | None: ...
 
     @abc.abstractmethod
-    async def list_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None) -> list[Record]:
+    async def list_sandboxes(self, *, owner: str | None = None,
+                             statuses: list[str] | None = None) -> list[Record]:
         """Sandboxes in creation order, optionally only one owner's and only some statuses."""
 
+    # -- executions ------------------------------------------------------------------------------
+
     @abc.abstractmethod
-    async def put_execution(self, record: Record) -> None:
+    def put_execution(self, record: Record) -> Written:
         """Insert or replace the execution record with ``record["id"]``."""
 
     @abc.abstractmethod
@@ -56,8 +106,10 @@ class Store(abc.ABC):
     async def list_unfinished_executions(self) -> list[Record]:
         """Executions still ``queued`` or ``running`` (left so by a gateway that stopped)."""
 
+    # -- API keys --------------------------------------------------------------------------------
+
     @abc.abstractmethod
-    async def add_api_key(self, user: str, key_hash: str) -> None: ...
+    def add_api_key(self, user: str, key_hash: str) -> Written: ...
 
     @abc.abstractmethod
     async def find_api_key(self, key_hash: str) -> str | None:

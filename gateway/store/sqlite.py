@@ -1,32 +1,34 @@
-"""The embedded default store: one SQLite file in the data directory.
+"""The embedded default store: one SQLite file in the data directory, used from two threads.
 
     store = SQLiteStore("/var/lib/code-gateway/gateway.db")
     await store.open()
 
-Writes are write-behind and cheap: ``put_*`` queues the record, and once per event-loop
-iteration everything queued is committed in one transaction on the loop's own thread (in WAL
-mode with ``synchronous=NORMAL`` a commit does not wait for the disk: tens of microseconds,
-less than handing the work to another thread). Reads run on a worker thread with a connection
-of their own, so a large query never stalls the loop; each read first commits what is queued,
-so the gateway always reads what it wrote. ``flush()`` commits at once. WAL mode also lets
-other processes (``code-gateway keys create``) write while the gateway runs.
+A writer thread owns one connection: each batch of writes (``gateway.store.writes``) is encoded
+and committed there in one ``BEGIN IMMEDIATE`` transaction, WAL checkpoints included, so the
+event loop never waits on the disk, on the busy timeout or on encoding. A reader thread owns
+another connection and decodes what it reads. In WAL mode readers never block the writer, and
+other processes (``code-gateway keys create``) may write while the gateway runs.
+
+Durability: a commit is in the WAL file when it returns, so it survives the gateway process
+being killed; with ``synchronous=NORMAL`` an OS crash or power cut may lose the last commits
+(never corrupting the file). ``synchronous="FULL"`` makes each commit wait for the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from gateway import timestamps
-from gateway.store.base import Record, Store
+from gateway.errors import StoreUnavailable
+from gateway.store import codec
+from gateway.store.base import Record
+from gateway.store.sql import SQLStore
+from gateway.store.writes import Outcome, Statement, Write
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -50,153 +52,118 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """
 
-UNFINISHED = ("queued", "running")
-UPSERT_SANDBOX = (
-    "INSERT INTO sandboxes (id, owner, status, record) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record"
-)
-UPSERT_EXECUTION = (
-    "INSERT INTO executions (id, sandbox_id, status, record) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record"
-)
+#: Errors that are one write's own (a constraint, a value SQLite cannot bind, JSON it cannot
+#: encode): that write fails alone. Any other error fails the batch, which is retried.
+RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError,
+                 OverflowError, TypeError, ValueError)
 
 
-def connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
-    db.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode: a power cut may lose the last commits, but never corrupts the file.
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
+class SQLiteStore(SQLStore):
+    kind = "sqlite"
 
-
-class SQLiteStore(Store):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 10.0, synchronous: str = "NORMAL",
+                 max_backoff: float = 5.0, close_timeout: float = 10.0) -> None:
+        super().__init__(max_backoff=max_backoff, close_timeout=close_timeout)
         self.path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reads")
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._db: sqlite3.Connection | None = None
         self._reads: sqlite3.Connection | None = None
-        self._pending: list[tuple[str, tuple[Any, ...]]] = []
-        self._commit_soon: asyncio.Handle | None = None
 
-    async def open(self) -> None:
-        self._db = connect(self.path)
+    @staticmethod
+    async def _on(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+
+    def _connect_here(self) -> sqlite3.Connection:
+        """A connection for the calling thread (each thread has its own)."""
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        return db
+
+    def _open_writer(self) -> None:
+        self._db = self._connect_here()
         self._db.executescript(SCHEMA)
-        self._reads = await self._in_thread(connect, self.path)
 
-    async def close(self) -> None:
-        self.commit()
+    async def _connect(self) -> None:
+        await self._on(self._writer, self._open_writer)
+        self._reads = await self._on(self._reader, self._connect_here)
+
+    async def _disconnect(self) -> None:
         if self._reads is not None:
-            await self._in_thread(self._reads.close)
+            await self._on(self._reader, self._reads.close)
             self._reads = None
         if self._db is not None:
-            self._db.close()
+            await self._on(self._writer, self._db.close)  # after any commit still under way
             self._db = None
-        self._thread.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
 
-    async def flush(self) -> None:
-        self.commit()
+    # -- writes (on the writer thread) -----------------------------------------------------------
 
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+    def _commit(self, batch: list[Write]) -> asyncio.Future[list[Outcome]]:
+        return asyncio.get_running_loop().run_in_executor(self._writer, self._commit_here, batch)
 
-    # -- writes ----------------------------------------------------------------------------------
-
-    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
-        self._pending.append((sql, params))
-        if self._commit_soon is None:
-            self._commit_soon = asyncio.get_running_loop().call_soon(self.commit)
-
-    def commit(self) -> None:
-        """Commit every queued write now, in one transaction."""
-        if self._commit_soon is not None:
-            self._commit_soon.cancel()
-            self._commit_soon = None
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        assert self._db is not None, "store is not open"
+    def _commit_here(self, batch: list[Write]) -> list[Outcome]:
+        db = self._db
+        assert db is not None, "store is not open"
+        prepared: list[list[Statement] | BaseException] = []
+        for write in batch:
+            try:
+                prepared.append(write.prepared())
+            except RECORD_ERRORS as exc:
+                prepared.append(exc)
+        db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("BEGIN")
-            for sql, params in batch:
+            outcomes = [item if isinstance(item, BaseException) else self._apply(db, item)
+                        for item in prepared]
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
                 try:
-                    self._db.execute(sql, params)
-                except sqlite3.IntegrityError:  # one bad record must not cost the others
-                    log.exception("store: a record could not be written")
-            self._db.execute("COMMIT")
-        except sqlite3.Error:  # e.g. the disk is full: keep the connection usable for what follows
-            log.exception("store: %d records could not be written", len(batch))
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error that got us here is the one to report
+            raise
+        return outcomes
 
-    # -- reads -----------------------------------------------------------------------------------
+    @staticmethod
+    def _apply(db: sqlite3.Connection, statements: list[Statement]) -> Outcome:
+        """One write's statements, all or none of them (a savepoint when there are several)."""
+        if len(statements) == 1:
+            sql, params = statements[0]
+            try:
+                return db.execute(sql, params).rowcount
+            except RECORD_ERRORS as exc:
+                return exc
+        db.execute("SAVEPOINT write")
+        try:
+            count = 0
+            for sql, params in statements:
+                count = db.execute(sql, params).rowcount
+        except RECORD_ERRORS as exc:
+            db.execute("ROLLBACK TO write")
+            db.execute("RELEASE write")
+            return exc
+        db.execute("RELEASE write")
+        return count
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    # -- reads (on the reader thread) ------------------------------------------------------------
+
+    def _query_here(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         assert self._reads is not None, "store is not open"
-        return self._reads.execute(sql, params).fetchall()
+        try:
+            return self._reads.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the database cannot be read ({exc})") from exc
 
-    async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        self.commit()  # read what was written
-        return await self._in_thread(self._query, sql, params)
+    def _decoded_here(self, sql: str, params: tuple[Any, ...]) -> list[Record]:
+        return [codec.decode(row[0]) for row in self._query_here(sql, params)]
 
-    async def _records(self, sql: str, params: tuple[Any, ...] = ()) -> list[Record]:
-        return [json.loads(row[0]) for row in await self._rows(sql, params)]
+    async def _fetch_rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return await self._on(self._reader, self._query_here, sql, params)
 
-    async def _record(self, sql: str, params: tuple[Any, ...]) -> Record | None:
-        records = await self._records(sql, params)
-        return records[0] if records else None
-
-    # -- sandboxes -------------------------------------------------------------------------------
-
-    async def put_sandbox(self, record: Record) -> None:
-        self._write(UPSERT_SANDBOX, (record["id"], record["owner"], record["status"], json.dumps(record)))
-
-    async def get_sandbox(self, sandbox_id: str) -> Record | None:
-        return await self._record("SELECT record FROM sandboxes WHERE id = ?", (sandbox_id,))
-
-    async def list_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None) -> list[Record]:
-        clauses, params = [], []
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-        if statuses:
-            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(statuses)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return await self._records(f"SELECT record FROM sandboxes {where} ORDER BY rowid", tuple(params))
-
-    # -- executions ------------------------------------------------------------------------------
-
-    async def put_execution(self, record: Record) -> None:
-        self._write(UPSERT_EXECUTION, (record["id"], record["sandbox_id"], record["status"], json.dumps(record)))
-
-    async def get_execution(self, execution_id: str) -> Record | None:
-        return await self._record("SELECT record FROM executions WHERE id = ?", (execution_id,))
-
-    async def list_executions(self, sandbox_id: str, *, limit: int | None = None, offset: int = 0) -> list[Record]:
-        return await self._records(
-            "SELECT record FROM executions WHERE sandbox_id = ? ORDER BY rowid LIMIT ? OFFSET ?",
-            (sandbox_id, -1 if limit is None else limit, offset),
-        )
-
-    async def list_unfinished_executions(self) -> list[Record]:
-        return await self._records(
-            "SELECT record FROM executions WHERE status IN (?, ?) ORDER BY rowid", UNFINISHED
-        )
-
-    # -- API keys --------------------------------------------------------------------------------
-
-    async def add_api_key(self, user: str, key_hash: str) -> None:
-        self.commit()
-        assert self._db is not None, "store is not open"
-        self._db.execute(  # at once, not write-behind: the key is printed only if it is stored
-            "INSERT INTO api_keys (key_hash, user, created_at) VALUES (?, ?, ?)",
-            (key_hash, user, timestamps.to_iso(timestamps.now())),
-        )
-
-    async def find_api_key(self, key_hash: str) -> str | None:
-        rows = await self._rows("SELECT user FROM api_keys WHERE key_hash = ?", (key_hash,))
-        return rows[0][0] if rows else None
-
-    async def count_api_keys(self) -> int:
-        rows = await self._rows("SELECT COUNT(*) FROM api_keys")
-        return int(rows[0][0])
+    async def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Record]:
+        return await self._on(self._reader, self._decoded_here, sql, params)

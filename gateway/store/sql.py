@@ -1,0 +1,157 @@
+"""The record operations both SQL stores share, over a backend's commit and fetch.
+
+A backend (``sqlite.py``, ``postgres.py``) connects, commits a batch of writes in one
+transaction off the event loop, and fetches rows; this class turns the store interface into
+statements (written with ``?`` placeholders), sends every write through one ``WriteQueue`` and
+makes every read wait for the writes before it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Hashable
+from typing import Any
+
+from gateway import timestamps
+from gateway.store.base import Record, Store, Written
+from gateway.store.writes import AsJSON, Outcome, Statement, Write, WriteQueue
+
+UNFINISHED = ("queued", "running")
+#: ``LIMIT`` when there is none (SQLite needs one before ``OFFSET``).
+NO_LIMIT = 1 << 62
+
+UPSERT_SANDBOX = (
+    "INSERT INTO sandboxes (id, owner, status, record) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
+    "SET owner = excluded.owner, status = excluded.status, record = excluded.record"
+)
+UPSERT_EXECUTION = (
+    "INSERT INTO executions (id, sandbox_id, status, record) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
+    "SET status = excluded.status, record = excluded.record"
+)
+
+
+class SQLStore(Store):
+    #: The SQL expression that orders a table's rows as they were first inserted.
+    order = "rowid"
+
+    def __init__(self, *, max_backoff: float = 5.0, close_timeout: float = 10.0) -> None:
+        self.close_timeout = close_timeout
+        self._writes = WriteQueue(self._commit, name=self.kind, describe=self._describe_failure,
+                                  max_backoff=max_backoff)
+
+    # -- what a backend provides -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _connect(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def _disconnect(self) -> None: ...
+
+    @abc.abstractmethod
+    def _commit(self, batch: list[Write]) -> Awaitable[list[Outcome]]:
+        """Run ``batch`` in one transaction, off the loop (``WriteQueue`` says what to return and raise)."""
+
+    @abc.abstractmethod
+    async def _fetch_rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of a query; ``StoreUnavailable`` if the database cannot answer."""
+
+    @abc.abstractmethod
+    async def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Record]:
+        """The first column of each row, decoded from JSON off the loop."""
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        return str(exc) or type(exc).__name__
+
+    # -- the store ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._connect()
+        self._writes.start()
+
+    async def close(self) -> None:
+        await self._writes.stop(self.close_timeout)
+        await self._disconnect()
+
+    async def flush(self) -> None:
+        await self._writes.settled()
+
+    @property
+    def problem(self) -> str | None:
+        return self._writes.problem
+
+    def held_writes(self) -> int:
+        return self._writes.held()
+
+    def _write(self, statements: list[Statement], key: Hashable | None = None) -> asyncio.Future[int]:
+        return self._writes.add(Write(statements, key))
+
+    async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        await self._writes.caught_up()
+        return await self._fetch_rows(sql, params)
+
+    async def _records(self, sql: str, params: tuple[Any, ...] = ()) -> list[Record]:
+        await self._writes.caught_up()
+        return await self._fetch_records(sql, params)
+
+    async def _record(self, sql: str, params: tuple[Any, ...]) -> Record | None:
+        records = await self._records(sql, params)
+        return records[0] if records else None
+
+    # -- sandboxes ---------------------------------------------------------------------------------
+
+    def put_sandbox(self, record: Record) -> Written:
+        params = (record["id"], record["owner"], record["status"], AsJSON(record))
+        return self._write([(UPSERT_SANDBOX, params)], key=("sandbox", record["id"]))
+
+    async def get_sandbox(self, sandbox_id: str) -> Record | None:
+        return await self._record("SELECT record FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    async def list_sandboxes(self, *, owner: str | None = None,
+                             statuses: list[str] | None = None) -> list[Record]:
+        clauses, params = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT record FROM sandboxes {where} ORDER BY {self.order}"
+        return await self._records(sql, tuple(params))
+
+    # -- executions --------------------------------------------------------------------------------
+
+    def put_execution(self, record: Record) -> Written:
+        params = (record["id"], record["sandbox_id"], record["status"], AsJSON(record))
+        return self._write([(UPSERT_EXECUTION, params)], key=("execution", record["id"]))
+
+    async def get_execution(self, execution_id: str) -> Record | None:
+        return await self._record("SELECT record FROM executions WHERE id = ?", (execution_id,))
+
+    async def list_executions(self, sandbox_id: str, *, limit: int | None = None,
+                              offset: int = 0) -> list[Record]:
+        return await self._records(
+            f"SELECT record FROM executions WHERE sandbox_id = ? ORDER BY {self.order} LIMIT ? OFFSET ?",
+            (sandbox_id, NO_LIMIT if limit is None else limit, offset),
+        )
+
+    async def list_unfinished_executions(self) -> list[Record]:
+        return await self._records(
+            f"SELECT record FROM executions WHERE status IN (?, ?) ORDER BY {self.order}", UNFINISHED
+        )
+
+    # -- API keys ----------------------------------------------------------------------------------
+
+    def add_api_key(self, user: str, key_hash: str) -> Written:
+        return self._write([('INSERT INTO api_keys (key_hash, "user", created_at) VALUES (?, ?, ?)',
+                             (key_hash, user, timestamps.to_iso(timestamps.now())))])
+
+    async def find_api_key(self, key_hash: str) -> str | None:
+        rows = await self._rows('SELECT "user" FROM api_keys WHERE key_hash = ?', (key_hash,))
+        return str(rows[0][0]) if rows else None
+
+    async def count_api_keys(self) -> int:
+        rows = await self._rows("SELECT COUNT(*) FROM api_keys")
+        return int(rows[0][0])
