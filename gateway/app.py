@@ -27,6 +27,7 @@ from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from gateway import __version__
+from gateway.api.backpressure import DEFAULT_SEND_BUFFER
 from gateway.api.routes import make_app
 from gateway.api.server import NoDelayHTTPServer
 from gateway.auth import KeyRing
@@ -56,6 +57,7 @@ ALIASES = {
     "config": "GatewayApp.config_file",
     "keepalive": "GatewayApp.keepalive",
     "allow-origins": "GatewayApp.allow_origins",
+    "max-send-buffer-bytes": "GatewayApp.max_send_buffer_bytes",
     "log-level": "Application.log_level",
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
@@ -132,6 +134,10 @@ class GatewayApp(ConfiguredApp):
     )
     max_body_size = Int(64 << 20, help="Largest request body accepted, in bytes.").tag(config=True)
     keepalive = Float(15.0, help="Seconds of silence after which a stream sends a keepalive.").tag(config=True)
+    max_send_buffer_bytes = Int(
+        DEFAULT_SEND_BUFFER, help="Most bytes a streaming client (NDJSON, SSE, /stream, Jupyter channels) may fall "
+        "behind what it was sent; past it, it is cut off (WebSocket close 1008) and the executions go on."
+    ).tag(config=True)
     allow_origins = List(
         Unicode(), help="Browser origins (besides the gateway's own) allowed on WebSockets; '*' for any."
     ).tag(config=True)
@@ -194,7 +200,7 @@ class GatewayApp(ConfiguredApp):
         await self.mcp.start()
         self.web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,
                                 files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins,
-                                mcp=self.mcp)
+                                mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes)
         self.server = NoDelayHTTPServer(self.web_app, max_body_size=self.max_body_size)
         sockets = bind_sockets(self.port, address=self.ip)
         self.server.add_sockets(sockets)

@@ -48,6 +48,10 @@ class GatewayMetrics:
             "code_gateway_http_request_seconds", "HTTP requests served, by method and status",
             ["method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        self.slow_clients = Counter(
+            "code_gateway_slow_clients", "Clients cut off for falling too far behind what they were sent, by kind",
+            ["kind"], registry=self.registry,
+        )
         self._live = Gauge("code_gateway_sandboxes", "Live sandboxes, by state", ["state"], registry=self.registry)
         self._pool = Gauge("code_gateway_pool_ready", "Warm sandboxes ready to be claimed", registry=self.registry)
         # Totals over all sandboxes, sampled (SandboxManager.usage_interval); per sandbox: GET …/metrics.

@@ -3,13 +3,17 @@
 Both the default JSON protocol and ``v1.kernel.websocket.jupyter.org`` work, with message
 signing, ``kernel_info`` nudging and restart notices as in Jupyter Server itself. What we add:
 who the caller is (our API keys), that the kernel is one of *their* sandboxes, JSON errors, no
-iopub data-rate limit (large plots are never dropped; output is capped per execution instead),
-and that every message relayed to the client passed the sandbox's ``MessageGate`` (jupyter_server
-relays ``v1.kernel.websocket.jupyter.org`` frames without checking their signature at all).
+iopub data-rate limit (large plots are never dropped; output is capped per execution instead)
+but a bounded send buffer (a client that falls more than ``max_send_buffer`` bytes behind is
+closed with code 1008, where jupyter_server would buffer without limit), and that every message
+relayed to the client passed the sandbox's ``MessageGate`` (jupyter_server relays
+``v1.kernel.websocket.jupyter.org`` frames without checking their signature at all).
 """
 
 from __future__ import annotations
 
+import logging
+from asyncio import Future
 from typing import Any
 
 from jupyter_core.utils import ensure_async
@@ -19,12 +23,15 @@ from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from tornado.websocket import WebSocketClosedError
 from traitlets import Bool
 
+from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, Unauthorized
 from gateway.execution.messages import MALFORMED, BadMessage
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
+
+log = logging.getLogger(__name__)
 
 
 class KeyRingIdentity(IdentityProvider):
@@ -76,9 +83,35 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
 
 
 class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
-    def initialize(self, sandboxes: SandboxManager, allow_origins: list[str] | None = None, **_: Any) -> None:
+    def initialize(self, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
+                   max_send_buffer: int = DEFAULT_SEND_BUFFER, **_: Any) -> None:
         self.sandboxes = sandboxes
         self.allow_origins = allow_origins or []
+        self.max_send_buffer = max_send_buffer
+        self._unsent = UnsentBytes()
+        self._cut_off = False
+
+    def write_message(self, message: bytes | str | dict[str, Any], binary: bool = False) -> Future[None]:
+        """Send, unless the client is too far behind: jupyter_server does not await its writes (the
+        kernel's messages are read as fast as they come), so what the client has not taken piles
+        up in Tornado's buffer; past ``max_send_buffer`` the client is closed (1008) instead."""
+        size = len(message) if isinstance(message, (bytes, str)) else 0
+        if not self._cut_off and self._unsent.would_pass(self.max_send_buffer, size):
+            self._too_slow()
+        if self._cut_off:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done  # dropped: the socket is closing
+        written: Future[None] = super().write_message(message, binary=binary)
+        self._unsent.add(size, written)
+        return written
+
+    def _too_slow(self) -> None:
+        log.info("kernel %s: closing a Jupyter channels socket with over %d bytes unsent", self.kernel_id,
+                 self.max_send_buffer)
+        self.sandboxes.metrics.slow_clients.labels(kind="jupyter_channels").inc()
+        self._cut_off = True
+        self.close(TOO_SLOW_CLOSE_CODE, too_slow_reason(self.max_send_buffer))
 
     def check_origin(self, origin: str | None = None) -> bool:
         # jupyter_server skips its own check for token-authenticated requests: never skip ours.

@@ -8,18 +8,30 @@ has ended, the answer is the final ``execution`` event alone: its ``outputs`` ho
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from gateway.api import schemas
+from gateway.api.backpressure import (
+    CUT_GRACE,
+    DEFAULT_SEND_BUFFER,
+    TOO_SLOW,
+    BehindWatch,
+    too_slow_message,
+)
+from gateway.api.base import error_body
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, negotiate
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution
 from gateway.sandboxes.manager import RunningExecution
+
+log = logging.getLogger(__name__)
 
 MAX_CODE_BYTES = 1 << 20
 
@@ -31,11 +43,19 @@ def check_code(code: str) -> str:
 
 
 class StreamingHandler(SandboxAPIHandler):
-    """Writes one execution's events as a live stream, each flush awaited (backpressure)."""
+    """Writes one execution's events as a live stream, each flush awaited (backpressure).
 
-    def initialize(self, keepalive: float = 15.0, **base: Any) -> None:  # type: ignore[override]
+    A client more than ``max_send_buffer`` bytes behind gets an ``error`` event
+    (``client_too_slow``) and the end of the stream; if it does not take even that within
+    ``CUT_GRACE`` seconds, its connection is closed.
+    """
+
+    def initialize(self, keepalive: float = 15.0, max_send_buffer: int = DEFAULT_SEND_BUFFER,  # type: ignore[override]
+                   **base: Any) -> None:
         super().initialize(**base)
         self.keepalive = keepalive
+        self.max_send_buffer = max_send_buffer
+        self._cut_off = False
 
     async def stream(self, encoder: EventEncoder, running: RunningExecution, start: int = 0) -> None:
         execution_id = running.execution.id
@@ -46,8 +66,14 @@ class StreamingHandler(SandboxAPIHandler):
         # Tornado turns Nagle back on between keep-alive requests; each event must leave at once.
         if isinstance(self.request.connection, HTTP1Connection):
             self.request.connection.stream.set_nodelay(True)
+        cursor = running.feed.cursor(start)
+        watch = BehindWatch(self.max_send_buffer, behind=lambda: cursor.behind,
+                            overrun=lambda: self._too_slow(encoder, execution_id))
+        watch.start()
         try:
-            async for event in running.feed.follow(start, idle=self.keepalive):
+            async for event in cursor.follow(idle=self.keepalive):
+                if self._cut_off:
+                    break
                 # Awaiting each flush is the backpressure: a slow client slows only its own stream.
                 if event is None:
                     self.write(encoder.keepalive)
@@ -56,7 +82,25 @@ class StreamingHandler(SandboxAPIHandler):
                 await self.flush()
         except StreamClosedError:
             return  # on_connection_close has seen to it
-        self.finish()
+        finally:
+            watch.stop()
+        if not self._cut_off:  # (else _too_slow ended it)
+            self.finish()
+
+    def _too_slow(self, encoder: EventEncoder, execution_id: str) -> None:
+        """End the stream of a client too far behind: one last ``error`` event, then the end (or the
+        connection, if it does not even take that)."""
+        log.info("execution %s: ending the stream of a client over %d bytes behind", execution_id,
+                 self.max_send_buffer)
+        self.sandboxes.metrics.slow_clients.labels(kind="http_stream").inc()
+        self._cut_off = True
+        error = error_body(TOO_SLOW, too_slow_message(self.max_send_buffer, execution_id))
+        self.write(encoder.encode({"type": "error", "execution_id": execution_id, **error}))
+        ended = self.finish()
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            asyncio.get_running_loop().call_later(
+                CUT_GRACE, lambda: None if ended.done() else connection.stream.close())
 
 
 class ExecuteHandler(StreamingHandler):

@@ -9,6 +9,7 @@ from typing import Any
 
 from tornado import web
 
+from gateway.api.backpressure import DEFAULT_SEND_BUFFER
 from gateway.api.base import NotFoundHandler
 from gateway.api.executions import (
     ExecuteHandler,
@@ -54,9 +55,11 @@ V1 = "/api/v1"
 
 def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLauncher,
              keepalive: float = 15.0, allow_origins: list[str] | None = None,
+             max_send_buffer: int = DEFAULT_SEND_BUFFER,
              files: SandboxFiles | None = None, metrics: GatewayMetrics | None = None,
              mcp: McpService | None = None, **settings: Any) -> web.Application:
-    deps = {"keyring": keyring, "sandboxes": sandboxes, "allow_origins": allow_origins or []}
+    deps = {"keyring": keyring, "sandboxes": sandboxes, "allow_origins": allow_origins or [],
+            "max_send_buffer": max_send_buffer}
     with_launcher = {**deps, "launcher": launcher}
     metrics = metrics or sandboxes.metrics
     routes: list[tuple[str, type[web.RequestHandler], dict[str, Any]]] = [

@@ -10,8 +10,10 @@ Server -> client, each tagged with the request's ``id`` and the ``execution_id``
     {"type": "accepted", ...}  then  {"type": "output", "output": {...}} ...  then
     {"type": "execution", "execution": {...}}      (or {"type": "error", "error": {...}})
 
-Executes run in the order sent, one at a time. Authentication: ``Authorization: Bearer KEY`` or,
-for browsers (which cannot set headers on a WebSocket), ``?token=KEY``. Browser origins must be
+Executes run in the order sent, one at a time. A client that falls more than
+``max_send_buffer`` bytes behind (events of its executions not yet sent) is closed with code 1008.
+Authentication: ``Authorization: Bearer KEY`` or, for browsers (which cannot set headers on a
+WebSocket), ``?token=KEY``. Browser origins must be
 the gateway's own or listed in ``allow_origins``. When the socket closes, executions go on and
 are stored, unless they asked for ``interrupt_on_disconnect``.
 """
@@ -19,7 +21,9 @@ are stored, unless they asked for ``interrupt_on_disconnect``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import logging
 import re
 from typing import Any
 
@@ -27,6 +31,7 @@ from jsonschema import Draft202012Validator
 from tornado import websocket
 
 from gateway.api import schemas
+from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, BehindWatch, too_slow_reason
 from gateway.api.base import (
     JSONErrors,
     authenticate,
@@ -39,7 +44,10 @@ from gateway.api.base import (
 from gateway.api.executions import check_code
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
+from gateway.execution.feed import FeedCursor
 from gateway.sandboxes.manager import RunningExecution, SandboxManager
+
+log = logging.getLogger(__name__)
 
 SOCKET_MESSAGE = Draft202012Validator(
     {
@@ -59,15 +67,21 @@ SOCKET_MESSAGE = Draft202012Validator(
 
 class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
     def initialize(self, keyring: KeyRing, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
-                   **_: Any) -> None:
+                   max_send_buffer: int = DEFAULT_SEND_BUFFER, **_: Any) -> None:
         self.keyring = keyring
         self.sandboxes = sandboxes
         self.allow_origins = allow_origins or []
+        self.max_send_buffer = max_send_buffer
         self.sandbox_id = ""
-        self._accepted: asyncio.Queue[tuple[Any, RunningExecution] | None] = asyncio.Queue()
+        #: Accepted executions whose events are still to be sent, oldest (being sent) first.
+        self._accepted: collections.deque[tuple[Any, RunningExecution]] = collections.deque()
+        self._more = asyncio.Event()
+        self._cursor: FeedCursor | None = None
         #: Executions to cancel if the socket closes before they finish.
         self._to_cancel: list[RunningExecution] = []
         self._writer: asyncio.Task[None] | None = None
+        self._watch = BehindWatch(max_send_buffer, behind=self._behind, overrun=self._too_slow)
+        self._cut_off = False
 
     async def prepare(self) -> None:
         token = bearer_token(self) or self.get_query_argument("token", "")
@@ -85,9 +99,12 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
     def open(self, sandbox_id: str) -> None:
         self.set_nodelay(True)  # else each event after the first may wait ~40 ms for a delayed ACK (Nagle)
         self._writer = asyncio.create_task(self._write_events(), name=f"socket-writer-{sandbox_id}")
+        self._watch.start()
         self.sandboxes.socket_opened(sandbox_id)  # a connected socket keeps its sandbox from idling
 
     async def on_message(self, message: str | bytes) -> None:
+        if self._cut_off:
+            return  # closing: take no more work from it
         try:
             request = _parse(message)
         except GatewayError as error:
@@ -106,17 +123,41 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
             return
         if request.get("interrupt_on_disconnect", False):
             self._to_cancel = [r for r in self._to_cancel if not r.execution.finished] + [running]
-        self._accepted.put_nowait((request_id, running))
+        self._accepted.append((request_id, running))
+        self._more.set()
 
     async def _write_events(self) -> None:
         """Send each accepted execution's events in turn; awaiting each write is the backpressure."""
-        while (item := await self._accepted.get()) is not None:
-            request_id, running = item
+        while True:
+            await self._more.wait()
+            request_id, running = self._accepted[0]
             execution_id = running.execution.id
             await self._send({"type": "accepted", "id": request_id, "execution_id": execution_id})
-            async for event in running.feed.follow():
+            self._cursor = running.feed.cursor()
+            async for event in self._cursor.follow():
                 assert event is not None
                 await self._send({**event, "id": request_id, "execution_id": execution_id})
+            self._cursor = None
+            self._accepted.popleft()
+            if not self._accepted:
+                self._more.clear()
+
+    def _behind(self) -> int:
+        """Bytes of accepted executions' events not sent yet: the rest of the one being sent, all of the others'."""
+        waiting = list(self._accepted)
+        if self._cursor is not None and waiting:
+            return self._cursor.behind + sum(running.feed.held_bytes for _, running in waiting[1:])
+        return sum(running.feed.held_bytes for _, running in waiting)
+
+    def _too_slow(self) -> None:
+        log.info("sandbox %s: closing a /stream socket that fell over %d bytes behind", self.sandbox_id,
+                 self.max_send_buffer)
+        self.sandboxes.metrics.slow_clients.labels(kind="stream_socket").inc()
+        self._cut_off = True
+        if self._writer is not None:
+            self._writer.cancel()
+        self._accepted.clear()  # what it would have been sent: the executions themselves go on and are stored
+        self.close(TOO_SLOW_CLOSE_CODE, too_slow_reason(self.max_send_buffer))
 
     async def _send(self, event: dict[str, Any]) -> None:
         try:
@@ -125,6 +166,7 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
             pass
 
     def on_close(self) -> None:
+        self._watch.stop()
         if self._writer is not None:
             self._writer.cancel()
             self.sandboxes.socket_closed(self.sandbox_id)

@@ -27,6 +27,7 @@ import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from gateway.execution.messages import MALFORMED, BadMessage, Message, MessageGate
+from gateway.execution.replies import Replies
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class KernelConnection:
         #: Sees every iopub message, whoever caused it (the runtime tracks kernel activity with it).
         self.on_iopub = on_iopub
         self.kernel_info: dict[str, Any] = {}
-        self._waiting: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
+        self._waiting: dict[str, Replies] = {}
         self._shell: SocketReader | None = None
         self._iopub: SocketReader | None = None
         self._gone: KernelGone | None = None
@@ -128,15 +129,16 @@ class KernelConnection:
         return dict(msg["content"].get("user_expressions") or {})
 
     @contextlib.contextmanager
-    def request(self, msg_id: str) -> Iterator[asyncio.Queue[tuple[str, Any]]]:
-        """Receive every shell and iopub message whose parent is ``msg_id`` while inside the block.
+    def request(self, msg_id: str, *, max_bytes: int | None = None) -> Iterator[Replies]:
+        """Receive every shell and iopub message whose parent is ``msg_id`` while inside the block
+        (output past ``max_bytes`` waiting is dropped: see ``Replies``).
 
         The request must already be sent: nothing can arrive before this registers, because no
         reader runs between a synchronous send and this call.
         """
         if self._gone is not None:
             raise self._gone
-        replies: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        replies = Replies(max_bytes)
         self._waiting[msg_id] = replies
         try:
             yield replies
@@ -171,7 +173,7 @@ class KernelConnection:
                     self.on_iopub(message)
                 replies = self._waiting.get(message.parent_id)
                 if replies is not None:
-                    replies.put_nowait((channel_name, message.full()))
+                    replies.offer(channel_name, message)
             except BadMessage as bad:  # its content or metadata is unreadable
                 gate.drop(channel_name, bad)
             except Exception as exc:  # whatever a signed message holds, the reader goes on

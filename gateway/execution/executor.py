@@ -22,6 +22,7 @@ from gateway.execution.connection import KernelConnection, KernelGone
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway.execution.outputs import OutputCollector
+from gateway.execution.replies import Replies
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ GONE_REASONS: dict[str, tuple[str, bool]] = {
 class OutputCaps:
     max_output_bytes: int = 5 << 20
     max_total_bytes: int = 10 << 20
+
+    @property
+    def max_pending_bytes(self) -> int:
+        """Kernel output waiting to be handled past which more is dropped as it arrives (see ``Replies``):
+        room for an execution's whole output twice over, so only a kernel outrunning the gateway loses any."""
+        return 2 * max(self.max_total_bytes, self.max_output_bytes)
 
 
 @dataclasses.dataclass
@@ -81,7 +88,7 @@ class Executor:
         responsive = True
         try:
             msg_id = self.connection.execute(execution.code)
-            with self.connection.request(msg_id) as replies:
+            with self.connection.request(msg_id, max_bytes=self.caps.max_pending_bytes) as replies:
                 loop = asyncio.get_running_loop()
                 if not await self._drain(replies, progress, collector, feed, loop.time() + execution.timeout):
                     timed_out = True
@@ -98,7 +105,7 @@ class Executor:
         self._conclude(execution, progress, timed_out=timed_out, cancelled=cancel_requested())
         return responsive
 
-    async def _drain(self, replies: asyncio.Queue[tuple[str, Any]], progress: _Progress,
+    async def _drain(self, replies: Replies, progress: _Progress,
                      collector: OutputCollector, feed: ExecutionFeed | None, deadline: float) -> bool:
         """Handle messages until done (True) or the deadline passes (False)."""
         try:
@@ -119,11 +126,14 @@ class Executor:
         if channel == "shell":
             progress.reply = msg["content"]
             return
-        msg_type = msg["header"]["msg_type"]
-        if msg_type == "status":
+        if channel == "dropped":
+            events = collector.lost()
+        elif msg["header"]["msg_type"] == "status":
             progress.idle = progress.idle or msg["content"]["execution_state"] == "idle"
             return
-        for event in collector.apply(msg):
+        else:
+            events = collector.apply(msg)
+        for event in events:
             if feed is not None:
                 feed.publish(event)
 

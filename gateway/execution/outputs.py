@@ -5,10 +5,11 @@
     collector.outputs               # what the stored execution (and its notebook) holds
 
 Consecutive stream chunks of the same name are joined, ``clear_output`` (also ``wait=True``) and
-``update_display_data`` are applied as a notebook front end would, and the two caps bound memory:
-one output over ``max_output_bytes`` is replaced by a note saying how big it was, and once the
-execution's outputs pass ``max_total_bytes`` the rest is dropped behind one note. Either marks
-the collector ``truncated``.
+``update_display_data`` are applied as a notebook front end would, and the two caps bound the
+memory an execution holds, whatever the kernel sends: one output over ``max_output_bytes`` is
+replaced by a note saying how big it was, and once what the execution holds (every kind of event
+counted, ``update_display`` included, see ``OutputCollector``) passes ``max_total_bytes`` the
+rest is dropped behind one note. Either marks the collector ``truncated``.
 """
 
 from __future__ import annotations
@@ -37,13 +38,21 @@ def output_from_msg(msg: dict[str, Any]) -> dict[str, Any]:
     return output
 
 
+def json_size(value: Any) -> int:
+    """Approximate bytes of a decoded JSON value: its strings' lengths plus a little per item."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(8 + len(str(key)) + json_size(item) for key, item in value.items())
+    if isinstance(value, list):
+        return sum(8 + json_size(item) for item in value)
+    return 8
+
+
 def output_size(output: dict[str, Any]) -> int:
-    """Approximate bytes of an output: the sizes of its text and MIME payloads."""
-    if output["output_type"] == "stream":
-        return len(output["text"])
-    if output["output_type"] == "error":
-        return sum(len(line) for line in output.get("traceback", [])) + len(output.get("evalue", ""))
-    return sum(len(v) if isinstance(v, str) else len(str(v)) for v in output.get("data", {}).values())
+    """Approximate bytes of an output: every field counts (a kernel controls all of them,
+    ``metadata`` included)."""
+    return json_size(output)
 
 
 def human_size(size: int) -> str:
@@ -54,17 +63,37 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-class OutputCollector:
-    """Applies iopub messages of one execution to its list of outputs."""
+#: What holding one live event costs the gateway besides its payload (its dicts, in the
+#: execution's feed), charged to the execution's output cap so that a flood of tiny outputs is
+#: bounded too, not only a flood of large ones.
+EVENT_COST = 256
+#: What a superseded ``update_display`` still costs: the feed keeps a hole in its place.
+SUPERSEDED_COST = 16
+#: Stream names nbformat knows; any other name is shown as stderr.
+STREAM_NAMES = frozenset({"stdout", "stderr"})
 
-    def __init__(self, *, max_output_bytes: int, max_total_bytes: int) -> None:
+
+class OutputCollector:
+    """Applies iopub messages of one execution to its list of outputs.
+
+    ``total_bytes`` is what the execution's output costs so far, counted as it is kept: each
+    output's size plus ``EVENT_COST`` for its live event; an ``update_display`` costs the growth
+    of that display's latest content (only the latest is kept, here and in the feed); a
+    ``clear_output`` with nothing to clear is dropped. Past ``max_total_bytes`` nothing more is
+    kept (``clear_output`` included) but one note saying so.
+    """
+
+    def __init__(self, *, max_output_bytes: int, max_total_bytes: int, event_cost: int = EVENT_COST) -> None:
         self.max_output_bytes = max_output_bytes
         self.max_total_bytes = max_total_bytes
+        self.event_cost = event_cost
         self.outputs: list[dict[str, Any]] = []
         self.truncated = False
         self.total_bytes = 0
         self._clear_on_next_output = False
         self._display_ids: dict[str, list[int]] = {}
+        #: display id -> size of its latest update (what an update of it holds).
+        self._updated: dict[str, int] = {}
         self._dropping = False
 
     def apply(self, msg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -72,15 +101,17 @@ class OutputCollector:
         msg_type = msg["header"]["msg_type"]
         if msg_type == "clear_output":
             return self._clear(wait=msg["content"].get("wait", False))
-        if msg_type not in OUTPUT_MESSAGES:
+        if msg_type not in OUTPUT_MESSAGES or self._dropping:
             return []
         events = self._flush_pending_clear()
         display_id = (msg["content"].get("transient") or {}).get("display_id")
+        if not isinstance(display_id, str):
+            display_id = None
         if msg_type == "update_display_data":
             return events + self._update_display(display_id, msg)
-        output = self._within_caps(output_from_msg(msg))
-        if output is None:
-            return events
+        output, size = self._fit(output_from_msg(msg))
+        if not self._charge(size + self.event_cost + len(display_id or "")):
+            return events + self._drop_rest()
         self._append(output, display_id)
         if display_id:  # so a live client knows which output a later update_display replaces
             return events + [{"type": "output", "output": output, "display_id": display_id}]
@@ -107,10 +138,16 @@ class OutputCollector:
         if not display_id:
             return []
         content = msg["content"]
+        update, size = self._fit(
+            {"output_type": "display_data", "data": content.get("data", {}), "metadata": content.get("metadata", {})}
+        )
+        previous = self._updated.get(display_id)
+        cost = size + self.event_cost + len(display_id) if previous is None else size - previous + SUPERSEDED_COST
+        if not self._charge(cost):
+            return self._drop_rest()
+        self._updated[display_id] = size
         for index in self._display_ids.get(display_id, []):
-            updated = {**self.outputs[index], "data": content.get("data", {}), "metadata": content.get("metadata", {})}
-            self.outputs[index] = self._within_caps(updated) or self.outputs[index]
-        update = {"output_type": "display_data", "data": content.get("data", {}), "metadata": content.get("metadata", {})}
+            self.outputs[index] = {**self.outputs[index], "data": update["data"], "metadata": update["metadata"]}
         return [{"type": "update_display", "display_id": display_id, "output": update}]
 
     def _clear(self, *, wait: bool) -> list[dict[str, Any]]:
@@ -127,42 +164,77 @@ class OutputCollector:
         return self._clear_now(wait=True)
 
     def _clear_now(self, *, wait: bool) -> list[dict[str, Any]]:
+        if not self.outputs or self._dropping:
+            return []  # nothing to clear, for the stored execution as for a live client
+        if not self._charge(self.event_cost):
+            return self._drop_rest()
         self.outputs.clear()  # in place: the running execution shares this list
         self._display_ids = {}
         return [{"type": "clear_output", "wait": wait}]
 
+    def lost(self) -> list[dict[str, Any]]:
+        """Output was dropped before it got here (the kernel outran the gateway): say so, once per run."""
+        self.truncated = True
+        if self._dropping:
+            return []
+        note = {"output_type": "stream", "name": "stderr",
+                "text": "\n[output dropped: the kernel produced it faster than the gateway could take it]\n"}
+        if not self._charge(self.event_cost + output_size(note)):
+            return self._drop_rest()
+        self._append(note, None)
+        return [{"type": "output", "output": note}]
+
     # -- caps ------------------------------------------------------------------------------------
 
-    def _within_caps(self, output: dict[str, Any]) -> dict[str, Any] | None:
-        """The output as it may be kept: itself, a truncation note, or None once over the total cap."""
-        if self._dropping:
-            return None
+    def _charge(self, cost: int) -> bool:
+        """Count ``cost`` against the execution's cap; False (and nothing counted) if it does not fit."""
+        if self._dropping or self.total_bytes + cost > self.max_total_bytes:
+            return False
+        self.total_bytes += cost
+        return True
+
+    def _drop_rest(self) -> list[dict[str, Any]]:
+        """Stop keeping output, behind one note (kept and streamed, past the cap: it is small)."""
+        self.truncated = True
+        self._dropping = True
+        self._clear_on_next_output = False
+        note = {
+            "output_type": "stream",
+            "name": "stderr",
+            "text": f"\n[output truncated: this execution passed the {human_size(self.max_total_bytes)} "
+            "output limit; further output was dropped]\n",
+        }
+        self._append(note, None)
+        return [{"type": "output", "output": note}]
+
+    def _fit(self, output: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """The output as it may be kept (itself, or a note if it is over the per-output cap) and its size."""
+        if output["output_type"] == "stream" and output["name"] not in STREAM_NAMES:
+            output = {**output, "name": "stderr"}
         size = output_size(output)
-        if size > self.max_output_bytes:
-            self.truncated = True
-            output = self._oversize_note(output, size)
-            size = output_size(output)
-        if self.total_bytes + size > self.max_total_bytes:
-            self.truncated = True
-            self._dropping = True
-            return {
-                "output_type": "stream",
-                "name": "stderr",
-                "text": f"\n[output truncated: this execution passed the {human_size(self.max_total_bytes)} "
-                "output limit; further output was dropped]\n",
-            }
-        self.total_bytes += size
-        return output
+        if size <= self.max_output_bytes:
+            return output, size
+        self.truncated = True
+        note = self._oversize_note(output, size)
+        return note, output_size(note)
 
     def _oversize_note(self, output: dict[str, Any], size: int) -> dict[str, Any]:
+        """A small stand-in for an output over the per-output cap; none of its fields stays large."""
         note = (
             f"[output truncated: {output['output_type']} of {human_size(size)} is over the "
             f"{human_size(self.max_output_bytes)} per-output limit]"
         )
-        if output["output_type"] == "stream":
-            keep = output["text"][: self.max_output_bytes]
-            return {**output, "text": f"{keep}\n{note}\n"}
-        if output["output_type"] == "error":
-            return {**output, "traceback": [note]}
-        metadata = {**output.get("metadata", {}), "truncated": {"original_bytes": size}}
-        return {**output, "data": {"text/plain": note}, "metadata": metadata}
+        room = max(self.max_output_bytes - len(note) - 64, 0)
+        kind = output["output_type"]
+        if kind == "stream":
+            keep = output["text"][:room] if isinstance(output["text"], str) else ""
+            return {"output_type": "stream", "name": output["name"], "text": f"{keep}\n{note}\n"}
+        if kind == "error":
+            return {"output_type": "error", "ename": str(output.get("ename"))[:256],
+                    "evalue": str(output.get("evalue"))[: room // 2], "traceback": [note]}
+        replaced = {"output_type": kind, "data": {"text/plain": note},
+                    "metadata": {"truncated": {"original_bytes": size}}}
+        if kind == "execute_result":
+            count = output.get("execution_count")
+            replaced["execution_count"] = count if isinstance(count, int) else None
+        return replaced

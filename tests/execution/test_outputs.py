@@ -6,7 +6,8 @@ from typing import Any
 
 import nbformat
 
-from gateway.execution.outputs import OutputCollector
+from gateway.execution.feed import ExecutionFeed
+from gateway.execution.outputs import EVENT_COST, OutputCollector, output_size
 
 
 def msg(msg_type: str, **content: Any) -> dict[str, Any]:
@@ -14,7 +15,8 @@ def msg(msg_type: str, **content: Any) -> dict[str, Any]:
 
 
 def collector(**caps: int) -> OutputCollector:
-    return OutputCollector(max_output_bytes=caps.get("per", 1000), max_total_bytes=caps.get("total", 10_000))
+    return OutputCollector(max_output_bytes=caps.get("per", 1000), max_total_bytes=caps.get("total", 10_000),
+                           event_cost=caps.get("event_cost", 0))
 
 
 def test_streams_of_the_same_name_are_joined_and_order_is_kept() -> None:
@@ -71,14 +73,88 @@ def test_an_output_over_the_per_output_cap_becomes_a_note() -> None:
     assert c.truncated
     assert "truncated" in output["data"]["text/plain"]
     assert "image/png" not in output["data"]
-    assert output["metadata"]["truncated"]["original_bytes"] == 503
+    original = {"output_type": "display_data", "data": {"image/png": "A" * 500, "text/plain": "fig"}, "metadata": {}}
+    assert output["metadata"]["truncated"]["original_bytes"] == output_size(original)
 
 
 def test_output_past_the_total_cap_is_dropped_behind_one_note() -> None:
-    c = collector(per=1000, total=250)
+    chunk = {"output_type": "stream", "name": "stdout", "text": "x" * 100}
+    c = collector(per=1000, total=2 * output_size(chunk) + 10)
     for _ in range(10):
         c.apply(msg("stream", name="stdout", text="x" * 100))
     assert c.truncated
     text = "".join(o["text"] for o in c.outputs)
     assert text.count("x" * 100) == 2
     assert text.count("output truncated") == 1
+
+
+def shown(c: OutputCollector) -> str:
+    return "".join(o.get("text", "") for o in c.outputs)
+
+
+def test_updates_of_one_display_cost_only_its_latest_content() -> None:
+    c = collector(per=2000, total=5000)
+    c.apply(msg("display_data", data={"text/plain": "0"}, metadata={}, transient={"display_id": "p"}))
+    for n in range(100):  # 100 x 1000 bytes: 20 times the cap, but only the latest is held
+        events = c.apply(msg("update_display_data", data={"text/plain": str(n % 10) * 1000}, metadata={},
+                             transient={"display_id": "p"}))
+        assert [e["type"] for e in events] == ["update_display"]
+    assert not c.truncated and c.outputs[0]["data"] == {"text/plain": "9" * 1000}
+
+
+def test_updates_of_many_displays_count_against_the_cap() -> None:
+    c = collector(per=2000, total=5000)
+    for n in range(20):
+        c.apply(msg("update_display_data", data={"text/plain": "u" * 1000}, metadata={},
+                    transient={"display_id": f"d{n}"}))
+    assert c.truncated and c.total_bytes <= 5000
+    assert shown(c).count("output truncated") == 1
+    # Once over, nothing more is kept or streamed.
+    assert c.apply(msg("update_display_data", data={"text/plain": "late"}, metadata={},
+                       transient={"display_id": "d0"})) == []
+    assert c.apply(msg("clear_output", wait=False)) == []
+
+
+def test_an_update_over_the_per_output_cap_becomes_a_note_and_keeps_the_display() -> None:
+    c = collector(per=500, total=100_000)
+    c.apply(msg("display_data", data={"text/plain": "0%"}, metadata={}, transient={"display_id": "p"}))
+    events = c.apply(msg("update_display_data", data={"image/png": "A" * 5000}, metadata={},
+                         transient={"display_id": "p"}))
+    assert events[0]["type"] == "update_display" and "truncated" in events[0]["output"]["data"]["text/plain"]
+    assert c.outputs[0]["output_type"] == "display_data" and "truncated" in c.outputs[0]["data"]["text/plain"]
+
+
+def test_metadata_and_display_ids_count_too() -> None:
+    c = collector(per=1000, total=100_000)
+    c.apply(msg("display_data", data={"text/plain": "x"}, metadata={"huge": "m" * 5000}))
+    (output,) = c.outputs
+    assert c.truncated and output_size(output) <= 1000 and "m" * 100 not in str(output)
+    c = collector(per=1000, total=3000)
+    c.apply(msg("display_data", data={"text/plain": "x"}, metadata={}, transient={"display_id": "i" * 4000}))
+    assert c.truncated and c.outputs[-1]["name"] == "stderr"
+
+
+def test_clear_output_with_nothing_to_clear_is_dropped() -> None:
+    c = collector(event_cost=EVENT_COST, total=100_000)
+    for _ in range(1000):
+        assert c.apply(msg("clear_output", wait=False)) == []
+    assert c.total_bytes == 0
+
+
+def test_a_flood_of_tiny_outputs_is_bounded_by_their_event_cost() -> None:
+    c = collector(event_cost=EVENT_COST, total=1 << 20)
+    feed = ExecutionFeed()
+    for n in range(50_000):
+        for event in c.apply(msg("stream", name="stdout" if n % 2 else "stderr", text="x")):
+            feed.publish(event)
+    assert c.truncated
+    assert len(c.outputs) < (1 << 20) // EVENT_COST + 2
+    assert len(feed) < (1 << 20) // EVENT_COST + 2
+
+
+def test_output_lost_before_the_collector_is_said_once_and_truncates() -> None:
+    c = collector()
+    c.apply(msg("stream", name="stdout", text="a"))
+    events = c.lost() + c.lost()
+    assert c.truncated and len(events) == 2  # one note per run of drops (each run reports once)
+    assert all("output dropped" in e["output"]["text"] for e in events)
