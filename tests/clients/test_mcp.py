@@ -154,3 +154,18 @@ async def test_stdio_server_of_the_command_line(client_gateway: GatewayProcess) 
     for made_id in [sandbox_id, *made]:
         await until(lambda i=made_id: sandbox_status(client_gateway, i), lambda s: s == "terminated",
                     what=f"sandbox {made_id} deleted at the end of the stdio session")
+
+
+async def test_stdio_with_a_named_sandbox_uses_it_and_leaves_it(client_gateway: GatewayProcess) -> None:
+    async with client_gateway.client("alice") as rest:
+        sandbox_id = (await rest.post("/api/v1/sandboxes", json={})).json()["id"]
+        try:
+            env = {**os.environ, "CODE_GATEWAY_URL": client_gateway.url, "CODE_GATEWAY_API_KEY": KEYS["alice"]}
+            parameters = StdioServerParameters(command=CLI, args=["mcp", "--sandbox", sandbox_id], env=env)
+            async with Client(parameters, mode="legacy") as client:
+                assert texts(await client.call_tool("run_code", {"code": "z = 5\nz * 2"})) == "10"
+            assert await sandbox_status(client_gateway, sandbox_id) == "running"  # not the session's to delete
+            history = (await rest.get(f"/api/v1/sandboxes/{sandbox_id}/executions")).json()["executions"]
+            assert [e["code"] for e in history] == ["z = 5\nz * 2"]
+        finally:
+            await rest.delete(f"/api/v1/sandboxes/{sandbox_id}")
