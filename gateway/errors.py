@@ -130,6 +130,14 @@ class QuotaExceeded(GatewayError):
     code = "quota_exceeded"
 
 
+class TooManyQueued(GatewayError):
+    """A sandbox has as many executions waiting as it may: retry when some have run."""
+
+    status = 429
+    code = "too_many_queued"
+    retry_after = 1
+
+
 class SandboxDiskFull(GatewayError):
     """The sandbox's working directory has no room for what was asked."""
 

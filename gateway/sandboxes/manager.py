@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from traitlets import Bool, Float, Int, Unicode
@@ -39,6 +40,7 @@ from gateway.errors import (
     SandboxNotRunning,
     SandboxPaused,
     SandboxStartFailed,
+    TooManyQueued,
 )
 from gateway.execution.connection import ConnectTimeout, KernelGone
 from gateway.execution.executor import OutputCaps
@@ -97,6 +99,10 @@ class SandboxManager(LoggingConfigurable):
     max_sandboxes_per_user = Int(
         20, help="Most live sandboxes one user may hold at once (0: no limit)."
     ).tag(config=True)
+    max_queued_executions = Int(
+        100, help="Most executions one sandbox may have waiting behind the one it runs (0: no limit); "
+        "beyond, 429 too_many_queued with Retry-After."
+    ).tag(config=True)
     max_output_bytes = Int(
         5 << 20, help="Largest single output kept; a larger one is replaced by a note."
     ).tag(config=True)
@@ -149,6 +155,8 @@ class SandboxManager(LoggingConfigurable):
         self._activity_timer: asyncio.TimerHandle | None = None
         #: Open /stream WebSockets per sandbox (activity: a sandbox with one is never idle).
         self._sockets: Counter[str] = Counter()
+        #: sandbox id -> its accepted executions not finished yet (the one running included).
+        self._unfinished: Counter[str] = Counter()
         self.reaper = SandboxReaper(sandboxes=self._sandboxes.values, active=self.is_active, act=self.reap,
                                     parent=self)
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
@@ -444,10 +452,15 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxNotFound(sandbox_id)
         return sandbox
 
-    async def list_sandboxes(self, user: str, *, statuses: list[str] | None = None) -> list[Sandbox]:
+    async def list_sandboxes(self, user: str, *, statuses: list[str] | None = None, limit: int | None = None,
+                             offset: int = 0) -> list[Sandbox]:
         owner = None if user == self.admin_user else user
-        records = await self.store.list_sandboxes(owner=owner, statuses=statuses)
+        records = await self.store.list_sandboxes(owner=owner, statuses=statuses, limit=limit, offset=offset)
         return [self._sandboxes.get(r["id"]) or Sandbox.from_record(r) for r in records]
+
+    async def count_sandboxes(self, user: str, *, statuses: list[str] | None = None) -> int:
+        """How many sandboxes ``list_sandboxes`` lists for ``user`` without a limit."""
+        return await self.store.count_sandboxes(owner=None if user == self.admin_user else user, statuses=statuses)
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox = await self.get(sandbox_id, user)
@@ -762,10 +775,12 @@ class SandboxManager(LoggingConfigurable):
         """Accept an execution: run in its turn by a task we own, returned once stored as ``queued``."""
         sandbox, runtime = await self._runtime(sandbox_id, user)
         self.store.check_available()
-        sandbox.touch()
         execution = Execution(
             sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
         )
+        self._check_queue(sandbox_id)
+        sandbox.touch()
+        self._unfinished[sandbox_id] += 1  # (no await since the check: nothing else counts in between)
         stored = self.store.put_execution(execution.to_record())
         running = RunningExecution(execution, ExecutionFeed())
         # The run starts while the record commits (the store keeps their order), so the commit
@@ -774,6 +789,15 @@ class SandboxManager(LoggingConfigurable):
         self._running[execution.id] = running
         await stored
         return running
+
+    def _check_queue(self, sandbox_id: str) -> None:
+        """``TooManyQueued`` if the sandbox already has ``max_queued_executions`` waiting."""
+        waiting = self._unfinished[sandbox_id] - 1  # one of them runs (or is about to)
+        if self.max_queued_executions and waiting >= self.max_queued_executions:
+            raise TooManyQueued(
+                f"sandbox {sandbox_id} already has {waiting} executions waiting behind the running one "
+                f"(the limit is {self.max_queued_executions}); retry once some have finished"
+            )
 
     async def execute(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> Execution:
         """Run code and wait for its end (the wait can be abandoned; the execution goes on)."""
@@ -809,6 +833,9 @@ class SandboxManager(LoggingConfigurable):
                 log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
             self._record_activity_soon(sandbox)
             self._running.pop(execution.id, None)
+            self._unfinished[sandbox.id] -= 1
+            if self._unfinished[sandbox.id] <= 0:
+                del self._unfinished[sandbox.id]
             running.final = execution.to_public()
             feed.close({"type": "execution", "execution": running.final})
             if not running.done.done():
@@ -849,6 +876,13 @@ class SandboxManager(LoggingConfigurable):
         except SandboxNotFound:
             raise ExecutionNotFound(execution_id) from None
         return execution
+
+    async def iter_executions(self, sandbox_id: str, user: str) -> AsyncIterator[Execution]:
+        """A sandbox's whole history, read from the store a few records at a time (for exports)."""
+        await self.get(sandbox_id, user)
+        async for record in self.store.iter_executions(sandbox_id):
+            running = self._running.get(record["id"])
+            yield running.execution if running is not None else Execution.from_record(record)
 
     async def list_executions(self, sandbox_id: str, user: str, *, limit: int | None = None,
                               offset: int = 0) -> list[Execution]:

@@ -23,7 +23,7 @@ What every store guarantees:
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from gateway.errors import StoreUnavailable
@@ -83,9 +83,14 @@ class Store(abc.ABC):
     async def get_sandbox(self, sandbox_id: str) -> Record | None: ...
 
     @abc.abstractmethod
-    async def list_sandboxes(self, *, owner: str | None = None,
-                             statuses: list[str] | None = None) -> list[Record]:
-        """Sandboxes in creation order, optionally only one owner's and only some statuses."""
+    async def list_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None,
+                             limit: int | None = None, offset: int = 0) -> list[Record]:
+        """Sandboxes in creation order, optionally only one owner's and only some statuses, and
+        only ``limit`` of them from the ``offset``-th on."""
+
+    @abc.abstractmethod
+    async def count_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None) -> int:
+        """How many sandboxes ``list_sandboxes`` with the same filters would list without a limit."""
 
     # -- executions ------------------------------------------------------------------------------
 
@@ -101,6 +106,15 @@ class Store(abc.ABC):
         self, sandbox_id: str, *, limit: int | None = None, offset: int = 0
     ) -> list[Record]:
         """A sandbox's executions in submission order."""
+
+    async def iter_executions(self, sandbox_id: str, *, page: int = 8) -> AsyncIterator[Record]:
+        """A sandbox's executions in submission order, read ``page`` at a time: an export of any
+        length holds a few records at once, never the whole history."""
+        offset = 0
+        while records := await self.list_executions(sandbox_id, limit=page, offset=offset):
+            for record in records:
+                yield record
+            offset += len(records)
 
     @abc.abstractmethod
     async def list_unfinished_executions(self) -> list[Record]:

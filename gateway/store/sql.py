@@ -31,6 +31,18 @@ UPSERT_EXECUTION = (
 )
 
 
+def sandbox_filter(owner: str | None, statuses: list[str] | None) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` clause (and its parameters) of a sandbox listing."""
+    clauses, params = [], []
+    if owner is not None:
+        clauses.append("owner = ?")
+        params.append(owner)
+    if statuses:
+        clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params.extend(statuses)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), tuple(params)
+
+
 class SQLStore(Store):
     #: The SQL expression that orders a table's rows as they were first inserted.
     order = "rowid"
@@ -108,18 +120,16 @@ class SQLStore(Store):
     async def get_sandbox(self, sandbox_id: str) -> Record | None:
         return await self._record("SELECT record FROM sandboxes WHERE id = ?", (sandbox_id,))
 
-    async def list_sandboxes(self, *, owner: str | None = None,
-                             statuses: list[str] | None = None) -> list[Record]:
-        clauses, params = [], []
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-        if statuses:
-            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(statuses)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT record FROM sandboxes {where} ORDER BY {self.order}"
-        return await self._records(sql, tuple(params))
+    async def list_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None,
+                             limit: int | None = None, offset: int = 0) -> list[Record]:
+        where, params = sandbox_filter(owner, statuses)
+        sql = f"SELECT record FROM sandboxes {where} ORDER BY {self.order} LIMIT ? OFFSET ?"
+        return await self._records(sql, (*params, NO_LIMIT if limit is None else limit, offset))
+
+    async def count_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None) -> int:
+        where, params = sandbox_filter(owner, statuses)
+        rows = await self._rows(f"SELECT COUNT(*) FROM sandboxes {where}", params)
+        return int(rows[0][0])
 
     # -- executions --------------------------------------------------------------------------------
 
