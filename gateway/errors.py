@@ -126,8 +126,14 @@ class LimitOutOfRange(GatewayError):
 
 
 class QuotaExceeded(GatewayError):
+    """Over one of the user's quotas; the message names it, its limit and the current use."""
+
     status = 429
     code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class TooManyQueued(GatewayError):

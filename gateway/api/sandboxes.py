@@ -110,3 +110,10 @@ class SandboxMetricsHandler(SandboxAPIHandler):
 
     async def get(self, sandbox_id: str) -> None:
         self.write_json(await self.sandboxes.usage(sandbox_id, self.user))
+
+
+class UsageHandler(SandboxAPIHandler):
+    """``GET /api/v1/usage``: the caller's use of each quota beside its limit."""
+
+    async def get(self) -> None:
+        self.write_json(await self.sandboxes.quotas.usage(self.user))
