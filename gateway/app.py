@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from tornado.netutil import bind_sockets
-from traitlets import Float, Int, List, Unicode, default
+from traitlets import CaselessStrEnum, Float, Int, List, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from gateway import __version__
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER
+from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.routes import make_app
 from gateway.api.server import NoDelayHTTPServer
-from gateway.auth import KeyRing
+from gateway.auth import KEY_FORMATS, KeyRing
 from gateway.config import env_config
 from gateway.mcp.server import McpService
 from gateway.metrics import GatewayMetrics
@@ -42,7 +43,6 @@ from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.pool import WarmPool
-from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import SandboxReaper
 from gateway.sandboxes.snapshots import SandboxSnapshots
 from gateway.store.base import Store
@@ -62,11 +62,7 @@ ALIASES = {
     "log-level": "Application.log_level",
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
-    "max-sandboxes-per-user": "UserQuotas.max_sandboxes",
-    "max-cpu-per-user": "UserQuotas.max_cpu",
-    "max-memory-mb-per-user": "UserQuotas.max_memory_mb",
-    "max-paused-per-user": "UserQuotas.max_paused",
-    "max-executions-per-minute": "UserQuotas.max_executions_per_minute",
+    "max-sandboxes-per-user": "SandboxManager.max_sandboxes_per_user",
     "default-lifetime": "LifetimePolicy.default_lifetime",
     "max-lifetime": "LifetimePolicy.max_lifetime",
     "idle-timeout": "LifetimePolicy.default_idle_timeout",
@@ -105,21 +101,25 @@ class ConfiguredApp(Application):
 
 class KeysApp(ConfiguredApp):
     name = "code-gateway keys"
-    description = "Manage API keys: `code-gateway keys create USER` prints a new key for USER, once."
+    description = ("Manage API keys: `code-gateway keys create USER [--format e2b]` prints a new key for USER, "
+                   "once (--format e2b: an e2b_... key, for the E2B SDKs; it works on our API too).")
     data_dir = Unicode(".gateway-data", help="Where the gateway keeps its database.").tag(config=True)
     timeout = Float(30.0, help="Seconds to wait for the store to take the key.").tag(config=True)
-    aliases = {"data-dir": "KeysApp.data_dir", "config": "KeysApp.config_file"}
+    key_format = CaselessStrEnum(list(KEY_FORMATS), default_value="gateway",
+                                 help="The key's form: gateway (cig_...) or e2b (e2b_ + 40 hex digits).").tag(config=True)
+    aliases = {"data-dir": "KeysApp.data_dir", "config": "KeysApp.config_file", "format": "KeysApp.key_format"}
 
     def start(self) -> None:
         if len(self.extra_args) != 2 or self.extra_args[0] != "create":
-            sys.exit("usage: code-gateway keys create USER")
+            sys.exit("usage: code-gateway keys create USER [--format gateway|e2b]")
         print(asyncio.run(self._create(self.extra_args[1])))
 
     async def _create(self, user: str) -> str:
         store = open_store(self.data_dir)
         await store.open()
         try:
-            return await asyncio.wait_for(KeyRing(store=store, parent=self).create(user), self.timeout)
+            return await asyncio.wait_for(KeyRing(store=store, parent=self).create(user, str(self.key_format)),
+                                          self.timeout)
         except asyncio.TimeoutError:
             sys.exit(f"the key could not be stored within {self.timeout:g} s: {store.problem}")
         finally:
@@ -155,7 +155,7 @@ class GatewayApp(ConfiguredApp):
         ),
     }
     classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
-               LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, KeyRing]
+               LifetimePolicy, SandboxReaper, SandboxSnapshots, KeyRing, E2BTemplates]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -198,7 +198,6 @@ class GatewayApp(ConfiguredApp):
                                      kernels_dir=self.launcher.kernels_dir, parent=self)
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
                                         lifetimes=LifetimePolicy(parent=self), snapshots=snapshots,
-                                        quotas=UserQuotas(store=self.store, parent=self),
                                         metrics=self.metrics, parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)
@@ -206,7 +205,8 @@ class GatewayApp(ConfiguredApp):
         await self.mcp.start()
         self.web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,
                                 files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins,
-                                mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes)
+                                mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes,
+                                e2b_templates=E2BTemplates(parent=self))
         self.server = NoDelayHTTPServer(self.web_app, max_body_size=self.max_body_size)
         sockets = bind_sockets(self.port, address=self.ip)
         self.server.add_sockets(sockets)

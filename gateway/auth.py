@@ -26,7 +26,14 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def new_key() -> str:
+#: The forms of key ``code-gateway keys create --format`` makes: ours, and E2B's (``e2b_`` and 40 hex
+#: digits, the form the E2B SDKs and API expect), which work on our API as well.
+KEY_FORMATS = ("gateway", "e2b")
+
+
+def new_key(key_format: str = "gateway") -> str:
+    if key_format == "e2b":
+        return "e2b_" + secrets.token_hex(20)
     return "cig_" + secrets.token_urlsafe(32)
 
 
@@ -71,8 +78,10 @@ class KeyRing(LoggingConfigurable):
                 self._known[digest] = user
         return user
 
-    async def create(self, user: str) -> str:
-        """Make a key for ``user``, store its hash, and return the key (shown once)."""
-        key = new_key()
+    async def create(self, user: str, key_format: str = "gateway") -> str:
+        """Make a key for ``user`` (of ``KEY_FORMATS``), store its hash, and return the key (shown once)."""
+        if key_format not in KEY_FORMATS:
+            raise InvalidRequest(f"unknown key format {key_format!r}: one of {', '.join(KEY_FORMATS)}")
+        key = new_key(key_format)
         await self.store.add_api_key(user, hash_key(key))
         return key

@@ -9,7 +9,9 @@ from typing import Any
 
 from tornado import web
 
+from gateway.api import e2b
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER
+from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.base import NotFoundHandler
 from gateway.api.executions import (
     ExecuteHandler,
@@ -41,7 +43,6 @@ from gateway.api.sandboxes import (
     SandboxesHandler,
     SandboxHandler,
     SandboxMetricsHandler,
-    UsageHandler,
 )
 from gateway.auth import KeyRing
 from gateway.mcp.server import McpService
@@ -58,12 +59,13 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
              keepalive: float = 15.0, allow_origins: list[str] | None = None,
              max_send_buffer: int = DEFAULT_SEND_BUFFER,
              files: SandboxFiles | None = None, metrics: GatewayMetrics | None = None,
-             mcp: McpService | None = None, **settings: Any) -> web.Application:
+             mcp: McpService | None = None, e2b_templates: E2BTemplates | None = None,
+             **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes, "allow_origins": allow_origins or [],
             "max_send_buffer": max_send_buffer}
     with_launcher = {**deps, "launcher": launcher}
     metrics = metrics or sandboxes.metrics
-    routes: list[tuple[str, type[web.RequestHandler], dict[str, Any]]] = [
+    routes: list[Any] = [
         (rf"{V1}/sandboxes", SandboxesHandler, deps),
         (rf"{V1}/sandboxes/{ID}", SandboxHandler, deps),
         (rf"{V1}/sandboxes/{ID}/execute", ExecuteHandler, {**deps, "keepalive": keepalive}),
@@ -74,7 +76,6 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/pause", PauseHandler, deps),
         (rf"{V1}/sandboxes/{ID}/resume", ResumeHandler, deps),
         (rf"{V1}/sandboxes/{ID}/metrics", SandboxMetricsHandler, deps),
-        (rf"{V1}/usage", UsageHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),
@@ -98,6 +99,9 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         ]
     if mcp is not None:
         routes.append((r"/mcp/?", McpHandler, {**deps, "mcp": mcp}))
+    # E2B's control plane under /e2b, its sandbox traffic under /e2b/sandbox (routed by port header).
+    routes += e2b.routes(deps, templates=e2b_templates or E2BTemplates(), policy=sandboxes.policy,
+                         keepalive=keepalive)
     routes += playground_routes()
     return web.Application(
         routes,

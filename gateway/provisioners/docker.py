@@ -478,6 +478,8 @@ class DockerProvisioner(KernelProvisionerBase):
             **sandbox.env,
             CONNECTION_ENV: json.dumps(connection),
         }
+        if getattr(sandbox, "image", None):
+            self.image = sandbox.image  # chosen by the request (an E2B template); recorded for re-attaching
         options: dict[str, Any] = {
             "image": self.image,
             "name": container_name(sandbox.id),

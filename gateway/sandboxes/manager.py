@@ -24,8 +24,6 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 from traitlets import Bool, Float, Int, Unicode
@@ -41,7 +39,6 @@ from gateway.errors import (
     SandboxNotRunning,
     SandboxPaused,
     SandboxStartFailed,
-    TooManyQueued,
 )
 from gateway.execution.connection import ConnectTimeout, KernelGone
 from gateway.execution.executor import OutputCaps
@@ -56,7 +53,6 @@ from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.locks import LifecycleLocks
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
 from gateway.sandboxes.pool import WarmPool
-from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import EXPIRED, IDLE, SandboxReaper
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.sandboxes.snapshots import SandboxSnapshots
@@ -70,7 +66,8 @@ STARTED_BY_JUPYTER = "jupyter"
 LIVE = [str(SandboxStatus.CREATING), str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED),
         str(SandboxStatus.TERMINATING)]
 #: What a sandbox taken from the warm pool gets from the request that claimed it.
-REQUESTED_FIELDS = ("owner", "resources", "env", "metadata", "expires_at", "idle_timeout", "on_idle", "auto_resume")
+REQUESTED_FIELDS = ("owner", "resources", "env", "metadata", "expires_at", "idle_timeout", "on_idle", "auto_resume",
+                    "template", "access_token")
 
 
 def start_failure(exc: BaseException) -> str:
@@ -98,9 +95,8 @@ class RunningExecution:
 
 class SandboxManager(LoggingConfigurable):
     admin_user = Unicode("admin", help="The user who may see and manage every sandbox.").tag(config=True)
-    max_queued_executions = Int(
-        100, help="Most executions one sandbox may have waiting behind the one it runs (0: no limit); "
-        "beyond, 429 too_many_queued with Retry-After."
+    max_sandboxes_per_user = Int(
+        20, help="Most live sandboxes one user may hold at once (0: no limit)."
     ).tag(config=True)
     max_output_bytes = Int(
         5 << 20, help="Largest single output kept; a larger one is replaced by a note."
@@ -128,14 +124,13 @@ class SandboxManager(LoggingConfigurable):
 
     def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
                  lifetimes: LifetimePolicy | None = None, snapshots: SandboxSnapshots | None = None,
-                 quotas: UserQuotas | None = None, metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
+                 metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.metrics = metrics or GatewayMetrics()
         self.launcher = launcher
         self.policy = policy
         self.lifetimes = lifetimes or LifetimePolicy(parent=self)
-        self.quotas = quotas or UserQuotas(store=store, parent=self)
         #: Where paused sandboxes keep their files and variables (None: pausing is not possible).
         self.snapshots = snapshots
         self.settings = RuntimeSettings(
@@ -155,8 +150,6 @@ class SandboxManager(LoggingConfigurable):
         self._activity_timer: asyncio.TimerHandle | None = None
         #: Open /stream WebSockets per sandbox (activity: a sandbox with one is never idle).
         self._sockets: Counter[str] = Counter()
-        #: sandbox id -> its accepted executions not finished yet (the one running included).
-        self._unfinished: Counter[str] = Counter()
         self.reaper = SandboxReaper(sandboxes=self._sandboxes.values, active=self.is_active, act=self.reap,
                                     parent=self)
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
@@ -333,13 +326,20 @@ class SandboxManager(LoggingConfigurable):
         idle_timeout: float | None = None,
         on_idle: str | None = None,
         auto_resume: bool | None = None,
+        image: str | None = None,
+        template: str | None = None,
     ) -> Sandbox:
-        """Start a sandbox for ``owner``; ``lifetime`` (s) and the idle rules default to the policy's."""
+        """Start a sandbox for ``owner``; ``lifetime`` (s) and the idle rules default to the policy's.
+
+        ``image``: a sandbox image other than the provisioner's default (E2B templates choose one);
+        such a sandbox never comes from the warm pool, which holds the default image's.
+        """
         limits = self.policy.resolve(resources or {})
         terms = self.lifetimes.resolve(
             {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
         )
         self.store.check_available()
+        self._check_quota(owner)
         sandbox = Sandbox(
             owner=owner, resources=limits, provisioner=self.launcher.resolved,
             env=dict(env or {}), metadata=dict(metadata or {}),
@@ -348,22 +348,23 @@ class SandboxManager(LoggingConfigurable):
             idle_timeout=self.lifetimes.default_idle_timeout if terms.idle_timeout is None else terms.idle_timeout,
             on_idle=terms.on_idle or "pause",
             auto_resume=True if terms.auto_resume is None else terms.auto_resume,
+            image=image, template=template,
         )
         began = time.monotonic()
-        retry_after = self._soonest_end_of(owner)
-        await self.quotas.check(sandbox.to_record(), retry_after=retry_after)
-        taken = self.pool.claim(limits, sandbox.figure_formats)
+        taken = self.pool.claim(limits, sandbox.figure_formats) if image is None else None
         if taken is not None and await self._take_pooled(taken, sandbox):
             self.metrics.sandbox_starts.labels(source="pool").observe(time.monotonic() - began)
             return taken[0]
-        await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)  # the slot is ours
         self._sandboxes[sandbox.id] = sandbox
+        await self.store.put_sandbox(sandbox.to_record())
         try:
             runtime = await self._start_runtime(sandbox)
         except Exception as exc:
             log.exception("sandbox %s: failed to start", sandbox.id)
             self._sandboxes.pop(sandbox.id, None)
-            await self._end(sandbox, "start_failed")  # it holds nothing: its slot is free again at once
+            sandbox.status = SandboxStatus.FAILED
+            sandbox.status_reason = "start_failed"
+            await self.store.put_sandbox(sandbox.to_record())
             raise SandboxStartFailed(f"the sandbox could not be started: {start_failure(exc)}") from None
         sandbox.image = sandbox.kernel["provisioner"].get("image")
         sandbox.status = SandboxStatus.RUNNING
@@ -386,13 +387,9 @@ class SandboxManager(LoggingConfigurable):
         for field in REQUESTED_FIELDS:
             setattr(pooled, field, getattr(request, field))
         pooled.created_at = pooled.last_active_at = timestamps.now()
-        try:
-            await self.quotas.put_sandbox(pooled.to_record(), retry_after=self._soonest_end_of(request.owner))
-        except BaseException:  # another request took the user's last slot meanwhile
-            await self._dispose_pooled(taken)
-            raise
         self._sandboxes[pooled.id] = pooled
         self._adopt(pooled.id, runtime)
+        await self.store.put_sandbox(pooled.to_record())
         log.info("sandbox %s: running for %s (from the warm pool)", pooled.id, request.owner)
         return True
 
@@ -434,22 +431,14 @@ class SandboxManager(LoggingConfigurable):
             raise
         return runtime
 
-    def _soonest_end_of(self, owner: str) -> Any:
-        """For a Retry-After: the seconds until the soonest of ``owner``'s sandboxes ends by itself, if any will."""
-
-        def soonest() -> float | None:
-            now = timestamps.now()
-            ends = []
-            for sandbox in self._sandboxes.values():
-                if sandbox.owner != owner:
-                    continue
-                if sandbox.expires_at is not None:
-                    ends.append(sandbox.expires_at)
-                if sandbox.status == SandboxStatus.RUNNING and not self.is_active(sandbox.id):
-                    ends.append(sandbox.last_active_at + timedelta(seconds=sandbox.idle_timeout))
-            return max(0.0, (min(ends) - now).total_seconds()) if ends else None
-
-        return soonest
+    def _check_quota(self, owner: str) -> None:
+        if not self.max_sandboxes_per_user:
+            return
+        held = sum(1 for s in self._sandboxes.values() if s.owner == owner and s.status != SandboxStatus.PAUSED)
+        if held >= self.max_sandboxes_per_user:
+            raise QuotaExceeded(
+                f"user {owner!r} already has {held} live sandboxes (the limit is {self.max_sandboxes_per_user})"
+            )
 
     def _may_see(self, sandbox: Sandbox, user: str) -> bool:
         return sandbox.owner == user or user == self.admin_user
@@ -463,15 +452,10 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxNotFound(sandbox_id)
         return sandbox
 
-    async def list_sandboxes(self, user: str, *, statuses: list[str] | None = None, limit: int | None = None,
-                             offset: int = 0) -> list[Sandbox]:
+    async def list_sandboxes(self, user: str, *, statuses: list[str] | None = None) -> list[Sandbox]:
         owner = None if user == self.admin_user else user
-        records = await self.store.list_sandboxes(owner=owner, statuses=statuses, limit=limit, offset=offset)
+        records = await self.store.list_sandboxes(owner=owner, statuses=statuses)
         return [self._sandboxes.get(r["id"]) or Sandbox.from_record(r) for r in records]
-
-    async def count_sandboxes(self, user: str, *, statuses: list[str] | None = None) -> int:
-        """How many sandboxes ``list_sandboxes`` lists for ``user`` without a limit."""
-        return await self.store.count_sandboxes(owner=None if user == self.admin_user else user, statuses=statuses)
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox = await self.get(sandbox_id, user)
@@ -681,21 +665,14 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxNotRunning("this gateway has no place to keep paused sandboxes")
         if runtime.busy or any(r.execution.sandbox_id == sandbox.id for r in self._running.values()):
             raise SandboxBusy(f"sandbox {sandbox.id} is running code: interrupt it or wait for it, then pause")
-        retry_after = self._soonest_end_of(sandbox.owner)
-        await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.PAUSED)}, retry_after=retry_after)
         began = time.monotonic()
-        snapshot = await self.snapshots.save(sandbox, runtime)
-        kept = (sandbox.status, sandbox.status_reason, sandbox.kernel)
-        sandbox.status, sandbox.status_reason, sandbox.kernel, sandbox.snapshot = (
-            SandboxStatus.PAUSED, reason, {}, snapshot)
-        try:  # paused for good (durable, within the paused quota) before the container goes
-            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)
-        except BaseException:
-            sandbox.status, sandbox.status_reason, sandbox.kernel = kept
-            sandbox.snapshot = None
-            self.snapshots.remove(sandbox.id)
-            raise
+        sandbox.snapshot = await self.snapshots.save(sandbox, runtime)
         self._release(sandbox.id)
+        sandbox.status = SandboxStatus.PAUSED
+        sandbox.status_reason = reason
+        sandbox.kernel = {}
+        await self.store.put_sandbox(sandbox.to_record())
+        await self.store.flush()  # paused for good before the container goes
         try:
             await runtime.close()
         except Exception:
@@ -716,8 +693,6 @@ class SandboxManager(LoggingConfigurable):
 
     async def _resume(self, sandbox: Sandbox) -> None:
         assert self.snapshots is not None
-        retry_after = self._soonest_end_of(sandbox.owner)
-        await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.RUNNING)}, retry_after=retry_after)
         began = time.monotonic()
         try:
             runtime = await self._start_runtime(sandbox)
@@ -733,19 +708,14 @@ class SandboxManager(LoggingConfigurable):
             sandbox.kernel = {}
             message = exc.message if isinstance(exc, GatewayError) else str(exc)
             raise SandboxStartFailed(f"the sandbox could not be resumed (it stays paused): {message}") from None
-        kept = (sandbox.status_reason, sandbox.snapshot, sandbox.restore)
-        sandbox.status, sandbox.status_reason, sandbox.restore, sandbox.snapshot = (
-            SandboxStatus.RUNNING, None, report, None)
+        sandbox.status = SandboxStatus.RUNNING
+        sandbox.status_reason = None
+        sandbox.restore = report
+        sandbox.snapshot = None
         sandbox.touch()
-        try:  # running again for good (durable, within the live quotas) before the saved state goes
-            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)
-        except BaseException:
-            sandbox.status = SandboxStatus.PAUSED
-            sandbox.status_reason, sandbox.snapshot, sandbox.restore = kept
-            sandbox.kernel = {}
-            await runtime.close()
-            raise
         self._adopt(sandbox.id, runtime)
+        await self.store.put_sandbox(sandbox.to_record())
+        await self.store.flush()  # running again for good before the saved state goes
         self.snapshots.remove(sandbox.id)
         self.metrics.sandbox_starts.labels(source="resume").observe(time.monotonic() - began)
         log.info("sandbox %s: resumed in %.2f s (%d files, %d variables, %d lost)", sandbox.id,
@@ -796,43 +766,26 @@ class SandboxManager(LoggingConfigurable):
 
     # -- executions ------------------------------------------------------------------------------
 
-    async def submit(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> RunningExecution:
-        """Accept an execution: run in its turn by a task we own, returned once stored as ``queued``."""
+    async def submit(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None,
+                     env: dict[str, str] | None = None) -> RunningExecution:
+        """Accept an execution: run in its turn by a task we own, returned once stored as ``queued``.
+
+        ``env``: environment variables for this execution only (not stored: they may be secrets).
+        """
         sandbox, runtime = await self._runtime(sandbox_id, user)
         self.store.check_available()
+        sandbox.touch()
         execution = Execution(
             sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
         )
-        self._check_queue(sandbox_id)
-        sandbox.touch()
-        self._unfinished[sandbox_id] += 1  # (no await since the check: nothing else counts in between)
-        running = RunningExecution(execution, ExecutionFeed())
-        if self.quotas.max_executions_per_minute:
-            # Counted before it runs: in flight meanwhile (so the sandbox cannot be paused under it).
-            self._running[execution.id] = running
-            try:
-                await self.quotas.put_execution(execution.to_record(), user)
-            except BaseException:
-                self._forget(running)
-                raise
-            self._spawn(self._run(sandbox, runtime, running), name=f"execution-{execution.id}")
-            return running
         stored = self.store.put_execution(execution.to_record())
+        running = RunningExecution(execution, ExecutionFeed())
         # The run starts while the record commits (the store keeps their order), so the commit
         # costs the round trip nothing; the caller learns of the execution once it is durable.
-        self._spawn(self._run(sandbox, runtime, running), name=f"execution-{execution.id}")
+        self._spawn(self._run(sandbox, runtime, running, env), name=f"execution-{execution.id}")
         self._running[execution.id] = running
         await stored
         return running
-
-    def _check_queue(self, sandbox_id: str) -> None:
-        """``TooManyQueued`` if the sandbox already has ``max_queued_executions`` waiting."""
-        waiting = self._unfinished[sandbox_id] - 1  # one of them runs (or is about to)
-        if self.max_queued_executions and waiting >= self.max_queued_executions:
-            raise TooManyQueued(
-                f"sandbox {sandbox_id} already has {waiting} executions waiting behind the running one "
-                f"(the limit is {self.max_queued_executions}); retry once some have finished"
-            )
 
     async def execute(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> Execution:
         """Run code and wait for its end (the wait can be abandoned; the execution goes on)."""
@@ -845,10 +798,11 @@ class SandboxManager(LoggingConfigurable):
         assert running.final is not None
         return running.final
 
-    async def _run(self, sandbox: Sandbox, runtime: SandboxRuntime, running: RunningExecution) -> None:
+    async def _run(self, sandbox: Sandbox, runtime: SandboxRuntime, running: RunningExecution,
+                   env: dict[str, str] | None = None) -> None:
         execution, feed = running.execution, running.feed
         try:
-            await runtime.run(execution, feed)
+            await runtime.run(execution, feed, env)
         except Exception:
             log.exception("sandbox %s: execution %s failed in the gateway", sandbox.id, execution.id)
             execution.status = ExecutionStatus.FAILED
@@ -867,19 +821,11 @@ class SandboxManager(LoggingConfigurable):
             except Exception:  # the database refused the record itself (a bug); the client still gets its result
                 log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
             self._record_activity_soon(sandbox)
-            self._forget(running)
+            self._running.pop(execution.id, None)
             running.final = execution.to_public()
             feed.close({"type": "execution", "execution": running.final})
             if not running.done.done():
                 running.done.set_result(execution)
-
-    def _forget(self, running: RunningExecution) -> None:
-        """The execution is no longer in flight (it ended, or was never admitted)."""
-        sandbox_id = running.execution.sandbox_id
-        self._running.pop(running.execution.id, None)
-        self._unfinished[sandbox_id] -= 1
-        if self._unfinished[sandbox_id] <= 0:
-            del self._unfinished[sandbox_id]
 
     def _record_activity_soon(self, sandbox: Sandbox) -> None:
         """Store a sandbox's ``last_active_at``/``execution_count`` within a second, once for many executions.
@@ -916,13 +862,6 @@ class SandboxManager(LoggingConfigurable):
         except SandboxNotFound:
             raise ExecutionNotFound(execution_id) from None
         return execution
-
-    async def iter_executions(self, sandbox_id: str, user: str) -> AsyncIterator[Execution]:
-        """A sandbox's whole history, read from the store a few records at a time (for exports)."""
-        await self.get(sandbox_id, user)
-        async for record in self.store.iter_executions(sandbox_id):
-            running = self._running.get(record["id"])
-            yield running.execution if running is not None else Execution.from_record(record)
 
     async def list_executions(self, sandbox_id: str, user: str, *, limit: int | None = None,
                               offset: int = 0) -> list[Execution]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import secrets
 import uuid
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,10 @@ FIGURE_FORMATS = ("png", "retina", "jpeg", "svg", "pdf")
 DEFAULT_FIGURE_FORMATS = ("png",)
 #: How the kernel learns its figure formats (read and removed by kernels/.../startup/10-figures.py).
 FIGURE_FORMATS_ENV = "CODE_GATEWAY_FIGURE_FORMATS"
+
+
+def new_access_token() -> str:
+    return secrets.token_hex(20)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +93,11 @@ class Sandbox:
     #: After a resume: what came back (``files``, ``variables``, ``lost``, ``at``).
     restore: dict[str, Any] | None = None
     kernel: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The template name it was created from through the E2B API (``code-interpreter-v1``...), if any.
+    template: str | None = None
+    #: What traffic of other dialects must carry to reach this sandbox without an API key (E2B's
+    #: envd access token): a secret of its owner's, never shown by our own API.
+    access_token: str = dataclasses.field(default_factory=lambda: new_access_token())
 
     def touch(self) -> None:
         self.last_active_at = timestamps.now()
@@ -119,11 +129,13 @@ class Sandbox:
             "execution_count": self.execution_count,
             "snapshot": self.snapshot,
             "restore": self.restore,
+            "template": self.template,
         }
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to rebuild this object, for the store (which encodes it later: copies)."""
-        return {**self.to_public(), "metadata": dict(self.metadata), "kernel": dict(self.kernel)}
+        return {**self.to_public(), "metadata": dict(self.metadata), "kernel": dict(self.kernel),
+                "access_token": self.access_token}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Sandbox:
@@ -149,4 +161,7 @@ class Sandbox:
             snapshot=record.get("snapshot"),
             restore=record.get("restore"),
             kernel=record.get("kernel") or {},
+            template=record.get("template"),
+            # (records from before access tokens get one now; it is stored with the next write)
+            access_token=record.get("access_token") or new_access_token(),
         )

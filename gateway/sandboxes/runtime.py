@@ -27,6 +27,7 @@ from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway import timestamps
 from gateway.errors import SandboxBusy
 from gateway.provisioners.launcher import KernelLauncher, SandboxKernelManager
+from gateway.sandboxes import execution_env
 from gateway.sandboxes.model import ResourceLimits, Sandbox
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,13 @@ class SandboxRuntime:
     def busy(self) -> bool:
         return self.current is not None
 
-    async def run(self, execution: Execution, feed: ExecutionFeed | None = None) -> Execution:
-        """Run ``execution`` after every execution submitted before it."""
+    async def run(self, execution: Execution, feed: ExecutionFeed | None = None,
+                  env: dict[str, str] | None = None) -> Execution:
+        """Run ``execution`` after every execution submitted before it.
+
+        ``env``: environment variables the code sees for this execution only (E2B's ``envs`` of
+        ``run_code``): set silently just before it, and put back as they were just after it.
+        """
         generation = self._generation
         async with self._lock:
             if generation != self._generation or self.executor is None:
@@ -141,9 +147,13 @@ class SandboxRuntime:
             self.current = execution
             self._cancel_requested = False
             try:
+                if env:
+                    await self._with_env(env)
                 responsive = await self.executor.run(execution, feed, cancel_requested=lambda: self._cancel_requested)
             finally:
                 self.current = None
+            if env and responsive and self.connection is not None:
+                await self._without_env()
             if not responsive:
                 log.warning("sandbox %s: kernel ignored the interrupt; restarting it", self.sandbox_id)
                 execution.error = execution_error(
@@ -153,6 +163,18 @@ class SandboxRuntime:
                 )
                 await self._replace_kernel()
         return execution
+
+    async def _with_env(self, env: dict[str, str]) -> None:
+        assert self.connection is not None
+        await self.connection.run_silent(execution_env.setting(env), timeout=self.settings.connect_timeout)
+
+    async def _without_env(self) -> None:
+        assert self.connection is not None
+        try:
+            await self.connection.run_silent(execution_env.restoring(), timeout=self.settings.connect_timeout)
+        except Exception:  # the execution itself is done and reported; the kernel keeps the variables
+            log.warning("sandbox %s: could not restore the environment after an execution", self.sandbox_id,
+                        exc_info=True)
 
     async def interrupt(self) -> None:
         """Interrupt the running execution (it ends ``cancelled``); state is kept."""

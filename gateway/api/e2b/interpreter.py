@@ -1,0 +1,150 @@
+"""The code interpreter of E2B's sandboxes (port 49999): ``POST /execute`` and ``/contexts``.
+
+    POST   /e2b/sandbox/execute                 {"code", "context_id" | "language", "env_vars"} -> NDJSON lines
+    GET    /e2b/sandbox/contexts                the sandbox's contexts
+    POST   /e2b/sandbox/contexts                {"language", "cwd"} -> a new context
+    POST   /e2b/sandbox/contexts/{id}/restart   ·  DELETE /e2b/sandbox/contexts/{id}
+
+An execution is one of ours (``SandboxManager.submit``): it is in the sandbox's history and
+notebook. Its lines follow as the kernel produces output (``results``), with a ``keepalive`` line
+after every ``keepalive`` seconds of silence. A client that goes away interrupts the execution,
+as E2B's server does (its kernel keeps its state). ``run_code``'s ``timeout`` is the SDK's own
+(it hangs up, which interrupts); the gateway's bound is ``--max-timeout``. Errors are plain
+text, as E2B's server answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tornado import web
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
+
+from gateway.api.e2b.base import NotSupported
+from gateway.api.e2b.results import E2BLines
+from gateway.api.e2b.traffic import SandboxTrafficHandler
+from gateway.api.executions import check_code
+from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.sandboxes.limits import ResourcePolicy
+from gateway.sandboxes.manager import RunningExecution
+
+#: E2B's working directory of every context.
+HOME = "/home/user"
+#: Names of languages as E2B normalizes them.
+ALIASES = {"js": "javascript", "ts": "typescript"}
+
+
+def normalize_language(language: str | None) -> str:
+    name = (language or "python").strip().lower()
+    return ALIASES.get(name, name)
+
+
+class ContextNotFound(NotFound):
+    code = "context_not_found"
+
+
+class InterpreterHandler(SandboxTrafficHandler):
+    """Plain-text errors, as E2B's code interpreter server answers."""
+
+    def initialize(self, policy: ResourcePolicy, keepalive: float = 15.0, **base: Any) -> None:  # type: ignore[override]
+        super().initialize(**base)
+        self.policy = policy
+        self.keepalive = keepalive
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, GatewayError):
+            status_code, message = exc.status, exc.message
+        elif isinstance(exc, web.HTTPError):
+            message = exc.get_message() or self._reason
+        self.set_status(status_code)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish(message)
+
+    def default_context(self) -> dict[str, Any]:
+        """The sandbox's own kernel: its python context (its id is the sandbox's)."""
+        return {"id": self.sandbox.id, "language": "python", "cwd": HOME}
+
+    def kernel_for(self, context_id: str | None, language: str | None) -> str:
+        """Which kernel runs the code (its context id)."""
+        if context_id and language:
+            raise InvalidRequest("Only one of context_id or language can be provided")
+        if context_id:
+            if context_id != self.sandbox.id:
+                raise ContextNotFound(f"Context {context_id} not found")
+            return context_id
+        name = normalize_language(language)
+        if name != "python":
+            raise NotSupported(f"language {name!r} (this sandbox runs python)")
+        return self.sandbox.id
+
+
+class ExecuteHandler(InterpreterHandler):
+    def initialize(self, **deps: Any) -> None:  # type: ignore[override]
+        super().initialize(**deps)
+        self.running: RunningExecution | None = None
+
+    async def post(self) -> None:
+        body = self.json_body()
+        code = body.get("code")
+        if not isinstance(code, str):
+            raise InvalidRequest("field 'code' is required: the code to run")
+        env = body.get("env_vars") or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise InvalidRequest("field 'env_vars' must be an object of strings")
+        self.kernel_for(body.get("context_id"), body.get("language"))
+        self.running = await self.sandboxes.submit(self.sandbox.id, self.user, check_code(code),
+                                                   timeout=self.policy.max_timeout, env=env)
+        await self.stream(self.running)
+
+    async def stream(self, running: RunningExecution) -> None:
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("X-Execution-Id", running.execution.id)
+        if isinstance(self.request.connection, HTTP1Connection):
+            self.request.connection.stream.set_nodelay(True)
+        lines = E2BLines()
+        try:
+            async for event in running.feed.follow(idle=self.keepalive):
+                for line in [{"type": "keepalive"}] if event is None else lines.of(event):
+                    self.write(json.dumps(line) + "\n")
+                await self.flush()  # (awaited: a slow client slows only its own stream)
+        except StreamClosedError:
+            return  # on_connection_close interrupts it
+        self.finish()
+
+    def on_connection_close(self) -> None:
+        if self.running is not None and not self.running.execution.finished:
+            self.sandboxes.cancel_soon(self.running)
+
+
+class ContextsHandler(InterpreterHandler):
+    async def get(self) -> None:
+        self.write_json([self.default_context()])
+
+    async def post(self) -> None:
+        body = self.json_body(allow_empty=True)
+        raise NotSupported(f"creating contexts (language {normalize_language(body.get('language'))!r})")
+
+
+class ContextHandler(InterpreterHandler):
+    async def delete(self, context_id: str) -> None:
+        self.kernel_for(context_id, None)
+        raise NotSupported("removing a sandbox's default context")
+
+
+class ContextRestartHandler(InterpreterHandler):
+    async def post(self, context_id: str) -> None:
+        self.kernel_for(context_id, None)
+        await self.sandboxes.restart(self.sandbox.id, self.user)
+        self.finish()
+
+
+class InterpreterHealthHandler(InterpreterHandler):
+    wakes = False
+
+    async def get(self) -> None:
+        self.write_json("OK")

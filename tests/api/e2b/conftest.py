@@ -1,0 +1,48 @@
+"""One real gateway for the E2B tests, driven by the real ``e2b`` and ``e2b-code-interpreter`` SDKs.
+
+``code-gateway`` runs as a child process with Docker sandboxes (the blocking SDK cannot share the
+test's event loop), once per test session. The SDK is configured exactly as a user configures
+it: ``E2B_API_URL``, ``E2B_SANDBOX_URL`` and ``E2B_API_KEY`` (alice's) in the environment; bob's
+key is passed as ``api_key=`` where a test needs a second user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import docker_or_fail
+from tests.gateways import KEY_PAIRS, KEYS, GatewayProcess
+
+E2B_KEYS = {"alice": "e2b_" + "a1" * 20, "bob": "e2b_" + "b2" * 20}
+
+
+@pytest.fixture(scope="session")
+def e2b_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    docker_or_fail().close()
+    keys = ",".join([KEY_PAIRS, *(f"{user}:{key}" for user, key in E2B_KEYS.items())])
+    gateway = GatewayProcess(tmp_path_factory.mktemp("e2b-gateway"), provisioner="docker",
+                             env={"GATEWAY_API_KEYS": keys})
+    asyncio.run(gateway.start())
+    saved = {name: os.environ.get(name) for name in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")}
+    os.environ.update(E2B_API_URL=f"{gateway.url}/e2b", E2B_SANDBOX_URL=f"{gateway.url}/e2b/sandbox",
+                      E2B_API_KEY=E2B_KEYS["alice"])
+    yield gateway
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    asyncio.run(gateway.stop())
+
+
+@pytest.fixture
+def ours(e2b_gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    """alice on our own REST API (Bearer key), for what the E2B API does not show."""
+    with httpx.Client(base_url=e2b_gateway.url, headers={"Authorization": f"Bearer {KEYS['alice']}"},
+                      timeout=120) as client:
+        yield client
