@@ -43,6 +43,7 @@ from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.pool import WarmPool
+from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import SandboxReaper
 from gateway.sandboxes.snapshots import SandboxSnapshots
 from gateway.store.base import Store
@@ -62,7 +63,11 @@ ALIASES = {
     "log-level": "Application.log_level",
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
-    "max-sandboxes-per-user": "SandboxManager.max_sandboxes_per_user",
+    "max-sandboxes-per-user": "UserQuotas.max_sandboxes",
+    "max-cpu-per-user": "UserQuotas.max_cpu",
+    "max-memory-mb-per-user": "UserQuotas.max_memory_mb",
+    "max-paused-per-user": "UserQuotas.max_paused",
+    "max-executions-per-minute": "UserQuotas.max_executions_per_minute",
     "default-lifetime": "LifetimePolicy.default_lifetime",
     "max-lifetime": "LifetimePolicy.max_lifetime",
     "idle-timeout": "LifetimePolicy.default_idle_timeout",
@@ -155,7 +160,7 @@ class GatewayApp(ConfiguredApp):
         ),
     }
     classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
-               LifetimePolicy, SandboxReaper, SandboxSnapshots, KeyRing, E2BTemplates]
+               LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, KeyRing, E2BTemplates]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -198,6 +203,7 @@ class GatewayApp(ConfiguredApp):
                                      kernels_dir=self.launcher.kernels_dir, parent=self)
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
                                         lifetimes=LifetimePolicy(parent=self), snapshots=snapshots,
+                                        quotas=UserQuotas(store=self.store, parent=self),
                                         metrics=self.metrics, parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)

@@ -126,8 +126,22 @@ class LimitOutOfRange(GatewayError):
 
 
 class QuotaExceeded(GatewayError):
+    """Over one of the user's quotas; the message names it, its limit and the current use."""
+
     status = 429
     code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyQueued(GatewayError):
+    """A sandbox has as many executions waiting as it may: retry when some have run."""
+
+    status = 429
+    code = "too_many_queued"
+    retry_after = 1
 
 
 class SandboxDiskFull(GatewayError):

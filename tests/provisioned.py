@@ -75,7 +75,8 @@ def container_of(docker_client: Any, sandbox_id: str) -> Any:
 
 
 def containers_labelled(docker_client: Any, label: str) -> list[Any]:
-    return docker_client.containers.list(all=True, filters={"label": label})
+    # ignore_removed: one removed between the engine's list and the SDK's inspect of it is gone, not an error.
+    return docker_client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
 
 
 def engine_of(gateway: InProcessGateway) -> DockerEngine:

@@ -24,10 +24,13 @@ from tests.gateways import run
 
 T = TypeVar("T")
 
-#: Code that runs until the test calls ``release`` for its sandbox (a file appears in its working directory).
-#: The file is removed again, so the next ``HOLD`` in the sandbox waits for the next ``release``.
-HOLD = ("import os as _os, time as _time\nwhile not _os.path.exists('.release'):\n    _time.sleep(0.02)\n"
-        "_os.remove('.release')\n")
+def hold(name: str = "release") -> str:
+    """Code that runs until the test calls ``release`` with the same ``name`` (a file ``.<name>`` appears
+    in the sandbox's working directory). The file stays: use another name to hold the sandbox again."""
+    return f"import os as _os, time as _time\nwhile not _os.path.exists('.{name}'):\n    _time.sleep(0.02)\n"
+
+
+HOLD = hold()
 
 
 async def until(probe: Callable[[], T | Awaitable[T]], done: Callable[[T], object] = bool, *, what: str,
@@ -90,10 +93,10 @@ async def until_running(client: httpx.AsyncClient, sandbox_id: str, code: str,
     return task
 
 
-async def release(client: httpx.AsyncClient, sandbox_id: str) -> None:
-    """Let the sandbox's ``HOLD`` code go on (through the files API, which works while the kernel is busy)."""
-    response = await client.put(f"/api/v1/sandboxes/{sandbox_id}/files/.release", content=b"")
-    assert response.status_code in (200, 201), response.text
+async def release(client: httpx.AsyncClient, sandbox_id: str, name: str = "release") -> None:
+    """Let the sandbox's ``hold(name)`` code go on (through the files API, which works while the kernel is busy)."""
+    response = await client.put(f"/api/v1/sandboxes/{sandbox_id}/files/.{name}", content=b"")
+    assert response.status_code == 201, response.text
 
 
 async def pool_state(client: httpx.AsyncClient, ready: int, timeout: float = 60) -> dict[str, Any]:

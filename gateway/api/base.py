@@ -68,6 +68,10 @@ def request_summary(handler: web.RequestHandler) -> str:
     return f"{request.method} {scrub_uri(request.uri or '')} ({request.remote_ip})"
 
 
+#: Paged listings: the ``limit`` when none is given, and the largest allowed.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
 #: Request headers a cross-origin page may send (what a preflight grants).
 CORS_REQUEST_HEADERS = "Authorization, Content-Type, Accept, Last-Event-ID"
 #: Response headers a cross-origin page may read.
@@ -220,6 +224,17 @@ class APIHandler(JSONErrors, web.RequestHandler):
             if problem is not None:
                 raise InvalidRequest(describe(problem))
         return body
+
+    def paging(self) -> tuple[int, int]:
+        """The ``limit`` (1..1000, default 100) and ``offset`` (at least 0) query arguments."""
+        try:
+            limit = int(self.get_argument("limit", str(DEFAULT_PAGE)))
+            offset = int(self.get_argument("offset", "0"))
+        except ValueError:
+            raise InvalidRequest("query parameters 'limit' and 'offset' must be integers") from None
+        if not 0 < limit <= MAX_PAGE or offset < 0:
+            raise InvalidRequest(f"'limit' must be 1..{MAX_PAGE} and 'offset' at least 0")
+        return limit, offset
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -133,20 +133,9 @@ class ExecuteHandler(StreamingHandler):
             self.sandboxes.cancel_soon(self.running)
 
 
-def paging(handler: SandboxAPIHandler) -> tuple[int, int]:
-    try:
-        limit = int(handler.get_argument("limit", "100"))
-        offset = int(handler.get_argument("offset", "0"))
-    except ValueError:
-        raise InvalidRequest("query parameters 'limit' and 'offset' must be integers") from None
-    if not 0 < limit <= 1000 or offset < 0:
-        raise InvalidRequest("'limit' must be 1..1000 and 'offset' at least 0")
-    return limit, offset
-
-
 class SandboxExecutionsHandler(SandboxAPIHandler):
     async def get(self, sandbox_id: str) -> None:
-        limit, offset = paging(self)
+        limit, offset = self.paging()
         executions = await self.sandboxes.list_executions(sandbox_id, self.user, limit=limit, offset=offset)
         self.write_json({"executions": [e.to_public() for e in executions]})
 

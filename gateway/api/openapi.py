@@ -102,7 +102,8 @@ PATHS: dict[str, Any] = {
                  "responses": {"201": reply("the running sandbox", ref("Sandbox")), **ERRORS,
                                "403": reply("network access is not allowed here", ref("Error")),
                                "422": reply("a limit out of range (the message names the field)", ref("Error")),
-                               "429": reply("too many live sandboxes for this user", ref("Error")),
+                               "429": reply("over a quota (live sandboxes, CPU, memory); Retry-After says when to "
+                                            "try again", ref("Error")),
                                "503": reply("the sandbox could not be started, or the store cannot commit writes "
                                              "(sandbox_start_failed, store_unavailable)", ref("Error"))}},
         "get": {"summary": "List your sandboxes",
@@ -134,7 +135,9 @@ PATHS: dict[str, Any] = {
                                               "text/event-stream": {"schema": {"type": "string"}}}},
                           **ERRORS, "409": reply("the sandbox is not running", ref("Error")),
                           "413": reply("code over 1 MiB", ref("Error")),
-                          "422": reply("timeout out of range", ref("Error")), **STORE_UNAVAILABLE}},
+                          "422": reply("timeout out of range", ref("Error")),
+                          "429": reply("over the executions-per-minute quota (or resuming the sandbox would "
+                                       "exceed one); Retry-After", ref("Error")), **STORE_UNAVAILABLE}},
     },
     "/api/v1/sandboxes/{sandbox_id}/executions": {
         "get": {"summary": "A sandbox's executions, oldest first", "parameters": [
@@ -173,6 +176,11 @@ PATHS: dict[str, Any] = {
         "get": {"summary": "What the sandbox uses now: CPU seconds, memory (current, peak), disk, pids",
                 "parameters": [SANDBOX_ID], "responses": {"200": reply("usage beside the limits", {"type": "object"}),
                                                           **ERRORS}},
+    },
+    "/api/v1/usage": {
+        "get": {"summary": "Your use of each quota beside its limit (0: no limit)",
+                "responses": {"200": reply("sandboxes, cpu, memory_mb, paused_sandboxes, executions_per_minute",
+                                           {"type": "object"}), **ERRORS}},
     },
     "/api/v1/sandboxes/{sandbox_id}/stream": {
         "get": {"summary": "WebSocket: execute and interrupt messages in, output events out",

@@ -43,6 +43,7 @@ from gateway.api.sandboxes import (
     SandboxesHandler,
     SandboxHandler,
     SandboxMetricsHandler,
+    UsageHandler,
 )
 from gateway.auth import KeyRing
 from gateway.mcp.server import McpService
@@ -76,6 +77,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/pause", PauseHandler, deps),
         (rf"{V1}/sandboxes/{ID}/resume", ResumeHandler, deps),
         (rf"{V1}/sandboxes/{ID}/metrics", SandboxMetricsHandler, deps),
+        (rf"{V1}/usage", UsageHandler, deps),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),

@@ -61,8 +61,12 @@ class SandboxesHandler(SandboxAPIHandler):
         unknown = [status for status in statuses if status not in STATUSES]
         if unknown:  # else a typo would list nothing, as if there were no such sandboxes
             raise InvalidRequest(f"query parameter 'status' must be one of {', '.join(STATUSES)}; got {unknown[0]!r}")
-        sandboxes = await self.sandboxes.list_sandboxes(self.user, statuses=statuses or None)
-        self.write_json({"sandboxes": [s.to_public() for s in sandboxes]})
+        limit, offset = self.paging()
+        sandboxes = await self.sandboxes.list_sandboxes(self.user, statuses=statuses or None, limit=limit,
+                                                        offset=offset)
+        total = await self.sandboxes.count_sandboxes(self.user, statuses=statuses or None)
+        self.write_json({"sandboxes": [s.to_public() for s in sandboxes], "total": total, "limit": limit,
+                         "offset": offset})
 
 
 class SandboxHandler(SandboxAPIHandler):
@@ -106,3 +110,10 @@ class SandboxMetricsHandler(SandboxAPIHandler):
 
     async def get(self, sandbox_id: str) -> None:
         self.write_json(await self.sandboxes.usage(sandbox_id, self.user))
+
+
+class UsageHandler(SandboxAPIHandler):
+    """``GET /api/v1/usage``: the caller's use of each quota beside its limit."""
+
+    async def get(self) -> None:
+        self.write_json(await self.sandboxes.quotas.usage(self.user))

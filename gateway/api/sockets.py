@@ -119,7 +119,10 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
             running = await self.sandboxes.submit(self.sandbox_id, self.current_user, code,
                                                   timeout=request.get("timeout"))
         except GatewayError as error:
-            await self._send({"type": "error", "id": request_id, **error_body(error.code, error.message)})
+            event = {"type": "error", "id": request_id, **error_body(error.code, error.message)}
+            if error.retry_after is not None:
+                event["error"]["retry_after"] = error.retry_after
+            await self._send(event)
             return
         if request.get("interrupt_on_disconnect", False):
             self._to_cancel = [r for r in self._to_cancel if not r.execution.finished] + [running]

@@ -1,6 +1,7 @@
 """Notebooks: a sandbox's history as an nbformat v4 notebook, and notebooks that seed a sandbox.
 
     document = history_notebook(sandbox_id, executions, created_at=...)   # -> .ipynb JSON object
+    async for text in history_notebook_text(sandbox_id, stored_executions, created_at=...): ...  # streamed
     cells = seed_cells(body["notebook"])             # [(cell index, code)]; InvalidNotebook if bad
     report = await run_seed(cells, execute)          # runs them in order, stops at the first failure
 
@@ -12,9 +13,12 @@ cell's id is the execution's id; its metadata says how the execution ended
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
+import textwrap
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nbformat
@@ -55,6 +59,26 @@ def history_notebook(sandbox_id: str, executions: list[Execution], *,
         },
         "cells": [_cell(execution) for execution in executions],
     }
+
+
+async def history_notebook_text(sandbox_id: str, executions: AsyncIterator[Execution], *,
+                                 created_at: str | None = None) -> AsyncIterator[str]:
+    """The same notebook as ``history_notebook``, as JSON text in pieces: the head, then one cell
+    at a time (each encoded on a worker thread), so an export of any length never holds the whole
+    history nor keeps the event loop encoding it."""
+    head = history_notebook(sandbox_id, [], created_at=created_at)
+    del head["cells"]
+    text = json.dumps(head, indent=1, ensure_ascii=False)
+    yield text[: text.rindex("}")].rstrip() + ',\n "cells": ['
+    separator = "\n"
+    async for execution in executions:
+        yield separator + await asyncio.to_thread(_cell_text, execution)
+        separator = ",\n"
+    yield "\n ]\n}\n"
+
+
+def _cell_text(execution: Execution) -> str:
+    return textwrap.indent(json.dumps(_cell(execution), indent=1, ensure_ascii=False), "  ")
 
 
 def _cell(execution: Execution) -> dict[str, Any]:

@@ -24,6 +24,8 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from traitlets import Bool, Float, Int, Unicode
@@ -39,6 +41,7 @@ from gateway.errors import (
     SandboxNotRunning,
     SandboxPaused,
     SandboxStartFailed,
+    TooManyQueued,
 )
 from gateway.execution.connection import ConnectTimeout, KernelGone
 from gateway.execution.executor import OutputCaps
@@ -53,6 +56,7 @@ from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.locks import LifecycleLocks
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
 from gateway.sandboxes.pool import WarmPool
+from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import EXPIRED, IDLE, SandboxReaper
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.sandboxes.snapshots import SandboxSnapshots
@@ -95,8 +99,9 @@ class RunningExecution:
 
 class SandboxManager(LoggingConfigurable):
     admin_user = Unicode("admin", help="The user who may see and manage every sandbox.").tag(config=True)
-    max_sandboxes_per_user = Int(
-        20, help="Most live sandboxes one user may hold at once (0: no limit)."
+    max_queued_executions = Int(
+        100, help="Most executions one sandbox may have waiting behind the one it runs (0: no limit); "
+        "beyond, 429 too_many_queued with Retry-After."
     ).tag(config=True)
     max_output_bytes = Int(
         5 << 20, help="Largest single output kept; a larger one is replaced by a note."
@@ -124,13 +129,14 @@ class SandboxManager(LoggingConfigurable):
 
     def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
                  lifetimes: LifetimePolicy | None = None, snapshots: SandboxSnapshots | None = None,
-                 metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
+                 quotas: UserQuotas | None = None, metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.metrics = metrics or GatewayMetrics()
         self.launcher = launcher
         self.policy = policy
         self.lifetimes = lifetimes or LifetimePolicy(parent=self)
+        self.quotas = quotas or UserQuotas(store=store, parent=self)
         #: Where paused sandboxes keep their files and variables (None: pausing is not possible).
         self.snapshots = snapshots
         self.settings = RuntimeSettings(
@@ -150,6 +156,8 @@ class SandboxManager(LoggingConfigurable):
         self._activity_timer: asyncio.TimerHandle | None = None
         #: Open /stream WebSockets per sandbox (activity: a sandbox with one is never idle).
         self._sockets: Counter[str] = Counter()
+        #: sandbox id -> its accepted executions not finished yet (the one running included).
+        self._unfinished: Counter[str] = Counter()
         self.reaper = SandboxReaper(sandboxes=self._sandboxes.values, active=self.is_active, act=self.reap,
                                     parent=self)
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
@@ -339,7 +347,6 @@ class SandboxManager(LoggingConfigurable):
             {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
         )
         self.store.check_available()
-        self._check_quota(owner)
         sandbox = Sandbox(
             owner=owner, resources=limits, provisioner=self.launcher.resolved,
             env=dict(env or {}), metadata=dict(metadata or {}),
@@ -351,20 +358,20 @@ class SandboxManager(LoggingConfigurable):
             image=image, template=template,
         )
         began = time.monotonic()
+        retry_after = self._soonest_end_of(owner)
+        await self.quotas.check(sandbox.to_record(), retry_after=retry_after)
         taken = self.pool.claim(limits, sandbox.figure_formats) if image is None else None
         if taken is not None and await self._take_pooled(taken, sandbox):
             self.metrics.sandbox_starts.labels(source="pool").observe(time.monotonic() - began)
             return taken[0]
+        await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)  # the slot is ours
         self._sandboxes[sandbox.id] = sandbox
-        await self.store.put_sandbox(sandbox.to_record())
         try:
             runtime = await self._start_runtime(sandbox)
         except Exception as exc:
             log.exception("sandbox %s: failed to start", sandbox.id)
             self._sandboxes.pop(sandbox.id, None)
-            sandbox.status = SandboxStatus.FAILED
-            sandbox.status_reason = "start_failed"
-            await self.store.put_sandbox(sandbox.to_record())
+            await self._end(sandbox, "start_failed")  # it holds nothing: its slot is free again at once
             raise SandboxStartFailed(f"the sandbox could not be started: {start_failure(exc)}") from None
         sandbox.image = sandbox.kernel["provisioner"].get("image")
         sandbox.status = SandboxStatus.RUNNING
@@ -387,9 +394,13 @@ class SandboxManager(LoggingConfigurable):
         for field in REQUESTED_FIELDS:
             setattr(pooled, field, getattr(request, field))
         pooled.created_at = pooled.last_active_at = timestamps.now()
+        try:
+            await self.quotas.put_sandbox(pooled.to_record(), retry_after=self._soonest_end_of(request.owner))
+        except BaseException:  # another request took the user's last slot meanwhile
+            await self._dispose_pooled(taken)
+            raise
         self._sandboxes[pooled.id] = pooled
         self._adopt(pooled.id, runtime)
-        await self.store.put_sandbox(pooled.to_record())
         log.info("sandbox %s: running for %s (from the warm pool)", pooled.id, request.owner)
         return True
 
@@ -431,14 +442,22 @@ class SandboxManager(LoggingConfigurable):
             raise
         return runtime
 
-    def _check_quota(self, owner: str) -> None:
-        if not self.max_sandboxes_per_user:
-            return
-        held = sum(1 for s in self._sandboxes.values() if s.owner == owner and s.status != SandboxStatus.PAUSED)
-        if held >= self.max_sandboxes_per_user:
-            raise QuotaExceeded(
-                f"user {owner!r} already has {held} live sandboxes (the limit is {self.max_sandboxes_per_user})"
-            )
+    def _soonest_end_of(self, owner: str) -> Any:
+        """For a Retry-After: the seconds until the soonest of ``owner``'s sandboxes ends by itself, if any will."""
+
+        def soonest() -> float | None:
+            now = timestamps.now()
+            ends = []
+            for sandbox in self._sandboxes.values():
+                if sandbox.owner != owner:
+                    continue
+                if sandbox.expires_at is not None:
+                    ends.append(sandbox.expires_at)
+                if sandbox.status == SandboxStatus.RUNNING and not self.is_active(sandbox.id):
+                    ends.append(sandbox.last_active_at + timedelta(seconds=sandbox.idle_timeout))
+            return max(0.0, (min(ends) - now).total_seconds()) if ends else None
+
+        return soonest
 
     def _may_see(self, sandbox: Sandbox, user: str) -> bool:
         return sandbox.owner == user or user == self.admin_user
@@ -452,10 +471,15 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxNotFound(sandbox_id)
         return sandbox
 
-    async def list_sandboxes(self, user: str, *, statuses: list[str] | None = None) -> list[Sandbox]:
+    async def list_sandboxes(self, user: str, *, statuses: list[str] | None = None, limit: int | None = None,
+                             offset: int = 0) -> list[Sandbox]:
         owner = None if user == self.admin_user else user
-        records = await self.store.list_sandboxes(owner=owner, statuses=statuses)
+        records = await self.store.list_sandboxes(owner=owner, statuses=statuses, limit=limit, offset=offset)
         return [self._sandboxes.get(r["id"]) or Sandbox.from_record(r) for r in records]
+
+    async def count_sandboxes(self, user: str, *, statuses: list[str] | None = None) -> int:
+        """How many sandboxes ``list_sandboxes`` lists for ``user`` without a limit."""
+        return await self.store.count_sandboxes(owner=None if user == self.admin_user else user, statuses=statuses)
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox = await self.get(sandbox_id, user)
@@ -665,14 +689,21 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxNotRunning("this gateway has no place to keep paused sandboxes")
         if runtime.busy or any(r.execution.sandbox_id == sandbox.id for r in self._running.values()):
             raise SandboxBusy(f"sandbox {sandbox.id} is running code: interrupt it or wait for it, then pause")
+        retry_after = self._soonest_end_of(sandbox.owner)
+        await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.PAUSED)}, retry_after=retry_after)
         began = time.monotonic()
-        sandbox.snapshot = await self.snapshots.save(sandbox, runtime)
+        snapshot = await self.snapshots.save(sandbox, runtime)
+        kept = (sandbox.status, sandbox.status_reason, sandbox.kernel)
+        sandbox.status, sandbox.status_reason, sandbox.kernel, sandbox.snapshot = (
+            SandboxStatus.PAUSED, reason, {}, snapshot)
+        try:  # paused for good (durable, within the paused quota) before the container goes
+            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)
+        except BaseException:
+            sandbox.status, sandbox.status_reason, sandbox.kernel = kept
+            sandbox.snapshot = None
+            self.snapshots.remove(sandbox.id)
+            raise
         self._release(sandbox.id)
-        sandbox.status = SandboxStatus.PAUSED
-        sandbox.status_reason = reason
-        sandbox.kernel = {}
-        await self.store.put_sandbox(sandbox.to_record())
-        await self.store.flush()  # paused for good before the container goes
         try:
             await runtime.close()
         except Exception:
@@ -693,6 +724,8 @@ class SandboxManager(LoggingConfigurable):
 
     async def _resume(self, sandbox: Sandbox) -> None:
         assert self.snapshots is not None
+        retry_after = self._soonest_end_of(sandbox.owner)
+        await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.RUNNING)}, retry_after=retry_after)
         began = time.monotonic()
         try:
             runtime = await self._start_runtime(sandbox)
@@ -708,14 +741,19 @@ class SandboxManager(LoggingConfigurable):
             sandbox.kernel = {}
             message = exc.message if isinstance(exc, GatewayError) else str(exc)
             raise SandboxStartFailed(f"the sandbox could not be resumed (it stays paused): {message}") from None
-        sandbox.status = SandboxStatus.RUNNING
-        sandbox.status_reason = None
-        sandbox.restore = report
-        sandbox.snapshot = None
+        kept = (sandbox.status_reason, sandbox.snapshot, sandbox.restore)
+        sandbox.status, sandbox.status_reason, sandbox.restore, sandbox.snapshot = (
+            SandboxStatus.RUNNING, None, report, None)
         sandbox.touch()
+        try:  # running again for good (durable, within the live quotas) before the saved state goes
+            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)
+        except BaseException:
+            sandbox.status = SandboxStatus.PAUSED
+            sandbox.status_reason, sandbox.snapshot, sandbox.restore = kept
+            sandbox.kernel = {}
+            await runtime.close()
+            raise
         self._adopt(sandbox.id, runtime)
-        await self.store.put_sandbox(sandbox.to_record())
-        await self.store.flush()  # running again for good before the saved state goes
         self.snapshots.remove(sandbox.id)
         self.metrics.sandbox_starts.labels(source="resume").observe(time.monotonic() - began)
         log.info("sandbox %s: resumed in %.2f s (%d files, %d variables, %d lost)", sandbox.id,
@@ -774,18 +812,39 @@ class SandboxManager(LoggingConfigurable):
         """
         sandbox, runtime = await self._runtime(sandbox_id, user)
         self.store.check_available()
-        sandbox.touch()
         execution = Execution(
             sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
         )
-        stored = self.store.put_execution(execution.to_record())
+        self._check_queue(sandbox_id)
+        sandbox.touch()
+        self._unfinished[sandbox_id] += 1  # (no await since the check: nothing else counts in between)
         running = RunningExecution(execution, ExecutionFeed())
+        if self.quotas.max_executions_per_minute:
+            # Counted before it runs: in flight meanwhile (so the sandbox cannot be paused under it).
+            self._running[execution.id] = running
+            try:
+                await self.quotas.put_execution(execution.to_record(), user)
+            except BaseException:
+                self._forget(running)
+                raise
+            self._spawn(self._run(sandbox, runtime, running, env), name=f"execution-{execution.id}")
+            return running
+        stored = self.store.put_execution(execution.to_record())
         # The run starts while the record commits (the store keeps their order), so the commit
         # costs the round trip nothing; the caller learns of the execution once it is durable.
         self._spawn(self._run(sandbox, runtime, running, env), name=f"execution-{execution.id}")
         self._running[execution.id] = running
         await stored
         return running
+
+    def _check_queue(self, sandbox_id: str) -> None:
+        """``TooManyQueued`` if the sandbox already has ``max_queued_executions`` waiting."""
+        waiting = self._unfinished[sandbox_id] - 1  # one of them runs (or is about to)
+        if self.max_queued_executions and waiting >= self.max_queued_executions:
+            raise TooManyQueued(
+                f"sandbox {sandbox_id} already has {waiting} executions waiting behind the running one "
+                f"(the limit is {self.max_queued_executions}); retry once some have finished"
+            )
 
     async def execute(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None) -> Execution:
         """Run code and wait for its end (the wait can be abandoned; the execution goes on)."""
@@ -821,11 +880,19 @@ class SandboxManager(LoggingConfigurable):
             except Exception:  # the database refused the record itself (a bug); the client still gets its result
                 log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
             self._record_activity_soon(sandbox)
-            self._running.pop(execution.id, None)
+            self._forget(running)
             running.final = execution.to_public()
             feed.close({"type": "execution", "execution": running.final})
             if not running.done.done():
                 running.done.set_result(execution)
+
+    def _forget(self, running: RunningExecution) -> None:
+        """The execution is no longer in flight (it ended, or was never admitted)."""
+        sandbox_id = running.execution.sandbox_id
+        self._running.pop(running.execution.id, None)
+        self._unfinished[sandbox_id] -= 1
+        if self._unfinished[sandbox_id] <= 0:
+            del self._unfinished[sandbox_id]
 
     def _record_activity_soon(self, sandbox: Sandbox) -> None:
         """Store a sandbox's ``last_active_at``/``execution_count`` within a second, once for many executions.
@@ -862,6 +929,13 @@ class SandboxManager(LoggingConfigurable):
         except SandboxNotFound:
             raise ExecutionNotFound(execution_id) from None
         return execution
+
+    async def iter_executions(self, sandbox_id: str, user: str) -> AsyncIterator[Execution]:
+        """A sandbox's whole history, read from the store a few records at a time (for exports)."""
+        await self.get(sandbox_id, user)
+        async for record in self.store.iter_executions(sandbox_id):
+            running = self._running.get(record["id"])
+            yield running.execution if running is not None else Execution.from_record(record)
 
     async def list_executions(self, sandbox_id: str, user: str, *, limit: int | None = None,
                               offset: int = 0) -> list[Execution]:

@@ -23,7 +23,8 @@ What every store guarantees:
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 from gateway.errors import StoreUnavailable
@@ -32,6 +33,19 @@ Record = dict[str, Any]
 
 #: What a write returns at once: awaiting it returns when the write is durable (its value is of no use).
 Written = Awaitable[object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What one owner's sandboxes in ``statuses`` may hold together; 0 is no limit.
+
+    ``Store.put_sandbox_within`` applies a budget to a record whose status is in ``statuses``.
+    """
+
+    statuses: tuple[str, ...]
+    count: int = 0
+    cpu: float = 0.0
+    memory_mb: int = 0
 
 
 class Store(abc.ABC):
@@ -76,22 +90,47 @@ class Store(abc.ABC):
     # -- sandboxes -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def put_sandbox(self, record: Record) -> Written:
-        """Insert or replace the sandbox record with ``record["id"]``."""
+    def put_sandbox(self, record: Record, *, events: Sequence[Record] = ()) -> Written:
+        """Insert or replace the sandbox record with ``record["id"]``; ``events`` go to the outbox with it."""
+
+    @abc.abstractmethod
+    def put_sandbox_within(self, record: Record, budgets: Sequence[Budget], *,
+                           events: Sequence[Record] = ()) -> Awaitable[bool]:
+        """Like ``put_sandbox``, but only if the owner's *other* sandboxes plus this one stay within every
+        budget that applies to the record's status: check and write in one transaction. True if written."""
+
+    @abc.abstractmethod
+    async def owner_usage(self, owner: str, *, exclude: str | None = None) -> dict[str, tuple[int, float, int]]:
+        """Per status, (count, CPU cores, memory MiB) of the owner's sandboxes (but ``exclude``)."""
 
     @abc.abstractmethod
     async def get_sandbox(self, sandbox_id: str) -> Record | None: ...
 
     @abc.abstractmethod
-    async def list_sandboxes(self, *, owner: str | None = None,
-                             statuses: list[str] | None = None) -> list[Record]:
-        """Sandboxes in creation order, optionally only one owner's and only some statuses."""
+    async def list_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None,
+                             limit: int | None = None, offset: int = 0) -> list[Record]:
+        """Sandboxes in creation order, optionally only one owner's and only some statuses, and
+        only ``limit`` of them from the ``offset``-th on."""
+
+    @abc.abstractmethod
+    async def count_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None) -> int:
+        """How many sandboxes ``list_sandboxes`` with the same filters would list without a limit."""
 
     # -- executions ------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def put_execution(self, record: Record) -> Written:
-        """Insert or replace the execution record with ``record["id"]``."""
+    def put_execution(self, record: Record, *, events: Sequence[Record] = ()) -> Written:
+        """Insert or replace the execution record with ``record["id"]``; ``events`` go to the outbox with it."""
+
+    @abc.abstractmethod
+    def put_execution_within(self, record: Record, owner: str, *, since: float, limit: int,
+                             at: float) -> Awaitable[bool]:
+        """Insert a new execution's record only if ``owner`` started fewer than ``limit`` since ``since``
+        (epoch seconds); counts it as started at ``at``. One transaction. True if written."""
+
+    @abc.abstractmethod
+    async def recent_executions(self, owner: str, *, since: float) -> tuple[int, float | None]:
+        """How many executions ``owner`` started since ``since``, and when the oldest of them started."""
 
     @abc.abstractmethod
     async def get_execution(self, execution_id: str) -> Record | None: ...
@@ -102,9 +141,40 @@ class Store(abc.ABC):
     ) -> list[Record]:
         """A sandbox's executions in submission order."""
 
+    async def iter_executions(self, sandbox_id: str, *, page: int = 8) -> AsyncIterator[Record]:
+        """A sandbox's executions in submission order, read ``page`` at a time: an export of any
+        length holds a few records at once, never the whole history."""
+        offset = 0
+        while records := await self.list_executions(sandbox_id, limit=page, offset=offset):
+            for record in records:
+                yield record
+            offset += len(records)
+
     @abc.abstractmethod
     async def list_unfinished_executions(self) -> list[Record]:
         """Executions still ``queued`` or ``running`` (left so by a gateway that stopped)."""
+
+    # -- events (the outbox) ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def list_events(self, *, after: int, owner: str | None = None, limit: int = 500,
+                          types: Sequence[str] | None = None) -> list[Record]:
+        """Events with an ``id`` above ``after``, oldest first (only ``owner``'s, only ``types``, if given)."""
+
+    @abc.abstractmethod
+    async def last_event_id(self) -> int:
+        """The ``id`` of the newest event (0 if none)."""
+
+    @abc.abstractmethod
+    def prune_events(self, *, before: float) -> Awaitable[int]:
+        """Remove the events written before ``before`` (epoch seconds); how many."""
+
+    @abc.abstractmethod
+    async def webhook_cursor(self, url: str) -> int | None:
+        """The last event taken by the webhook at ``url``; None if it was never configured."""
+
+    @abc.abstractmethod
+    def set_webhook_cursor(self, url: str, event_id: int) -> Written: ...
 
     # -- API keys --------------------------------------------------------------------------------
 

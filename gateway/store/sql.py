@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Hashable, Sequence
 from typing import Any
 
 from gateway import timestamps
-from gateway.store.base import Record, Store, Written
+from gateway.store import codec, statements
+from gateway.store.base import Budget, Record, Store, Written
 from gateway.store.writes import AsJSON, Outcome, Statement, Write, WriteQueue
 
 UNFINISHED = ("queued", "running")
@@ -29,6 +30,23 @@ UPSERT_EXECUTION = (
     "INSERT INTO executions (id, sandbox_id, status, record) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
     "SET status = excluded.status, record = excluded.record"
 )
+
+
+def _where(clauses: list[str], params: list[Any], *, owner: str | None, column: str,
+           values: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause: ``clauses`` and, if given, the owner and ``column IN values``."""
+    if owner is not None:
+        clauses.append("owner = ?")
+        params.append(owner)
+    if values:
+        clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+        params.extend(values)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), tuple(params)
+
+
+def sandbox_filter(owner: str | None, statuses: list[str] | None) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` clause (and its parameters) of a sandbox listing."""
+    return _where([], [], owner=owner, column="status", values=statuses)
 
 
 class SQLStore(Store):
@@ -101,31 +119,60 @@ class SQLStore(Store):
 
     # -- sandboxes ---------------------------------------------------------------------------------
 
-    def put_sandbox(self, record: Record) -> Written:
+    def put_sandbox(self, record: Record, *, events: Sequence[Record] = ()) -> Written:
         params = (record["id"], record["owner"], record["status"], AsJSON(record))
-        return self._write([(UPSERT_SANDBOX, params)], key=("sandbox", record["id"]))
+        # A write with events is never replaced by a later version of the record: its events would go.
+        return self._write([(UPSERT_SANDBOX, params), *map(statements.event_insert, events)],
+                           key=None if events else ("sandbox", record["id"]))
+
+    def record_number(self, field: str) -> str:
+        """SQL reading ``resources.<field>`` of a sandbox's JSON ``record`` as a number (SQLite's JSON1)."""
+        return f"json_extract(record, '$.resources.{field}')"
+
+    def put_sandbox_within(self, record: Record, budgets: Sequence[Budget], *,
+                           events: Sequence[Record] = ()) -> Awaitable[bool]:
+        written = self._write(statements.sandbox_within(record, budgets, events, self.record_number))
+        return _counted(written)
+
+    async def owner_usage(self, owner: str, *, exclude: str | None = None) -> dict[str, tuple[int, float, int]]:
+        rows = await self._rows(
+            f"SELECT status, COUNT(*), COALESCE(SUM({self.record_number('cpu')}), 0), "
+            f"COALESCE(SUM({self.record_number('memory_mb')}), 0) FROM sandboxes "
+            "WHERE owner = ? AND id <> ? AND status NOT IN ('terminated') GROUP BY status",
+            (owner, exclude or ""),
+        )
+        return {str(status): (int(count), float(cpu), int(memory)) for status, count, cpu, memory in rows}
 
     async def get_sandbox(self, sandbox_id: str) -> Record | None:
         return await self._record("SELECT record FROM sandboxes WHERE id = ?", (sandbox_id,))
 
-    async def list_sandboxes(self, *, owner: str | None = None,
-                             statuses: list[str] | None = None) -> list[Record]:
-        clauses, params = [], []
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-        if statuses:
-            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(statuses)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT record FROM sandboxes {where} ORDER BY {self.order}"
-        return await self._records(sql, tuple(params))
+    async def list_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None,
+                             limit: int | None = None, offset: int = 0) -> list[Record]:
+        where, params = sandbox_filter(owner, statuses)
+        sql = f"SELECT record FROM sandboxes {where} ORDER BY {self.order} LIMIT ? OFFSET ?"
+        return await self._records(sql, (*params, NO_LIMIT if limit is None else limit, offset))
+
+    async def count_sandboxes(self, *, owner: str | None = None, statuses: list[str] | None = None) -> int:
+        where, params = sandbox_filter(owner, statuses)
+        rows = await self._rows(f"SELECT COUNT(*) FROM sandboxes {where}", params)
+        return int(rows[0][0])
 
     # -- executions --------------------------------------------------------------------------------
 
-    def put_execution(self, record: Record) -> Written:
+    def put_execution(self, record: Record, *, events: Sequence[Record] = ()) -> Written:
         params = (record["id"], record["sandbox_id"], record["status"], AsJSON(record))
-        return self._write([(UPSERT_EXECUTION, params)], key=("execution", record["id"]))
+        return self._write([(UPSERT_EXECUTION, params), *map(statements.event_insert, events)],
+                           key=None if events else ("execution", record["id"]))
+
+    def put_execution_within(self, record: Record, owner: str, *, since: float, limit: int,
+                             at: float) -> Awaitable[bool]:
+        return _counted(self._write(statements.execution_within(record, owner, since=since, limit=limit, at=at)))
+
+    async def recent_executions(self, owner: str, *, since: float) -> tuple[int, float | None]:
+        rows = await self._rows("SELECT COUNT(*), MIN(at) FROM execution_starts WHERE owner = ? AND at >= ?",
+                                (owner, since))
+        count, oldest = rows[0]
+        return int(count), None if oldest is None else float(oldest)
 
     async def get_execution(self, execution_id: str) -> Record | None:
         return await self._record("SELECT record FROM executions WHERE id = ?", (execution_id,))
@@ -142,6 +189,31 @@ class SQLStore(Store):
             f"SELECT record FROM executions WHERE status IN (?, ?) ORDER BY {self.order}", UNFINISHED
         )
 
+    # -- events ------------------------------------------------------------------------------------
+
+    async def list_events(self, *, after: int, owner: str | None = None, limit: int = 500,
+                          types: Sequence[str] | None = None) -> list[Record]:
+        where, params = _where(["seq > ?"], [after], owner=owner, column="type", values=types)
+        rows = await self._rows(f"SELECT {statements.EVENT_COLUMNS} FROM events {where} ORDER BY seq LIMIT ?",
+                                (*params, limit))
+        return [statements.event_record(row, codec.decode) for row in rows]
+
+    async def last_event_id(self) -> int:
+        rows = await self._rows("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return int(rows[0][0])
+
+    def prune_events(self, *, before: float) -> Awaitable[int]:
+        return self._write([("DELETE FROM events WHERE at < ?", (before,))])
+
+    async def webhook_cursor(self, url: str) -> int | None:
+        rows = await self._rows("SELECT seq FROM webhook_cursors WHERE url = ?", (url,))
+        return int(rows[0][0]) if rows else None
+
+    def set_webhook_cursor(self, url: str, event_id: int) -> Written:
+        return self._write([("INSERT INTO webhook_cursors (url, seq) VALUES (?, ?) "
+                             "ON CONFLICT (url) DO UPDATE SET seq = excluded.seq", (url, event_id))],
+                           key=("webhook", url))
+
     # -- API keys ----------------------------------------------------------------------------------
 
     def add_api_key(self, user: str, key_hash: str) -> Written:
@@ -155,3 +227,8 @@ class SQLStore(Store):
     async def count_api_keys(self) -> int:
         rows = await self._rows("SELECT COUNT(*) FROM api_keys")
         return int(rows[0][0])
+
+
+async def _counted(written: Awaitable[int]) -> bool:
+    """Whether a conditional write wrote (its last statement touched a row)."""
+    return bool(await written)

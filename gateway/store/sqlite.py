@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_by_owner ON sandboxes (owner);
+CREATE INDEX IF NOT EXISTS sandboxes_by_owner_status ON sandboxes (owner, status);
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
     sandbox_id TEXT NOT NULL,
@@ -45,6 +46,27 @@ CREATE TABLE IF NOT EXISTS executions (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_by_sandbox ON executions (sandbox_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    type TEXT NOT NULL,
+    time TEXT NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_owner ON events (owner, seq);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    url TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS execution_starts (
+    execution_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS execution_starts_by_owner ON execution_starts (owner, at);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
     user TEXT NOT NULL,

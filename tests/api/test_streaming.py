@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.gateways import InProcessGateway
-from tests.waiting import HOLD, release, wait_finished
+from tests.waiting import hold, release, wait_finished
 
 LIVE_CODE = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(1)\n"
 
@@ -57,14 +57,14 @@ async def test_keepalive_while_silent(tmp_path: Any) -> None:
     keepalive = {"application/x-ndjson": '{"type": "keepalive"}', "text/event-stream": ": keepalive"}
     async with InProcessGateway(tmp_path / "data", "--keepalive=0.2") as gateway, gateway.client() as alice:
         sid = (await alice.post("/api/v1/sandboxes")).json()["id"]
-        for accept, line_of_keepalive in keepalive.items():
+        for n, (accept, line_of_keepalive) in enumerate(keepalive.items()):
             lines = []
-            async with alice.stream("POST", f"/api/v1/sandboxes/{sid}/execute", json={"code": HOLD + "'end'"},
+            async with alice.stream("POST", f"/api/v1/sandboxes/{sid}/execute", json={"code": hold(f"go{n}") + "'end'"},
                                     headers={"Accept": accept}) as response:
                 async for line in response.aiter_lines():
                     lines.append(line)
                     if lines.count(line_of_keepalive) == 3 and line == line_of_keepalive:
-                        await release(alice, sid)  # three keepalives while the code ran silently: let it end
+                        await release(alice, sid, f"go{n}")  # three keepalives while the code ran silently: let it end
             assert lines.count(line_of_keepalive) >= 3, lines
             if accept == "text/event-stream":  # a comment, which EventSource ignores, not an event
                 assert "event: keepalive" not in lines

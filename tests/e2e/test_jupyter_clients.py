@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import subprocess
-import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,18 +10,13 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
-import websocket
 import websockets
-from jupyter_client.asynchronous.client import AsyncKernelClient
-from jupyter_core.utils import ensure_async
-from jupyter_server.gateway.gateway_client import GatewayClient
-from jupyter_server.gateway.managers import GatewayKernelClient, GatewayKernelManager
-from jupyter_server.utils import url_path_join
+from jupyter_server.gateway.managers import GatewayKernelManager
 from nbclient import NotebookClient
-from tornado.escape import url_escape
 
 from tests.api.test_jupyter import execute_request, replies_to
 from tests.gateways import KEYS, InProcessGateway
+from tests.jupyter_clients import AuthGatewayKernelClient, JupyterProcess, gateway_client
 
 
 def free_port() -> int:
@@ -38,32 +28,14 @@ def free_port() -> int:
 @pytest.fixture
 async def jupyter_server(gateway: InProcessGateway, tmp_path: Any) -> AsyncIterator[str]:
     """A real Jupyter Server (no auth of its own) whose kernels live in our gateway, as alice."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--gateway-url={gateway.url}", f"--GatewayClient.auth_token={KEYS['alice']}",
-         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-         f"--ServerApp.root_dir={tmp_path}"],
-        env={"JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
-             "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    root = tmp_path / "root"
+    root.mkdir()
+    server = JupyterProcess("jupyter_server", gateway.url, root=root, args=("--ServerApp.disable_check_xsrf=True",))
     try:
-        async with httpx.AsyncClient(base_url=url) as client:
-            for _ in range(300):
-                try:
-                    if (await client.get("/api")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("jupyter server did not start")
-        yield url
+        await server.wait_up()
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop()
 
 
 async def test_jupyter_server_runs_code_in_our_sandboxes(gateway: InProcessGateway, jupyter_server: str) -> None:
@@ -87,23 +59,6 @@ async def test_jupyter_server_runs_code_in_our_sandboxes(gateway: InProcessGatew
         assert (await alice.get(f"/api/v1/sandboxes/{kernel['id']}")).json()["status"] == "terminated"
 
 
-class AuthGatewayKernelClient(GatewayKernelClient):  # type: ignore[misc]
-    """jupyter_server's gateway kernel client opens its WebSocket without the auth header; add it."""
-
-    async def start_channels(self, shell: bool = True, iopub: bool = True, stdin: bool = True, hb: bool = True,
-                             control: bool = True) -> None:
-        gateway = GatewayClient.instance()
-        url = url_path_join(gateway.ws_url, gateway.kernels_endpoint, url_escape(self.kernel_id), "channels")
-        self.channel_socket = websocket.create_connection(
-            url, timeout=gateway.KERNEL_LAUNCH_TIMEOUT, enable_multithread=True,
-            header=[f"{gateway.auth_header_key}: {gateway.auth_scheme} {gateway.auth_token}"],
-        )
-        await ensure_async(AsyncKernelClient.start_channels(self, shell=shell, iopub=iopub, stdin=stdin, hb=hb,
-                                                            control=control))
-        self.response_router = threading.Thread(target=self._route_responses, daemon=True)
-        self.response_router.start()
-
-
 async def test_nbclient_executes_a_notebook_through_jupyter_server(gateway: InProcessGateway,
                                                                    jupyter_server: str) -> None:
     nb = nbformat.v4.new_notebook(cells=[
@@ -112,15 +67,11 @@ async def test_nbclient_executes_a_notebook_through_jupyter_server(gateway: InPr
         nbformat.v4.new_code_cell("1 / 0"),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    GatewayClient.clear_instance()
-    GatewayClient.instance(url=jupyter_server, auth_token=KEYS["alice"])
-    try:
+    with gateway_client(jupyter_server, KEYS["alice"]):
         km = GatewayKernelManager(kernel_name="python3", client_factory=AuthGatewayKernelClient)
         client = NotebookClient(nb, km=km, timeout=60, kernel_name="python3", allow_errors=True)
         await client.async_execute()
         await km.shutdown_kernel()
-    finally:
-        GatewayClient.clear_instance()
     first, second, third = nb.cells
     assert first.outputs[0]["data"]["text/plain"] == "42"
     assert "".join(o["text"] for o in second.outputs) == "y" * 2_000_000 + "\n"

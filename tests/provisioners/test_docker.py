@@ -287,12 +287,14 @@ print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'home_uid': os.stat('.
 
             assert (await anonymous.get("/ready")).json() == {"ready": True, "problems": []}
             engine_proxy.down()  # the engine goes away
-            unready = await until(lambda: anonymous.get("/ready"), lambda r: r.status_code == 503,
-                                  what="/ready to say 503", timeout=30)
+            # The calls fail at once; the event stream's reader notices its loss a moment later.
+            unready = await until(lambda: anonymous.get("/ready"),
+                                  lambda r: r.status_code == 503 and len(r.json()["problems"]) == 2,
+                                  what="/ready to say 503 for both reasons", timeout=30)
             problems = unready.json()["problems"]
             assert unready.json()["ready"] is False
-            assert "the Docker engine's event stream is not connected" in problems
-            assert any(p.startswith("the Docker engine does not answer") for p in problems), problems
+            assert problems[0] == "the Docker engine's event stream is not connected"
+            assert problems[1].startswith("the Docker engine does not answer"), problems
             engine_proxy.up()  # and comes back: the event stream reconnects by itself
             ready = await until(lambda: anonymous.get("/ready"), lambda r: r.status_code == 200,
                                 what="/ready to recover", timeout=30)

@@ -1,0 +1,1 @@
+"""Lifecycle events: written to the store's outbox with the change they describe, read by the SSE feed and webhooks."""
