@@ -39,6 +39,8 @@ from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
+from gateway.events.log import EventLog
+from gateway.events.webhooks import WebhookSender
 from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
@@ -68,6 +70,9 @@ ALIASES = {
     "max-memory-mb-per-user": "UserQuotas.max_memory_mb",
     "max-paused-per-user": "UserQuotas.max_paused",
     "max-executions-per-minute": "UserQuotas.max_executions_per_minute",
+    "webhook-url": "WebhookSender.urls",
+    "webhook-secret": "WebhookSender.secret",
+    "event-retention": "EventLog.retention",
     "default-lifetime": "LifetimePolicy.default_lifetime",
     "max-lifetime": "LifetimePolicy.max_lifetime",
     "idle-timeout": "LifetimePolicy.default_idle_timeout",
@@ -160,7 +165,8 @@ class GatewayApp(ConfiguredApp):
         ),
     }
     classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
-               LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, KeyRing, E2BTemplates]
+               LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, EventLog, WebhookSender, KeyRing,
+               E2BTemplates]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -201,9 +207,14 @@ class GatewayApp(ConfiguredApp):
         commands = SandboxCommands(self.launcher)
         snapshots = SandboxSnapshots(commands=commands, root=os.path.join(self.data_dir, "paused"),
                                      kernels_dir=self.launcher.kernels_dir, parent=self)
+        self.events = EventLog(store=self.store, parent=self)
+        self.events.start()
+        # Before the sandboxes start: what their recovery changes is delivered too.
+        self.webhooks = WebhookSender(store=self.store, events=self.events, metrics=self.metrics, parent=self)
+        await self.webhooks.start()
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
                                         lifetimes=LifetimePolicy(parent=self), snapshots=snapshots,
-                                        quotas=UserQuotas(store=self.store, parent=self),
+                                        quotas=UserQuotas(store=self.store, parent=self), events=self.events,
                                         metrics=self.metrics, parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)
@@ -233,6 +244,8 @@ class GatewayApp(ConfiguredApp):
         await self.files.stop()
         await self.sandboxes.stop()
         await self.launcher.stop()
+        await self.webhooks.stop()  # what it did not deliver waits in the outbox for the next start
+        await self.events.stop()  # (ends the event streams)
         await self.server.close_all_connections()
         await self.store.close()
         log.info("gateway stopped")

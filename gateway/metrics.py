@@ -61,6 +61,10 @@ class GatewayMetrics:
                                    "Memory used by the live sandboxes now (working sets), summed", registry=self.registry)
         self._usage_pids = Gauge("code_gateway_sandbox_pids", "Processes and threads in the live sandboxes",
                                  registry=self.registry)
+        self.webhook_deliveries = Counter(
+            "code_gateway_webhook_deliveries", "Attempts to deliver an event to a webhook, by result (delivered, "
+            "failed: retried)", ["result"], registry=self.registry,
+        )
         self._saved_bytes = Gauge("code_gateway_paused_bytes",
                                   "Gateway disk taken by the saved state of paused sandboxes", registry=self.registry)
 

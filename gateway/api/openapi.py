@@ -177,6 +177,17 @@ PATHS: dict[str, Any] = {
                 "parameters": [SANDBOX_ID], "responses": {"200": reply("usage beside the limits", {"type": "object"}),
                                                           **ERRORS}},
     },
+    "/api/v1/events": {
+        "get": {"summary": "Lifecycle events as Server-Sent Events (yours; everyone's for admin), resumable",
+                "parameters": [{"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+                                "description": "resume after this event (what EventSource sends)"},
+                               {"name": "after", "in": "query", "schema": {"type": "integer"},
+                                "description": "start after this event id (0: all retained); default: from now"},
+                               {"name": "type", "in": "query", "schema": {"type": "string"},
+                                "description": "only this event type (repeatable)"}],
+                "responses": {"200": reply("id:/event:/data: frames", {"type": "string"}, "text/event-stream"),
+                              **ERRORS}},
+    },
     "/api/v1/usage": {
         "get": {"summary": "Your use of each quota beside its limit (0: no limit)",
                 "responses": {"200": reply("sandboxes, cpu, memory_mb, paused_sandboxes, executions_per_minute",

@@ -45,6 +45,7 @@ from gateway.api.sandboxes import (
     SandboxMetricsHandler,
     UsageHandler,
 )
+from gateway.api.events import EventsHandler
 from gateway.auth import KeyRing
 from gateway.mcp.server import McpService
 from gateway.metrics import GatewayMetrics
@@ -78,6 +79,8 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/resume", ResumeHandler, deps),
         (rf"{V1}/sandboxes/{ID}/metrics", SandboxMetricsHandler, deps),
         (rf"{V1}/usage", UsageHandler, deps),
+        (rf"{V1}/events", EventsHandler, {"keyring": keyring, "events": sandboxes.events,
+                                          "admin_user": sandboxes.admin_user, "keepalive": keepalive}),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),

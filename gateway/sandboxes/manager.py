@@ -44,6 +44,8 @@ from gateway.errors import (
     TooManyQueued,
 )
 from gateway.execution.connection import ConnectTimeout, KernelGone
+from gateway.events import model as events
+from gateway.events.log import EventLog
 from gateway.execution.executor import OutputCaps
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution, ExecutionStatus, execution_error
@@ -129,7 +131,8 @@ class SandboxManager(LoggingConfigurable):
 
     def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
                  lifetimes: LifetimePolicy | None = None, snapshots: SandboxSnapshots | None = None,
-                 quotas: UserQuotas | None = None, metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
+                 quotas: UserQuotas | None = None, events: EventLog | None = None,
+                 metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.metrics = metrics or GatewayMetrics()
@@ -137,6 +140,8 @@ class SandboxManager(LoggingConfigurable):
         self.policy = policy
         self.lifetimes = lifetimes or LifetimePolicy(parent=self)
         self.quotas = quotas or UserQuotas(store=store, parent=self)
+        #: The outbox's live side: woken whenever a change with events was handed to the store.
+        self.events = events or EventLog(store=store, parent=self)
         #: Where paused sandboxes keep their files and variables (None: pausing is not possible).
         self.snapshots = snapshots
         self.settings = RuntimeSettings(
@@ -179,7 +184,8 @@ class SandboxManager(LoggingConfigurable):
             execution.error = execution_error(
                 "gateway_restarted", "GatewayRestarted", "the gateway stopped before this execution finished"
             )
-            await self.store.put_execution(execution.to_record())
+            sandbox_record = await self.store.get_sandbox(execution.sandbox_id)
+            await self._put_execution(execution, sandbox_record["owner"] if sandbox_record else "")
         for record in await self.store.list_sandboxes(statuses=LIVE):
             await self._recover(Sandbox.from_record(record), busy=record["id"] in busy)
         await self._recover_paused()
@@ -371,12 +377,13 @@ class SandboxManager(LoggingConfigurable):
         except Exception as exc:
             log.exception("sandbox %s: failed to start", sandbox.id)
             self._sandboxes.pop(sandbox.id, None)
-            await self._end(sandbox, "start_failed")  # it holds nothing: its slot is free again at once
+            # It holds nothing: its slot is free again at once.
+            await self._end(sandbox, "start_failed", failed=True)
             raise SandboxStartFailed(f"the sandbox could not be started: {start_failure(exc)}") from None
         sandbox.image = sandbox.kernel["provisioner"].get("image")
         sandbox.status = SandboxStatus.RUNNING
         self._adopt(sandbox.id, runtime)
-        await self.store.put_sandbox(sandbox.to_record())
+        await self._put(sandbox, events.SANDBOX_CREATED, source="cold")
         self.metrics.sandbox_starts.labels(source="cold").observe(time.monotonic() - began)
         log.info("sandbox %s: running for %s (%s)", sandbox.id, owner, sandbox.provisioner)
         return sandbox
@@ -395,7 +402,9 @@ class SandboxManager(LoggingConfigurable):
             setattr(pooled, field, getattr(request, field))
         pooled.created_at = pooled.last_active_at = timestamps.now()
         try:
-            await self.quotas.put_sandbox(pooled.to_record(), retry_after=self._soonest_end_of(request.owner))
+            await self.quotas.put_sandbox(pooled.to_record(), retry_after=self._soonest_end_of(request.owner),
+                                          events=[self._event(pooled, events.SANDBOX_CREATED, source="pool")])
+            self.events.written()
         except BaseException:  # another request took the user's last slot meanwhile
             await self._dispose_pooled(taken)
             raise
@@ -580,13 +589,14 @@ class SandboxManager(LoggingConfigurable):
         await self.store.put_sandbox(sandbox.to_record())
         return sandbox
 
-    async def _end(self, sandbox: Sandbox, reason: str) -> None:
+    async def _end(self, sandbox: Sandbox, reason: str, *, failed: bool = False) -> None:
         sandbox.status = SandboxStatus.TERMINATED
         sandbox.status_reason = reason
         sandbox.terminated_at = timestamps.now()
         sandbox.kernel = {}
         sandbox.snapshot = None
-        await self.store.put_sandbox(sandbox.to_record())
+        ended = [self._event(sandbox, events.SANDBOX_FAILED, reason=reason)] if failed else []
+        await self._put(sandbox, events.SANDBOX_TERMINATED, also=ended, reason=reason)
         if self.snapshots is not None:
             self.snapshots.remove(sandbox.id)  # after the record: a crash in between leaves an orphan, not a hole
 
@@ -598,7 +608,7 @@ class SandboxManager(LoggingConfigurable):
             if sandbox.id not in self._sandboxes:  # still in the pool: no record, just replace it
                 self.pool.notice_exit()
                 return
-            self.store.put_sandbox(sandbox.to_record())  # the store holds it until it is written
+            self._put(sandbox, events.SANDBOX_FAILED, reason=reason)  # the store holds it until it is written
             if self.restart_jupyter_kernels and sandbox.metadata.get("started_by") == STARTED_BY_JUPYTER:
                 self.kernels.announce(sandbox.id, "restart")
                 self._spawn(self._restart_after_death(sandbox, self._runtimes.get(sandbox.id)),
@@ -696,8 +706,12 @@ class SandboxManager(LoggingConfigurable):
         kept = (sandbox.status, sandbox.status_reason, sandbox.kernel)
         sandbox.status, sandbox.status_reason, sandbox.kernel, sandbox.snapshot = (
             SandboxStatus.PAUSED, reason, {}, snapshot)
+        paused = self._event(sandbox, events.SANDBOX_PAUSED, reason=reason, files=snapshot["files"],
+                             variables=len(snapshot["variables"]), lost=len(snapshot["lost"]),
+                             bytes=snapshot["bytes"])
         try:  # paused for good (durable, within the paused quota) before the container goes
-            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)
+            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after, events=[paused])
+            self.events.written()
         except BaseException:
             sandbox.status, sandbox.status_reason, sandbox.kernel = kept
             sandbox.snapshot = None
@@ -745,8 +759,11 @@ class SandboxManager(LoggingConfigurable):
         sandbox.status, sandbox.status_reason, sandbox.restore, sandbox.snapshot = (
             SandboxStatus.RUNNING, None, report, None)
         sandbox.touch()
+        resumed = self._event(sandbox, events.SANDBOX_RESUMED, files=report["files"],
+                              variables=len(report["variables"]), lost=len(report["lost"]))
         try:  # running again for good (durable, within the live quotas) before the saved state goes
-            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)
+            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after, events=[resumed])
+            self.events.written()
         except BaseException:
             sandbox.status = SandboxStatus.PAUSED
             sandbox.status_reason, sandbox.snapshot, sandbox.restore = kept
@@ -794,7 +811,7 @@ class SandboxManager(LoggingConfigurable):
             log.exception("sandbox %s: restart failed", sandbox_id)
             sandbox.status = SandboxStatus.FAILED
             sandbox.status_reason = "restart_failed"
-            await self.store.put_sandbox(sandbox.to_record())
+            await self._put(sandbox, events.SANDBOX_FAILED, reason="restart_failed")
             raise SandboxStartFailed(f"the sandbox could not be restarted: {start_failure(exc)}") from None
         sandbox.status = SandboxStatus.RUNNING
         sandbox.status_reason = None
@@ -876,7 +893,7 @@ class SandboxManager(LoggingConfigurable):
             try:
                 # The result is told to no one before it is durable; until then (through a store
                 # outage, if need be) reads find the execution here, in _running.
-                await self.store.put_execution(execution.to_record())
+                await self._put_execution(execution, sandbox.owner)
             except Exception:  # the database refused the record itself (a bug); the client still gets its result
                 log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
             self._record_activity_soon(sandbox)
@@ -885,6 +902,26 @@ class SandboxManager(LoggingConfigurable):
             feed.close({"type": "execution", "execution": running.final})
             if not running.done.done():
                 running.done.set_result(execution)
+
+    # -- records and their events ----------------------------------------------------------------
+
+    def _event(self, sandbox: Sandbox, type_: str, **data: Any) -> dict[str, Any]:
+        return events.event(type_, sandbox.id, sandbox.owner, **data)
+
+    def _put(self, sandbox: Sandbox, type_: str, *, also: list[dict[str, Any]] | None = None,
+             **data: Any) -> Any:
+        """Store the sandbox's record with the event of its change (one transaction); awaitable until durable."""
+        written = self.store.put_sandbox(sandbox.to_record(), events=[*(also or []), self._event(sandbox, type_, **data)])
+        self.events.written()
+        return written
+
+    def _put_execution(self, execution: Execution, owner: str) -> Any:
+        """Store a finished execution with its ``execution.finished`` event (``owner``: its sandbox's)."""
+        finished = events.event(events.EXECUTION_FINISHED, execution.sandbox_id, owner, execution_id=execution.id,
+                                status=str(execution.status), duration_ms=execution.duration_ms)
+        written = self.store.put_execution(execution.to_record(), events=[finished])
+        self.events.written()
+        return written
 
     def _forget(self, running: RunningExecution) -> None:
         """The execution is no longer in flight (it ended, or was never admitted)."""
