@@ -71,6 +71,8 @@ def request_summary(handler: web.RequestHandler) -> str:
 #: Paged listings: the ``limit`` when none is given, and the largest allowed.
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+#: The largest offset (and re-attach position) taken: JavaScript's largest exact integer.
+MAX_OFFSET = (1 << 53) - 1
 
 #: Request headers a cross-origin page may send (what a preflight grants).
 CORS_REQUEST_HEADERS = "Authorization, Content-Type, Accept, Last-Event-ID"
@@ -232,8 +234,8 @@ class APIHandler(JSONErrors, web.RequestHandler):
             offset = int(self.get_argument("offset", "0"))
         except ValueError:
             raise InvalidRequest("query parameters 'limit' and 'offset' must be integers") from None
-        if not 0 < limit <= MAX_PAGE or offset < 0:
-            raise InvalidRequest(f"'limit' must be 1..{MAX_PAGE} and 'offset' at least 0")
+        if not 0 < limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidRequest(f"'limit' must be 1..{MAX_PAGE} and 'offset' 0..{MAX_OFFSET}")
         return limit, offset
 
     def write_json(self, data: Any, status: int = 200) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from gateway.api.base import APIHandler
+from gateway.api.base import MAX_OFFSET, APIHandler
 from gateway.errors import InvalidRequest
 from gateway.events.log import EventLog
 from gateway.events.model import TYPES
@@ -42,8 +42,8 @@ class EventsHandler(APIHandler):
             after = int(text)
         except ValueError:
             raise InvalidRequest(f"{name} must be an event id (a whole number), got {text[:50]!r}") from None
-        if after < 0:
-            raise InvalidRequest(f"{name} must be 0 or more, got {after}")
+        if not 0 <= after <= MAX_OFFSET:
+            raise InvalidRequest(f"{name} must be 0..{MAX_OFFSET}, got {after}")
         return after
 
     async def get(self) -> None:

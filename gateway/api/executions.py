@@ -23,7 +23,7 @@ from gateway.api.backpressure import (
     BehindWatch,
     too_slow_message,
 )
-from gateway.api.base import error_body
+from gateway.api.base import MAX_OFFSET, error_body
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, negotiate
 from gateway.errors import InvalidRequest, PayloadTooLarge
@@ -151,8 +151,8 @@ class ExecutionEventsHandler(StreamingHandler):
             after = int(self.get_argument("after", "0"))
         except ValueError:
             raise InvalidRequest("query parameter 'after' must be an integer") from None
-        if after < 0:
-            raise InvalidRequest("'after' must be at least 0")
+        if not 0 <= after <= MAX_OFFSET:
+            raise InvalidRequest(f"'after' must be 0..{MAX_OFFSET}")
         encoder = negotiate(self.request.headers.get("Accept", "")) or ENCODERS[NDJSON]
         execution = await self.sandboxes.get_execution(execution_id, self.user)  # ownership, 404
         running = self.sandboxes.running(execution_id)

@@ -25,16 +25,15 @@ from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.manager import STARTED_BY_JUPYTER, SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
 
-START_KERNEL = Draft202012Validator(
-    {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "path": {"type": ["string", "null"]},
-            "env": CREATE_SANDBOX["properties"]["env"],
-        },
-    }
-)
+START_KERNEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "the kernelspec (there is one)"},
+        "path": {"type": ["string", "null"], "description": "ignored: a path on the client's host"},
+        "env": CREATE_SANDBOX["properties"]["env"],
+    },
+}
+START_KERNEL = Draft202012Validator(START_KERNEL_SCHEMA)
 
 #: Set by jupyter_server's gateway client to paths on *its* host; meaningless inside a sandbox.
 HOST_SPECIFIC_ENV = {"KERNEL_WORKING_DIR"}

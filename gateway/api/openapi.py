@@ -1,27 +1,48 @@
-"""The OpenAPI 3.1 document of the v1 API, served at ``/api/v1/openapi.json``.
+"""The OpenAPI 3.1 document of the gateway's HTTP API, served at ``/api/v1/openapi.json``.
 
-Request bodies are the very schemas the handlers validate with (``gateway.api.schemas``), so the
-document cannot drift from what the gateway accepts; a test checks every route is described.
+It says what the gateway does, so that a client (or a fuzzer) holding to it is never refused:
+
+- request bodies are the very schemas the handlers validate with (``gateway.api.schemas``), with
+  the ranges this gateway's policies allow (``ResourcePolicy``, ``LifetimePolicy``: its own
+  configured minima and maxima) written into them, and ``network`` only ``false`` where the
+  operator allows no network; a seed ``notebook`` is held to nbformat's own v4.5 schema;
+- every status a route answers is listed (409 for files of a sandbox not running, 429, 503, ...);
+- the Jupyter Server kernel API (``/api/kernels``, ``/api/kernelspecs``) is described too.
+
+    document(policy=manager.policy, lifetimes=manager.lifetimes, kernel_name="python3")
+
+A test checks every route is described, with exactly the methods its handler answers.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
+from importlib import resources
 from typing import Any
 
 from gateway import __version__
 from gateway.api import schemas
-from gateway.api.base import APIHandler
+from gateway.api.base import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, APIHandler
+from gateway.api.jupyter import START_KERNEL_SCHEMA
 from gateway.api.sandboxes import STATUSES
+from gateway.events.model import TYPES as EVENT_TYPES
+from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.lifetimes import LifetimePolicy
+from gateway.sandboxes.limits import ResourcePolicy
+from gateway.sandboxes.manager import SandboxManager
 
 JSON = "application/json"
+STREAMS = ("application/x-ndjson", "text/event-stream")
 
 
 def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def body(schema: dict[str, Any], media_type: str = JSON) -> dict[str, Any]:
-    return {"required": True, "content": {media_type: {"schema": schema}}}
+def body(schema: dict[str, Any], media_type: str = JSON, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {media_type: {"schema": schema}}}
 
 
 def reply(description: str, schema: dict[str, Any] | None = None, media_type: str = JSON) -> dict[str, Any]:
@@ -31,21 +52,40 @@ def reply(description: str, schema: dict[str, Any] | None = None, media_type: st
     return answer
 
 
+def error(description: str) -> dict[str, Any]:
+    return reply(description, ref("Error"))
+
+
 ERRORS = {
-    "400": reply("malformed JSON, an unknown field or a wrong type (the message names the field)", ref("Error")),
-    "401": reply("no API key, or an unknown one", ref("Error")),
-    "404": reply("no such sandbox or execution (also someone else's)", ref("Error")),
+    "400": error("malformed JSON, an unknown field or a wrong type (the message names the field)"),
+    "401": error("no API key, or an unknown one"),
+    "404": error("no such sandbox or execution (also someone else's)"),
 }
-SANDBOX_ID = {"name": "sandbox_id", "in": "path", "required": True, "schema": {"type": "string"}}
-EXECUTION_ID = {"name": "execution_id", "in": "path", "required": True, "schema": {"type": "string"}}
-FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+#: While the store cannot commit, changes are refused rather than acknowledged.
+STORE_UNAVAILABLE = {"503": error("the store cannot commit writes right now (store_unavailable)")}
+NOT_RUNNING = {"409": error("the sandbox is not running (sandbox_not_running, sandbox_paused, sandbox_busy)")}
+#: What the router takes as an id (anything else is a 404: no such route).
+ID = {"type": "string", "pattern": "^[0-9a-fA-F-]{1,64}$"}
+SANDBOX_ID = {"name": "sandbox_id", "in": "path", "required": True, "schema": ID}
+EXECUTION_ID = {"name": "execution_id", "in": "path", "required": True, "schema": ID}
+KERNEL_ID = {"name": "kernel_id", "in": "path", "required": True, "schema": ID}
+FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
              "description": "relative to the sandbox's working directory"}
+#: ``limit`` and ``offset`` of a paged listing (``APIHandler.paging``).
+PAGING = [
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
+]
+WEBSOCKET = {"101": reply("switching to the WebSocket protocol"),
+             "400": error("not a WebSocket upgrade (a JSON error, as for any route)"), "401": ERRORS["401"],
+             "403": error("a browser origin that is not allowed (origin_not_allowed)"), "404": ERRORS["404"]}
 
 SANDBOX = {
     "type": "object",
     "properties": {
         "id": {"type": "string"}, "owner": {"type": "string"},
-        "status": {"enum": ["creating", "running", "paused", "terminating", "terminated", "failed"]},
+        "status": {"enum": STATUSES},
         "status_reason": {"type": ["string", "null"]}, "provisioner": {"type": "string"},
         "image": {"type": ["string", "null"]}, "resources": schemas.RESOURCES, "env": {"type": "object"},
         "metadata": {"type": "object"}, "figure_formats": {"type": "array", "items": {"type": "string"}},
@@ -59,6 +99,7 @@ SANDBOX = {
         "snapshot": {"type": ["object", "null"], "description": "while paused: what was saved"},
         "restore": {"type": ["object", "null"], "description": "after a resume: files, variables, lost, at"},
         "template": {"type": ["string", "null"], "description": "the E2B template it was created from, if any"},
+        "seed": {"type": "object", "description": "only in a create's answer: how the seed notebook ran"},
     },
 }
 EXECUTION = {
@@ -82,144 +123,209 @@ ERROR = {
     "type": "object",
     "required": ["error"],
     "properties": {"error": {"type": "object", "required": ["code", "message"],
-                             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+                             "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                                            "retry_after": {"type": "integer"}}}},
+}
+KERNEL = {
+    "type": "object",
+    "required": ["id", "name", "last_activity", "execution_state", "connections"],
+    "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                   "last_activity": {"type": "string", "format": "date-time"},
+                   "execution_state": {"type": "string"}, "connections": {"type": "integer"}},
 }
 
 
-#: While the store cannot commit, changes are refused rather than acknowledged.
-STORE_UNAVAILABLE = {"503": reply("the store cannot commit writes right now (store_unavailable)", ref("Error"))}
+@functools.cache
+def notebook_schema() -> dict[str, Any]:
+    """nbformat's own JSON schema of a v4.5 notebook, its references pointing into this document."""
+    text = resources.files("nbformat.v4").joinpath("nbformat.v4.5.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text.replace('"#/definitions/', '"#/components/schemas/Notebook/definitions/'))
+    schema.pop("$schema", None)
+    return schema
+
+
+def ranged(schema: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A copy of an object schema with each named property's schema extended by its bounds."""
+    published = copy.deepcopy(schema)
+    for name, extra in bounds.items():
+        published["properties"][name] = {**published["properties"][name], **extra}
+    return published
+
+
+class Requests:
+    """The request schemas as this gateway's policies make them."""
+
+    def __init__(self, policy: ResourcePolicy, lifetimes: LifetimePolicy, kernel_name: str) -> None:
+        def limit(field: str) -> dict[str, Any]:
+            return {"minimum": policy.minimum(field), "maximum": policy.maximum(field)}
+
+        seconds = {"exclusiveMinimum": 0, "maximum": lifetimes.max_lifetime}
+        network = {} if policy.allow_network else {"const": False}
+        resources = ranged(schemas.RESOURCES, {
+            **{field: limit(field) for field in ("cpu", "memory_mb", "disk_mb", "pids", "timeout")},
+            "network": network,
+        })
+        self.create_sandbox = ranged(schemas.CREATE_SANDBOX, {
+            "resources": resources, "timeout": limit("timeout"), "network": network,
+            "lifetime": seconds, "idle_timeout": seconds, "notebook": ref("Notebook"),
+        })
+        # The top-level timeout and network are shorthands: not both with their resources twin.
+        self.create_sandbox["dependentSchemas"] = {
+            field: {"properties": {"resources": {"not": {"required": [field]}}}} for field in ("timeout", "network")
+        }
+        self.update_sandbox = ranged(schemas.UPDATE_SANDBOX, {"lifetime": seconds, "idle_timeout": seconds})
+        self.execute = ranged(schemas.EXECUTE, {"timeout": limit("timeout")})
+        self.start_kernel = ranged(START_KERNEL_SCHEMA, {"name": {"enum": [kernel_name]}})
 
 
 def sandbox_action(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
-    return {"post": {"summary": summary, "parameters": [SANDBOX_ID], "responses": {**ok, **ERRORS,
-            "409": reply("the sandbox is not running, or another lifecycle operation of it is under way",
-                         ref("Error"))}}}
+    return {"post": {"summary": summary, "parameters": [SANDBOX_ID], "responses": {
+        **ok, **ERRORS, "409": error("the sandbox is not running, or another lifecycle operation of it is under way"),
+        "429": error("resuming the sandbox would exceed a quota; Retry-After"), **STORE_UNAVAILABLE}}}
 
 
-PATHS: dict[str, Any] = {
-    "/api/v1/sandboxes": {
-        "post": {"summary": "Create a sandbox", "requestBody": {**body(schemas.CREATE_SANDBOX), "required": False},
-                 "responses": {"201": reply("the running sandbox", ref("Sandbox")), **ERRORS,
-                               "403": reply("network access is not allowed here", ref("Error")),
-                               "422": reply("a limit out of range (the message names the field)", ref("Error")),
-                               "429": reply("over a quota (live sandboxes, CPU, memory); Retry-After says when to "
-                                            "try again", ref("Error")),
-                               "503": reply("the sandbox could not be started, or the store cannot commit writes "
-                                             "(sandbox_start_failed, store_unavailable)", ref("Error"))}},
-        "get": {"summary": "List your sandboxes",
-                "parameters": [{"name": "status", "in": "query", "style": "form", "explode": True,
-                                "description": "only sandboxes in one of these statuses (repeat it for several)",
-                                "schema": {"type": "array", "items": {"enum": STATUSES}}}],
-                "responses": {"200": reply("sandboxes", {"type": "object", "properties": {
-                    "sandboxes": {"type": "array", "items": ref("Sandbox")}}}), **ERRORS}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}": {
-        "get": {"summary": "Show a sandbox", "parameters": [SANDBOX_ID],
-                "responses": {"200": reply("the sandbox", ref("Sandbox")), **ERRORS}},
-        "patch": {"summary": "A new lifetime from now (like E2B's set_timeout), new metadata or idle rules",
-                  "parameters": [SANDBOX_ID], "requestBody": body(schemas.UPDATE_SANDBOX),
-                  "responses": {"200": reply("the sandbox", ref("Sandbox")), **ERRORS,
-                                "409": reply("the sandbox has ended", ref("Error")),
-                                "422": reply("a value out of range (the message names the field)", ref("Error"))}},
-        "delete": {"summary": "Terminate a sandbox (the record stays)", "parameters": [SANDBOX_ID],
-                   "responses": {"204": reply("terminated"), **ERRORS, **STORE_UNAVAILABLE}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}/execute": {
-        "post": {
-            "summary": "Run code: the whole Execution, or a live stream with Accept: application/x-ndjson "
-                       "or text/event-stream",
-            "parameters": [SANDBOX_ID], "requestBody": body(schemas.EXECUTE),
-            "responses": {"200": {"description": "the Execution, or its events then the Execution",
-                                  "content": {JSON: {"schema": ref("Execution")},
-                                              "application/x-ndjson": {"schema": {"type": "string"}},
-                                              "text/event-stream": {"schema": {"type": "string"}}}},
-                          **ERRORS, "409": reply("the sandbox is not running", ref("Error")),
-                          "413": reply("code over 1 MiB", ref("Error")),
-                          "422": reply("timeout out of range", ref("Error")),
-                          "429": reply("over the executions-per-minute quota (or resuming the sandbox would "
-                                       "exceed one); Retry-After", ref("Error")), **STORE_UNAVAILABLE}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}/executions": {
-        "get": {"summary": "A sandbox's executions, oldest first", "parameters": [
-            SANDBOX_ID, {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-            {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
-            "responses": {"200": reply("executions", {"type": "object", "properties": {
-                "executions": {"type": "array", "items": ref("Execution")}}}), **ERRORS}},
-    },
-    "/api/v1/executions/{execution_id}": {
-        "get": {"summary": "One execution, also after the client that ran it went away",
-                "parameters": [EXECUTION_ID], "responses": {"200": reply("the execution", ref("Execution")), **ERRORS}},
-    },
-    "/api/v1/executions/{execution_id}/events": {
-        "get": {"summary": "Re-attach to an execution's stream: its events from the after-th on while it runs "
-                           "(Accept: application/x-ndjson or text/event-stream), then the final Execution",
-                "parameters": [EXECUTION_ID, {"name": "after", "in": "query", "schema": {"type": "integer"},
-                                              "description": "how many events the client already has"}],
-                "responses": {"200": {"description": "the events, then the Execution",
-                                      "content": {"application/x-ndjson": {"schema": {"type": "string"}},
-                                                  "text/event-stream": {"schema": {"type": "string"}}}},
-                              **ERRORS}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}/interrupt": sandbox_action(
-        "Interrupt the running execution (state is kept)", {"200": reply("the sandbox", ref("Sandbox"))}),
-    "/api/v1/sandboxes/{sandbox_id}/restart": sandbox_action(
-        "A fresh kernel, same sandbox", {"200": reply("the sandbox", ref("Sandbox"))}),
-    "/api/v1/sandboxes/{sandbox_id}/pause": sandbox_action(
-        "Save files and variables to the gateway's disk and stop the container (status paused)",
-        {"200": reply("the paused sandbox, with its snapshot", ref("Sandbox")),
-         "507": reply("the saved state would be over the sandbox's disk_mb", ref("Error"))}),
-    "/api/v1/sandboxes/{sandbox_id}/resume": sandbox_action(
-        "Run a paused sandbox again, its files and variables restored (see restore)",
-        {"200": reply("the running sandbox, with its restore report", ref("Sandbox")),
-         "503": reply("the sandbox could not be resumed (it stays paused)", ref("Error"))}),
-    "/api/v1/sandboxes/{sandbox_id}/metrics": {
-        "get": {"summary": "What the sandbox uses now: CPU seconds, memory (current, peak), disk, pids",
-                "parameters": [SANDBOX_ID], "responses": {"200": reply("usage beside the limits", {"type": "object"}),
-                                                          **ERRORS}},
-    },
-    "/api/v1/events": {
-        "get": {"summary": "Lifecycle events as Server-Sent Events (yours; everyone's for admin), resumable",
-                "parameters": [{"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
-                                "description": "resume after this event (what EventSource sends)"},
-                               {"name": "after", "in": "query", "schema": {"type": "integer"},
-                                "description": "start after this event id (0: all retained); default: from now"},
-                               {"name": "type", "in": "query", "schema": {"type": "string"},
-                                "description": "only this event type (repeatable)"}],
-                "responses": {"200": reply("id:/event:/data: frames", {"type": "string"}, "text/event-stream"),
-                              **ERRORS}},
-    },
-    "/api/v1/usage": {
-        "get": {"summary": "Your use of each quota beside its limit (0: no limit)",
-                "responses": {"200": reply("sandboxes, cpu, memory_mb, paused_sandboxes, executions_per_minute",
-                                           {"type": "object"}), **ERRORS}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}/stream": {
-        "get": {"summary": "WebSocket: execute and interrupt messages in, output events out",
-                "parameters": [SANDBOX_ID], "responses": {"101": reply("switching to the WebSocket protocol"), **ERRORS}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}/notebook": {
-        "get": {"summary": "The execution history as an .ipynb", "parameters": [SANDBOX_ID],
-                "responses": {"200": reply("nbformat v4", {"type": "object"}, "application/x-ipynb+json"), **ERRORS}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}/files": {
-        "get": {"summary": "List a directory of the working directory",
-                "parameters": [SANDBOX_ID, {"name": "path", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": reply("entries", {"type": "object"}), **ERRORS}},
-    },
-    "/api/v1/sandboxes/{sandbox_id}/files/{path}": {
-        "get": {"summary": "Download a file", "parameters": [SANDBOX_ID, FILE_PATH],
-                "responses": {"200": reply("the file's bytes", {"type": "string", "format": "binary"},
-                                           "application/octet-stream"), **ERRORS}},
-        "put": {"summary": "Upload a file (raw body)", "parameters": [SANDBOX_ID, FILE_PATH],
-                "requestBody": body({"type": "string", "format": "binary"}, "application/octet-stream"),
-                "responses": {"201": reply("created", {"type": "object"}), "200": reply("replaced", {"type": "object"}),
-                              **ERRORS, "413": reply("over the file size limit", ref("Error")),
-                              "507": reply("the sandbox's disk is full", ref("Error"))}},
-        "delete": {"summary": "Remove a file or directory", "parameters": [SANDBOX_ID, FILE_PATH],
-                   "responses": {"204": reply("removed"), **ERRORS}},
-    },
-    "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
-                                     "responses": {"200": reply("OpenAPI 3.1", {"type": "object"})}}},
+def v1_paths(requests: Requests) -> dict[str, Any]:
+    return {
+        "/api/v1/sandboxes": {
+            "post": {"summary": "Create a sandbox", "requestBody": body(requests.create_sandbox, required=False),
+                     "responses": {"201": reply("the running sandbox", ref("Sandbox")), **ERRORS,
+                                   "403": error("network access is not allowed here"),
+                                   "413": error("a seed notebook cell over 1 MiB"),
+                                   "422": error("a limit out of range (the message names the field)"),
+                                   "429": error("over a quota (live sandboxes, CPU, memory); Retry-After says when "
+                                                "to try again"),
+                                   "503": error("the sandbox could not be started, or the store cannot commit "
+                                                "writes (sandbox_start_failed, store_unavailable)")}},
+            "get": {"summary": "List your sandboxes, oldest first, a page at a time",
+                    "parameters": [{"name": "status", "in": "query", "style": "form", "explode": True,
+                                    "description": "only sandboxes in one of these statuses (repeat it for several)",
+                                    "schema": {"type": "array", "items": {"enum": STATUSES}}}, *PAGING],
+                    "responses": {"200": reply("a page of sandboxes", {
+                        "type": "object", "required": ["sandboxes", "total", "limit", "offset"], "properties": {
+                            "sandboxes": {"type": "array", "items": ref("Sandbox")},
+                            "total": {"type": "integer", "description": "how many match, on every page"},
+                            "limit": {"type": "integer"}, "offset": {"type": "integer"}}}), **ERRORS}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}": {
+            "get": {"summary": "Show a sandbox", "parameters": [SANDBOX_ID],
+                    "responses": {"200": reply("the sandbox", ref("Sandbox")), **ERRORS}},
+            "patch": {"summary": "A new lifetime from now (like E2B's set_timeout), new metadata or idle rules",
+                      "parameters": [SANDBOX_ID], "requestBody": body(requests.update_sandbox),
+                      "responses": {"200": reply("the sandbox", ref("Sandbox")), **ERRORS,
+                                    "409": error("the sandbox has ended"),
+                                    "422": error("a value out of range (the message names the field)"),
+                                    **STORE_UNAVAILABLE}},
+            "delete": {"summary": "Terminate a sandbox (the record stays, status terminated)",
+                       "parameters": [SANDBOX_ID], "responses": {"204": reply("terminated"), **ERRORS,
+                                                                 **NOT_RUNNING, **STORE_UNAVAILABLE}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/execute": {
+            "post": {
+                "summary": "Run code: the whole Execution, or a live stream with Accept: application/x-ndjson "
+                           "or text/event-stream",
+                "parameters": [SANDBOX_ID], "requestBody": body(requests.execute),
+                "responses": {"200": {"description": "the Execution, or its events then the Execution",
+                                      "content": {JSON: {"schema": ref("Execution")},
+                                                  **{media: {"schema": {"type": "string"}} for media in STREAMS}}},
+                              **ERRORS, **NOT_RUNNING, "413": error("code over 1 MiB"),
+                              "422": error("timeout out of range"),
+                              "429": error("too many executions waiting in this sandbox (too_many_queued), or over "
+                                           "the executions-per-minute quota (or resuming the sandbox would exceed "
+                                           "one); Retry-After"), **STORE_UNAVAILABLE}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/executions": {
+            "get": {"summary": "A sandbox's executions, oldest first", "parameters": [SANDBOX_ID, *PAGING],
+                    "responses": {"200": reply("executions", {"type": "object", "properties": {
+                        "executions": {"type": "array", "items": ref("Execution")}}}), **ERRORS}},
+        },
+        "/api/v1/executions/{execution_id}": {
+            "get": {"summary": "One execution, also after the client that ran it went away",
+                    "parameters": [EXECUTION_ID],
+                    "responses": {"200": reply("the execution", ref("Execution")), **ERRORS}},
+        },
+        "/api/v1/executions/{execution_id}/events": {
+            "get": {"summary": "Re-attach to an execution's stream: its events from the after-th on while it runs "
+                               "(Accept: application/x-ndjson or text/event-stream), then the final Execution",
+                    "parameters": [EXECUTION_ID, {"name": "after", "in": "query",
+                                                  "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                                                  "description": "how many events the client already has"}],
+                    "responses": {"200": {"description": "the events, then the Execution",
+                                          "content": {media: {"schema": {"type": "string"}} for media in STREAMS}},
+                                  **ERRORS}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/interrupt": sandbox_action(
+            "Interrupt the running execution (state is kept)", {"200": reply("the sandbox", ref("Sandbox"))}),
+        "/api/v1/sandboxes/{sandbox_id}/restart": sandbox_action(
+            "A fresh kernel, same sandbox", {"200": reply("the sandbox", ref("Sandbox")),
+                                             "503": error("the sandbox could not be restarted")}),
+        "/api/v1/sandboxes/{sandbox_id}/pause": sandbox_action(
+            "Save files and variables to the gateway's disk and stop the container (status paused)",
+            {"200": reply("the paused sandbox, with its snapshot", ref("Sandbox")),
+             "507": error("the saved state would be over the sandbox's disk_mb")}),
+        "/api/v1/sandboxes/{sandbox_id}/resume": sandbox_action(
+            "Run a paused sandbox again, its files and variables restored (see restore)",
+            {"200": reply("the running sandbox, with its restore report", ref("Sandbox")),
+             "503": error("the sandbox could not be resumed (it stays paused)")}),
+        "/api/v1/sandboxes/{sandbox_id}/metrics": {
+            "get": {"summary": "What the sandbox uses now: CPU seconds, memory (current, peak), disk, pids",
+                    "parameters": [SANDBOX_ID],
+                    "responses": {"200": reply("usage beside the limits", {"type": "object"}), **ERRORS,
+                                  **NOT_RUNNING}},
+        },
+        "/api/v1/usage": {
+            "get": {"summary": "Your use of each quota beside its limit (0: no limit)",
+                    "responses": {"200": reply("sandboxes, cpu, memory_mb, paused_sandboxes, executions_per_minute",
+                                               {"type": "object"}), **ERRORS}},
+        },
+        "/api/v1/events": {
+            "get": {"summary": "Lifecycle events as Server-Sent Events (yours; everyone's for admin), resumable",
+                    "parameters": [{"name": "Last-Event-ID", "in": "header",
+                                    "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                                    "description": "resume after this event (what EventSource sends)"},
+                                   {"name": "after", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                                    "description": "start after this event id (0: all retained); default: from now"},
+                                   {"name": "type", "in": "query", "style": "form", "explode": True,
+                                    "schema": {"type": "array", "items": {"enum": EVENT_TYPES}},
+                                    "description": "only these event types (repeatable)"}],
+                    "responses": {"200": reply("id:/event:/data: frames", {"type": "string"}, "text/event-stream"),
+                                  **ERRORS}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/stream": {
+            "get": {"summary": "WebSocket: execute and interrupt messages in, output events out",
+                    "parameters": [SANDBOX_ID], "responses": WEBSOCKET},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/notebook": {
+            "get": {"summary": "The execution history as an .ipynb (streamed)", "parameters": [SANDBOX_ID],
+                    "responses": {"200": reply("an nbformat 4.5 notebook", ref("Notebook"), "application/x-ipynb+json"),
+                                  **ERRORS}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/files": {
+            "get": {"summary": "List a directory of the working directory",
+                    "parameters": [SANDBOX_ID, {"name": "path", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": reply("entries", {"type": "object"}), **ERRORS, **NOT_RUNNING}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/files/{path}": {
+            "get": {"summary": "Download a file", "parameters": [SANDBOX_ID, FILE_PATH],
+                    "responses": {"200": reply("the file's bytes", {"type": "string", "format": "binary"},
+                                               "application/octet-stream"), **ERRORS, **NOT_RUNNING,
+                                  "413": error("over the file size limit")}},
+            "put": {"summary": "Upload a file (raw body)", "parameters": [SANDBOX_ID, FILE_PATH],
+                    "requestBody": body({"type": "string", "format": "binary"}, "application/octet-stream",
+                                        required=False),  # no body: an empty file
+                    "responses": {"201": reply("created", {"type": "object"}),
+                                  "200": reply("replaced", {"type": "object"}), **ERRORS, **NOT_RUNNING,
+                                  "413": error("over the file size limit"),
+                                  "507": error("the sandbox's disk is full")}},
+            "delete": {"summary": "Remove a file or directory", "parameters": [SANDBOX_ID, FILE_PATH],
+                       "responses": {"204": reply("removed"), **ERRORS, **NOT_RUNNING}},
+        },
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                         "responses": {"200": reply("OpenAPI 3.1", {"type": "object"})}}},
+    }
+
+
+OPERATIONS = {
     "/health": {"get": {"summary": "Status, provisioner, pool", "security": [],
                         "responses": {"200": reply("health", {"type": "object"})}}},
     "/ready": {"get": {"summary": "Whether sandboxes can start here", "security": [],
@@ -230,24 +336,78 @@ PATHS: dict[str, Any] = {
 }
 
 
-def document() -> dict[str, Any]:
+def jupyter_paths(requests: Requests) -> dict[str, Any]:
+    """The Jupyter Server kernel API (what Jupyter Kernel Gateway serves): each kernel is a sandbox."""
+    kernel_errors = {**ERRORS, "404": error("no such kernel (also someone else's), or no such kernelspec")}
+    return {
+        "/api": {"get": {"summary": "Jupyter Server's version", "security": [],
+                         "responses": {"200": reply("the version", {"type": "object", "properties": {
+                             "version": {"type": "string"}}})}}},
+        "/api/kernelspecs": {"get": {"summary": "The kernelspec sandboxes run", "responses": {
+            "200": reply("kernelspecs", {"type": "object", "required": ["default", "kernelspecs"], "properties": {
+                "default": {"type": "string"}, "kernelspecs": {"type": "object"}}}), "401": ERRORS["401"]}}},
+        "/api/kernelspecs/{kernel_name}": {"get": {
+            "summary": "One kernelspec",
+            "parameters": [{"name": "kernel_name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": reply("the kernelspec", {"type": "object"}), **kernel_errors}}},
+        "/api/kernels": {
+            "get": {"summary": "Your kernels (sandboxes not ended)",
+                    "responses": {"200": reply("kernels", {"type": "array", "items": ref("Kernel")}),
+                                  "401": ERRORS["401"]}},
+            "post": {"summary": "Start a kernel: a new sandbox", "requestBody": body(requests.start_kernel, required=False),
+                     "responses": {"201": reply("the kernel", ref("Kernel")), **kernel_errors,
+                                   "429": error("too many live sandboxes for this user"),
+                                   "503": error("the sandbox could not be started, or the store cannot commit "
+                                                "writes")}},
+        },
+        "/api/kernels/{kernel_id}": {
+            "get": {"summary": "One kernel", "parameters": [KERNEL_ID],
+                    "responses": {"200": reply("the kernel", ref("Kernel")), **kernel_errors}},
+            "delete": {"summary": "Shut a kernel down (its sandbox is terminated)", "parameters": [KERNEL_ID],
+                       "responses": {"204": reply("shut down"), **kernel_errors, **NOT_RUNNING,
+                                     **STORE_UNAVAILABLE}},
+        },
+        "/api/kernels/{kernel_id}/interrupt": {"post": {
+            "summary": "Interrupt the kernel", "parameters": [KERNEL_ID],
+            "responses": {"204": reply("interrupted"), **kernel_errors, **NOT_RUNNING}}},
+        "/api/kernels/{kernel_id}/restart": {"post": {
+            "summary": "Restart the kernel (empty state)", "parameters": [KERNEL_ID],
+            "responses": {"200": reply("the kernel", ref("Kernel")), **kernel_errors, **NOT_RUNNING,
+                          "503": error("the kernel could not be restarted"), **STORE_UNAVAILABLE}}},
+        "/api/kernels/{kernel_id}/channels": {"get": {
+            "summary": "WebSocket: the Jupyter kernel protocol (JSON, or v1.kernel.websocket.jupyter.org)",
+            "parameters": [KERNEL_ID], "responses": WEBSOCKET}},
+    }
+
+
+def document(*, policy: ResourcePolicy | None = None, lifetimes: LifetimePolicy | None = None,
+             kernel_name: str = "python3") -> dict[str, Any]:
+    """The document for a gateway with these policies (the defaults' if none is given)."""
+    requests = Requests(policy or ResourcePolicy(), lifetimes or LifetimePolicy(), kernel_name)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Code Interpreter Gateway", "version": __version__,
-                 "description": "Stateful sandboxed Jupyter kernels over REST, streams and WebSockets. "
-                                "The Jupyter Server kernel API (/api/kernels, /api/kernelspecs) is served too."},
+                 "description": "Stateful sandboxed Jupyter kernels over REST, streams and WebSockets, and the "
+                                "Jupyter Server kernel API (/api/kernels, /api/kernelspecs)."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Sandbox": SANDBOX, "Execution": EXECUTION, "Error": ERROR},
+            "schemas": {"Sandbox": SANDBOX, "Execution": EXECUTION, "Error": ERROR, "Kernel": KERNEL,
+                        "Notebook": notebook_schema()},
         },
-        "paths": PATHS,
+        "paths": {**v1_paths(requests), **OPERATIONS, **jupyter_paths(requests)},
     }
 
 
 class OpenAPIHandler(APIHandler):
     auth_required = False
 
+    def initialize(self, sandboxes: SandboxManager, launcher: KernelLauncher, **base: Any) -> None:  # type: ignore[override]
+        super().initialize(**base)
+        self.sandboxes = sandboxes
+        self.launcher = launcher
+
     def get(self) -> None:
-        self.write_json(document())
+        self.write_json(document(policy=self.sandboxes.policy, lifetimes=self.sandboxes.lifetimes,
+                                 kernel_name=self.launcher.kernel_name))

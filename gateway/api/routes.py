@@ -84,7 +84,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),
-        (rf"{V1}/openapi.json", OpenAPIHandler, deps),
+        (rf"{V1}/openapi.json", OpenAPIHandler, with_launcher),
         (r"/health", HealthHandler, with_launcher),
         (r"/ready", ReadyHandler, with_launcher),
         (r"/metrics", MetricsHandler, {**with_launcher, "metrics": metrics}),

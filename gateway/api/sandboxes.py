@@ -26,8 +26,8 @@ def creation_limits(body: dict[str, Any]) -> dict[str, Any]:
     resources = dict(body.get("resources") or {})
     for field in ("timeout", "network"):
         if field in body:
-            if field in resources and resources[field] != body[field]:
-                raise InvalidRequest(f"field '{field}' is given twice with different values")
+            if field in resources:
+                raise InvalidRequest(f"field '{field}' is given twice (at the top and in 'resources'): give it once")
             resources[field] = body[field]
     return resources
 

@@ -47,7 +47,8 @@ CREATE_SANDBOX: dict[str, Any] = {
         "network": {"type": "boolean", "description": "network access (only where the operator allows it)"},
         "env": {
             "type": "object",
-            "additionalProperties": {"type": "string"},
+            # (no NUL in a value: an environment cannot hold one, the engine would refuse it)
+            "additionalProperties": {"type": "string", "pattern": "^[^\\x00]*$"},
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
             "description": "environment variables visible to the code as os.environ",
         },

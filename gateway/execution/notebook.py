@@ -114,6 +114,18 @@ def notebook_filename(sandbox_id: str) -> str:
     return f"sandbox-{sandbox_id}.ipynb"
 
 
+def integral(value: Any) -> Any:
+    """A copy of a JSON value with every float of integral value as an int: JSON does not tell
+    ``1.0`` from ``1`` (JSON Schema calls both integers), nbformat's validator does."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral(item) for item in value]
+    return value
+
+
 def seed_cells(document: Any, *, max_code_bytes: int = MAX_CELL_BYTES) -> list[tuple[int, str]]:
     """The code cells of a seed notebook as ``(index in cells, code)``, empty ones left out.
 
@@ -127,7 +139,11 @@ def seed_cells(document: Any, *, max_code_bytes: int = MAX_CELL_BYTES) -> list[t
             f"field 'notebook': only nbformat 4 notebooks can seed a sandbox (this one says nbformat "
             f"{document.get('nbformat')!r})"
         )
-    notebook = nbformat.from_dict(copy.deepcopy(document))
+    document = integral(document)
+    minor = document.get("nbformat_minor")
+    if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
+        raise InvalidNotebook(f"field 'notebook.nbformat_minor' must be an integer of at least 0, got {minor!r}")
+    notebook = nbformat.from_dict(document)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nbformat warns when it adds missing cell ids
@@ -138,6 +154,9 @@ def seed_cells(document: Any, *, max_code_bytes: int = MAX_CELL_BYTES) -> list[t
         raise InvalidNotebook(
             f"field 'notebook' is not a valid nbformat v4 notebook: {place}: {exc.message}"
         ) from None
+    except Exception:  # nbformat's validator trips over some malformed notebooks (a cell_type that is an object)
+        raise InvalidNotebook("field 'notebook' is not a valid nbformat v4 notebook (its structure is malformed)") \
+            from None
     cells = []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":

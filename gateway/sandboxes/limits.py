@@ -38,6 +38,15 @@ class ResourcePolicy(LoggingConfigurable):
     max_disk_mb = Int(16384, help="Most disk (MiB) a sandbox may ask for.").tag(config=True)
     default_pids = Int(256, help="Process/thread limit per sandbox by default.").tag(config=True)
     max_pids = Int(4096, help="Highest process/thread limit a sandbox may ask for.").tag(config=True)
+    # The least a sandbox may ask for. The defaults are what the engine itself accepts (Docker
+    # refuses under 0.01 CPUs and 6 MiB); raise them to what a kernel needs to start in your image.
+    min_cpu = Float(0.01, help="Fewest CPU cores a sandbox may ask for.").tag(config=True)
+    min_memory_mb = Int(6, help="Least memory (MiB) a sandbox may ask for.").tag(config=True)
+    min_disk_mb = Int(1, help="Least disk (MiB) a sandbox may ask for.").tag(config=True)
+    min_pids = Int(1, help="Lowest process/thread limit a sandbox may ask for.").tag(config=True)
+    min_timeout = Float(
+        0.1, help="Shortest per-execution timeout (s): below it, a timeout would end executions whose result is there."
+    ).tag(config=True)
     default_timeout = Float(30.0, help="Per-execution timeout (s) by default.").tag(config=True)
     max_timeout = Float(3600.0, help="Longest per-execution timeout (s) a request may ask for.").tag(
         config=True
@@ -73,12 +82,16 @@ class ResourcePolicy(LoggingConfigurable):
             merged[field] = value
         return ResourceLimits.from_dict(merged)
 
+    def minimum(self, field: str) -> float:
+        configured: float = getattr(self, f"min_{field}")
+        return max(configured, HARD_BOUNDS[field][0])
+
     def check(self, field: str, value: float, *, name: str | None = None) -> None:
-        """Raise ``LimitOutOfRange`` unless ``0 < value <= maximum(field)``."""
+        """Raise ``LimitOutOfRange`` unless ``minimum(field) <= value <= maximum(field)`` (and above 0)."""
         name = name or field
-        upper = self.maximum(field)
-        if not 0 < value <= upper:
-            raise LimitOutOfRange(f"{name} must be greater than 0 and at most {upper:g}, got {value:g}")
+        lower, upper = self.minimum(field), self.maximum(field)
+        if not (0 < value and lower <= value <= upper):
+            raise LimitOutOfRange(f"{name} must be at least {lower:g} and at most {upper:g}, got {value:g}")
 
     def timeout_for(self, requested: float | None, limits: ResourceLimits) -> float:
         """The timeout of one execution: the request's own, else the sandbox's."""

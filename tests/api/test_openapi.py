@@ -47,9 +47,17 @@ async def test_served_and_complete(gateway: InProcessGateway) -> None:
         assert set(operations) & HTTP_METHODS == implemented(handler) - {"options"}, path  # (options: CORS preflights)
 
 
-def test_request_bodies_are_the_validated_schemas() -> None:
+def test_request_bodies_are_the_validated_schemas_with_the_policies_ranges() -> None:
     paths = document()["paths"]
-    create = paths["/api/v1/sandboxes"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    execute = paths["/api/v1/sandboxes/{sandbox_id}/execute"]["post"]["requestBody"]["content"]["application/json"]
-    assert create is schemas.CREATE_SANDBOX
-    assert execute["schema"] is schemas.EXECUTE
+    published = {
+        "create": (paths["/api/v1/sandboxes"]["post"], schemas.CREATE_SANDBOX),
+        "execute": (paths["/api/v1/sandboxes/{sandbox_id}/execute"]["post"], schemas.EXECUTE),
+        "update": (paths["/api/v1/sandboxes/{sandbox_id}"]["patch"], schemas.UPDATE_SANDBOX),
+    }
+    for name, (operation, validated) in published.items():
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]) == set(validated["properties"]), name
+        for field, rules in validated["properties"].items():  # the same rules, ranges added
+            if field not in ("resources", "notebook"):
+                assert schema["properties"][field] == {**schema["properties"][field], **rules}, (name, field)
+        assert schema.get("additionalProperties") == validated.get("additionalProperties"), name
