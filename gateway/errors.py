@@ -102,6 +102,13 @@ class SandboxBusy(GatewayError):
     code = "sandbox_busy"
 
 
+class SessionReplaced(GatewayError):
+    """A Jupyter channels socket whose client session opened a newer socket before this one was open."""
+
+    status = 409
+    code = "session_replaced"
+
+
 class SandboxPaused(GatewayError):
     """The sandbox is paused and does not resume by itself (``auto_resume: false``)."""
 

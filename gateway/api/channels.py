@@ -8,11 +8,22 @@ but a bounded send buffer (a client that falls more than ``max_send_buffer`` byt
 closed with code 1008, where jupyter_server would buffer without limit), and that every message
 relayed to the client passed the sandbox's ``MessageGate`` (jupyter_server relays
 ``v1.kernel.websocket.jupyter.org`` frames without checking their signature at all).
+
+Two sockets of one client session (``?session_id=``) never coexist, even when the second arrives
+while the first is still in its handshake: jupyter_server replaces an older socket only once it
+is open, and the older one then lives on beside the newer. That is what ``jupyter lab
+--gateway-url`` does on every notebook it opens (the browser's first handshake fails, as that
+server picks no subprotocol; its own socket to us, opened meanwhile, is left behind) and on every
+reconnect after a kernel's death. And each socket's kernel connections get an identity of their
+own: jupyter_server uses the session id, and the kernel's ROUTER sockets keep the first peer of
+an identity and ignore the next, so a client whose stale twin connected first never heard back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from asyncio import Future
 from typing import Any
 
@@ -26,7 +37,7 @@ from traitlets import Bool
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
 from gateway.auth import KeyRing
-from gateway.errors import SandboxNotFound, Unauthorized
+from gateway.errors import SandboxNotFound, SessionReplaced, Unauthorized
 from gateway.execution.messages import MALFORMED, BadMessage
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
@@ -63,6 +74,53 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         # jupyter_server assumes the kernel manager's parent is the mapping manager; ours is the launcher.
         return self.websocket_handler.kernel_manager
 
+    def create_stream(self) -> None:
+        """The kernel sockets of this connection, with an identity no other connection has.
+
+        (Shell and stdin share it: ipykernel sends an ``input_request`` to the identity that sent
+        the ``execute_request``.)
+        """
+        identity = self.session.bsession + b"/" + os.urandom(6).hex().encode()
+        for channel in ("iopub", "shell", "control", "stdin"):
+            stream = getattr(self.kernel_manager, "connect_" + channel)(identity=identity)
+            stream.channel = channel
+            self.channels[channel] = stream
+
+    def nudge(self) -> asyncio.Future[None]:
+        """Resolve once this socket's iopub subscription carries messages, relaying them from the first.
+
+        As jupyter_server does, the kernel is asked for ``kernel_info`` on a socket of its own (the
+        reply is not the client's) every half second until iopub delivers something, or for at
+        most ``kernel_info_timeout``; a busy kernel is not asked (its execution broadcasts anyway).
+        """
+        iopub = self.channels["iopub"]
+        heard = asyncio.Event()
+
+        def relay(message: list[Any]) -> None:
+            heard.set()
+            self.handle_outgoing_message(iopub, message)
+
+        iopub.on_recv(relay)  # (replaced by the relay of every message once connected)
+        return asyncio.ensure_future(self._ask_until_heard(heard))
+
+    async def _ask_until_heard(self, heard: asyncio.Event) -> None:
+        if self.kernel_manager.execution_state == "busy":
+            return
+        shell = self.kernel_manager.connect_shell()
+        try:
+            async with asyncio.timeout(self.kernel_info_timeout):
+                while not heard.is_set() and self.kernel_id in self.multi_kernel_manager and self.channels:
+                    self.session.send(shell, "kernel_info_request")
+                    try:
+                        await asyncio.wait_for(heard.wait(), 0.5)
+                    except TimeoutError:
+                        pass
+        except TimeoutError:
+            log.warning("kernel %s: no iopub message for a new socket in %g s", self.kernel_id,
+                        self.kernel_info_timeout)
+        finally:
+            shell.close()
+
     def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
         """Relay a kernel message only if it is well-formed and signed with this sandbox's key.
 
@@ -90,6 +148,10 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
         self.max_send_buffer = max_send_buffer
         self._unsent = UnsentBytes()
         self._cut_off = False
+        #: The handshake is over (``open`` runs): ``close`` can close the socket.
+        self._opened = False
+        #: A newer socket of the same session asked to replace this one before it was open.
+        self._superseded = False
 
     def write_message(self, message: bytes | str | dict[str, Any], binary: bool = False) -> Future[None]:
         """Send, unless the client is too far behind: jupyter_server does not await its writes (the
@@ -113,6 +175,17 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
         self._cut_off = True
         self.close(TOO_SLOW_CLOSE_CODE, too_slow_reason(self.max_send_buffer))
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the socket; one still in its handshake is refused or closed as soon as it opens.
+
+        (jupyter_server calls this on the older socket of a session when a newer one arrives;
+        Tornado's own ``close`` does nothing before the handshake is done.)
+        """
+        if not self._opened:
+            self._superseded = True
+            return
+        super().close(code, reason)
+
     def check_origin(self, origin: str | None = None) -> bool:
         # jupyter_server skips its own check for token-authenticated requests: never skip ours.
         origin = origin if origin is not None else self.request.headers.get("Origin")
@@ -133,11 +206,19 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
             raise SandboxNotFound(kernel_id)
         await super().get(kernel_id)  # type: ignore[no-untyped-call]
 
+    async def pre_get(self) -> None:
+        await super().pre_get()  # type: ignore[no-untyped-call]  # (registers the session, waits for kernel_info)
+        if self._superseded:
+            raise SessionReplaced("a newer socket of this session replaced this one")
+
     async def open(self, kernel_id: str) -> None:
         # Tornado leaves Nagle's algorithm on for WebSockets: a kernel's second message would wait
         # ~40 ms for the client's delayed ACK of the first (every execute pays it).
         self.set_nodelay(True)
+        self._opened = True
         await super().open(kernel_id)  # type: ignore[no-untyped-call]
+        if self._superseded:  # replaced between its handshake and now (closing earlier would skip the bookkeeping)
+            super().close(1000, "a newer socket of this session replaced this one")
 
 
 def jupyter_settings(keyring: KeyRing, sandboxes: SandboxManager) -> dict[str, Any]:

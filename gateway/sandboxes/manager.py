@@ -60,6 +60,7 @@ from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStat
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import EXPIRED, IDLE, SandboxReaper
+from gateway.sandboxes.restarts import RestartBudget
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.sandboxes.snapshots import SandboxSnapshots
 from gateway.store.base import Store
@@ -119,6 +120,14 @@ class SandboxManager(LoggingConfigurable):
         "dies, as Jupyter Server does (its WebSockets get status: restarting, then the new kernel). Other "
         "sandboxes stay failed until restarted (their WebSockets get status: dead)."
     ).tag(config=True)
+    jupyter_restart_limit = Int(
+        5, help="Restarts in a row of a Jupyter kernel that keeps dying before it is left dead (status: dead), "
+        "as Jupyter Server's KernelRestarter.restart_limit."
+    ).tag(config=True)
+    jupyter_stable_start_time = Float(
+        10.0, help="Seconds a restarted Jupyter kernel must stay up for its next death to start a new row of "
+        "restarts (Jupyter Server's KernelRestarter.stable_start_time)."
+    ).tag(config=True)
     usage_interval = Float(
         15.0, help="Seconds between two samples of all sandboxes' usage for /metrics (0: none)."
     ).tag(config=True)
@@ -156,6 +165,8 @@ class SandboxManager(LoggingConfigurable):
         self._running: dict[str, RunningExecution] = {}
         #: Restart, delete (and pause, resume) of one sandbox run one at a time.
         self.locks = LifecycleLocks()
+        #: Automatic restarts of Jupyter kernels that died, per row of deaths.
+        self.autorestarts = RestartBudget(self.jupyter_restart_limit, self.jupyter_stable_start_time)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._active: set[str] = set()
         self._activity_timer: asyncio.TimerHandle | None = None
@@ -270,6 +281,7 @@ class SandboxManager(LoggingConfigurable):
 
     def _release(self, sandbox_id: str) -> SandboxRuntime | None:
         self.kernels.remove(sandbox_id)
+        self.autorestarts.forget(sandbox_id)
         return self._runtimes.pop(sandbox_id, None)
 
     async def usage(self, sandbox_id: str, user: str) -> dict[str, Any]:
@@ -609,11 +621,15 @@ class SandboxManager(LoggingConfigurable):
                 self.pool.notice_exit()
                 return
             self._put(sandbox, events.SANDBOX_FAILED, reason=reason)  # the store holds it until it is written
-            if self.restart_jupyter_kernels and sandbox.metadata.get("started_by") == STARTED_BY_JUPYTER:
+            if not (self.restart_jupyter_kernels and sandbox.metadata.get("started_by") == STARTED_BY_JUPYTER):
+                self.kernels.announce(sandbox.id, "dead")
+            elif self.autorestarts.spend(sandbox.id):
                 self.kernels.announce(sandbox.id, "restart")
                 self._spawn(self._restart_after_death(sandbox, self._runtimes.get(sandbox.id)),
                             name=f"autorestart-{sandbox.id}")
             else:
+                log.warning("sandbox %s: its Jupyter kernel died again after %d restarts in a row; left dead",
+                            sandbox.id, self.jupyter_restart_limit)
                 self.kernels.announce(sandbox.id, "dead")
 
         return on_exit
@@ -623,11 +639,15 @@ class SandboxManager(LoggingConfigurable):
         async with self.locks.hold(sandbox.id, "restarting"):
             if runtime is None or self._runtimes.get(sandbox.id) is not runtime or sandbox.status != SandboxStatus.FAILED:
                 return  # restarted or deleted meanwhile
-            log.info("sandbox %s: restarting its Jupyter kernel, which died (%s)", sandbox.id, sandbox.status_reason)
+            log.info("sandbox %s: restarting its Jupyter kernel, which died (%s; restart %d in a row)", sandbox.id,
+                     sandbox.status_reason, self.autorestarts.in_row(sandbox.id))
             try:
                 await self._restart(sandbox.id, sandbox.owner)
             except Exception:  # (logged and recorded as restart_failed by _restart)
+                self.autorestarts.forget(sandbox.id)
                 self.kernels.announce(sandbox.id, "dead")
+                return
+            self.autorestarts.restarted(sandbox.id)
 
     async def _runtime(self, sandbox_id: str, user: str, *, allow_failed: bool = False, wake: bool = True,
                        settle: bool = True, locked: bool = False) -> tuple[Sandbox, SandboxRuntime]:

@@ -203,3 +203,112 @@ async def test_a_dying_sandbox_kernel_says_dead(gateway: InProcessGateway, sandb
         assert (await client.get(f"/api/kernels/{sandbox['id']}", headers=TOKEN)).json()["execution_state"] == "dead"
         failed = (await client.get(f"/api/v1/sandboxes/{sandbox['id']}", headers=TOKEN)).json()
         assert failed["status"] == "failed" and failed["status_reason"] == "kernel_died"
+
+
+async def test_input_goes_through_stdin(gateway: InProcessGateway, kernel: dict[str, Any]) -> None:
+    """``input()``: the kernel asks on stdin the socket that sent the execute_request (they share an identity)."""
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        request = execute_request("name = input('who? ')\nprint('hi', name)")
+        request["content"]["allow_stdin"] = True
+        await socket.send(json.dumps(request))
+        async with asyncio.timeout(60):
+            while (asked := json.loads(await socket.recv()))["msg_type"] != "input_request":
+                pass
+        assert asked["channel"] == "stdin" and asked["content"]["prompt"] == "who? "
+        answer = Session().msg("input_reply", content={"value": "alice"}, parent=asked["header"])
+        answer["channel"] = "stdin"
+        await socket.send(json.dumps(answer, default=str))
+        got = await replies_to(socket, request["header"]["msg_id"])
+    assert [m["content"]["text"] for m in got if m["msg_type"] == "stream"] == ["hi alice\n"]
+
+
+async def test_a_newer_socket_of_a_session_replaces_one_still_in_its_handshake(gateway: InProcessGateway,
+                                                                               kernel: dict[str, Any]) -> None:
+    """What ``jupyter lab --gateway-url`` does when it opens a notebook, and when it reconnects to a
+    restarted kernel: a second socket of one session while the first waits for the kernel. Only
+    the newer may live (with the old code both did, sharing one ZMQ identity, and the kernel
+    answered only one of them: JupyterLab's kernel stayed "Unknown")."""
+    from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+
+    km = gateway.app.sandboxes.kernel_of(kernel["id"])
+    assert km is not None
+    held, release = asyncio.Event(), asyncio.Event()
+    start_kernel = km.start_kernel
+
+    async def start_when_released(**kwargs: Any) -> Any:
+        held.set()
+        await release.wait()
+        return await start_kernel(**kwargs)
+
+    km.start_kernel = start_when_released  # type: ignore[method-assign]  # the old kernel is gone, the new one waits
+    session = str(uuid.uuid4())
+    url = gateway.url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels?session_id={session}"
+    key = f"{kernel['id']}:{session}"
+    open_sessions = ZMQChannelsWebsocketConnection._open_sessions
+
+    async def registered(but_not: Any = None) -> Any:
+        async with asyncio.timeout(30):
+            while open_sessions.get(key) in (None, but_not):
+                await asyncio.sleep(0.01)
+        return open_sessions[key]
+
+    async with gateway.client(None) as client:
+        restart = asyncio.ensure_future(client.post(f"/api/kernels/{kernel['id']}/restart", headers=TOKEN))
+        await asyncio.wait_for(held.wait(), 60)
+        older = asyncio.ensure_future(websockets.connect(url, additional_headers=TOKEN))
+        first = await registered()
+        newer = asyncio.ensure_future(websockets.connect(url, additional_headers=TOKEN))
+        await registered(but_not=first)
+        release.set()
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await asyncio.wait_for(older, 60)
+        assert_error_response = refused.value.response
+        assert assert_error_response.status_code == 409
+        assert json.loads(assert_error_response.body)["error"]["code"] == "session_replaced"
+        async with await asyncio.wait_for(newer, 60) as socket:
+            request = execute_request("6 * 7")
+            await socket.send(json.dumps(request))
+            got = await replies_to(socket, request["header"]["msg_id"])
+        assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["42"]
+        assert (await restart).status_code == 200
+
+
+async def test_a_kernel_that_keeps_dying_is_left_dead_after_the_restart_limit(tmp_path: Any) -> None:
+    """As Jupyter Server's restarter: ``jupyter_restart_limit`` restarts in a row, then ``status: dead``."""
+    async with InProcessGateway(tmp_path / "data", "--SandboxManager.jupyter_restart_limit=2") as gateway, \
+            gateway.client("alice") as client:
+        kernel = (await client.post("/api/kernels", json={"name": "python3"})).json()
+        async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+            for death in range(3):  # each right after the restarted kernel answers: one row
+                async with asyncio.timeout(60):
+                    while (await client.get(f"/api/kernels/{kernel['id']}")).json()["execution_state"] != "idle":
+                        await asyncio.sleep(0.05)
+                await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
+                states = await statuses_until(socket, "restarting" if death < 2 else "dead", within=30)
+                assert ("dead" in states) == (death == 2), (death, states)
+        model = (await client.get(f"/api/kernels/{kernel['id']}")).json()
+        assert model["execution_state"] == "dead"
+        sandbox = (await client.get(f"/api/v1/sandboxes/{kernel['id']}")).json()
+        assert sandbox["status"] == "failed" and sandbox["status_reason"] == "kernel_died"
+        # Its owner's restart gives a fresh kernel, and a new row of automatic restarts.
+        assert (await client.post(f"/api/kernels/{kernel['id']}/restart")).json()["execution_state"] == "idle"
+        async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+            await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
+            assert "restarting" in await statuses_until(socket, "restarting", within=30)
+
+
+async def test_a_new_socket_hears_the_kernel_from_its_first_broadcast(gateway: InProcessGateway,
+                                                                      kernel: dict[str, Any]) -> None:
+    """While a new socket waits for its iopub subscription, the gateway asks the kernel for
+    kernel_info (as jupyter_server does); what the kernel broadcasts meanwhile is relayed, the
+    first message too (jupyter_server drops it: after a restart, the kernel's ``status: starting``)."""
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        async with asyncio.timeout(30):
+            first = json.loads(await socket.recv())
+            while (last := json.loads(await socket.recv()))["msg_type"] != "status" or \
+                    last["content"]["execution_state"] != "idle":
+                pass
+    assert first["channel"] == "iopub" and first["msg_type"] == "status"
+    assert first["content"]["execution_state"] == "busy"
+    assert first["parent_header"]["msg_type"] == "kernel_info_request"
+    assert last["parent_header"]["msg_id"] == first["parent_header"]["msg_id"]  # busy, then idle: both relayed
