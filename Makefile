@@ -34,6 +34,7 @@ run: venv
 
 test: venv images typecheck
 	bash deploy/host/ensure-browser.sh
+	bash deploy/host/ensure-postgres.sh install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 typecheck: venv

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from tornado.netutil import bind_sockets
-from traitlets import CaselessStrEnum, Float, Int, List, Unicode, default
+from traitlets import CaselessStrEnum, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
 from gateway import __version__
@@ -48,8 +48,8 @@ from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import SandboxReaper
 from gateway.sandboxes.snapshots import SandboxSnapshots
+from gateway.store import urls
 from gateway.store.base import Store
-from gateway.store.sqlite import SQLiteStore
 
 log = logging.getLogger("gateway")
 
@@ -57,6 +57,7 @@ ALIASES = {
     "ip": "GatewayApp.ip",
     "port": "GatewayApp.port",
     "data-dir": "GatewayApp.data_dir",
+    "store-url": "GatewayApp.store_url",
     "runtime-dir": "GatewayApp.runtime_dir",
     "config": "GatewayApp.config_file",
     "keepalive": "GatewayApp.keepalive",
@@ -87,15 +88,27 @@ ALIASES = {
 }
 
 
-def open_store(data_dir: str) -> Store:
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(os.path.join(data_dir, "gateway.db"))
-
-
 class ConfiguredApp(Application):
     """An Application that also reads ``GATEWAY_*`` variables and an optional config file."""
 
     config_file = Unicode("", help="A Python config file (c.GatewayApp.port = ...).").tag(config=True)
+
+    data_dir = Unicode(".gateway-data", help="Where the gateway keeps its state: the SQLite database "
+                       "(unless --store-url names another store) and paused sandboxes.").tag(config=True)
+    store_url = Unicode("", help="The store: sqlite:///PATH, or postgresql://USER@HOST:PORT/DB to share it "
+                        "between replicas (default: SQLite in the data directory).").tag(config=True)
+
+    @validate("store_url")
+    def _valid_store_url(self, proposal: Any) -> str:
+        try:
+            return urls.check_url(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"--store-url: {exc}") from None
+
+    def open_store(self) -> Store:
+        """The store this app's options name (not opened yet)."""
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        return urls.open_store(self.store_url, self.data_dir)
 
     @catch_config_error
     def initialize(self, argv: Any = None) -> None:
@@ -113,11 +126,11 @@ class KeysApp(ConfiguredApp):
     name = "code-gateway keys"
     description = ("Manage API keys: `code-gateway keys create USER [--format e2b]` prints a new key for USER, "
                    "once (--format e2b: an e2b_... key, for the E2B SDKs; it works on our API too).")
-    data_dir = Unicode(".gateway-data", help="Where the gateway keeps its database.").tag(config=True)
     timeout = Float(30.0, help="Seconds to wait for the store to take the key.").tag(config=True)
     key_format = CaselessStrEnum(list(KEY_FORMATS), default_value="gateway",
                                  help="The key's form: gateway (cig_...) or e2b (e2b_ + 40 hex digits).").tag(config=True)
-    aliases = {"data-dir": "KeysApp.data_dir", "config": "KeysApp.config_file", "format": "KeysApp.key_format"}
+    aliases = {"data-dir": "KeysApp.data_dir", "store-url": "KeysApp.store_url", "config": "KeysApp.config_file",
+               "format": "KeysApp.key_format"}
 
     def start(self) -> None:
         if len(self.extra_args) != 2 or self.extra_args[0] != "create":
@@ -125,7 +138,7 @@ class KeysApp(ConfiguredApp):
         print(asyncio.run(self._create(self.extra_args[1])))
 
     async def _create(self, user: str) -> str:
-        store = open_store(self.data_dir)
+        store = self.open_store()
         await store.open()
         try:
             return await asyncio.wait_for(KeyRing(store=store, parent=self).create(user, str(self.key_format)),
@@ -143,7 +156,6 @@ class GatewayApp(ConfiguredApp):
 
     ip = Unicode("127.0.0.1", help="Address to listen on.").tag(config=True)
     port = Int(8888, help="Port to listen on (0: any free port).").tag(config=True)
-    data_dir = Unicode(".gateway-data", help="Where the SQLite database and other state live.").tag(config=True)
     runtime_dir = Unicode(help="Short local directory for kernel sockets (default: derived from data_dir).").tag(
         config=True
     )
@@ -196,7 +208,7 @@ class GatewayApp(ConfiguredApp):
 
     async def startup(self) -> None:
         logging.basicConfig(level=cast(int, self.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self.store = open_store(self.data_dir)
+        self.store = self.open_store()
         await self.store.open()
         self.keyring = KeyRing(store=self.store, parent=self)
         await self.keyring.start()

@@ -11,6 +11,9 @@ import pytest
 
 from tests.gateways import InProcessGateway
 
+#: postgres_server, postgres_url: a real PostgreSQL 15 (deploy/host/ensure-postgres.sh).
+pytest_plugins = ["tests.postgres"]
+
 
 @pytest.fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[InProcessGateway]:

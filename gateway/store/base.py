@@ -15,6 +15,14 @@ What every store guarantees:
   next commit; writes made without an ``await`` between them always commit together.
 - **Read your writes**: a read sees every write handed over before it — except while the store
   is failing, when reads answer from what is durable instead of waiting.
+- **Writes that depend on the current state are one conditional statement** (``put_sandbox_if``,
+  ``put_sandbox_within``, ``put_execution_within``), never a read then a write across an
+  ``await``: another task or another gateway replica could change the state in between. Their
+  answer says whether they applied. New state-dependent writes (leases, say) follow the same
+  pattern: a statement whose ``WHERE`` is the condition, run by the store's writer in order with
+  everything else (PostgreSQL: after ``SQLStore._owner_lock`` where rows are counted).
+- **Changes and their events commit together**: the statements of one write (``put_sandbox(...,
+  events=...)``) run in one transaction, as do all writes made without an ``await`` between them.
 - **Nothing handed over is dropped**: if the database fails (disk full, read-only, locked, gone),
   the store keeps the writes in order and retries until they commit; meanwhile ``problem`` says
   why and ``check_available()`` raises ``StoreUnavailable``, which callers use to refuse new work.
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from typing import Any
 
 from gateway.errors import StoreUnavailable
@@ -102,6 +110,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def owner_usage(self, owner: str, *, exclude: str | None = None) -> dict[str, tuple[int, float, int]]:
         """Per status, (count, CPU cores, memory MiB) of the owner's sandboxes (but ``exclude``)."""
+
+    @abc.abstractmethod
+    async def put_sandbox_if(self, record: Record, *, statuses: Collection[str]) -> bool:
+        """Replace the stored sandbox record only if its status is one of ``statuses``; whether it did.
+
+        A compare-and-set on the status: e.g. ``paused`` only from ``running``, so a transition
+        cannot overwrite a concurrent ``terminated``. False if there is no such record.
+        """
 
     @abc.abstractmethod
     async def get_sandbox(self, sandbox_id: str) -> Record | None: ...

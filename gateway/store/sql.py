@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Hashable, Sequence
+from collections.abc import Awaitable, Collection, Hashable, Sequence
 from typing import Any
 
 from gateway import timestamps
-from gateway.store import codec, statements
+from gateway.store import codec, migrations, statements
 from gateway.store.base import Budget, Record, Store, Written
 from gateway.store.writes import AsJSON, Outcome, Statement, Write, WriteQueue
 
@@ -32,6 +32,11 @@ UPSERT_EXECUTION = (
 )
 
 
+def marks(values: Collection[object]) -> str:
+    """As many ``?`` placeholders as ``values``, for ``IN (...)`` (``NULL``, matching nothing, for none)."""
+    return ", ".join("?" * len(values)) or "NULL"
+
+
 def _where(clauses: list[str], params: list[Any], *, owner: str | None, column: str,
            values: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
     """A WHERE clause: ``clauses`` and, if given, the owner and ``column IN values``."""
@@ -39,7 +44,7 @@ def _where(clauses: list[str], params: list[Any], *, owner: str | None, column: 
         clauses.append("owner = ?")
         params.append(owner)
     if values:
-        clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+        clauses.append(f"{column} IN ({marks(values)})")
         params.extend(values)
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), tuple(params)
 
@@ -85,7 +90,11 @@ class SQLStore(Store):
     # -- the store ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._connect()
+        try:
+            await self._connect()
+        except BaseException:
+            await self._disconnect()
+            raise
         self._writes.start()
 
     async def close(self) -> None:
@@ -101,6 +110,11 @@ class SQLStore(Store):
 
     def held_writes(self) -> int:
         return self._writes.held()
+
+    async def schema_version(self) -> int:
+        """The version of ``gateway.store.migrations`` the database is at."""
+        rows = await self._rows(migrations.CURRENT_VERSION)
+        return int(rows[0][0])
 
     def _write(self, statements: list[Statement], key: Hashable | None = None) -> asyncio.Future[int]:
         return self._writes.add(Write(statements, key))
@@ -131,8 +145,8 @@ class SQLStore(Store):
 
     def put_sandbox_within(self, record: Record, budgets: Sequence[Budget], *,
                            events: Sequence[Record] = ()) -> Awaitable[bool]:
-        written = self._write(statements.sandbox_within(record, budgets, events, self.record_number))
-        return _counted(written)
+        within = statements.sandbox_within(record, budgets, events, self.record_number)
+        return _counted(self._write([*self._owner_lock(record["owner"]), *within]))
 
     async def owner_usage(self, owner: str, *, exclude: str | None = None) -> dict[str, tuple[int, float, int]]:
         rows = await self._rows(
@@ -142,6 +156,19 @@ class SQLStore(Store):
             (owner, exclude or ""),
         )
         return {str(status): (int(count), float(cpu), int(memory)) for status, count, cpu, memory in rows}
+
+    async def put_sandbox_if(self, record: Record, *, statuses: Collection[str]) -> bool:
+        sql = (f"UPDATE sandboxes SET owner = ?, status = ?, record = ? "
+               f"WHERE id = ? AND status IN ({marks(statuses)})")
+        params = (record["owner"], record["status"], AsJSON(record), record["id"], *statuses)
+        return bool(await self._write([(sql, params)]))
+
+    def _owner_lock(self, owner: str) -> list[Statement]:
+        """Statements that serialize, until the transaction ends, the quota-checked writes of ``owner``.
+
+        None in SQLite: ``BEGIN IMMEDIATE`` already serializes every writer.
+        """
+        return []
 
     async def get_sandbox(self, sandbox_id: str) -> Record | None:
         return await self._record("SELECT record FROM sandboxes WHERE id = ?", (sandbox_id,))
@@ -166,7 +193,8 @@ class SQLStore(Store):
 
     def put_execution_within(self, record: Record, owner: str, *, since: float, limit: int,
                              at: float) -> Awaitable[bool]:
-        return _counted(self._write(statements.execution_within(record, owner, since=since, limit=limit, at=at)))
+        within = statements.execution_within(record, owner, since=since, limit=limit, at=at)
+        return _counted(self._write([*self._owner_lock(owner), *within]))
 
     async def recent_executions(self, owner: str, *, since: float) -> tuple[int, float | None]:
         rows = await self._rows("SELECT COUNT(*), MIN(at) FROM execution_starts WHERE owner = ? AND at >= ?",

@@ -3,9 +3,10 @@
     store = SQLiteStore("/var/lib/code-gateway/gateway.db")
     await store.open()
 
-A writer thread owns one connection: each batch of writes (``gateway.store.writes``) is encoded
-and committed there in one ``BEGIN IMMEDIATE`` transaction, WAL checkpoints included, so the
-event loop never waits on the disk, on the busy timeout or on encoding. A reader thread owns
+The schema is ``gateway.store.migrations``, brought up to date at ``open()``. A writer thread
+owns one connection: each batch of writes (``gateway.store.writes``) is encoded and committed
+there in one ``BEGIN IMMEDIATE`` transaction, WAL checkpoints included, so the event loop never
+waits on the disk, on the busy timeout or on encoding. A reader thread owns
 another connection and decodes what it reads. In WAL mode readers never block the writer, and
 other processes (``code-gateway keys create``) may write while the gateway runs.
 
@@ -22,57 +23,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from gateway import timestamps
 from gateway.errors import StoreUnavailable
-from gateway.store import codec
+from gateway.store import codec, migrations
 from gateway.store.base import Record
 from gateway.store.sql import SQLStore
-from gateway.store.writes import Outcome, Statement, Write
+from gateway.store.writes import Outcome, Statement, Write, prepare
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sandboxes (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    status TEXT NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sandboxes_by_owner ON sandboxes (owner);
-CREATE INDEX IF NOT EXISTS sandboxes_by_owner_status ON sandboxes (owner, status);
-CREATE TABLE IF NOT EXISTS executions (
-    id TEXT PRIMARY KEY,
-    sandbox_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS executions_by_sandbox ON executions (sandbox_id);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    type TEXT NOT NULL,
-    time TEXT NOT NULL,
-    sandbox_id TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_owner ON events (owner, seq);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
-CREATE TABLE IF NOT EXISTS webhook_cursors (
-    url TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS execution_starts (
-    execution_id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS execution_starts_by_owner ON execution_starts (owner, at);
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_hash TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-"""
 
 #: Errors that are one write's own (a constraint, a value SQLite cannot bind, JSON it cannot
 #: encode): that write fails alone. Any other error fails the batch, which is retried.
@@ -107,7 +65,23 @@ class SQLiteStore(SQLStore):
 
     def _open_writer(self) -> None:
         self._db = self._connect_here()
-        self._db.executescript(SCHEMA)
+        self._db.execute(migrations.CREATE_TABLE)
+        while True:  # one transaction per migration, under the write lock (other processes wait)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                todo = migrations.pending(self._db.execute(migrations.CURRENT_VERSION).fetchone()[0])
+                if todo:
+                    for statement in todo[0].statements("sqlite"):
+                        self._db.execute(statement)
+                    self._db.execute(migrations.RECORD_VERSION,
+                                     (todo[0].version, todo[0].name, timestamps.to_iso(timestamps.now())))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            if len(todo) <= 1:
+                return
 
     async def _connect(self) -> None:
         await self._on(self._writer, self._open_writer)
@@ -131,12 +105,7 @@ class SQLiteStore(SQLStore):
     def _commit_here(self, batch: list[Write]) -> list[Outcome]:
         db = self._db
         assert db is not None, "store is not open"
-        prepared: list[list[Statement] | BaseException] = []
-        for write in batch:
-            try:
-                prepared.append(write.prepared())
-            except RECORD_ERRORS as exc:
-                prepared.append(exc)
+        prepared = prepare(batch, RECORD_ERRORS)
         db.execute("BEGIN IMMEDIATE")
         try:
             outcomes = [item if isinstance(item, BaseException) else self._apply(db, item)

@@ -7,9 +7,9 @@ record), the caller passes its own expression (``SQLStore.record_number``).
   so both commit in one transaction or neither does; ``seq`` numbers the events in commit order.
 - **Quotas.** ``INSERT … SELECT … WHERE <the owner's other sandboxes leave room>``: the check
   and the write are one statement, so two writes racing for the last slot cannot both pass: the
-  store's write transactions are serialized (SQLite's ``BEGIN IMMEDIATE``; a PostgreSQL store
-  must serialize them per owner too, e.g. with an advisory lock, as READ COMMITTED alone lets two
-  such inserts pass together). An event of a refused write is refused with it: it carries the
+  store's write transactions are serialized (SQLite's ``BEGIN IMMEDIATE``; the PostgreSQL store
+  takes a per-owner advisory lock first, ``SQLStore._owner_lock``, as READ COMMITTED alone lets
+  two such inserts pass together). An event of a refused write is refused with it: it carries the
   same condition.
 """
 

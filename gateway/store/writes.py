@@ -74,6 +74,19 @@ class Write:
         self.waiters.extend(later.waiters)
 
 
+def prepare(batch: list[Write],
+            record_errors: tuple[type[BaseException], ...]) -> list[list[Statement] | BaseException]:
+    """Each write's statements with their JSON encoded (call it on the store's thread), or the
+    error (one of ``record_errors``) that this write alone met."""
+    prepared: list[list[Statement] | BaseException] = []
+    for write in batch:
+        try:
+            prepared.append(write.prepared())
+        except record_errors as exc:
+            prepared.append(exc)
+    return prepared
+
+
 class WriteQueue:
     def __init__(self, commit: Commit, *, name: str, describe: Callable[[BaseException], str] = str,
                  first_backoff: float = 0.05, max_backoff: float = 5.0) -> None:

@@ -1,34 +1,25 @@
-"""The store's lifecycle records on a real SQLite file: the event outbox, webhook cursors, and writes
-within quotas (check and write in one transaction: racing writers cannot both take the last slot)."""
+"""The store's lifecycle records, on both stores (SQLite and a real PostgreSQL, see conftest.py): the
+event outbox, webhook cursors, and writes within quotas (check and write in one transaction:
+racing writers cannot both take the last slot)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from gateway.events.model import SANDBOX_CREATED, SANDBOX_PAUSED, event
 from gateway.store.base import Budget
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.sql import SQLStore
+from tests.stores import Backend
 
 LIVE = ("creating", "running", "failed", "terminating")
-
-
-@pytest.fixture
-async def store(tmp_path: Any) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(str(tmp_path / "g.db"))
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def sandbox(sid: str, owner: str = "alice", status: str = "running", cpu: float = 1.0, memory_mb: int = 512) -> dict[str, Any]:
     return {"id": sid, "owner": owner, "status": status, "resources": {"cpu": cpu, "memory_mb": memory_mb}}
 
 
-async def test_events_are_stored_with_their_change_numbered_in_order(store: SQLiteStore, tmp_path: Any) -> None:
+async def test_events_are_stored_with_their_change_numbered_in_order(store: SQLStore, backend: Backend) -> None:
     await store.put_sandbox(sandbox("a"), events=[event(SANDBOX_CREATED, "a", "alice")])
     await store.put_sandbox(sandbox("b", owner="bob"), events=[event(SANDBOX_CREATED, "b", "bob")])
     await store.put_sandbox(sandbox("a", status="paused"), events=[event(SANDBOX_PAUSED, "a", "alice", reason="idle")])
@@ -42,7 +33,7 @@ async def test_events_are_stored_with_their_change_numbered_in_order(store: SQLi
     assert [e["type"] for e in await store.list_events(after=ids[0], types=[SANDBOX_PAUSED])] == [SANDBOX_PAUSED]
     assert await store.last_event_id() == ids[-1]
     # Kept across reopening (a second store on the same file sees them); pruned by age.
-    other = SQLiteStore(str(tmp_path / "g.db"))
+    other = backend.store()
     await other.open()
     try:
         assert len(await other.list_events(after=0)) == 3
@@ -53,7 +44,7 @@ async def test_events_are_stored_with_their_change_numbered_in_order(store: SQLi
         await other.close()
 
 
-async def test_racing_creates_cannot_pass_the_count_together(store: SQLiteStore) -> None:
+async def test_racing_creates_cannot_pass_the_count_together(store: SQLStore) -> None:
     budgets = [Budget(statuses=LIVE, count=3)]
     results = await asyncio.gather(*(
         store.put_sandbox_within(sandbox(f"s{i}", status="creating"), budgets,
@@ -77,7 +68,7 @@ async def test_racing_creates_cannot_pass_the_count_together(store: SQLiteStore)
     assert (usage["creating"][0], usage["running"][0], usage["failed"][0], usage["paused"][0]) == (1, 1, 1, 1)
 
 
-async def test_cpu_and_memory_are_summed_over_live_sandboxes(store: SQLiteStore) -> None:
+async def test_cpu_and_memory_are_summed_over_live_sandboxes(store: SQLStore) -> None:
     budgets = [Budget(statuses=LIVE, cpu=4, memory_mb=2048), Budget(statuses=("paused",), count=1)]
     assert await store.put_sandbox_within(sandbox("a", cpu=3), budgets)
     assert not await store.put_sandbox_within(sandbox("b", cpu=1.5), budgets)
@@ -89,7 +80,7 @@ async def test_cpu_and_memory_are_summed_over_live_sandboxes(store: SQLiteStore)
     assert await store.put_sandbox_within(sandbox("c", cpu=3), budgets)  # a's cores are free again
 
 
-async def test_executions_per_minute(store: SQLiteStore) -> None:
+async def test_executions_per_minute(store: SQLStore) -> None:
     def execution(eid: str) -> dict[str, Any]:
         return {"id": eid, "sandbox_id": "s", "status": "queued"}
 
@@ -106,7 +97,7 @@ async def test_executions_per_minute(store: SQLiteStore) -> None:
     assert [r["id"] for r in await store.list_executions("s")] == ["e1", "e2", "e4", "e5"]
 
 
-async def test_webhook_cursors(store: SQLiteStore) -> None:
+async def test_webhook_cursors(store: SQLStore) -> None:
     assert await store.webhook_cursor("http://127.0.0.1:1/hook") is None
     await store.set_webhook_cursor("http://127.0.0.1:1/hook", 5)
     await store.set_webhook_cursor("http://127.0.0.1:1/hook", 9)
