@@ -44,6 +44,7 @@ from gateway.events.webhooks import WebhookSender
 from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
+from gateway.sandboxes.processes import SandboxProcesses
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import SandboxReaper
@@ -230,12 +231,13 @@ class GatewayApp(ConfiguredApp):
                                         metrics=self.metrics, parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)
+        self.processes = SandboxProcesses(commands)
         self.mcp = McpService(sandboxes=self.sandboxes, files=self.files)
         await self.mcp.start()
         self.web_app = make_app(keyring=self.keyring, sandboxes=self.sandboxes, launcher=self.launcher,
                                 files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins,
                                 mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes,
-                                e2b_templates=E2BTemplates(parent=self))
+                                e2b_templates=E2BTemplates(parent=self), processes=self.processes)
         self.server = NoDelayHTTPServer(self.web_app, max_body_size=self.max_body_size)
         sockets = bind_sockets(self.port, address=self.ip)
         self.server.add_sockets(sockets)
@@ -254,6 +256,7 @@ class GatewayApp(ConfiguredApp):
         self.server.stop()
         await self.mcp.stop()
         await self.files.stop()
+        await self.processes.stop()
         await self.sandboxes.stop()
         await self.launcher.stop()
         await self.webhooks.stop()  # what it did not deliver waits in the outbox for the next start

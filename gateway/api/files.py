@@ -23,7 +23,7 @@ from tornado import web
 from gateway import timestamps
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.errors import FileTooLarge, InvalidRequest
-from gateway.sandboxes.files import SandboxFiles, Upload
+from gateway.sandboxes.files import Download, SandboxFiles, Upload
 
 #: Types Python's table lacks, by suffix.
 EXTRA_TYPES = {
@@ -100,12 +100,10 @@ class FileHandler(FilesAPIHandler):
             modified = timestamps.from_iso(download.entry["modified"])
             if modified is not None:
                 self.set_header("Last-Modified", format_datetime(modified, usegmt=True))
-            async for chunk in download.chunks():
-                self.write(chunk)
-                await self.flush()
-        finally:
+        except BaseException:
             await download.close()
-        self.finish()
+            raise
+        await send_download(self, download)
 
     async def delete(self, sandbox_id: str, path: str) -> None:
         await self.files.delete(sandbox_id, self.user, path)
@@ -123,3 +121,14 @@ class FileHandler(FilesAPIHandler):
         if self.upload is not None:
             upload, self.upload = self.upload, None
             self.files.abandon(upload)
+
+
+async def send_download(handler: web.RequestHandler, download: Download) -> None:
+    """Write a download's bytes as they come out of the sandbox (each flush awaited), then finish."""
+    try:
+        async for chunk in download.chunks():
+            handler.write(chunk)
+            await handler.flush()
+    finally:
+        await download.close()
+    handler.finish()

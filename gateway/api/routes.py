@@ -52,6 +52,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
+from gateway.sandboxes.processes import SandboxProcesses
 
 ID = r"([0-9a-fA-F-]{1,64})"
 V1 = "/api/v1"
@@ -62,7 +63,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
              max_send_buffer: int = DEFAULT_SEND_BUFFER,
              files: SandboxFiles | None = None, metrics: GatewayMetrics | None = None,
              mcp: McpService | None = None, e2b_templates: E2BTemplates | None = None,
-             **settings: Any) -> web.Application:
+             processes: SandboxProcesses | None = None, **settings: Any) -> web.Application:
     deps = {"keyring": keyring, "sandboxes": sandboxes, "allow_origins": allow_origins or [],
             "max_send_buffer": max_send_buffer}
     with_launcher = {**deps, "launcher": launcher}
@@ -106,7 +107,7 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         routes.append((r"/mcp/?", McpHandler, {**deps, "mcp": mcp}))
     # E2B's control plane under /e2b, its sandbox traffic under /e2b/sandbox (routed by port header).
     routes += e2b.routes(deps, templates=e2b_templates or E2BTemplates(), policy=sandboxes.policy,
-                         keepalive=keepalive)
+                         keepalive=keepalive, files=files, processes=processes)
     routes += playground_routes()
     return web.Application(
         routes,

@@ -138,6 +138,16 @@ class SandboxCommands:
         return LocalProcess(process)
 
     async def _start_docker(self, sandbox: Sandbox, tool: str) -> SandboxProcess:
+        raw, _ = await self.docker_exec(sandbox, ["python3", "-I", f"{IMAGE_KERNELS_DIR}/tools/{tool}"],
+                                        CONTAINER_WORKDIR)
+        return DockerProcess(raw, self.launcher.engine.call)
+
+    async def docker_exec(self, sandbox: Sandbox, argv: list[str], workdir: str) -> tuple[Any, str]:
+        """Start ``argv`` in the sandbox's container: the exec's hijacked connection (stdin in,
+        multiplexed stdout/stderr frames out) and the exec's id.
+
+        No user: the exec runs as the container's own user, the one the kernel runs as.
+        """
         engine = self.launcher.engine
         if engine is None or engine.client is None:
             raise SandboxNotRunning(
@@ -153,13 +163,11 @@ class SandboxCommands:
         )
         if not containers:
             raise SandboxNotRunning(f"sandbox {sandbox.id} has no running container")
-        # No user: the exec runs as the container's own user, the one the kernel runs as.
-        exec_id = (await engine.call(
-            api.exec_create, containers[0]["Id"], ["python3", "-I", f"{IMAGE_KERNELS_DIR}/tools/{tool}"],
-            stdin=True, stdout=True, stderr=True, workdir=CONTAINER_WORKDIR,
+        exec_id: str = (await engine.call(
+            api.exec_create, containers[0]["Id"], argv, stdin=True, stdout=True, stderr=True, workdir=workdir,
         ))["Id"]
         raw = await engine.call(api.exec_start, exec_id, socket=True)
-        return DockerProcess(raw, engine.call)
+        return raw, exec_id
 
 
 class LocalProcess(SandboxProcess):

@@ -144,6 +144,24 @@ class SandboxFiles(LoggingConfigurable):
         answer = await self._run(sandbox_id, user, {"op": "list", "path": check_path(path, allow_root=True)})
         return {"path": answer["path"], "entries": answer["entries"], "truncated": answer["truncated"]}
 
+    async def list_deep(self, sandbox_id: str, user: str, path: str = "", depth: int = 1) -> dict[str, Any]:
+        """Like ``list`` down to ``depth`` levels, each entry with all the tool tells (mode, owner, ...)."""
+        return await self._run(sandbox_id, user, {"op": "list", "path": check_path(path, allow_root=True),
+                                                  "depth": depth})
+
+    async def stat(self, sandbox_id: str, user: str, path: str) -> dict[str, Any]:
+        """The entry of a file, directory or symlink (not followed), with mode, permissions, owner, group."""
+        return await self._run(sandbox_id, user, {"op": "stat", "path": check_path(path, allow_root=True)})
+
+    async def make_dir(self, sandbox_id: str, user: str, path: str) -> dict[str, Any]:
+        """Make a directory and its parents; ``created`` is false if it was there already."""
+        return await self._run(sandbox_id, user, {"op": "mkdir", "path": check_path(path)})
+
+    async def move(self, sandbox_id: str, user: str, path: str, destination: str) -> dict[str, Any]:
+        """Rename ``path`` to ``destination`` (its parents are made); the moved entry."""
+        return await self._run(sandbox_id, user, {"op": "move", "path": check_path(path),
+                                                  "destination": check_path(destination)})
+
     async def delete(self, sandbox_id: str, user: str, path: str) -> dict[str, Any]:
         """Remove a file, symlink or directory (with its contents); returns what was removed."""
         answer = await self._run(sandbox_id, user, {"op": "delete", "path": check_path(path)})

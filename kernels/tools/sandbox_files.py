@@ -7,7 +7,12 @@ Standard library only; Python 3.8+. Run with ``python3 -I``.
 
 Protocol. stdin starts with one JSON line, the request::
 
-    {"op": "read" | "write" | "list" | "delete", "path": "dir/name.csv", "max_bytes": 104857600}
+    {"op": "read" | "write" | "list" | "delete" | "stat" | "mkdir" | "move", "path": "dir/name.csv",
+     "max_bytes": 104857600}
+
+``list`` takes ``depth`` (default 1: the directory's own entries; 2 adds their children, ...);
+``move`` takes ``destination`` (a path like ``path``; its parent directories are made);
+``mkdir`` makes the directory and its parents and answers ``created`` (false if it was there).
 
 ``write`` takes the file's bytes from the rest of stdin in frames: a 4-byte big-endian length,
 then that many bytes; a zero length ends the file. If stdin ends before that, the upload was
@@ -29,6 +34,9 @@ import stat
 import struct
 import sys
 from datetime import datetime, timezone
+
+import grp
+import pwd
 
 CHUNK = 1 << 16
 #: Most entries one listing returns (the answer says ``truncated`` beyond it).
@@ -91,13 +99,27 @@ def entry(root, full, name, relative):
         kind = "file"
     else:
         kind = "other"
-    return {
+    found = {
         "name": name,
         "path": relative,
         "type": kind,
         "size": None if kind == "directory" else info.st_size,
         "modified": iso(info.st_mtime),
+        "mode": stat.S_IMODE(info.st_mode),
+        "permissions": stat.filemode(info.st_mode),
+        "owner": name_of(pwd.getpwuid, info.st_uid),
+        "group": name_of(grp.getgrgid, info.st_gid),
     }
+    if kind == "symlink":
+        found["symlink_target"] = os.readlink(full)
+    return found
+
+
+def name_of(lookup, number):
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
 
 
 def op_list(root, parts, request, out):
@@ -106,20 +128,74 @@ def op_list(root, parts, request, out):
         raise Refusal("file_not_found", "no such directory: %s" % shown(parts))
     if not os.path.isdir(full):
         raise Refusal("invalid_path", "not a directory: %s" % shown(parts))
+    depth = request.get("depth", 1)
+    if not isinstance(depth, int) or depth < 1:
+        raise Refusal("bad_request", "depth must be an integer of at least 1")
     entries = []
-    truncated = False
+    truncated = walk(full, parts, depth, entries)
+    entries.sort(key=lambda e: e["path"])
+    answer(out, ok=True, path="/".join(parts), entries=entries, truncated=truncated)
+
+
+def walk(full, parts, depth, entries):
+    """The entries under ``full`` down to ``depth`` levels (symlinks are listed, never followed);
+    True if ``MAX_ENTRIES`` cut the listing short."""
     with os.scandir(full) as scan:
         for item in scan:
             if len(entries) >= MAX_ENTRIES:
-                truncated = True
-                break
-            relative = "/".join(parts + [item.name])
+                return True
+            relative = parts + [item.name]
             try:
-                entries.append(entry(root, item.path, item.name, relative))
+                found = entry(None, item.path, item.name, "/".join(relative))
             except FileNotFoundError:
                 continue  # removed while we listed
-    entries.sort(key=lambda e: e["name"])
-    answer(out, ok=True, path="/".join(parts), entries=entries, truncated=truncated)
+            entries.append(found)
+            if depth > 1 and found["type"] == "directory":
+                try:
+                    if walk(item.path, relative, depth - 1, entries):
+                        return True
+                except (FileNotFoundError, NotADirectoryError, PermissionError):
+                    continue
+    return False
+
+
+def op_stat(root, parts, request, out):
+    parent = resolve(root, parts[:-1]) if parts else root
+    target = os.path.join(parent, parts[-1]) if parts else root  # a symlink itself, never what it links to
+    if not os.path.lexists(target):
+        raise Refusal("file_not_found", "no such file or directory: %s" % shown(parts))
+    answer(out, ok=True, **entry(root, target, parts[-1] if parts else "", "/".join(parts)))
+
+
+def op_mkdir(root, parts, request, out):
+    if not parts:
+        raise Refusal("invalid_path", "the working directory exists already")
+    parent = resolve(root, parts[:-1])
+    target = os.path.join(parent, parts[-1])
+    created = not os.path.lexists(target)
+    if not created and not os.path.isdir(target):
+        raise Refusal("invalid_path", "%s exists and is not a directory" % shown(parts))
+    if created:
+        os.makedirs(target)
+        if not inside(root, os.path.realpath(target)):  # a parent was swapped for a symlink meanwhile
+            raise Refusal("invalid_path", "the path leads outside the working directory (through a symlink)")
+    answer(out, ok=True, created=created, **entry(root, target, parts[-1], "/".join(parts)))
+
+
+def op_move(root, parts, request, out):
+    destination = clean(request.get("destination", ""))
+    if not parts or not destination:
+        raise Refusal("invalid_path", "the working directory itself cannot be moved, nor replaced")
+    source = os.path.join(resolve(root, parts[:-1]), parts[-1])
+    if not os.path.lexists(source):
+        raise Refusal("file_not_found", "no such file or directory: %s" % shown(parts))
+    directory = resolve(root, destination[:-1])
+    os.makedirs(directory, exist_ok=True)
+    if not inside(root, os.path.realpath(directory)):
+        raise Refusal("invalid_path", "the destination leads outside the working directory (through a symlink)")
+    target = os.path.join(directory, destination[-1])
+    os.rename(source, target)
+    answer(out, ok=True, **entry(root, target, destination[-1], "/".join(destination)))
 
 
 def op_read(root, parts, request, out):
@@ -242,6 +318,12 @@ def main():
             op_write(root, parts, request, out, data)
         elif op == "delete":
             op_delete(root, parts, request, out)
+        elif op == "stat":
+            op_stat(root, parts, request, out)
+        elif op == "mkdir":
+            op_mkdir(root, parts, request, out)
+        elif op == "move":
+            op_move(root, parts, request, out)
         else:
             raise Refusal("bad_request", "unknown op: %r" % (op,))
     except Refusal as refusal:
@@ -256,6 +338,8 @@ def main():
             code, message = "invalid_path", "too many levels of symlinks"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             code, message = "invalid_path", "permission denied: %s" % (exc.strerror or exc)
+        elif exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+            code, message = "invalid_path", "the destination exists: %s" % (exc.strerror or exc)
         elif exc.errno == errno.ENAMETOOLONG:
             code, message = "invalid_path", "the path is too long"
         else:

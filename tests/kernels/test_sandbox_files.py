@@ -80,7 +80,7 @@ def test_upload_over_the_limit_is_refused_and_cleaned_up(workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("path", ["..", "../x", "a/../../x", "a/..", "/etc/passwd", "\\x", "a\x00b"])
-@pytest.mark.parametrize("op", ["read", "write", "list", "delete"])
+@pytest.mark.parametrize("op", ["read", "write", "list", "delete", "stat", "mkdir", "move"])
 def test_escaping_paths_are_refused(workdir: Path, op: str, path: str) -> None:
     answer, _ = tool(workdir, {"op": op, "path": path}, frames(b"x"))
     assert answer["error"] == "invalid_path", answer
@@ -130,3 +130,36 @@ def test_bad_requests(workdir: Path) -> None:
     assert json.loads(done.stdout)["error"] == "bad_request"
     assert tool(workdir, {"op": "chmod", "path": "x"})[0]["error"] == "bad_request"
     assert tool(workdir, {"op": "read", "path": 7})[0]["error"] == "bad_request"
+
+
+def test_stat_mkdir_move_and_deep_lists(workdir: Path) -> None:
+    made, _ = tool(workdir, {"op": "mkdir", "path": "x/y"})
+    assert made["created"] is True and made["type"] == "directory" and made["permissions"].startswith("d")
+    assert tool(workdir, {"op": "mkdir", "path": "x/y"})[0]["created"] is False
+    tool(workdir, {"op": "write", "path": "x/y/f.txt"}, frames(b"data"))
+    (workdir / "x" / "to-f").symlink_to("y/f.txt")
+    found, _ = tool(workdir, {"op": "stat", "path": "x/to-f"})
+    assert (found["type"], found["symlink_target"], found["name"]) == ("symlink", "y/f.txt", "to-f")
+    found, _ = tool(workdir, {"op": "stat", "path": "x/y/f.txt"})
+    assert (found["size"], found["mode"] & 0o600, found["path"]) == (4, 0o600, "x/y/f.txt") and found["owner"]
+    assert tool(workdir, {"op": "stat", "path": "nope"})[0]["error"] == "file_not_found"
+    shallow, _ = tool(workdir, {"op": "list", "path": "x"})
+    assert [e["path"] for e in shallow["entries"]] == ["x/to-f", "x/y"]
+    deep, _ = tool(workdir, {"op": "list", "path": "", "depth": 3})
+    assert [e["path"] for e in deep["entries"]] == ["x", "x/to-f", "x/y", "x/y/f.txt"]
+    moved, _ = tool(workdir, {"op": "move", "path": "x/y/f.txt", "destination": "z/g.txt"})
+    assert moved["path"] == "z/g.txt" and (workdir / "z/g.txt").read_bytes() == b"data"
+    assert tool(workdir, {"op": "move", "path": "x/y/f.txt", "destination": "q"})[0]["error"] == "file_not_found"
+    assert tool(workdir, {"op": "mkdir", "path": "z/g.txt"})[0]["error"] == "invalid_path"
+
+
+def test_moves_and_new_directories_stay_inside(workdir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (workdir / "out").symlink_to(outside)
+    (workdir / "f").write_text("x")
+    for request in ({"op": "move", "path": "f", "destination": "out/f"},
+                    {"op": "move", "path": "f", "destination": "../f"},
+                    {"op": "mkdir", "path": "out/new"}, {"op": "stat", "path": "out/x"}):
+        assert tool(workdir, request)[0]["error"] == "invalid_path", request
+    assert os.listdir(outside) == [] and (workdir / "f").exists()

@@ -16,10 +16,17 @@ from tornado.routing import PathMatches, Rule
 
 from gateway.api.e2b import control, envd, interpreter
 from gateway.api.e2b.base import NotSupportedHandler
+from gateway.api.e2b.connect import ConnectHandler
+from gateway.api.e2b.envd_rpc.filesystem.filesystem_connect import FilesystemASGIApplication
+from gateway.api.e2b.envd_rpc.process.process_connect import ProcessASGIApplication
+from gateway.api.e2b.filesystem import FilesystemService
+from gateway.api.e2b.process import ProcessService
 from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.e2b.traffic import ENVD_PORT, INTERPRETER_PORT, PREFIX, SandboxGone, SandboxPort, \
     SandboxTrafficHandler
+from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.limits import ResourcePolicy
+from gateway.sandboxes.processes import SandboxProcesses
 
 ID = r"([0-9A-Za-z-]{1,64})"
 
@@ -34,9 +41,12 @@ class UnknownPortHandler(SandboxTrafficHandler):
     get = post = put = patch = delete = _refuse
 
 
-def routes(deps: dict[str, Any], *, templates: E2BTemplates, policy: ResourcePolicy,
-           keepalive: float) -> list[Rule]:
-    """The E2B rules, for ``web.Application``; ``deps`` are every handler's (keyring, sandboxes, origins)."""
+def routes(deps: dict[str, Any], *, templates: E2BTemplates, policy: ResourcePolicy, keepalive: float,
+           files: SandboxFiles | None = None, processes: SandboxProcesses | None = None) -> list[Rule]:
+    """The E2B rules, for ``web.Application``; ``deps`` are every handler's (keyring, sandboxes, origins).
+
+    Without ``files`` (or ``processes``), envd's files (or commands) are not served.
+    """
     control_deps = {**deps, "templates": templates}
     interpreter_deps = {**deps, "policy": policy, "keepalive": keepalive}
 
@@ -49,7 +59,16 @@ def routes(deps: dict[str, Any], *, templates: E2BTemplates, policy: ResourcePol
     def interpreter_rule(path: str, handler: type) -> Rule:
         return Rule(SandboxPort(path, INTERPRETER_PORT), handler, interpreter_deps)
 
-    return [
+    def rpc_rule(service: str, application: Any) -> Rule:
+        return Rule(SandboxPort(rf"/{service}/\w+", ENVD_PORT), ConnectHandler, {**deps, "rpc": application})
+
+    served: list[Rule] = []
+    if files is not None:
+        served += [Rule(SandboxPort("/files", ENVD_PORT), envd.FilesHandler, {**deps, "files": files}),
+                   rpc_rule(r"filesystem\.Filesystem", FilesystemASGIApplication(FilesystemService(files)))]
+    if processes is not None:
+        served.append(rpc_rule(r"process\.Process", ProcessASGIApplication(ProcessService(processes))))
+    return served + [
         plane("/sandboxes", control.SandboxesHandler, version=1),
         plane("/v2/sandboxes", control.SandboxesHandler, version=2),
         plane(f"/sandboxes/{ID}", control.SandboxHandler),

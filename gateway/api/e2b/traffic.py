@@ -20,6 +20,7 @@ from tornado import httputil
 from tornado.routing import PathMatches
 
 from gateway.api.e2b.base import E2BErrors
+from gateway.api.e2b.paths import check_user
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.errors import GatewayError, SandboxNotFound, Unauthorized
 from gateway.sandboxes.model import Sandbox, SandboxStatus
@@ -82,6 +83,8 @@ class SandboxTrafficHandler(E2BErrors, SandboxAPIHandler):
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED, SandboxStatus.CREATING) or (
                 sandbox.status == SandboxStatus.PAUSED and not (self.wakes and sandbox.auto_resume)):
             raise SandboxGone(sandbox_id)
+        if self.request.headers.get("E2b-Sandbox-Port", "").strip() == str(ENVD_PORT):
+            check_user(self.request.headers.get("Authorization", ""))
         self.sandbox = sandbox
         self.current_user = sandbox.owner
 

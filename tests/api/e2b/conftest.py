@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import docker_or_fail
 from tests.gateways import KEY_PAIRS, KEYS, GatewayProcess
 
+#: The E2B tests' gateway takes files of at most this size (E2B's own limit is larger; ours is set).
+MAX_FILE_BYTES = 4 << 20
 E2B_KEYS = {"alice": "e2b_" + "a1" * 20, "bob": "e2b_" + "b2" * 20}
 
 
@@ -25,8 +27,8 @@ E2B_KEYS = {"alice": "e2b_" + "a1" * 20, "bob": "e2b_" + "b2" * 20}
 def e2b_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     docker_or_fail().close()
     keys = ",".join([KEY_PAIRS, *(f"{user}:{key}" for user, key in E2B_KEYS.items())])
-    gateway = GatewayProcess(tmp_path_factory.mktemp("e2b-gateway"), provisioner="docker",
-                             env={"GATEWAY_API_KEYS": keys})
+    gateway = GatewayProcess(tmp_path_factory.mktemp("e2b-gateway"), f"--max-file-bytes={MAX_FILE_BYTES}",
+                             provisioner="docker", env={"GATEWAY_API_KEYS": keys})
     asyncio.run(gateway.start())
     saved = {name: os.environ.get(name) for name in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")}
     os.environ.update(E2B_API_URL=f"{gateway.url}/e2b", E2B_SANDBOX_URL=f"{gateway.url}/e2b/sandbox",

@@ -1,0 +1,1 @@
+"""Generated: the filesystem service (see ../__init__.py)."""

@@ -1,0 +1,1 @@
+"""Generated: the process service (see ../__init__.py)."""

@@ -1,0 +1,396 @@
+"""Commands in a sandbox: processes beside its kernel, in its container, as its user, within its limits.
+
+    processes = SandboxProcesses(commands)
+    command = await processes.start(sandbox, ["/bin/bash", "-l", "-c", "ls"], cwd="data", env={"K": "V"})
+    async for kind, value in command.follow():     # ("stdout", b"..."), ("stderr", b"..."), ("end", exit code)
+        ...
+    processes.find(sandbox.id, command.pid)        # while it runs; then it is gone, as in E2B
+    await command.signal(signal.SIGKILL)           # the whole process tree
+
+This is what E2B's commands API (envd's process service) runs on. A command gets a fixed,
+minimal environment, as our tools do, plus the sandbox's ``env`` and its own: never the
+container's (which holds the kernel's connection key) nor the gateway's. ``docker`` sandboxes:
+a ``docker exec`` in the sandbox's container (same user, cgroup, pids limit, no network), its
+connection read with asyncio (no thread per command); its ``pid`` is the one the sandbox sees.
+``local`` sandboxes: a process in its own session in the sandbox's working directory.
+
+Output is not kept: each follower gets what the command writes from the moment it follows, as
+from envd. A follower more than ``MAX_BEHIND`` chunks behind is cut off (its iteration ends
+with ``("cut", ...)``); the command goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.errors import InvalidRequest, NotFound, SandboxNotRunning
+from gateway.provisioners.base import local_env, workdir_of
+from gateway.sandboxes.commands import CONTAINER_WORKDIR, SandboxCommands
+from gateway.sandboxes.model import Sandbox
+
+log = logging.getLogger(__name__)
+
+#: A container command's environment before the sandbox's and its own (the image's sandbox user).
+CONTAINER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                 "HOME": CONTAINER_WORKDIR, "USER": "sandbox", "LOGNAME": "sandbox", "SHELL": "/bin/bash"}
+#: Chunks a follower may fall behind before it is cut off.
+MAX_BEHIND = 4096
+#: Most commands running in one sandbox at once.
+MAX_COMMANDS = 64
+
+Event = tuple[str, Any]
+
+
+class CommandNotFound(NotFound):
+    code = "command_not_found"
+
+
+@dataclasses.dataclass
+class Command:
+    """One running command and its followers."""
+
+    sandbox_id: str
+    pid: int
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    tag: str | None
+    channel: CommandChannel
+    exit_code: int | None = None
+    _followers: set[asyncio.Queue[Event]] = dataclasses.field(default_factory=set)
+    _ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    #: Why it ended, if not by itself (``killed at its timeout``).
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return not self._ended.is_set()
+
+    async def follow(self, idle: float | None = None) -> AsyncIterator[Event]:
+        """What the command writes from now on, then ``("end", exit_code)``; with ``idle``, also
+        ``("keepalive", None)`` after each ``idle`` seconds of silence."""
+        queue: asyncio.Queue[Event] = asyncio.Queue(MAX_BEHIND + 1)
+        if not self.running:
+            yield "end", self.exit_code
+            return
+        self._followers.add(queue)
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), idle)
+                except TimeoutError:
+                    yield "keepalive", None
+                    continue
+                yield kind, value
+                if kind in ("end", "cut"):
+                    return
+        finally:
+            self._followers.discard(queue)
+
+    def publish(self, kind: str, value: Any) -> None:
+        for queue in list(self._followers):
+            if queue.qsize() >= MAX_BEHIND:
+                self._followers.discard(queue)
+                queue.put_nowait(("cut", f"more than {MAX_BEHIND} chunks of output waiting"))
+            else:
+                queue.put_nowait((kind, value))
+
+    def finish(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+        self._ended.set()
+        self.publish("end", exit_code)
+
+    async def wait(self) -> int | None:
+        await self._ended.wait()
+        return self.exit_code
+
+    async def write(self, data: bytes) -> None:
+        await self.channel.write(data)
+
+    async def close_stdin(self) -> None:
+        await self.channel.close_stdin()
+
+    async def signal(self, signum: int) -> None:
+        self.channel.signal(signum)
+
+
+class CommandChannel:
+    """How the gateway talks to one running command (a container exec or a local process)."""
+
+    pid: int
+
+    async def read(self) -> Event | None:
+        """The next ``("stdout"|"stderr", bytes)``; None at the end of its output."""
+        raise NotImplementedError
+
+    async def exit_code(self) -> int:
+        raise NotImplementedError
+
+    async def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def close_stdin(self) -> None:
+        raise NotImplementedError
+
+    def signal(self, signum: int) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class StdinClosed(InvalidRequest):
+    def __init__(self) -> None:
+        super().__init__("the command's stdin is closed (start it with stdin=True to send it input)")
+
+
+class LocalChannel(CommandChannel):
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.pid = process.pid
+        self._reads: dict[str, asyncio.Task[bytes]] = {}
+
+    async def read(self) -> Event | None:
+        streams = {"stdout": self.process.stdout, "stderr": self.process.stderr}
+        while True:
+            for name, stream in streams.items():
+                if stream is not None and name not in self._reads and not stream.at_eof():
+                    self._reads[name] = asyncio.ensure_future(stream.read(1 << 16))
+            if not self._reads:
+                return None
+            done, _ = await asyncio.wait(self._reads.values(), return_when=asyncio.FIRST_COMPLETED)
+            for name, task in list(self._reads.items()):
+                if task in done:
+                    del self._reads[name]
+                    chunk = task.result()
+                    if chunk:
+                        return name, chunk
+
+    async def exit_code(self) -> int:
+        return await self.process.wait()
+
+    async def write(self, data: bytes) -> None:
+        stdin = self.process.stdin
+        if stdin is None or stdin.is_closing():
+            raise StdinClosed()
+        stdin.write(data)
+        await stdin.drain()
+
+    async def close_stdin(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)  # its own session: the whole group
+
+    async def close(self) -> None:
+        for task in self._reads.values():
+            task.cancel()
+        if self.process.returncode is None:
+            self.signal(signal.SIGKILL)
+        await self.process.wait()
+
+
+class ContainerChannel(CommandChannel):
+    """A ``docker exec``'s hijacked connection, read and written with asyncio."""
+
+    def __init__(self, raw: Any, exec_id: str, engine: Any, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, host_pid: int, pid: int) -> None:
+        self.raw = raw  # keeps the HTTP response (and so the connection) alive
+        self.exec_id = exec_id
+        self.engine = engine
+        self.reader = reader
+        self.writer = writer
+        self.host_pid = host_pid
+        self.pid = pid
+        self._stdin_open = True
+
+    @classmethod
+    async def open(cls, raw: Any, exec_id: str, engine: Any) -> ContainerChannel:
+        sock = getattr(raw, "_sock", raw)
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        host_pid = 0
+        for _ in range(50):  # (the exec's process is being started as its connection is handed over)
+            inspected = await engine.call(engine.client.api.exec_inspect, exec_id)
+            host_pid = int(inspected.get("Pid") or 0)
+            if host_pid or not inspected.get("Running", True):
+                break
+            await asyncio.sleep(0.02)
+        return cls(raw, exec_id, engine, reader, writer, host_pid, sandbox_pid(host_pid))
+
+    async def read(self) -> Event | None:
+        while True:
+            try:
+                header = await self.reader.readexactly(8)
+                kind, size = struct.unpack(">BxxxL", header)
+                payload = await self.reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            if payload:
+                return ("stderr" if kind == 2 else "stdout"), payload
+
+    async def exit_code(self) -> int:
+        for _ in range(100):  # the exec's end is recorded a moment after its output ends
+            inspected = await self.engine.call(self.engine.client.api.exec_inspect, self.exec_id)
+            if not inspected.get("Running"):
+                code = inspected.get("ExitCode")
+                return int(code) if code is not None else -1
+            await asyncio.sleep(0.05)
+        return -1
+
+    async def write(self, data: bytes) -> None:
+        if not self._stdin_open:
+            raise StdinClosed()
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close_stdin(self) -> None:
+        if self._stdin_open:
+            self._stdin_open = False
+            with contextlib.suppress(OSError):
+                self.writer.write_eof()
+
+    def signal(self, signum: int) -> None:
+        if not self.host_pid:
+            return
+        for pid in [*descendants(self.host_pid), self.host_pid]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+        with contextlib.suppress(Exception):
+            self.raw.close()
+
+
+def sandbox_pid(host_pid: int) -> int:
+    """The pid the container's own namespace gives ``host_pid`` (its ``NSpid``'s last number)."""
+    try:
+        with open(f"/proc/{host_pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return host_pid
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found, deepest last), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+class SandboxProcesses:
+    """The commands running in every sandbox, by sandbox id and pid."""
+
+    def __init__(self, commands: SandboxCommands) -> None:
+        self.commands = commands
+        self._running: dict[str, dict[int, Command]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, sandbox: Sandbox, argv: list[str], *, cwd: str = "", env: dict[str, str] | None = None,
+                    stdin: bool = False, tag: str | None = None, timeout: float | None = None) -> Command:
+        """Start ``argv`` in ``sandbox`` in ``cwd`` (relative to its working directory, already checked)."""
+        if not argv:
+            raise InvalidRequest("a command is required")
+        if len(self._running.get(sandbox.id, {})) >= MAX_COMMANDS:
+            raise InvalidRequest(f"sandbox {sandbox.id} runs {MAX_COMMANDS} commands already")
+        wanted = {**sandbox.env, **(env or {})}
+        channel = await self._launch(sandbox, argv, cwd, wanted)
+        command = Command(sandbox.id, channel.pid, list(argv), cwd, dict(env or {}), tag, channel)
+        if not stdin:
+            await channel.close_stdin()
+        self._running.setdefault(sandbox.id, {})[command.pid] = command
+        task = asyncio.create_task(self._pump(command, timeout), name=f"command-{sandbox.id}-{command.pid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        log.info("sandbox %s: command %d started", sandbox.id, command.pid)
+        return command
+
+    async def _launch(self, sandbox: Sandbox, argv: list[str], cwd: str, env: dict[str, str]) -> CommandChannel:
+        if sandbox.provisioner == "docker":
+            workdir = f"{CONTAINER_WORKDIR}/{cwd}" if cwd else CONTAINER_WORKDIR
+            assigned = [f"{name}={value}" for name, value in {**CONTAINER_ENV, **env}.items()]
+            raw, exec_id = await self.commands.docker_exec(sandbox, ["env", "-i", *assigned, *argv], workdir)
+            return await ContainerChannel.open(raw, exec_id, self.commands.launcher.engine)
+        if sandbox.provisioner == "local":
+            workdir_path = workdir_of(self.commands.launcher.sandbox_dir(sandbox.id))
+            if not workdir_path.is_dir():
+                raise SandboxNotRunning(f"sandbox {sandbox.id} has no working directory (is it running?)")
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv, cwd=str(workdir_path / cwd), env={**local_env(workdir_path), **env},
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                )
+            except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+                raise InvalidRequest(f"the command could not start: {exc.strerror}") from None
+            return LocalChannel(process)
+        raise SandboxNotRunning(f"sandbox {sandbox.id} runs on {sandbox.provisioner!r}, where commands cannot run")
+
+    async def _pump(self, command: Command, timeout: float | None) -> None:
+        """Hand the command's output to its followers until it ends (killing it at its timeout)."""
+        channel = command.channel
+        deadline = asyncio.get_running_loop().call_later(timeout, self._expire, command) if timeout else None
+        try:
+            while (event := await channel.read()) is not None:
+                command.publish(*event)
+            code = await channel.exit_code()
+        except Exception:
+            log.exception("sandbox %s: lost command %d", command.sandbox_id, command.pid)
+            code = -1
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            self._running.get(command.sandbox_id, {}).pop(command.pid, None)
+            await channel.close()
+        command.finish(code)
+
+    def _expire(self, command: Command) -> None:
+        command.error = "the command was killed at the end of its timeout"
+        channel = command.channel
+        channel.signal(signal.SIGKILL)
+
+    def list(self, sandbox_id: str) -> list[Command]:
+        return list(self._running.get(sandbox_id, {}).values())
+
+    def find(self, sandbox_id: str, pid: int | None = None, tag: str | None = None) -> Command:
+        for command in self.list(sandbox_id):
+            if (pid is not None and command.pid == pid) or (tag is not None and command.tag == tag):
+                return command
+        raise CommandNotFound(f"process with {'pid ' + str(pid) if pid is not None else 'tag ' + repr(tag)} "
+                              "not found")
+
+    async def stop(self) -> None:
+        """Kill every command (at the gateway's shutdown) and wait for their ends."""
+        for commands in self._running.values():
+            for command in list(commands.values()):
+                await command.signal(signal.SIGKILL)
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,137 @@
+"""``sandbox.commands`` through the real SDK: envd's process RPC over our sandbox processes.
+
+Commands run in the sandbox's container as its unprivileged user, with its limits and a minimal
+environment (never the kernel's connection key); output streams while they run; they can be
+killed, listed, fed stdin and reconnected to; their ``timeout`` kills them, as envd's does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2b import CommandExitException, SandboxException, TimeoutException
+from e2b_code_interpreter import AsyncSandbox, Sandbox
+
+from tests.gateways import GatewayProcess
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def sandbox(e2b_gateway: GatewayProcess) -> Iterator[Sandbox]:
+    created = Sandbox.create(timeout=600, envs={"SANDBOX_WIDE": "everywhere"})
+    yield created
+    created.kill()
+
+
+def test_run_with_envs_cwd_and_callbacks(sandbox: Sandbox) -> None:
+    sandbox.files.make_dir("work")
+    out: list[str] = []
+    err: list[str] = []
+    result = sandbox.commands.run("echo $ONLY_HERE $SANDBOX_WIDE; pwd; echo oops >&2", envs={"ONLY_HERE": "set"},
+                                  cwd="/home/user/work", on_stdout=out.append, on_stderr=err.append)
+    assert result.exit_code == 0 and result.stdout.splitlines() == ["set everywhere", "/home/sandbox/work"]
+    assert result.stderr == "oops\n" and "".join(out) == result.stdout and err == ["oops\n"]
+
+
+def test_as_the_sandbox_user_without_the_kernel_key(sandbox: Sandbox) -> None:
+    result = sandbox.commands.run("id -u; env")
+    uid, *environment = result.stdout.splitlines()
+    assert uid == "1000"
+    names = {line.split("=", 1)[0] for line in environment}
+    assert "CODE_GATEWAY_CONNECTION" not in names and "SANDBOX_WIDE" in names
+    assert not any("KEY" in name or "TOKEN" in name for name in names)
+    with pytest.raises(SandboxException, match="'root' is not available"):
+        sandbox.commands.run("id", user="root")
+
+
+def test_exit_codes(sandbox: Sandbox) -> None:
+    with pytest.raises(CommandExitException) as failed:
+        sandbox.commands.run("echo partial; exit 3")
+    assert failed.value.exit_code == 3 and failed.value.stdout == "partial\n"
+
+
+def test_background_command_streams_live(sandbox: Sandbox) -> None:
+    """The command waits for a file that the test writes only after it saw 'ready'."""
+    handle = sandbox.commands.run("echo ready; while [ ! -e go ]; do sleep 0.05; done; echo done", background=True)
+    seen = []
+    for stdout, _, _ in handle:
+        if stdout:
+            seen.append(stdout)
+            if stdout == "ready\n":
+                sandbox.files.write("go", "")
+    assert seen == ["ready\n", "done\n"] and handle.wait().exit_code == 0
+
+
+def test_list_kill_stdin_and_connect(sandbox: Sandbox) -> None:
+    sleeper = sandbox.commands.run("sleep 300", background=True)
+    reader = sandbox.commands.run("read line; echo got $line; read again; echo then $again", background=True,
+                                  stdin=True)
+    running = {p.pid: p for p in sandbox.commands.list()}
+    assert {sleeper.pid, reader.pid} <= set(running)
+    assert running[sleeper.pid].args == ["-l", "-c", "sleep 300"]
+    sandbox.commands.send_stdin(reader.pid, "one\n")
+    reader.disconnect()  # the command goes on; connect() picks it up again
+    again = sandbox.commands.connect(reader.pid)
+    sandbox.commands.send_stdin(reader.pid, "two\n")
+    assert again.wait().stdout.endswith("then two\n")
+    assert sandbox.commands.kill(sleeper.pid) is True
+    with pytest.raises(CommandExitException):
+        sleeper.wait()
+    assert sleeper.pid not in {p.pid for p in sandbox.commands.list()}
+    assert sandbox.commands.kill(sleeper.pid) is False  # gone, as in E2B
+
+
+def test_timeout_kills_the_command(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("sleep 300; echo never > never.txt", background=True, timeout=5)
+    assert handle.pid in {p.pid for p in sandbox.commands.list()}  # it started
+    with pytest.raises((TimeoutException, CommandExitException)):
+        handle.wait()
+    deadline = time.monotonic() + 60
+    while handle.pid in {p.pid for p in sandbox.commands.list()}:  # (killed at the same deadline, server-side)
+        assert time.monotonic() < deadline, "the command outlived its timeout"
+        time.sleep(0.2)
+    assert not sandbox.files.exists("never.txt")
+    with pytest.raises(TimeoutException):
+        sandbox.commands.run("sleep 300", timeout=2)
+
+
+FORK_BOMB = """
+import os, time
+children = []
+try:
+    for _ in range(400):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+except OSError as refused:
+    print("refused", refused.errno)
+print(len(children))
+for pid in children:
+    os.kill(pid, 9)
+"""
+
+
+def test_commands_share_the_sandbox_limits(sandbox: Sandbox) -> None:
+    """The container's pids limit (256) holds for commands too: forking stops short of it."""
+    sandbox.files.write("bomb.py", FORK_BOMB)
+    refused, spawned = sandbox.commands.run("python3 bomb.py", timeout=60).stdout.split("\n")[:2]
+    assert refused == "refused 11" and 100 < int(spawned) < 256
+    assert sandbox.run_code("1 + 1").text == "2"  # the kernel, beside it, is fine
+
+
+async def test_async_commands(e2b_gateway: GatewayProcess) -> None:
+    sandbox = await AsyncSandbox.create(timeout=300)
+    try:
+        lines: list[str] = []
+        result = await sandbox.commands.run("for i in 1 2; do echo $i; done", on_stdout=lines.append)
+        assert result.stdout == "1\n2\n" and "".join(lines) == "1\n2\n"
+        handle = await sandbox.commands.run("sleep 300", background=True)
+        assert handle.pid in [p.pid for p in await sandbox.commands.list()]
+        assert await sandbox.commands.kill(handle.pid)
+    finally:
+        await sandbox.kill()
