@@ -28,20 +28,26 @@ as_postgres() {
     runuser -u postgres -- "$@"
 }
 
+apt_install() {
+    # Install packages; refresh the package lists only when that is needed.
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q --no-install-recommends "$@" >&2; then
+        say "running apt-get update"
+        apt-get update -q >&2 || die "apt-get update failed"
+        apt-get install -y -q --no-install-recommends "$@" >&2 || die "apt-get install $* failed"
+    fi
+}
+
 install() {
     if [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ]; then
         ensure_user
         return 0
     fi
-    export DEBIAN_FRONTEND=noninteractive
-    # The package would create and start a cluster of its own on port 5432: not wanted here.
-    mkdir -p /etc/postgresql-common/createcluster.d
-    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/code-gateway.conf
     say "installing postgresql-15"
-    if ! apt-get install -y -q --no-install-recommends postgresql-15 >&2; then
-        apt-get update -q >&2 || die "apt-get update failed"
-        apt-get install -y -q --no-install-recommends postgresql-15 >&2 || die "apt-get install postgresql-15 failed"
-    fi
+    # postgresql-15 would create and start a cluster of its own on port 5432: not wanted here.
+    apt_install postgresql-common
+    sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
+    apt_install postgresql-15
     [ -x "$PG_BIN/postgres" ] || die "postgresql-15 is installed but $PG_BIN/postgres is missing"
     ensure_user
 }
