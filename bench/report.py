@@ -170,6 +170,35 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(Row("memory", "idle sandboxes that fit in RAM (estimate)",
                         f"≈ {int(total / per_sandbox)}", "—",
                         f"{total / 2**30:.1f} GiB / {per_sandbox / 2**20:.1f} MiB each"))
+    rows.extend(pause_rows(results.get("pause")))
+    return rows
+
+
+def pause_rows(pause: dict[str, Any] | None) -> list[Row]:
+    """Pause against delete, resume against a cold create; the density of paused sandboxes."""
+    if not pause:
+        return []
+    rows = []
+    title = "pause and resume (small state)"
+    for name, base, base_name in (("pause", "delete", "delete"), ("resume", "create", "cold create")):
+        if pause.get(name):
+            rows.append(latency_row(title, pause[name], vs(pause[name], pause.get(base), base_name)))
+    for name in ("delete", "create"):
+        if pause.get(name):
+            rows.append(latency_row(title, pause[name], "baseline"))
+    density = pause.get("density") or {}
+    if density.get("count"):
+        title = f"{density['count']} paused sandboxes"
+        errors = f" ({density['errors']} errors)" if density.get("errors") else ""
+        rows.append(Row(title, f"gateway disk per paused sandbox, allocated{errors}",
+                        f"{density['disk_per_sandbox'] / 1024:.1f} KiB", "—",
+                        f"≈ {density['fit_on_disk']} fit in the free disk" if density.get("fit_on_disk") else "—"))
+        rows.append(Row(title, "saved state per paused sandbox (x = 41, empty directory)",
+                        f"{density['saved_per_sandbox']:.0f} bytes", "—", "—"))
+        rows.append(Row(title, "gateway RSS per paused sandbox", f"{density['rss_per_sandbox_kib']:.1f} KiB", "—",
+                        f"{density['rss_0_kib'] / 1024:.0f} MiB with none"))
+        rows.append(Row(title, "create + pause, 4 at a time", f"{density['seconds'] / density['count']:.2f} s each",
+                        "—", "—"))
     return rows
 
 

@@ -719,6 +719,11 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxNotRunning("this gateway has no place to keep paused sandboxes")
         if runtime.busy or any(r.execution.sandbox_id == sandbox.id for r in self._running.values()):
             raise SandboxBusy(f"sandbox {sandbox.id} is running code: interrupt it or wait for it, then pause")
+        if self.kernels.connections(sandbox.id):
+            # Its channels would stay open to a kernel that is gone, silent: the client must go first
+            # (connecting again later resumes the sandbox).
+            raise SandboxBusy(f"a Jupyter client is connected to sandbox {sandbox.id}'s kernel: "
+                              "close it, then pause")
         retry_after = self._soonest_end_of(sandbox.owner)
         await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.PAUSED)}, retry_after=retry_after)
         began = time.monotonic()

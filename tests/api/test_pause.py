@@ -205,7 +205,12 @@ async def test_connecting_a_jupyter_channel_resumes_a_paused_kernel(
     url = gateway.url.replace("http", "ws") + f"/api/kernels/{sid}/channels"
     async with websockets.connect(url, additional_headers=auth("alice")):
         sandbox = await until_status(alice, sid, "running")
-    assert "x" in sandbox["restore"]["variables"]
+        assert "x" in sandbox["restore"]["variables"]
+        # While a Jupyter client is connected the kernel cannot go: its channels would hang.
+        await until(lambda: gateway.app.sandboxes.kernels.connections(sid), bool, what="the channel counted")
+        refused = await alice.post(f"/api/v1/sandboxes/{sid}/pause")
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "sandbox_busy"
+        assert "Jupyter client" in refused.json()["error"]["message"]
 
 
 async def test_a_failed_resume_leaves_the_sandbox_paused_with_its_state(
