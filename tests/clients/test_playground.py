@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,9 @@ import matplotlib.image
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
+from tests.browsers import CHROMIUM, FLAGS, chromium_or_fail
 from tests.gateways import KEYS, GatewayProcess, auth
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()\nprint('plotted')"
 EVIL_HTML = ("from IPython.display import HTML, display\n"
              "display(HTML('<b id=\"inside\">bold</b><script>parent.document.title = \"pwned\"; "
@@ -31,8 +28,7 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 async def page(client_gateway: GatewayProcess, tmp_path: Path) -> AsyncIterator[Page]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run `bash deploy/host/ensure-browser.sh` (make test does)", pytrace=False)
+    chromium_or_fail()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
