@@ -58,3 +58,16 @@ async def test_docker_error_texts_are_logged_not_returned(tmp_path: Any, caplog:
     assert_error(response, 503, "sandbox_start_failed", "the gateway's log has the details")
     assert "no-such-runtime-x9" not in response.text
     assert "no-such-runtime-x9" in caplog.text  # the operator still learns what happened
+
+
+async def test_a_tiny_timeout_is_refused_not_a_timed_out_result(alice: httpx.AsyncClient) -> None:
+    sandbox = (await alice.post("/api/v1/sandboxes", json={})).json()
+    url = f"/api/v1/sandboxes/{sandbox['id']}/execute"
+    for tiny in (3.5e-292, 0.05):
+        assert_error(await alice.post(url, json={"code": "1 + 1", "timeout": tiny}), 422, "limit_out_of_range",
+                     "timeout must be at least 0.1")
+    assert_error(await alice.post("/api/v1/sandboxes", json={"timeout": 1e-300}), 422, "limit_out_of_range",
+                 "timeout")
+    done = await alice.post(url, json={"code": "1 + 1", "timeout": 0.1})
+    assert done.status_code == 200 and done.json()["status"] == "completed" and done.json()["result"] == {
+        "text/plain": "2"}
