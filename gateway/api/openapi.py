@@ -354,7 +354,8 @@ def jupyter_paths(requests: Requests) -> dict[str, Any]:
             "get": {"summary": "Your kernels (sandboxes not ended)",
                     "responses": {"200": reply("kernels", {"type": "array", "items": ref("Kernel")}),
                                   "401": ERRORS["401"]}},
-            "post": {"summary": "Start a kernel: a new sandbox", "requestBody": body(requests.start_kernel, required=False),
+            "post": {"summary": "Start a kernel: a new sandbox",
+                     "requestBody": body(requests.start_kernel, required=False),
                      "responses": {"201": reply("the kernel", ref("Kernel")), **kernel_errors,
                                    "429": error("too many live sandboxes for this user"),
                                    "503": error("the sandbox could not be started, or the store cannot commit "
@@ -403,7 +404,8 @@ def document(*, policy: ResourcePolicy | None = None, lifetimes: LifetimePolicy 
 class OpenAPIHandler(APIHandler):
     auth_required = False
 
-    def initialize(self, sandboxes: SandboxManager, launcher: KernelLauncher, **base: Any) -> None:  # type: ignore[override]
+    def initialize(self, sandboxes: SandboxManager, launcher: KernelLauncher,  # type: ignore[override]
+                   **base: Any) -> None:
         super().initialize(**base)
         self.sandboxes = sandboxes
         self.launcher = launcher

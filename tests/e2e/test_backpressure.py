@@ -133,6 +133,7 @@ async def test_a_jupyter_client_that_never_reads_is_cut_off_at_the_send_buffer(g
         await until(lambda: slow_clients(alice, "jupyter_channels"), lambda n: n == 1, timeout=120,
                     what="the stalled Jupyter client to be cut off")
         code, reason = close_frame(await stalled.read_all()) or (None, "")
+        stalled.close()
         assert code == 1008 and "too slow" in reason
         grown = memory_of(pid_of(gateway))["peak"] - before["peak"]
         assert grown < DEFAULT_SEND_BUFFER + PEAK_GROWTH, f"peak memory grew by {grown / MiB:.0f} MiB"
@@ -158,6 +159,7 @@ async def test_stream_clients_that_never_read_are_cut_off_and_lose_nothing(gatew
         await until(lambda: slow_clients(alice, "stream_socket"), lambda n: n == 1, timeout=120,
                     what="the stalled /stream client to be cut off")
         code, reason = close_frame(await socket.read_all()) or (None, "")
+        socket.close()
         assert code == 1008 and "too slow" in reason
         for execution in [await wait_finished(alice, e["id"], timeout=120)
                           for e in await executions_of(alice, sandbox["id"])]:

@@ -65,7 +65,8 @@ async def test_stream_socket_refuses_foreign_origins(gateway: InProcessGateway, 
         error = await refused(stream_url(gateway, sandbox["id"]), origin)
         assert error["code"] == "origin_not_allowed" and origin in error["message"]
     for origin in (ALLOWED, gateway.url):
-        async with websockets.connect(stream_url(gateway, sandbox["id"]), origin=origin) as socket:  # type: ignore[arg-type]
+        url = stream_url(gateway, sandbox["id"])
+        async with websockets.connect(url, origin=origin) as socket:  # type: ignore[arg-type]
             await socket.send(json.dumps({"type": "execute", "id": "o", "code": "6 * 7"}))
             while (event := json.loads(await socket.recv()))["type"] != "execution":
                 pass
@@ -82,7 +83,8 @@ async def test_jupyter_channels_refuse_foreign_origins_even_with_a_token(
     for origin in FOREIGN:
         error = await refused(channels_url(gateway, kernel["id"]), origin)
         assert error["code"] == "origin_not_allowed"
-    async with websockets.connect(channels_url(gateway, kernel["id"]), origin=ALLOWED) as socket:  # type: ignore[arg-type]
+    url = channels_url(gateway, kernel["id"])
+    async with websockets.connect(url, origin=ALLOWED) as socket:  # type: ignore[arg-type]
         request = execute_request("6 * 7")
         await socket.send(json.dumps(request))
         got = await replies_to(socket, request["header"]["msg_id"])
