@@ -1,0 +1,92 @@
+"""jupyter_kernel_test's protocol suite against a Docker sandbox kernel, reached through the gateway's
+Jupyter kernel API with jupyter_server's gateway kernel classes (the client class README shows).
+
+Every sample is filled in; the one sub-check not run is the history "range" one, which a local
+ipykernel fails as well (see ``supported_history_operations``); ``test_history_range`` checks
+what IPython answers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jupyter_kernel_test
+import pytest
+from jupyter_client.utils import run_sync
+from jupyter_server.gateway.managers import GatewayKernelManager
+
+from tests.conftest import docker_or_fail
+from tests.gateways import KEYS, GatewayProcess
+from tests.jupyter_clients import BlockingGatewayKernelClient, gateway_client
+
+pytestmark = pytest.mark.docker
+
+
+class TestSandboxKernel(jupyter_kernel_test.KernelTests):
+    gateway: GatewayProcess
+    data: Any
+    client_config: Any
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        docker_or_fail().close()
+        cls.data = tempfile.TemporaryDirectory()
+        cls.gateway = GatewayProcess(Path(cls.data.name) / "data", provisioner="docker")
+        asyncio.run(cls.gateway.start())
+        cls.client_config = gateway_client(cls.gateway.url, KEYS["alice"])
+        cls.client_config.__enter__()
+        km = GatewayKernelManager(kernel_name="python3", client_factory=BlockingGatewayKernelClient)
+        run_sync(km.start_kernel)()
+        kc = km.client()
+        run_sync(kc.start_channels)()
+        cls.km, cls.kc = km, kc
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        try:
+            cls.kc.stop_channels()
+            run_sync(cls.km.shutdown_kernel)()
+        finally:
+            cls.client_config.__exit__(None, None, None)
+            asyncio.run(cls.gateway.stop())
+            cls.data.cleanup()
+
+    language_name = "python"
+    file_extension = ".py"
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    completion_samples = [{"text": "zi", "matches": {"zip"}}]
+    complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n\n"]
+    incomplete_code_samples = ['print("""hello', "def f(x):\n  x*2"]
+    invalid_code_samples = ["import = 7q"]
+    code_page_something = "zip?"
+    code_generate_error = "raise ValueError('boom')"
+    code_execute_result = [{"code": "1+2+3", "result": "6"}, {"code": "[n*n for n in range(1, 4)]", "result": "[1, 4, 9]"}]
+    code_display_data = [
+        {"code": "from IPython.display import HTML, display; display(HTML('<b>test</b>'))", "mime": "text/html"},
+        {"code": "from IPython.display import Math, display; display(Math('\\\\frac{1}{2}'))", "mime": "text/latex"},
+    ]
+    # History (in memory in sandboxes). jupyter_kernel_test's "range" check expects the session
+    # number of `tail` back, but IPython answers 0 ("the current session") for the current
+    # session's lines: a local ipykernel fails it too (6.17 with IPython 8.5, as in the image, and
+    # 7.4 with IPython 9), and jupyter_kernel_test's own ipykernel suite declares tail and search
+    # only. test_history_range below checks what IPython does answer.
+    code_history_pattern = "1?2*"
+    supported_history_operations = ("tail", "search")
+    code_inspect_sample = "zip"
+    code_clear_output = "from IPython.display import clear_output; clear_output()"
+
+    def test_history_range(self) -> None:
+        """A range of the current session, named by its number (from ``tail``) or as 0: IPython's answer."""
+        codes = [sample["code"] for sample in self.code_execute_result]
+        tail = self.history_helper(codes, hist_access_type="tail", n=1, output=False, raw=True)
+        [(session, line, code)] = tail["content"]["history"]
+        assert session >= 1 and code == codes[-1]
+        for asked in (session, 0):
+            reply = self.history_helper([], hist_access_type="range", session=asked, start=line, stop=line + 1,
+                                        output=False, raw=True)
+            assert reply["content"]["status"] == "ok"
+            assert reply["content"]["history"] == [[0, line, code]], (asked, reply["content"])
