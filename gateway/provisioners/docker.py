@@ -12,9 +12,12 @@ How the gateway reaches a kernel with no network and no host directory shared wi
 - The container runs ``tini -g -- sh -c <write connection file> python3 -m ipykernel_launcher -f
   /run/code-gateway/connection.json``. The connection file arrives in an environment variable
   (removed before the kernel starts) and is written to a small private tmpfs at
-  ``/run/code-gateway``, where the kernel binds its ipc sockets.
-- On the host, ``<sandbox_dir>/sock`` is a symlink to ``/proc/<container pid>/root/run/code-gateway``:
-  the gateway connects to ``<sandbox_dir>/sock/k-<n>`` and the kernel sees ``/run/code-gateway/k-<n>``.
+  ``/run/code-gateway``, where the kernel binds its ipc sockets ``k-<n>``.
+- The gateway opens each socket from the container's root (``/proc/<container pid>/root``), one
+  path component at a time without following symlinks, checks that it is a socket of the
+  sandbox's uid, and connects through ``<sandbox_dir>/sock/k-<n>``, a link to that descriptor
+  (``gateway.provisioners.sockets``): the sandbox owns ``/run/code-gateway`` and could replace
+  a socket by a symlink to any socket on the host; the gateway never connects by that name.
   Nothing the sandbox writes lands on the host's disk, and it sees no host path. (A bind-mounted
   host directory would be both: a way to fill the host's disk, and files the root gateway writes
   into a directory the sandbox controls.) So the gateway runs on the engine's host, in its pid
@@ -32,6 +35,7 @@ Why a container stopped (``exit_reason``): ``out_of_memory`` (the memory cgroup 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -52,6 +56,14 @@ from gateway.errors import SandboxStartFailed
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners.docker_events import ContainerEvents
 from gateway.provisioners.usage import Usage, cgroup_usage, filesystem_bytes
+from gateway.provisioners.sockets import (
+    Identity,
+    SocketRefused,
+    identities_from_record,
+    identities_to_record,
+    open_directory,
+    sockets_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +120,19 @@ class ContainerFacts:
 class DockerEngine:
     """What all sandboxes of one gateway share: the docker client, one event stream, the waiters.
 
-    Every method runs in the event loop's thread; blocking SDK calls go through ``call``.
+    Every method runs in the event loop's thread; blocking SDK calls go through ``call``, on
+    threads of the engine's own (never the loop's default executor, which others share and which
+    a slow engine must not exhaust). Nothing that a sandbox controls runs on them: in-sandbox
+    tools are read and written on the loop (``gateway.sandboxes.commands``).
     """
 
-    def __init__(self, *, base_url: str, instance_id: str, image: str, pool_size: int = 32) -> None:
+    def __init__(self, *, base_url: str, instance_id: str, image: str, pool_size: int = 32,
+                 threads: int = 16) -> None:
         self.base_url = base_url
         self.instance_id = instance_id
         self.image = image
         self.pool_size = pool_size
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker")
         self.client: Any = None
         self.cpus = 0
         self.events: ContainerEvents | None = None
@@ -182,6 +199,7 @@ class DockerEngine:
         if self.client is not None:
             await self.call(self.client.close)
             self.client = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def problems(self, timeout: float = 5.0) -> list[str]:
         """Why sandboxes cannot start here right now (for /ready); empty when they can."""
@@ -211,8 +229,30 @@ class DockerEngine:
     # -- docker calls ----------------------------------------------------------------------------
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a blocking docker SDK call in the loop's executor."""
-        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+        """Run a blocking docker SDK call on the engine's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def kill_exec(self, exec_id: str) -> None:
+        """SIGKILL an exec's process if it still runs (Docker has no API for it; a stopped process dies too).
+
+        Through a pidfd, opened before checking again that the exec runs with that pid: the
+        signal can only reach that very process, never one that reused its pid.
+        """
+        info = await self.call(self.client.api.exec_inspect, exec_id)
+        if not info.get("Running") or not info.get("Pid"):
+            return
+        try:
+            pidfd = os.pidfd_open(int(info["Pid"]))
+        except ProcessLookupError:
+            return
+        try:
+            again = await self.call(self.client.api.exec_inspect, exec_id)
+            if again.get("Running") and again.get("Pid") == info["Pid"]:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
 
     async def image_present(self) -> bool:
         import docker.errors
@@ -416,24 +456,56 @@ class DockerProvisioner(KernelProvisionerBase):
     def has_process(self) -> bool:
         return self.container_id is not None
 
-    def _link(self) -> Path:
+    def _links(self) -> Path:
+        """The directory of links to the kernel's sockets (only the gateway writes there)."""
         assert self.sandbox_dir is not None
         return self.sandbox_dir / "sock"
 
-    def _point_link(self, pid: int) -> None:
-        """``<sandbox_dir>/sock`` -> the container's socket directory, through its init's root."""
-        self._pid = pid
-        link = self._link()
-        tmp = link.with_name("sock.new")
-        tmp.unlink(missing_ok=True)
-        os.symlink(f"/proc/{pid}/root{CONTAINER_DIR}", tmp)
-        os.replace(tmp, link)
+    async def _attach_sockets(self, pid: int, *, launching: bool, expect: dict[int, Identity] | None = None) -> None:
+        """Hold the kernel's sockets by descriptor, reached from the container's root without following symlinks.
 
-    def _drop_link(self) -> None:
-        """Once the container is gone its pid may be reused: never follow the old link again."""
+        At launch this waits until the kernel has bound them all; at re-attach they must be there
+        already and be the very sockets recorded at launch (``expect``).
+        """
+        assert self.container_id is not None and self.parent is not None
+        try:
+            process = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            raise SocketRefused("the sandbox's container stopped") from None
+        try:
+            # Still the container's init, so the pid was not reused: ``process`` now names it for good.
+            state = await self.engine.state(self.container_id)
+            if state is None or not state["Running"] or int(state["Pid"]) != pid:
+                raise SocketRefused("the sandbox's container stopped")
+
+            def directory() -> int:
+                try:
+                    root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=process)
+                except OSError:
+                    raise SocketRefused("the sandbox's container stopped") from None
+                try:
+                    return open_directory(root, CONTAINER_DIR.lstrip("/"))
+                finally:
+                    os.close(root)
+
+            sockets, prefix, owner = sockets_of(self.parent), self._links() / "k", self._run_as()[0]
+            ports = list(self.parent.ports)
+            if launching:
+                await sockets.attach_when_bound(directory, prefix, ports, owner=owner)
+            else:
+                fd = directory()
+                try:
+                    sockets.attach(fd, prefix, ports, owner=owner, expect=expect)
+                finally:
+                    os.close(fd)
+            self._pid = pid
+        finally:
+            os.close(process)
+
+    def _detach_sockets(self) -> None:
+        """Once the container is gone, no connect may reach its sockets (or a reused pid's) again."""
         self._pid = None
-        if self.sandbox_dir is not None:
-            self._link().unlink(missing_ok=True)
+        sockets_of(self.parent).detach()
 
     def _run_as(self) -> tuple[int, int]:
         if self.user:
@@ -449,10 +521,10 @@ class DockerProvisioner(KernelProvisionerBase):
         sandbox = kwargs.pop(SANDBOX_KWARG)
         self.sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
         self.sandbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._drop_link()
+        self._detach_sockets()
         km = self.parent
         assert km is not None, "a provisioner is created by its kernel manager"
-        km.ip = str(self._link() / "k")
+        km.ip = str(self._links() / "k")
         km.write_connection_file()
         self.connection_info = km.get_connection_info()
         inside = {**self.connection_info, "ip": f"{CONTAINER_DIR}/k"}
@@ -539,8 +611,16 @@ class DockerProvisioner(KernelProvisionerBase):
             await engine.call(engine.client.api.start, self.container_id)
             state = await engine.state(self.container_id)
             if state is None or not state["Running"]:
-                raise RuntimeError(f"the sandbox container stopped at once: {await self._log_tail()}")
-            self._point_link(int(state["Pid"]))
+                log.warning("sandbox %s: the container stopped at once: %s", sandbox.id, await self._log_tail())
+                raise SandboxStartFailed("the sandbox's container stopped at once")
+            try:
+                await self._attach_sockets(int(state["Pid"]), launching=True)
+            except SocketRefused as refused:
+                if await self.poll() is not None:  # it died while starting (say, out of memory)
+                    raise SandboxStartFailed(f"its kernel stopped before it answered ({await self.exit_reason()})") \
+                        from None
+                log.warning("sandbox %s: refused its kernel's sockets: %s", sandbox.id, refused)
+                raise SandboxStartFailed("the sandbox's kernel sockets are not what it bound") from None
         except BaseException:
             await self.cleanup()
             raise
@@ -558,7 +638,7 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def _stopped(self, exit_code: int) -> int:
         self._exit_code = exit_code
-        self._drop_link()
+        self._detach_sockets()
         return exit_code
 
     async def poll(self) -> int | None:
@@ -605,7 +685,7 @@ class DockerProvisioner(KernelProvisionerBase):
 
     async def cleanup(self, restart: bool = False) -> None:
         """Remove the container (whatever its state) and forget it."""
-        self._drop_link()
+        self._detach_sockets()
         if self.container_id is None:
             return
         container_id, self.container_id = self.container_id, None
@@ -666,6 +746,7 @@ class DockerProvisioner(KernelProvisionerBase):
             image=self.image,
             instance_id=self.engine.instance_id,
             sandbox_dir=str(self.sandbox_dir) if self.sandbox_dir else None,
+            sockets=identities_to_record(sockets_of(self.parent).identities),
         )
         return info
 
@@ -681,5 +762,7 @@ class DockerProvisioner(KernelProvisionerBase):
         state = await self.engine.state(self.container_id)
         if state is not None and state["Running"]:
             self.sandbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._point_link(int(state["Pid"]))
+            # Refused (SocketRefused) if the sandbox replaced a socket while no gateway watched.
+            await self._attach_sockets(int(state["Pid"]), launching=False,
+                                       expect=identities_from_record(provisioner_info.get("sockets")))
 

@@ -37,6 +37,7 @@ from traitlets.config import LoggingConfigurable
 from gateway.execution.messages import MessageGate
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+from gateway.provisioners.sockets import KernelSockets, SocketRefused
 
 #: Our names for provisioners -> their entry point names.
 PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker"}
@@ -71,6 +72,9 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
     plus the activity fields it reads. No automatic restarts: a kernel's death is reported
     (``SandboxRuntime`` watches it) and the owner decides. ``messages`` is the sandbox's
     ``MessageGate``: every reader of this kernel's sockets admits messages through it.
+    ``sockets`` holds the kernel's sockets by descriptor; ``ip`` names the links to them
+    (``<sandbox_dir>/sock/k``), so every connect made through this manager or its clients (our
+    readers, jupyter_server's channels, ZeroMQ's reconnects) reaches only what was verified.
     """
 
     autorestart = Bool(False)
@@ -78,6 +82,8 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
     def __init__(self, *, sandbox_id: str, dropped: Counter | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.messages = MessageGate(sandbox_id, self.session, dropped=dropped)
+        #: The kernel's sockets, held by descriptor (its provisioner attaches them at each launch).
+        self.sockets = KernelSockets()
         # Plain attributes, not traits: they change with every execution, on the hot path.
         #: idle, busy, starting, restarting or dead, from the kernel's status messages.
         self.execution_state = "starting"
@@ -176,7 +182,7 @@ class KernelLauncher(LoggingConfigurable):
             kernel_spec_manager=self.spec_manager,
             context=self.context,
             transport="ipc",
-            ip=str(directory / "k"),
+            ip=str(directory / "sock" / "k"),
             connection_file=str(directory / "connection.json"),
             shutdown_wait_time=2.0,
         )
@@ -232,7 +238,12 @@ class KernelLauncher(LoggingConfigurable):
         km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
             sandbox.id, km.kernel_spec, parent=km
         )
-        await km.provisioner.load_provisioner_info(sandbox.kernel["provisioner"])
+        try:
+            await km.provisioner.load_provisioner_info(sandbox.kernel["provisioner"])
+        except SocketRefused as refused:
+            self.log.warning("sandbox %s: not re-attaching to its kernel: %s", sandbox.id, refused)
+            await self.dispose(km)
+            return None
         if not km.provisioner.has_process or await km.provisioner.poll() is not None:
             await self.dispose(km)
             return None

@@ -2,27 +2,36 @@
 
 It isolates nothing but the environment: the kernel gets a minimal environment (never the
 gateway's own, which may hold keys) plus the sandbox's ``env``, and runs in the sandbox's own
-working directory.
+working directory. Its sockets are reached as every sandbox's are (``sockets``): the kernel binds
+them in ``<sandbox_dir>/run`` (from its own connection file there), and the gateway connects
+through links to the descriptors it verified, never by those names.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from gateway.errors import SandboxStartFailed
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, local_env, workdir_of
+from gateway.provisioners.sockets import SocketRefused, open_directory, sockets_of
 from gateway.provisioners.usage import Usage, directory_bytes, process_tree_usage
 
 
 class LocalSandboxProvisioner(LocalProvisioner):
     """jupyter_client's local provisioner, started in the sandbox's directory and environment."""
 
+    sandbox_dir: Path | None = None
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         sandbox = kwargs.pop(SANDBOX_KWARG)
-        sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
+        sandbox_dir = self.sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
         workdir = workdir_of(sandbox_dir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -36,7 +45,56 @@ class LocalSandboxProvisioner(LocalProvisioner):
             "PYTHONUNBUFFERED": "1",
             **sandbox.env,
         }
-        return await super().pre_launch(**kwargs)
+        sockets_of(self.parent).detach()
+        launch = await super().pre_launch(**kwargs)
+        launch["cmd"] = self._kernel_connection_file(launch["cmd"])
+        return launch
+
+    def _kernel_connection_file(self, cmd: list[str]) -> list[str]:
+        """``cmd`` reading a connection file of its own, which binds the sockets in ``<sandbox_dir>/run``.
+
+        The gateway's connection file (``km.connection_file``) names the links to them instead.
+        """
+        assert self.sandbox_dir is not None and self.parent is not None
+        run = self.sandbox_dir / "run"
+        run.mkdir(mode=0o700, exist_ok=True)
+        for port in self.parent.ports:  # a killed kernel's sockets: only the new kernel's may be attached
+            (run / f"k-{port}").unlink(missing_ok=True)
+        info = {**self.parent.get_connection_info(), "ip": str(run / "k")}
+        info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
+        own = run / "connection.json"
+        own.unlink(missing_ok=True)
+        fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(info, file)
+        return [str(own) if arg == self.parent.connection_file else arg for arg in cmd]
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        info = await super().launch_kernel(cmd, **kwargs)
+        assert self.parent is not None
+        try:
+            await sockets_of(self.parent).attach_when_bound(
+                self._socket_directory, Path(self.parent.ip), list(self.parent.ports), owner=os.getuid())
+        except SocketRefused:
+            if await self.poll() is not None:
+                raise SandboxStartFailed("its kernel stopped before it answered (kernel_died)") from None
+            raise
+        return info
+
+    def _socket_directory(self) -> int:
+        """A descriptor of ``<sandbox_dir>/run``, the kernel's socket directory, while the kernel lives."""
+        assert self.sandbox_dir is not None
+        if self.process is None or self.process.poll() is not None:
+            raise SocketRefused("the kernel exited")
+        start = os.open(self.sandbox_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return open_directory(start, "run")
+        finally:
+            os.close(start)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        sockets_of(self.parent).detach()
+        await super().cleanup(restart=restart)
 
     def _ipython_dir(self, sandbox_dir: Path) -> Path:
         """A private copy of the kernels/ IPython profile: IPython writes into its profile directory."""

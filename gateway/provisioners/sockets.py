@@ -1,0 +1,207 @@
+"""Kernel sockets by descriptor: the gateway connects only to the sockets a kernel itself bound.
+
+A kernel binds its ipc sockets in a directory its sandbox controls (the container's
+``/run/code-gateway``; for gVisor or the local provisioner, a host directory). Connecting there
+by name would let code in the sandbox swap a socket for a symlink to any unix socket the gateway
+(root) can reach: the Docker engine, or another sandbox's kernel. ZeroMQ connects again by name
+on its own whenever a connection drops, so checking once is not enough. Here:
+
+- each socket is opened ``O_PATH | O_NOFOLLOW`` in a directory reached one component at a time
+  without following symlinks (``open_directory``), and must be a socket owned by the kernel's
+  uid (``open_socket``);
+- ZeroMQ connects to ``<prefix>-<port>``, a symlink in a directory only the gateway writes
+  (``<sandbox_dir>/sock``), to ``/proc/self/fd/<descriptor>``: the first connect and every
+  reconnect reach exactly the verified socket, as long as the descriptor is held (for the
+  kernel's life: ``detach`` removes the links first and closes descriptors only after a grace
+  period, so no connect in flight can reach a reused descriptor number);
+- the sockets' identities (device, inode) are recorded with the sandbox, so a gateway that
+  re-attaches after a restart refuses sockets the sandbox replaced in the meantime.
+
+    sockets = KernelSockets()
+    identities = await sockets.attach_when_bound(lambda: open_directory(root, "run/code-gateway"),
+                                                 Path(km.ip), km.ports, owner=1000)
+    ...                                                   # ipc://<sandbox_dir>/sock/k-<port>
+    sockets.attach(directory, Path(km.ip), km.ports, owner=1000, expect=identities)  # re-attach
+    sockets.detach()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: (st_dev, st_ino) of a socket: which socket it is, whatever its name.
+Identity = tuple[int, int]
+
+#: Seconds a detached descriptor stays open (pointing at nothing any link names) before it closes.
+GRACE = 5.0
+
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_retired: list[tuple[float, list[int]]] = []
+
+
+class SocketRefused(RuntimeError):
+    """The kernel's sockets are not what the kernel bound, or cannot be reached (a message safe to log)."""
+
+
+class SocketNotBound(SocketRefused):
+    """A socket the kernel should bind is not there (yet)."""
+
+
+def open_directory(start: int, path: str) -> int:
+    """A descriptor of ``path`` under the directory ``start``, no component of it a symlink.
+
+    ``path`` is relative and made of plain names (no ``..``). The caller closes the descriptor.
+    """
+    names = path.split("/")
+    if any(name in ("", ".", "..") for name in names):
+        raise ValueError(f"not a plain relative path: {path!r}")
+    fd = os.dup(start)
+    try:
+        for name in names:
+            try:
+                following = os.open(name, _PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
+            except OSError as exc:  # ENOTDIR (a symlink too), ENOENT, ELOOP...
+                raise SocketRefused(f"{path}: {name} is not a directory one can reach ({exc.strerror})") from None
+            os.close(fd)
+            fd = following
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_socket(directory: int, name: str, owner: int) -> tuple[int, Identity]:
+    """An ``O_PATH`` descriptor of the socket ``name`` in ``directory`` and its identity.
+
+    Refused unless ``name`` itself (never what it may link to) is a socket owned by ``owner``.
+    """
+    fd = os.open(name, _PATH_FLAGS, dir_fd=directory)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISSOCK(info.st_mode):
+            raise SocketRefused(f"{name} is not a socket (mode {stat.filemode(info.st_mode)})")
+        if info.st_uid != owner:
+            raise SocketRefused(f"{name} belongs to uid {info.st_uid}, not to the kernel's uid {owner}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, (info.st_dev, info.st_ino)
+
+
+def _retire(fds: Iterable[int]) -> None:
+    """Close ``fds`` once no connect can still be resolving a link to them; close older ones now due."""
+    now = time.monotonic()
+    due = [entry for entry in _retired if entry[0] <= now]
+    for entry in due:
+        _retired.remove(entry)
+        for fd in entry[1]:
+            os.close(fd)
+    fds = list(fds)
+    if fds:
+        _retired.append((now + GRACE, fds))
+
+
+class KernelSockets:
+    """The verified sockets of one kernel (across its restarts), held by descriptor, and the links to them."""
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+        self._links: list[Path] = []
+        #: Port -> identity of the sockets attached now (empty when detached).
+        self.identities: dict[int, Identity] = {}
+
+    def attach(self, directory: int, prefix: Path, ports: Iterable[int], *, owner: int,
+               expect: dict[int, Identity] | None = None) -> dict[int, Identity]:
+        """Open the kernel's sockets ``k-<port>`` in ``directory`` and point ``<prefix>-<port>`` at them.
+
+        With ``expect`` (identities recorded at launch) each socket must be that very socket.
+        All or nothing: on any refusal nothing changes and ``SocketRefused`` says why.
+        """
+        opened: dict[int, int] = {}
+        identities: dict[int, Identity] = {}
+        try:
+            for port in ports:
+                try:
+                    opened[port], identities[port] = open_socket(directory, f"k-{port}", owner)
+                except FileNotFoundError:
+                    raise SocketNotBound(f"the kernel has not bound k-{port}") from None
+                if expect is not None and tuple(expect.get(port, ())) != identities[port]:
+                    raise SocketRefused(f"k-{port} is not the socket the kernel bound at launch")
+        except BaseException:
+            for fd in opened.values():
+                os.close(fd)
+            raise
+        self.detach()
+        links = prefix.parent
+        if links.is_symlink():  # an older gateway's link into the sandbox: never write through it
+            links.unlink()
+        links.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for port, fd in opened.items():
+            link = Path(f"{prefix}-{port}")
+            temporary = link.with_name(f".{link.name}.new")
+            temporary.unlink(missing_ok=True)
+            os.symlink(f"/proc/self/fd/{fd}", temporary)
+            os.replace(temporary, link)
+            self._links.append(link)
+        self._fds = opened
+        self.identities = identities
+        return identities
+
+    async def attach_when_bound(self, directory: Callable[[], int], prefix: Path, ports: Iterable[int], *,
+                                owner: int) -> dict[int, Identity]:
+        """``attach`` as soon as the kernel has bound all its sockets (the caller bounds the wait).
+
+        ``directory`` opens the socket directory afresh for each try; it raises ``SocketRefused``
+        once the kernel is gone, which ends the wait.
+        """
+        ports = list(ports)
+        pause = 0.005
+        while True:
+            fd = directory()
+            try:
+                return self.attach(fd, prefix, ports, owner=owner)
+            except SocketNotBound:
+                pass
+            finally:
+                os.close(fd)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def detach(self) -> None:
+        """Remove the links (no connect reaches the sockets by them again), then retire the descriptors."""
+        for link in self._links:
+            link.unlink(missing_ok=True)
+        self._links = []
+        _retire(self._fds.values())
+        self._fds = {}
+        self.identities = {}
+
+
+def sockets_of(kernel_manager: object) -> KernelSockets:
+    """The ``KernelSockets`` of a provisioner's kernel manager (the gateway's ``SandboxKernelManager``)."""
+    sockets = getattr(kernel_manager, "sockets", None)
+    if not isinstance(sockets, KernelSockets):
+        raise RuntimeError("sandbox provisioners run under the gateway's SandboxKernelManager, which holds the sockets")
+    return sockets
+
+
+def identities_from_record(recorded: object) -> dict[int, Identity] | None:
+    """The identities as stored with a sandbox (JSON: ``{"1": [dev, ino], ...}``), or None if absent."""
+    if not isinstance(recorded, dict) or not recorded:
+        return None
+    try:
+        return {int(port): (int(pair[0]), int(pair[1])) for port, pair in recorded.items()}
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def identities_to_record(identities: dict[int, Identity]) -> dict[str, list[int]]:
+    return {str(port): [dev, ino] for port, (dev, ino) in identities.items()}

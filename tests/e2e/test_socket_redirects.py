@@ -1,0 +1,220 @@
+"""Attacks on the gateway's kernel connections from inside a sandbox: sockets swapped for symlinks.
+
+The sandbox owns the directory its kernel binds its sockets in. Code there replaces every
+``k-<n>`` by a symlink — to a unix socket of the host (a trap this test listens on), or to
+another sandbox's kernel socket through ``/proc/<pid>/root`` — and then makes the gateway
+connect again: it cuts the kernel's established connections (so ZeroMQ reconnects on its own),
+gets its kernel restarted, dies and is restarted, or waits for the gateway to be SIGKILLed and
+restarted (re-attach). The trap must never see a connection, the other sandbox's kernel must
+never gain one, and none of its output may reach any client of the attacker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import struct
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.provisioners.docker import LABEL_SANDBOX
+from tests.api.test_sockets import connect as stream_socket
+from tests.e2e.test_docker_restart import instance_of
+from tests.e2e.test_forged_messages import ChannelsListener
+from tests.gateways import GatewayProcess, InProcessGateway, create, run
+from tests.provisioned import PROVISIONERS, container_of, containers_labelled, gateway_for
+from tests.waiting import until
+
+pytestmark = pytest.mark.timeout(400)
+
+#: Replaces each of the kernel's sockets by a symlink to TARGETS[name] (by name, ``k-<n>``).
+PLANT = r'''
+import os, ipykernel.connect
+_dir = os.path.dirname(ipykernel.connect.get_connection_file())
+_planted = []
+for _name in sorted(os.listdir(_dir)):
+    if _name.startswith("k-"):
+        os.unlink(os.path.join(_dir, _name))
+        os.symlink(TARGETS.get(_name, TARGETS["*"]), os.path.join(_dir, _name))
+        _planted.append(_name)
+print(len(_planted))
+'''
+
+#: Cuts every established unix connection of the kernel process (the gateway's, to its sockets),
+#: leaving the listening sockets: ZeroMQ on the gateway's side sees them drop and connects again.
+#: (Closing the descriptors under ZeroMQ would abort the kernel; shutting the connections down
+#: has the same effect on the peer.) Then waits, so the reply goes over the new connection.
+CUT = r'''
+import os, socket, time
+_cut = 0
+for _fd in map(int, os.listdir("/proc/self/fd")):
+    try:
+        _s = socket.socket(fileno=os.dup(_fd))
+    except OSError:
+        continue
+    try:
+        if _s.family == socket.AF_UNIX and not _s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            _s.shutdown(socket.SHUT_RDWR)
+            _cut += 1
+    except OSError:
+        pass
+    finally:
+        _s.close()
+time.sleep(3)
+print(_cut)
+'''
+
+#: The kernel sockets' established connections, as the sandbox's own network namespace sees them.
+CONNECTIONS = r'''
+import json
+_rows = [line.split() for line in open("/proc/net/unix").read().splitlines()[1:]]
+print(json.dumps(sum(1 for r in _rows if len(r) >= 8 and "/run/code-gateway/k-" in r[7] and r[5] == "03")))
+'''
+
+
+class Trap:
+    """A unix socket on the host that records the process id of everyone who connects to it.
+
+    (A local kernel connects to its own shell socket by name, so follows the planted link
+    itself: that is the sandbox's own process, which a local sandbox does not confine.)
+    """
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="trap-", dir="/tmp")  # short: unix socket paths are < 108 bytes
+        self.path = os.path.join(self.directory, "t.sock")
+        self.peers: list[int] = []
+
+    async def __aenter__(self) -> Trap:
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            credentials = writer.get_extra_info("socket").getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            self.peers.append(struct.unpack("3i", credentials)[0])
+            writer.close()
+
+        self.server = await asyncio.start_unix_server(accepted, self.path)
+        os.chmod(self.path, 0o777)
+        os.chmod(self.directory, 0o755)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        os.unlink(self.path)
+        os.rmdir(self.directory)
+
+
+@pytest.fixture
+async def trap() -> AsyncIterator[Trap]:
+    async with Trap() as listening:
+        yield listening
+
+
+def plant(targets: dict[str, str]) -> str:
+    return f"TARGETS = {targets!r}\n" + PLANT
+
+
+async def still_served(gateway: InProcessGateway, client: httpx.AsyncClient, sandbox_id: str,
+                       listeners: list[ChannelsListener]) -> None:
+    """The sandbox's real kernel answers on REST, /stream and the listening Jupyter sockets."""
+    assert (await run(client, sandbox_id, "x = 41; x + 1"))["result"] == {"text/plain": "42"}
+    async with stream_socket(gateway, sandbox_id) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "s", "code": "print('via stream')"}))
+        while (event := json.loads(await asyncio.wait_for(socket.recv(), 60)))["type"] != "execution":
+            pass
+    assert event["execution"]["stdout"] == "via stream\n"
+    waiting = asyncio.gather(*(listener.until_idle_after("via channels") for listener in listeners))
+    assert (await run(client, sandbox_id, "print('via channels')"))["status"] == "completed"
+    await waiting
+
+
+@pytest.mark.parametrize("provisioner", PROVISIONERS)
+async def test_symlinks_to_a_host_socket_are_never_followed(provisioner: str, tmp_path: Any, trap: Trap) -> None:
+    async with gateway_for(provisioner, tmp_path) as gateway, gateway.client("alice") as alice:
+        sid = (await create(alice))["id"]
+        async with ChannelsListener(gateway, sid, None) as json_ws, \
+                ChannelsListener(gateway, sid, "v1.kernel.websocket.jupyter.org") as v1_ws:
+            assert (await run(alice, sid, plant({"*": trap.path})))["stdout"] == "5\n"
+            # ZeroMQ reconnects by itself after the cut: to the very sockets the kernel bound.
+            cut = await run(alice, sid, CUT)
+            assert cut["status"] == "completed" and int(cut["stdout"]) >= 3, cut
+            await still_served(gateway, alice, sid, [json_ws, v1_ws])
+        # The kernel restarted on request, and after dying by itself: connections are made anew.
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+        assert (await run(alice, sid, plant({"*": trap.path})))["stdout"] == "5\n"
+        await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "import os; os._exit(1)"})
+        await until(lambda: alice.get(f"/api/v1/sandboxes/{sid}"), lambda r: r.json()["status"] == "failed",
+                    what="the kernel's death noticed")
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+        assert (await run(alice, sid, "1 + 1"))["result"] == {"text/plain": "2"}
+    assert os.getpid() not in trap.peers  # the gateway never connected to it
+    if provisioner == "docker":
+        assert trap.peers == []  # (and nothing in a container can reach a host socket)
+
+
+@pytest.mark.docker
+async def test_symlinks_to_another_sandboxs_kernel_are_never_followed(
+    docker_gateway: InProcessGateway, docker_client: Any, trap: Trap
+) -> None:
+    gateway = docker_gateway
+    async with gateway.client("alice") as alice, gateway.client("bob") as bob:
+        attacker = (await create(alice))["id"]
+        victim = (await create(bob))["id"]
+        victim_pid = container_of(docker_client, victim).attrs["State"]["Pid"]
+        connected = int((await run(bob, victim, CONNECTIONS))["stdout"])
+        async with ChannelsListener(gateway, attacker, None) as json_ws, \
+                ChannelsListener(gateway, attacker, "v1.kernel.websocket.jupyter.org") as v1_ws:
+            # Each k-<n> leads to the victim's k-<n>: the attacker's iopub link to the victim's iopub.
+            targets = {f"k-{n}": f"/proc/{victim_pid}/root/run/code-gateway/k-{n}" for n in range(1, 6)}
+            assert (await run(alice, attacker, plant({**targets, "*": trap.path})))["stdout"] == "5\n"
+            assert int((await run(alice, attacker, CUT))["stdout"]) >= 3
+            # The victim talks; the attacker's clients keep talking to the attacker's own kernel.
+            secret = f"victim-{uuid.uuid4().hex}"
+            spoken = await run(bob, victim, f"import time\nfor _ in range(20):\n    print({secret!r}); time.sleep(0.05)")
+            assert secret in spoken["stdout"]
+            await still_served(gateway, alice, attacker, [json_ws, v1_ws])
+            for listener in (json_ws, v1_ws):
+                assert not any(secret.encode() in frame for frame in listener.raw), listener.protocol
+        # No connection of the attacker's reached the victim's kernel.
+        assert int((await run(bob, victim, CONNECTIONS))["stdout"]) == connected
+        executions = (await alice.get(f"/api/v1/sandboxes/{attacker}/executions")).json()["executions"]
+        assert secret not in json.dumps(executions)
+    assert trap.peers == []
+
+
+@pytest.mark.docker
+async def test_a_restarted_gateway_refuses_sockets_replaced_meanwhile(
+    tmp_path: Any, docker_client: Any, trap: Trap
+) -> None:
+    gateway = GatewayProcess(tmp_path / "data", provisioner="docker")
+    try:
+        await gateway.start()
+        async with gateway.client() as alice:
+            attacker = (await create(alice))["id"]
+            intact = (await create(alice))["id"]
+            assert (await run(alice, intact, "x = 41"))["status"] == "completed"
+            assert (await run(alice, attacker, plant({"*": trap.path})))["stdout"] == "5\n"
+        await gateway.stop(signal.SIGKILL)
+        assert container_of(docker_client, attacker).status == "running"
+
+        await gateway.start()
+        async with gateway.client() as alice:
+            # The intact sandbox is re-attached with its state; the tampered one is not trusted again.
+            assert (await run(alice, intact, "x + 1"))["result"] == {"text/plain": "42"}
+            ended = (await alice.get(f"/api/v1/sandboxes/{attacker}")).json()
+            assert ended["status"] == "terminated" and ended["status_reason"] == "gateway_restarted", ended
+        assert containers_labelled(docker_client, f"{LABEL_SANDBOX}={attacker}") == []
+        assert any("not re-attaching" in line and attacker in line for line in gateway.output)
+        assert await gateway.stop() == 0
+    finally:
+        gateway.kill()
+        for container in containers_labelled(docker_client, f"code-gateway.instance={instance_of(tmp_path / 'data')}"):
+            container.remove(force=True)
+    assert trap.peers == []
