@@ -151,6 +151,13 @@ class TooManyQueued(GatewayError):
     retry_after = 1
 
 
+class TooManyOperations(GatewayError):
+    """Too many file or state operations already run inside this sandbox (its own tools stall, say)."""
+
+    status = 429
+    code = "too_many_operations"
+
+
 class SandboxDiskFull(GatewayError):
     """The sandbox's working directory has no room for what was asked."""
 
@@ -168,3 +175,10 @@ class StoreUnavailable(GatewayError):
 
     status = 503
     code = "store_unavailable"
+
+
+class EngineUnavailable(GatewayError):
+    """The container engine failed an operation the request needed (its own error is in the log)."""
+
+    status = 503
+    code = "engine_unavailable"

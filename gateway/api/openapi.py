@@ -64,6 +64,15 @@ ERRORS = {
 #: While the store cannot commit, changes are refused rather than acknowledged.
 STORE_UNAVAILABLE = {"503": error("the store cannot commit writes right now (store_unavailable)")}
 NOT_RUNNING = {"409": error("the sandbox is not running (sandbox_not_running, sandbox_paused, sandbox_busy)")}
+#: What any file operation may also answer: its tool runs inside the sandbox (see gateway.sandboxes.files).
+FILE_ERRORS = {
+    "409": error("the sandbox is not running, or stopped or was restarted during the operation "
+                 "(sandbox_not_running, sandbox_paused, sandbox_busy)"),
+    "429": error("too many file operations already run in the sandbox (too_many_operations)"),
+    "502": error("the sandbox's file tool died or answered nonsense (file_operation_failed)"),
+    "503": error("the container engine failed (engine_unavailable)"),
+    "504": error("the sandbox's file tool stayed silent too long and was killed (file_operation_timeout)"),
+}
 #: What the router takes as an id (anything else is a 404: no such route).
 ID = {"type": "string", "pattern": "^[0-9a-fA-F-]{1,64}$"}
 SANDBOX_ID = {"name": "sandbox_id", "in": "path", "required": True, "schema": ID}
@@ -303,22 +312,22 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
         "/api/v1/sandboxes/{sandbox_id}/files": {
             "get": {"summary": "List a directory of the working directory",
                     "parameters": [SANDBOX_ID, {"name": "path", "in": "query", "schema": {"type": "string"}}],
-                    "responses": {"200": reply("entries", {"type": "object"}), **ERRORS, **NOT_RUNNING}},
+                    "responses": {"200": reply("entries", {"type": "object"}), **ERRORS, **FILE_ERRORS}},
         },
         "/api/v1/sandboxes/{sandbox_id}/files/{path}": {
             "get": {"summary": "Download a file", "parameters": [SANDBOX_ID, FILE_PATH],
                     "responses": {"200": reply("the file's bytes", {"type": "string", "format": "binary"},
-                                               "application/octet-stream"), **ERRORS, **NOT_RUNNING,
+                                               "application/octet-stream"), **ERRORS, **FILE_ERRORS,
                                   "413": error("over the file size limit")}},
             "put": {"summary": "Upload a file (raw body)", "parameters": [SANDBOX_ID, FILE_PATH],
                     "requestBody": body({"type": "string", "format": "binary"}, "application/octet-stream",
                                         required=False),  # no body: an empty file
                     "responses": {"201": reply("created", {"type": "object"}),
-                                  "200": reply("replaced", {"type": "object"}), **ERRORS, **NOT_RUNNING,
+                                  "200": reply("replaced", {"type": "object"}), **ERRORS, **FILE_ERRORS,
                                   "413": error("over the file size limit"),
                                   "507": error("the sandbox's disk is full")}},
             "delete": {"summary": "Remove a file or directory", "parameters": [SANDBOX_ID, FILE_PATH],
-                       "responses": {"204": reply("removed"), **ERRORS, **NOT_RUNNING}},
+                       "responses": {"204": reply("removed"), **ERRORS, **FILE_ERRORS}},
         },
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": reply("OpenAPI 3.1", {"type": "object"})}}},

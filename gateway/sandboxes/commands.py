@@ -1,20 +1,35 @@
 """Runs a tool from ``kernels/tools/`` inside a sandbox, next to its kernel but not through it.
 
     commands = SandboxCommands(launcher)
-    process = await commands.start(sandbox, "sandbox_files.py")
+    process = await commands.start(sandbox, "sandbox_files.py", timeout=30)
     await process.write(b'{"op": "list", "path": ""}\\n')
     await process.close_stdin()
     line = await process.readline()
     await process.close()
 
-A tool runs as the sandbox's user in the sandbox's working directory, with ``python3 -I``:
+A tool runs as the sandbox's user in the sandbox's working directory, so everything it touches
+is resolved in the sandbox's own view. That user is the one code in the sandbox runs as: it can
+stop, trace or kill the tool, so nothing a tool says is trusted (callers check what they read),
+and a tool can never stall the gateway:
 
-- ``local`` sandboxes: a subprocess of the gateway (its own Python) in the sandbox's directory,
-  with a minimal environment.
-- ``docker`` sandboxes: ``docker exec`` in the sandbox's container (found by its
-  ``code-gateway.sandbox`` label), where the image holds ``kernels/`` at ``/opt/code-gateway/kernels``.
-  The archive API (``docker cp``) cannot be used: the root is read-only and the working
-  directory a tmpfs it does not see.
+- the gateway's side of a tool is non-blocking on the event loop (a subprocess pipe, or the
+  exec's hijacked socket read and written with the loop's ``sock_*`` calls; the Docker calls
+  that start it go to the engine's own executor);
+- every read and write waits at most ``timeout`` seconds for the tool (``ToolStalled``), and
+  closing a tool that has not finished kills it (the exec's process, by pidfd) and closes its
+  connection;
+- at most ``max_per_sandbox`` tools run in one sandbox at once; more wait that long for a turn
+  (``TooManyOperations``), so one sandbox stalling its own tools holds only its own slots.
+
+A tool starts with a fixed, minimal environment — never the user's ``env`` (a container's
+environment includes it: ``LD_PRELOAD``, ``PATH``...): ``env -i`` with a fixed ``PATH``, every
+variable of the container unset for ``env`` itself, the system's ``/usr/bin/python3 -I -S``,
+and the tool's source (the gateway's own copy of ``kernels/tools/<tool>``) given with ``-c``.
+
+- ``local`` sandboxes: a subprocess of the gateway (its own Python) in the sandbox's directory.
+- ``docker`` sandboxes: ``docker exec`` in the sandbox's container (``code-gateway-<id>``, with
+  our instance's labels). The archive API (``docker cp``) cannot be used: the root is read-only
+  and the working directory a tmpfs it does not see.
 
 Tools do not queue behind the user's executions and leave no trace in the history.
 """
@@ -23,38 +38,51 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import functools
 import logging
 import socket
+import ssl
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import SandboxNotRunning
+from gateway.errors import EngineUnavailable, SandboxNotRunning, TooManyOperations
 from gateway.provisioners.base import local_env, workdir_of
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.model import Sandbox
 
 log = logging.getLogger(__name__)
 
-#: Where the sandbox image keeps the repository's ``kernels/`` (see images/python/Dockerfile).
-IMAGE_KERNELS_DIR = "/opt/code-gateway/kernels"
 #: The working directory of a container sandbox.
 CONTAINER_WORKDIR = "/home/sandbox"
-#: Most stderr kept from a tool, for error messages.
+#: All a tool gets of an environment, in a container.
+CONTAINER_TOOL_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": CONTAINER_WORKDIR}
+#: Most stderr kept from a tool, for the log.
 MAX_STDERR = 8192
-#: Seconds a tool may stay silent (no byte in either direction) before it is given up.
+#: Seconds a tool may stay silent (no byte in either direction) unless its caller says otherwise.
 IO_TIMEOUT = 60.0
+#: Tools that may run in one sandbox at once.
+MAX_PER_SANDBOX = 8
+
+
+class ToolStalled(TimeoutError):
+    """The tool gave no sign of life in time (it was killed)."""
 
 
 class SandboxProcess(abc.ABC):
     """A tool running inside a sandbox: bytes in on stdin, bytes out on stdout."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self._buffer = bytearray()
         self._eof = False
         self._stderr = bytearray()
+        self._closed = False
+        #: Called once when the process is closed (gives its sandbox's slot back).
+        self.on_close: list[Callable[[], None]] = []
 
     @abc.abstractmethod
     async def write(self, data: bytes) -> bool:
@@ -69,12 +97,30 @@ class SandboxProcess(abc.ABC):
         """The next piece of stdout (``b""`` at its end), collecting stderr on the way."""
 
     @abc.abstractmethod
+    async def _stop(self) -> None:
+        """Kill the tool if it still runs and free what it held."""
+
+    async def alive(self) -> bool:
+        """Whether the sandbox the tool ran in is still the one that runs (not stopped or restarted)."""
+        return True
+
     async def close(self) -> None:
-        """Stop the tool if it still runs and free what it held."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stop()
+        finally:
+            for callback in self.on_close:
+                callback()
 
     async def _fill(self) -> None:
         while not self._buffer and not self._eof:
-            chunk = await self._receive()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    chunk = await self._receive()
+            except TimeoutError:
+                raise ToolStalled(f"the tool wrote nothing for {self.timeout:g} s") from None
             if chunk:
                 self._buffer += chunk
             else:
@@ -88,7 +134,7 @@ class SandboxProcess(abc.ABC):
         return data
 
     async def readline(self, limit: int = 16 << 20) -> bytes:
-        """One line of stdout, with its newline (without one if the output ended first)."""
+        """One line of stdout, with its newline (without one if the output ended first or ``limit`` was reached)."""
         line = bytearray()
         while not line.endswith(b"\n") and len(line) < limit:
             await self._fill()
@@ -100,6 +146,11 @@ class SandboxProcess(abc.ABC):
             del self._buffer[:take]
         return bytes(line)
 
+    @property
+    def finished(self) -> bool:
+        """Whether the tool's output ended (it exited, or at least closed its output)."""
+        return self._eof
+
     def _keep_stderr(self, data: bytes) -> None:
         if len(self._stderr) < MAX_STDERR:
             self._stderr += data[: MAX_STDERR - len(self._stderr)]
@@ -109,70 +160,147 @@ class SandboxProcess(abc.ABC):
         return self._stderr.decode(errors="replace")
 
 
+@dataclasses.dataclass
+class _Slots:
+    semaphore: asyncio.Semaphore
+    users: int = 0
+
+
 class SandboxCommands:
-    """Starts tools in sandboxes, the way each sandbox's provisioner requires."""
+    """Starts tools in sandboxes, the way each sandbox's provisioner requires, a few at a time per sandbox."""
 
-    def __init__(self, launcher: KernelLauncher) -> None:
+    def __init__(self, launcher: KernelLauncher, *, max_per_sandbox: int = MAX_PER_SANDBOX,
+                 timeout: float = IO_TIMEOUT) -> None:
         self.launcher = launcher
+        self.max_per_sandbox = max_per_sandbox
+        self.timeout = timeout
+        self._slots: dict[str, _Slots] = {}
 
-    async def start(self, sandbox: Sandbox, tool: str) -> SandboxProcess:
-        if sandbox.provisioner == "docker":
-            return await self._start_docker(sandbox, tool)
-        if sandbox.provisioner == "local":
-            return await self._start_local(sandbox, tool)
-        raise SandboxNotRunning(
-            f"sandbox {sandbox.id} runs on {sandbox.provisioner!r}, where tools cannot run"
-        )
+    def source(self, tool: str) -> str:
+        """The tool's code, from the gateway's own ``kernels/tools`` (so it always matches the gateway)."""
+        return _read_source(str(Path(self.launcher.kernels_dir) / "tools" / tool))
 
-    async def _start_local(self, sandbox: Sandbox, tool: str) -> SandboxProcess:
+    async def start(self, sandbox: Sandbox, tool: str, *, timeout: float | None = None) -> SandboxProcess:
+        """Start ``tool`` in ``sandbox``; each of its reads and writes may wait ``timeout`` seconds."""
+        timeout = self.timeout if timeout is None else timeout
+        release = await self._take_slot(sandbox.id, timeout)
+        try:
+            if sandbox.provisioner == "docker":
+                process = await self._start_docker(sandbox, tool, timeout)
+            elif sandbox.provisioner == "local":
+                process = await self._start_local(sandbox, tool, timeout)
+            else:
+                raise SandboxNotRunning(f"sandbox {sandbox.id} runs on {sandbox.provisioner!r}, where tools cannot run")
+        except BaseException:
+            release()
+            raise
+        process.on_close.append(release)
+        return process
+
+    async def _take_slot(self, sandbox_id: str, timeout: float) -> Callable[[], None]:
+        """Wait (at most ``timeout``) for one of the sandbox's slots; the function that gives it back."""
+        slots = self._slots.setdefault(sandbox_id, _Slots(asyncio.Semaphore(self.max_per_sandbox)))
+        slots.users += 1
+
+        def leave() -> None:
+            slots.users -= 1
+            if slots.users == 0 and self._slots.get(sandbox_id) is slots:
+                del self._slots[sandbox_id]
+
+        try:
+            async with asyncio.timeout(timeout):
+                await slots.semaphore.acquire()
+        except TimeoutError:
+            leave()
+            raise TooManyOperations(f"{self.max_per_sandbox} file or state operations are already running in sandbox "
+                              f"{sandbox_id} and none ended within {timeout:g} s; try again later") from None
+        except BaseException:
+            leave()
+            raise
+
+        def release() -> None:
+            slots.semaphore.release()
+            leave()
+
+        return release
+
+    async def _start_local(self, sandbox: Sandbox, tool: str, timeout: float) -> SandboxProcess:
         workdir = workdir_of(self.launcher.sandbox_dir(sandbox.id))
         if not workdir.is_dir():
             raise SandboxNotRunning(f"sandbox {sandbox.id} has no working directory (is it running?)")
-        script = Path(self.launcher.kernels_dir) / "tools" / tool
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", str(script),
+            sys.executable, "-I", "-S", "-c", self.source(tool),
             cwd=str(workdir),
             env=local_env(workdir),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        return LocalProcess(process)
+        return LocalProcess(process, timeout)
 
-    async def _start_docker(self, sandbox: Sandbox, tool: str) -> SandboxProcess:
-        raw, _ = await self.docker_exec(sandbox, ["python3", "-I", f"{IMAGE_KERNELS_DIR}/tools/{tool}"],
-                                        CONTAINER_WORKDIR)
-        return DockerProcess(raw, self.launcher.engine.call)
+    async def _start_docker(self, sandbox: Sandbox, tool: str, timeout: float) -> SandboxProcess:
+        command = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in CONTAINER_TOOL_ENV.items()),
+                   "/usr/bin/python3", "-I", "-S", "-c", self.source(tool)]
+        raw, exec_id, container_id = await self._exec(sandbox, command, CONTAINER_WORKDIR)
+        return DockerProcess(raw, timeout, container_id=container_id, exec_id=exec_id, engine=self.launcher.engine)
 
     async def docker_exec(self, sandbox: Sandbox, argv: list[str], workdir: str) -> tuple[Any, str]:
         """Start ``argv`` in the sandbox's container: the exec's hijacked connection (stdin in,
         multiplexed stdout/stderr frames out) and the exec's id.
 
-        No user: the exec runs as the container's own user, the one the kernel runs as.
+        ``argv`` starts with none of the container's environment (which holds the sandbox's ``env``
+        and its kernel's connection), only ``CONTAINER_TOOL_ENV``: give it its own with ``env -i``.
         """
+        raw, exec_id, _ = await self._exec(sandbox, argv, workdir)
+        return raw, exec_id
+
+    async def _exec(self, sandbox: Sandbox, argv: list[str], workdir: str) -> tuple[Any, str, str]:
+        """``docker_exec`` plus the container's id. No user: the exec runs as the container's own
+        user, the one the kernel runs as."""
+        import docker.errors
+        import requests.exceptions
+
+        from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX, container_name
+
         engine = self.launcher.engine
         if engine is None or engine.client is None:
-            raise SandboxNotRunning(
-                f"sandbox {sandbox.id} is a container, but this gateway has no Docker engine"
-            )
-        from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX
-
+            raise SandboxNotRunning(f"sandbox {sandbox.id} is a container, but this gateway has no Docker engine")
         api = engine.client.api
-        containers = await engine.call(
-            api.containers,
-            filters={"label": [f"{LABEL_SANDBOX}={sandbox.id}", f"{LABEL_INSTANCE}={engine.instance_id}"],
-                     "status": "running"},
-        )
-        if not containers:
-            raise SandboxNotRunning(f"sandbox {sandbox.id} has no running container")
-        exec_id: str = (await engine.call(
-            api.exec_create, containers[0]["Id"], argv, stdin=True, stdout=True, stderr=True, workdir=workdir,
-        ))["Id"]
-        raw = await engine.call(api.exec_start, exec_id, socket=True)
-        return raw, exec_id
+        not_running = SandboxNotRunning(f"sandbox {sandbox.id} has no running container (is it restarting?)")
+        try:
+            attrs = await engine.call(api.inspect_container, container_name(sandbox.id))
+            labels = attrs["Config"].get("Labels") or {}
+            if (not attrs["State"]["Running"] or labels.get(LABEL_SANDBOX) != sandbox.id
+                    or labels.get(LABEL_INSTANCE) != engine.instance_id):
+                raise not_running
+            # The exec's first program starts with the container's environment: unset all of it
+            # (Docker removes a variable named without a value), so even ``env`` sees none of it.
+            names = {entry.partition("=")[0] for entry in attrs["Config"].get("Env") or []}
+            environment = sorted(names - set(CONTAINER_TOOL_ENV)) + [f"{k}={v}" for k, v in CONTAINER_TOOL_ENV.items()]
+            exec_id: str = (await engine.call(
+                api.exec_create, attrs["Id"], argv, stdin=True, stdout=True, stderr=True, workdir=workdir,
+                environment=environment,
+            ))["Id"]
+            raw = await engine.call(api.exec_start, exec_id, socket=True)
+        except docker.errors.NotFound:
+            raise not_running from None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running, paused, or being removed
+                raise not_running from None
+            log.warning("sandbox %s: the Docker engine could not start a process: %s", sandbox.id, exc)
+            raise EngineUnavailable("the Docker engine could not start the operation in the sandbox") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("sandbox %s: the Docker engine could not start a process: %s", sandbox.id, exc)
+            raise EngineUnavailable("the Docker engine does not answer") from None
+        return raw, exec_id, str(attrs["Id"])
+
+
+@functools.lru_cache(maxsize=8)
+def _read_source(path: str) -> str:
+    return Path(path).read_text()
 
 
 class LocalProcess(SandboxProcess):
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        super().__init__()
+    def __init__(self, process: asyncio.subprocess.Process, timeout: float) -> None:
+        super().__init__(timeout)
         self.process = process
         self._stderr_task = asyncio.create_task(self._collect_stderr())
 
@@ -187,9 +315,12 @@ class LocalProcess(SandboxProcess):
             return False
         try:
             self.process.stdin.write(data)
-            await asyncio.wait_for(self.process.stdin.drain(), IO_TIMEOUT)
+            async with asyncio.timeout(self.timeout):
+                await self.process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             return False
+        except TimeoutError:
+            raise ToolStalled(f"the tool read nothing for {self.timeout:g} s") from None
         return True
 
     async def close_stdin(self) -> None:
@@ -197,18 +328,19 @@ class LocalProcess(SandboxProcess):
         if not self.process.stdin.is_closing():
             self.process.stdin.close()
         try:
-            await self.process.stdin.wait_closed()
-        except (BrokenPipeError, ConnectionResetError):
+            async with asyncio.timeout(self.timeout):
+                await self.process.stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass
 
     async def _receive(self) -> bytes:
         assert self.process.stdout is not None
-        return await asyncio.wait_for(self.process.stdout.read(1 << 16), IO_TIMEOUT)
+        return await self.process.stdout.read(1 << 16)
 
-    async def close(self) -> None:
+    async def _stop(self) -> None:
         if self.process.returncode is None:
             try:
-                self.process.kill()
+                self.process.kill()  # (a stopped process dies of SIGKILL too)
             except ProcessLookupError:
                 pass
         await self.process.wait()
@@ -218,22 +350,33 @@ class LocalProcess(SandboxProcess):
 class DockerProcess(SandboxProcess):
     """An exec's hijacked connection: stdin written raw, stdout/stderr read as multiplexed frames.
 
-    Blocking socket calls run in the loop's executor (``call``); the socket has a timeout.
+    The socket is non-blocking and driven by the event loop; no thread ever waits on a tool.
     """
 
-    def __init__(self, raw: Any, call: Any) -> None:
-        super().__init__()
+    def __init__(self, raw: Any, timeout: float, *, container_id: str, exec_id: str, engine: Any) -> None:
+        super().__init__(timeout)
         self.raw = raw  # keeps the HTTP response (and so the connection) alive
-        self.sock: socket.socket = getattr(raw, "_sock", raw)
-        self.sock.settimeout(IO_TIMEOUT)
-        self.call = call
+        sock = getattr(raw, "_sock", raw)
+        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+            _close_quietly(raw, sock)
+            raise SandboxNotRunning("in-sandbox tools need a plain (unix or tcp) connection to the Docker engine")
+        self.sock: socket.socket = sock
+        self.sock.setblocking(False)
+        self.container_id = container_id
+        self.exec_id = exec_id
+        self.engine = engine
+        self.loop = asyncio.get_running_loop()
         self._stdin_open = True
+        self._pending = bytearray()
 
     async def write(self, data: bytes) -> bool:
         if not self._stdin_open:
             return False
         try:
-            await self.call(self.sock.sendall, data)
+            async with asyncio.timeout(self.timeout):
+                await self.loop.sock_sendall(self.sock, data)
+        except TimeoutError:
+            raise ToolStalled(f"the tool read nothing for {self.timeout:g} s") from None
         except OSError:
             self._stdin_open = False
             return False
@@ -249,38 +392,46 @@ class DockerProcess(SandboxProcess):
 
     async def _receive(self) -> bytes:
         while True:
-            frame: tuple[int, bytes] = await self.call(self._next_frame)
-            stream, payload = frame
-            if stream == -1:
+            header = await self._exactly(8)
+            if len(header) < 8:
+                return b""
+            stream, size = struct.unpack(">BxxxL", header)
+            payload = await self._exactly(size)
+            if len(payload) < size:
                 return b""
             if stream == 2:
                 self._keep_stderr(payload)
             elif payload:
                 return payload
 
-    def _next_frame(self) -> tuple[int, bytes]:
-        """(stream, payload) of the next frame; (-1, b"") at the end. Blocking."""
-        header = self._recv_exactly(8)
-        if len(header) < 8:
-            return -1, b""
-        stream, size = struct.unpack(">BxxxL", header)
-        return stream, self._recv_exactly(size)
-
-    def _recv_exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(min(size - len(data), 1 << 20))
+    async def _exactly(self, size: int) -> bytes:
+        """``size`` bytes of the connection (fewer at its end)."""
+        while len(self._pending) < size:
+            try:
+                chunk = await self.loop.sock_recv(self.sock, max(size - len(self._pending), 1 << 16))
+            except OSError:
+                chunk = b""
             if not chunk:
                 break
-            data += chunk
-        return bytes(data)
+            self._pending += chunk
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        return data
 
-    async def close(self) -> None:
-        # Closing the connection ends the exec's stdin and output; a tool stuck writing dies of SIGPIPE.
-        await self.call(functools.partial(_close_quietly, self.raw, self.sock))
+    async def alive(self) -> bool:
+        state = await self.engine.state(self.container_id)
+        return state is not None and bool(state["Running"])
+
+    async def _stop(self) -> None:
+        _close_quietly(self.raw, self.sock)
+        if not self.finished:  # it may be stopped, or stuck: closing its connection alone may leave it
+            try:
+                await self.engine.kill_exec(self.exec_id)
+            except Exception:
+                log.warning("could not kill the tool exec %s", self.exec_id[:12], exc_info=True)
 
 
-def _close_quietly(raw: Any, sock: socket.socket) -> None:
+def _close_quietly(raw: Any, sock: Any) -> None:
     for closable in (sock, raw):
         try:
             closable.close()

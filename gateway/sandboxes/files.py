@@ -12,18 +12,26 @@ Every operation runs ``kernels/tools/sandbox_files.py`` inside the sandbox (see 
 which resolves paths and symlinks in the sandbox's own view and refuses any that leave its
 working directory. Paths are also checked here first, so obvious escapes never start a tool.
 Ownership is the manager's: someone else's sandbox is ``SandboxNotFound``.
+
+The tool runs as the sandbox's own user, so code in the sandbox can stop it, kill it or trace it:
+nothing it answers is trusted (every field is checked, sizes against ``max_file_bytes``), and what
+goes wrong with it is the client's clear error, never a 500: a tool that stays silent for
+``tool_timeout`` seconds is killed (504 ``file_operation_timeout``); one that dies or answers
+nonsense is 502 ``file_operation_failed``; and if its sandbox stopped or was restarted meanwhile,
+409 ``sandbox_not_running``. A request that arrives while the sandbox restarts waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-from traitlets import Int
+from traitlets import Float, Int
 from traitlets.config import LoggingConfigurable
 
 from gateway.errors import (
@@ -35,7 +43,7 @@ from gateway.errors import (
     SandboxDiskFull,
     SandboxNotRunning,
 )
-from gateway.sandboxes.commands import SandboxCommands, SandboxProcess
+from gateway.sandboxes.commands import SandboxCommands, SandboxProcess, ToolStalled
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
 
@@ -44,11 +52,25 @@ log = logging.getLogger(__name__)
 TOOL = "sandbox_files.py"
 CHUNK = 1 << 16
 END_OF_FILE = struct.pack(">I", 0)
+#: Longest answer line read from the tool (a listing of its 10,000 entries fits).
+MAX_ANSWER = 8 << 20
+#: Most entries a listing may have (the tool's own limit).
+MAX_ENTRIES = 10_000
+ENTRY_TYPES = ("file", "directory", "symlink", "other")
 
 
 class FileOperationFailed(GatewayError):
-    status = 500
+    """The sandbox's file tool died or gave an answer that makes no sense."""
+
+    status = 502
     code = "file_operation_failed"
+
+
+class FileOperationTimeout(GatewayError):
+    """The sandbox's file tool stayed silent too long (it was killed)."""
+
+    status = 504
+    code = "file_operation_timeout"
 
 
 def check_path(path: str, *, allow_root: bool = False) -> str:
@@ -67,7 +89,7 @@ def check_path(path: str, *, allow_root: bool = False) -> str:
 
 def refusal(answer: dict[str, Any]) -> GatewayError:
     """The typed error for the tool's ``{"ok": false, "error": ..., "message": ...}``."""
-    code, message = answer.get("error"), str(answer.get("message") or "the file operation failed")
+    code, message = answer.get("error"), str(answer.get("message") or "the file operation failed")[:500]
     if code == "invalid_path":
         return InvalidPath(message)
     if code == "file_not_found":
@@ -81,9 +103,37 @@ def refusal(answer: dict[str, Any]) -> GatewayError:
     return FileOperationFailed(message)
 
 
+def invalid(what: str) -> FileOperationFailed:
+    return FileOperationFailed(f"the file tool in the sandbox gave an invalid answer ({what})")
+
+
+def entry_of(answer: dict[str, Any], *, max_size: int | None = None) -> dict[str, Any]:
+    """The entry an answer describes, each field checked (the tool is the sandbox's: never trusted)."""
+    entry = {key: answer.get(key) for key in ("name", "path", "type", "size", "modified")}
+    size = entry["size"]
+    if not (isinstance(entry["name"], str) and isinstance(entry["path"], str) and isinstance(entry["modified"], str)
+            and entry["type"] in ENTRY_TYPES
+            and (size is None or (type(size) is int and 0 <= size <= (max_size if max_size is not None else size)))):
+        raise invalid(f"entry {str(entry)[:200]}")
+    return entry
+
+
+def listing_of(answer: dict[str, Any]) -> dict[str, Any]:
+    """The listing an answer describes, checked like ``entry_of`` (and at most ``MAX_ENTRIES`` of them)."""
+    entries = answer.get("entries")
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES or not isinstance(answer.get("path"), str) \
+            or not isinstance(answer.get("truncated"), bool) or not all(isinstance(e, dict) for e in entries):
+        raise invalid("listing")
+    return {"path": answer["path"], "entries": [entry_of(e) for e in entries], "truncated": answer["truncated"]}
+
+
 class SandboxFiles(LoggingConfigurable):
     max_file_bytes = Int(
         100 << 20, help="Largest file that may be uploaded to or downloaded from a sandbox, in bytes."
+    ).tag(config=True)
+    tool_timeout = Float(
+        30.0, help="Seconds a file operation waits for the sandbox's file tool (no byte either way) before the "
+        "tool is killed and the request fails with 504 file_operation_timeout."
     ).tag(config=True)
 
     def __init__(self, *, sandboxes: SandboxManager, commands: SandboxCommands, **kwargs: Any) -> None:
@@ -103,46 +153,84 @@ class SandboxFiles(LoggingConfigurable):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    @contextlib.asynccontextmanager
+    async def _talking(self, sandbox: Sandbox, process: SandboxProcess) -> AsyncIterator[None]:
+        """What goes wrong with the tool inside the block, as the client's error (never a 500)."""
+        try:
+            yield
+        except ToolStalled:
+            log.warning("sandbox %s: the file tool was silent for %g s; killed it", sandbox.id, self.tool_timeout)
+            if not await self._still_running(sandbox, process):
+                raise self._gone(sandbox) from None
+            raise FileOperationTimeout(
+                f"the sandbox did not answer the file operation within {self.tool_timeout:g} s"
+            ) from None
+        except FileOperationFailed:
+            if not await self._still_running(sandbox, process):
+                raise self._gone(sandbox) from None
+            log.warning("sandbox %s: the file tool failed (stderr: %s)", sandbox.id, process.stderr()[-500:])
+            raise
+
+    async def _still_running(self, sandbox: Sandbox, process: SandboxProcess) -> bool:
+        """Whether the tool's sandbox still runs the container (or process) the tool ran in."""
+        if self.sandboxes.locks.under_way(sandbox.id) is not None:
+            return False
+        try:
+            return await process.alive()
+        except Exception:
+            log.warning("sandbox %s: could not tell whether it still runs", sandbox.id, exc_info=True)
+            return False
+
+    @staticmethod
+    def _gone(sandbox: Sandbox) -> SandboxNotRunning:
+        return SandboxNotRunning(
+            f"sandbox {sandbox.id} stopped or was restarted during the file operation; try again once it runs"
+        )
+
     async def _start(self, sandbox_id: str, user: str,
                      request: dict[str, Any]) -> tuple[Sandbox, SandboxProcess]:
-        sandbox = await self.sandboxes.ready(sandbox_id, user)  # a paused sandbox resumes first
+        # A paused sandbox resumes first; a restart (or other lifecycle operation) under way is waited for.
+        sandbox = await self.sandboxes.ready(sandbox_id, user)
         if sandbox.status != SandboxStatus.RUNNING:
             raise SandboxNotRunning(
                 f"sandbox {sandbox_id} is {sandbox.status}: its files are reachable only while it runs"
             )
-        process = await self.commands.start(sandbox, TOOL)
+        process = await self.commands.start(sandbox, TOOL, timeout=self.tool_timeout)
         sandbox.touch()
-        if not await process.write(json.dumps(request).encode() + b"\n"):
+        try:
+            async with self._talking(sandbox, process):
+                if not await process.write(json.dumps(request).encode() + b"\n"):
+                    raise FileOperationFailed("the file tool in the sandbox did not start")
+        except BaseException:
             await process.close()
-            raise FileOperationFailed("the file tool in the sandbox did not start")
+            raise
         return sandbox, process
 
-    @staticmethod
-    async def _answer(process: SandboxProcess, sandbox: Sandbox) -> dict[str, Any]:
-        line = await process.readline()
+    async def _answer(self, process: SandboxProcess) -> dict[str, Any]:
+        """The tool's answer: an ``ok`` one, or its refusal raised as the matching error."""
+        line = await process.readline(MAX_ANSWER)
         try:
             answer = json.loads(line)
         except ValueError:
-            log.warning("sandbox %s: the file tool gave no answer (stderr: %s)",
-                        sandbox.id, process.stderr()[-500:])
-            raise FileOperationFailed("the file tool in the sandbox failed") from None
-        if not answer.get("ok"):
+            raise FileOperationFailed("the file tool in the sandbox gave no answer") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+            raise invalid("not an answer")
+        if not answer["ok"]:
             raise refusal(answer)
-        ok: dict[str, Any] = answer
-        return ok
+        return answer
 
     async def _run(self, sandbox_id: str, user: str, request: dict[str, Any]) -> dict[str, Any]:
         sandbox, process = await self._start(sandbox_id, user, request)
         try:
-            await process.close_stdin()
-            return await self._answer(process, sandbox)
+            async with self._talking(sandbox, process):
+                await process.close_stdin()
+                return await self._answer(process)
         finally:
             await process.close()
 
     async def list(self, sandbox_id: str, user: str, path: str = "") -> dict[str, Any]:
         """``{"path", "entries": [{name, path, type, size, modified}], "truncated"}`` of a directory."""
-        answer = await self._run(sandbox_id, user, {"op": "list", "path": check_path(path, allow_root=True)})
-        return {"path": answer["path"], "entries": answer["entries"], "truncated": answer["truncated"]}
+        return listing_of(await self._run(sandbox_id, user, {"op": "list", "path": check_path(path, allow_root=True)}))
 
     async def list_deep(self, sandbox_id: str, user: str, path: str = "", depth: int = 1) -> dict[str, Any]:
         """Like ``list`` down to ``depth`` levels, each entry with all the tool tells (mode, owner, ...)."""
@@ -171,42 +259,44 @@ class SandboxFiles(LoggingConfigurable):
         request = {"op": "read", "path": check_path(path), "max_bytes": self.max_file_bytes}
         sandbox, process = await self._start(sandbox_id, user, request)
         try:
-            await process.close_stdin()
-            answer = await self._answer(process, sandbox)
+            async with self._talking(sandbox, process):
+                await process.close_stdin()
+                entry = entry_of(await self._answer(process), max_size=self.max_file_bytes)
+                if entry["type"] != "file" or entry["size"] is None:
+                    raise invalid("a download that is no file")
         except BaseException:
             await process.close()
             raise
-        return Download(entry_of(answer), process)
+        return Download(entry, process, self._talking(sandbox, process))
 
     async def open_upload(self, sandbox_id: str, user: str, path: str) -> Upload:
         request = {"op": "write", "path": check_path(path), "max_bytes": self.max_file_bytes}
         sandbox, process = await self._start(sandbox_id, user, request)
-        return Upload(sandbox, process, self.max_file_bytes)
-
-
-def entry_of(answer: dict[str, Any]) -> dict[str, Any]:
-    return {key: answer[key] for key in ("name", "path", "type", "size", "modified") if key in answer}
+        return Upload(sandbox, process, self.max_file_bytes, self)
 
 
 class Download:
     """A file being read out of a sandbox: its entry (``size``...), then its bytes."""
 
-    def __init__(self, entry: dict[str, Any], process: SandboxProcess) -> None:
+    def __init__(self, entry: dict[str, Any], process: SandboxProcess,
+                 talking: contextlib.AbstractAsyncContextManager[None]) -> None:
         self.entry = entry
         self.size: int = entry["size"]
         self.process = process
+        self._talking = talking
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The file's bytes; raises if the sandbox delivered fewer than ``size``."""
+        """The file's bytes (exactly ``size``, however many the tool sends); raises if it sends fewer."""
         left = self.size
-        while left > 0:
-            chunk = await self.process.read(min(CHUNK, left))
-            if not chunk:
-                raise FileOperationFailed(
-                    f"the file ended {left} bytes early (was it changed while being read?)"
-                )
-            left -= len(chunk)
-            yield chunk
+        async with self._talking:
+            while left > 0:
+                chunk = await self.process.read(min(CHUNK, left))
+                if not chunk:
+                    raise FileOperationFailed(
+                        f"the file ended {left} bytes early (was it changed while being read?)"
+                    )
+                left -= len(chunk)
+                yield chunk
 
     async def close(self) -> None:
         await self.process.close()
@@ -219,10 +309,11 @@ class Upload:
     input ends early (``abort``: the client went away) writes nothing.
     """
 
-    def __init__(self, sandbox: Sandbox, process: SandboxProcess, max_bytes: int) -> None:
+    def __init__(self, sandbox: Sandbox, process: SandboxProcess, max_bytes: int, files: SandboxFiles) -> None:
         self.sandbox = sandbox
         self.process = process
         self.max_bytes = max_bytes
+        self.files = files
         self.received = 0
         self._accepting = True
 
@@ -230,19 +321,21 @@ class Upload:
         if not chunk or not self._accepting:
             return  # the tool refused and stopped reading; ``finish`` reports why
         self.received += len(chunk)
-        if not await self.process.write(struct.pack(">I", len(chunk)) + chunk):
-            self._accepting = False
+        async with self.files._talking(self.sandbox, self.process):
+            if not await self.process.write(struct.pack(">I", len(chunk)) + chunk):
+                self._accepting = False
         if self.received > self.max_bytes:
             self._accepting = False  # the tool saw more than its limit: it refuses and cleans up
 
     async def finish(self) -> dict[str, Any]:
         """The stored file's entry plus ``created``; raises the tool's refusal."""
         try:
-            if self._accepting:
-                await self.process.write(END_OF_FILE)
-            await self.process.close_stdin()
-            answer = await SandboxFiles._answer(self.process, self.sandbox)
-            return {**entry_of(answer), "created": bool(answer.get("created"))}
+            async with self.files._talking(self.sandbox, self.process):
+                if self._accepting:
+                    await self.process.write(END_OF_FILE)
+                await self.process.close_stdin()
+                answer = await self.files._answer(self.process)
+                return {**entry_of(answer, max_size=self.max_bytes), "created": answer.get("created") is True}
         finally:
             await self.process.close()
 

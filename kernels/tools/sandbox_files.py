@@ -3,7 +3,7 @@
 The gateway runs this script *inside* the sandbox (a ``docker exec`` as the sandbox's user, or a
 subprocess in a local sandbox's directory) for every file request, so paths and symlinks are
 resolved in the sandbox's own view of the filesystem and nothing outside it can be reached.
-Standard library only; Python 3.8+. Run with ``python3 -I``.
+Standard library only; Python 3.8+. The gateway runs it as ``python3 -I -S -c <this text>``.
 
 Protocol. stdin starts with one JSON line, the request::
 

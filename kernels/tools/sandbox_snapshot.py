@@ -3,7 +3,7 @@
 The gateway runs this script *inside* the sandbox (a ``docker exec`` as the sandbox's user, or a
 subprocess in a local sandbox's directory), so everything it reads and writes is the sandbox's own
 view: the gateway only ever stores and sends back the bytes, never interprets a name in them.
-Standard library only; Python 3.8+. Run with ``python3 -I``.
+Standard library only; Python 3.8+. The gateway runs it as ``python3 -I -S -c <this text>``.
 
 Protocol. stdin starts with one JSON line, the request; stdout starts with one JSON line, the
 answer (``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message": TEXT}``). Bulk data
