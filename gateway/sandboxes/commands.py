@@ -265,32 +265,47 @@ class SandboxCommands:
             raise SandboxNotRunning(f"sandbox {sandbox.id} is a container, but this gateway has no Docker engine")
         api = engine.client.api
         not_running = SandboxNotRunning(f"sandbox {sandbox.id} has no running container (is it restarting?)")
+        container_id: str | None = None
         try:
             attrs = await engine.call(api.inspect_container, container_name(sandbox.id))
             labels = attrs["Config"].get("Labels") or {}
             if (not attrs["State"]["Running"] or labels.get(LABEL_SANDBOX) != sandbox.id
                     or labels.get(LABEL_INSTANCE) != engine.instance_id):
                 raise not_running
+            container_id = str(attrs["Id"])
             # The exec's first program starts with the container's environment: unset all of it
             # (Docker removes a variable named without a value), so even ``env`` sees none of it.
             names = {entry.partition("=")[0] for entry in attrs["Config"].get("Env") or []}
             environment = sorted(names - set(CONTAINER_TOOL_ENV)) + [f"{k}={v}" for k, v in CONTAINER_TOOL_ENV.items()]
             exec_id: str = (await engine.call(
-                api.exec_create, attrs["Id"], argv, stdin=True, stdout=True, stderr=True, workdir=workdir,
+                api.exec_create, container_id, argv, stdin=True, stdout=True, stderr=True, workdir=workdir,
                 environment=environment,
             ))["Id"]
             raw = await engine.call(api.exec_start, exec_id, socket=True)
         except docker.errors.NotFound:
             raise not_running from None
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # not running, paused, or being removed
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            # A container being stopped or removed (a restart) fails execs with 409, or even 500
+            # ("is not running: Removal In Progress"): then the sandbox is simply not running.
+            if isinstance(exc, docker.errors.APIError) and exc.status_code == 409:
+                raise not_running from None
+            if container_id is not None and not await self._still_running(container_id):
                 raise not_running from None
             log.warning("sandbox %s: the Docker engine could not start a process: %s", sandbox.id, exc)
             raise EngineUnavailable("the Docker engine could not start the operation in the sandbox") from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            log.warning("sandbox %s: the Docker engine could not start a process: %s", sandbox.id, exc)
-            raise EngineUnavailable("the Docker engine does not answer") from None
-        return raw, exec_id, str(attrs["Id"])
+        return raw, exec_id, container_id
+
+    async def _still_running(self, container_id: str) -> bool:
+        try:
+            return await container_running(self.launcher.engine, container_id)
+        except Exception:
+            return True  # the engine does not answer: that is the problem to report
+
+
+async def container_running(engine: Any, container_id: str) -> bool:
+    """Whether the container runs (not while a restart or delete removes it: Docker may still say Running)."""
+    state = await engine.state(container_id)
+    return state is not None and bool(state["Running"]) and state.get("Status", "running") == "running"
 
 
 @functools.lru_cache(maxsize=8)
@@ -419,8 +434,7 @@ class DockerProcess(SandboxProcess):
         return data
 
     async def alive(self) -> bool:
-        state = await self.engine.state(self.container_id)
-        return state is not None and bool(state["Running"])
+        return await container_running(self.engine, self.container_id)
 
     async def _stop(self) -> None:
         _close_quietly(self.raw, self.sock)
