@@ -188,12 +188,12 @@ class KernelLauncher(LoggingConfigurable):
         )
 
     async def launch(self, sandbox: Any) -> SandboxKernelManager:
-        """Start the kernel of ``sandbox`` (its ``id`` becomes the kernel id)."""
-        directory = self.sandbox_dir(sandbox.id)
+        """Start the kernel of ``sandbox`` (its ``runtime_id`` becomes the kernel id)."""
+        directory = self.sandbox_dir(sandbox.runtime_id)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        km = self._kernel_manager(sandbox.id)
+        km = self._kernel_manager(sandbox.runtime_id)
         try:
-            await asyncio.wait_for(km.start_kernel(kernel_id=sandbox.id, **self._launch_kwargs(sandbox)),
+            await asyncio.wait_for(km.start_kernel(kernel_id=sandbox.runtime_id, **self._launch_kwargs(sandbox)),
                                    self.startup_timeout)
         except BaseException:
             await self.dispose(km)
@@ -202,8 +202,9 @@ class KernelLauncher(LoggingConfigurable):
 
     def _launch_kwargs(self, sandbox: Any) -> dict[str, Any]:
         # Provisioners give the kernel ``sandbox.env``: here that is the user's env plus the gateway's settings.
-        for_kernel = dataclasses.replace(sandbox, env=sandbox.kernel_env())
-        return {SANDBOX_KWARG: for_kernel, SANDBOX_DIR_KWARG: str(self.sandbox_dir(sandbox.id))}
+        # They name containers and directories by ``id``: the runtime's (see ``Sandbox.runtime_id``).
+        for_kernel = dataclasses.replace(sandbox, id=sandbox.runtime_id, env=sandbox.kernel_env())
+        return {SANDBOX_KWARG: for_kernel, SANDBOX_DIR_KWARG: str(self.sandbox_dir(sandbox.runtime_id))}
 
     async def relaunch(self, km: AsyncKernelManager, sandbox: Any) -> None:
         """A fresh kernel for ``sandbox`` behind the same kernel manager, connection file and sockets.
@@ -220,7 +221,7 @@ class KernelLauncher(LoggingConfigurable):
         assert km.provisioner is not None
         recorded: dict[str, Any] = json_safe(
             {"connection": km.get_connection_info(session=False),
-             "provisioner": await km.provisioner.get_provisioner_info()}
+             "provisioner": await km.provisioner.get_provisioner_info(), "runtime_id": km.kernel_id}
         )
         return recorded
 
@@ -228,15 +229,15 @@ class KernelLauncher(LoggingConfigurable):
         """A kernel manager for the still-running kernel of ``sandbox``, or None if it is gone."""
         if not sandbox.kernel.get("connection") or not sandbox.kernel.get("provisioner"):
             return None
-        km = self._kernel_manager(sandbox.id)
-        km.kernel_id = sandbox.id
+        km = self._kernel_manager(sandbox.runtime_id)
+        km.kernel_id = sandbox.runtime_id
         # The kernel was started (by an earlier gateway process). Without this, jupyter_client's
         # pending-state bookkeeping reuses one "ready" future for the shutdown and the start of a
         # later relaunch, and the start fails with InvalidStateError.
         km._attempted_start = True
         km.load_connection_info(sandbox.kernel["connection"])
         km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
-            sandbox.id, km.kernel_spec, parent=km
+            sandbox.runtime_id, km.kernel_spec, parent=km
         )
         try:
             await km.provisioner.load_provisioner_info(sandbox.kernel["provisioner"])
@@ -250,7 +251,7 @@ class KernelLauncher(LoggingConfigurable):
         return km
 
     async def remove_orphans(self, known_ids: set[str]) -> None:
-        """Remove kernels (docker: containers with our instance label) and sandbox dirs of no known sandbox."""
+        """Remove kernels (docker: containers with our instance label) and sandbox dirs of no known runtime id."""
         if self.engine is not None:
             await self.engine.remove_orphans(known_ids)
         if self.runtime_dir.is_dir():

@@ -225,7 +225,7 @@ class SandboxCommands:
         return release
 
     async def _start_local(self, sandbox: Sandbox, tool: str, timeout: float) -> SandboxProcess:
-        workdir = workdir_of(self.launcher.sandbox_dir(sandbox.id))
+        workdir = workdir_of(self.launcher.sandbox_dir(sandbox.runtime_id))
         if not workdir.is_dir():
             raise SandboxNotRunning(f"sandbox {sandbox.id} has no working directory (is it running?)")
         process = await asyncio.create_subprocess_exec(
@@ -267,9 +267,10 @@ class SandboxCommands:
         not_running = SandboxNotRunning(f"sandbox {sandbox.id} has no running container (is it restarting?)")
         container_id: str | None = None
         try:
-            attrs = await engine.call(api.inspect_container, container_name(sandbox.id))
+            # (under its runtime id: that of the warm-pool container it may have resumed on)
+            attrs = await engine.call(api.inspect_container, container_name(sandbox.runtime_id))
             labels = attrs["Config"].get("Labels") or {}
-            if (not attrs["State"]["Running"] or labels.get(LABEL_SANDBOX) != sandbox.id
+            if (not attrs["State"]["Running"] or labels.get(LABEL_SANDBOX) != sandbox.runtime_id
                     or labels.get(LABEL_INSTANCE) != engine.instance_id):
                 raise not_running
             container_id = str(attrs["Id"])

@@ -200,7 +200,7 @@ class SandboxManager(LoggingConfigurable):
         for record in await self.store.list_sandboxes(statuses=LIVE):
             await self._recover(Sandbox.from_record(record), busy=record["id"] in busy)
         await self._recover_paused()
-        await self.launcher.remove_orphans(set(self._runtimes))
+        await self.launcher.remove_orphans({self._sandboxes[sid].runtime_id for sid in self._runtimes})
         self.pool.start()
         self.reaper.start()
         if self.usage_interval > 0:
@@ -400,8 +400,8 @@ class SandboxManager(LoggingConfigurable):
         log.info("sandbox %s: running for %s (%s)", sandbox.id, owner, sandbox.provisioner)
         return sandbox
 
-    async def _take_pooled(self, taken: tuple[Sandbox, SandboxRuntime], request: Sandbox) -> bool:
-        """Make a pooled sandbox the requested one: owner, limits, env; False if that fails."""
+    async def _fit_pooled(self, taken: tuple[Sandbox, SandboxRuntime], request: Sandbox) -> bool:
+        """Fit a pooled kernel to ``request``'s limits and env; False (and the pooled one gone) if that fails."""
         pooled, runtime = taken
         try:
             await runtime.configure(limits=request.resources if request.resources != pooled.resources else None,
@@ -409,6 +409,13 @@ class SandboxManager(LoggingConfigurable):
         except Exception:
             log.warning("sandbox %s: could not take it from the pool; starting a fresh one", pooled.id, exc_info=True)
             await self._dispose_pooled(taken)
+            return False
+        return True
+
+    async def _take_pooled(self, taken: tuple[Sandbox, SandboxRuntime], request: Sandbox) -> bool:
+        """Make a pooled sandbox the requested one: owner, limits, env; False if that fails."""
+        pooled, runtime = taken
+        if not await self._fit_pooled(taken, request):
             return False
         for field in REQUESTED_FIELDS:
             setattr(pooled, field, getattr(request, field))
@@ -766,8 +773,11 @@ class SandboxManager(LoggingConfigurable):
         retry_after = self._soonest_end_of(sandbox.owner)
         await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.RUNNING)}, retry_after=retry_after)
         began = time.monotonic()
+        sandbox.kernel = {}
+        runtime = await self._resume_on_pooled(sandbox)
+        source = "resume_pool" if runtime is not None else "resume"
         try:
-            runtime = await self._start_runtime(sandbox)
+            runtime = runtime or await self._start_runtime(sandbox)
         except Exception as exc:
             log.exception("sandbox %s: could not start its container to resume", sandbox.id)
             sandbox.kernel = {}
@@ -797,9 +807,20 @@ class SandboxManager(LoggingConfigurable):
             raise
         self._adopt(sandbox.id, runtime)
         self.snapshots.remove(sandbox.id)
-        self.metrics.sandbox_starts.labels(source="resume").observe(time.monotonic() - began)
+        self.metrics.sandbox_starts.labels(source=source).observe(time.monotonic() - began)
         log.info("sandbox %s: resumed in %.2f s (%d files, %d variables, %d lost)", sandbox.id,
                  time.monotonic() - began, report["files"], len(report["variables"]), len(report["lost"]))
+
+    async def _resume_on_pooled(self, sandbox: Sandbox) -> SandboxRuntime | None:
+        """A warm-pool kernel serving ``sandbox`` from now on (under the pooled runtime id), if one fits."""
+        taken = self.pool.claim(sandbox.resources, sandbox.figure_formats)
+        if taken is None or not await self._fit_pooled(taken, sandbox):
+            return None
+        pooled, runtime = taken
+        sandbox.kernel, sandbox.image = pooled.kernel, pooled.image  # (kernel["runtime_id"] is the pooled id)
+        runtime.rebind(sandbox, self._exit_handler(sandbox))
+        log.info("sandbox %s: resuming on warm-pool kernel %s", sandbox.id, pooled.id)
+        return runtime
 
     async def interrupt(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox, runtime = await self._runtime(sandbox_id, user, wake=False, settle=False)

@@ -102,6 +102,12 @@ class Sandbox:
     def touch(self) -> None:
         self.last_active_at = timestamps.now()
 
+    @property
+    def runtime_id(self) -> str:
+        """The id its kernel runs under (container name and labels, kernel directory): its own, or that of
+        the warm-pool sandbox it was resumed on (``kernel["runtime_id"]``)."""
+        return str(self.kernel.get("runtime_id") or self.id)
+
     def kernel_env(self) -> dict[str, str]:
         """The environment the kernel starts with: the user's ``env`` and the gateway's display settings."""
         return {**self.env, FIGURE_FORMATS_ENV: ",".join(self.figure_formats)}

@@ -184,6 +184,12 @@ class SandboxRuntime:
             self._cancel_requested = True
         await self.km.interrupt_kernel()
 
+    def rebind(self, sandbox: Sandbox, on_exit: Callable[[str], None]) -> None:
+        """Serve another sandbox from now on (a paused one resumed on this warm-pool kernel)."""
+        self.sandbox, self.sandbox_id, self.on_exit = sandbox, sandbox.id, on_exit
+        if self.connection is not None:
+            self.connection.sandbox_id = sandbox.id
+
     async def configure(self, *, limits: ResourceLimits | None, env: dict[str, str]) -> None:
         """Fit a running kernel to a new owner's request: lower its limits, add its environment.
 

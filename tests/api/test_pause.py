@@ -11,9 +11,10 @@ import httpx
 import pytest
 import websockets
 
+from tests.api.test_pool import NEVER_SATURATED
 from tests.gateways import InProcessGateway, auth
 from tests.provisioned import PROVISIONERS, containers_labelled, create, gateway_for, run
-from tests.waiting import HOLD, release, until, until_running, until_status
+from tests.waiting import HOLD, pool_state, release, until, until_running, until_status
 
 STATE = """
 import socket
@@ -228,3 +229,31 @@ async def test_a_failed_resume_leaves_the_sandbox_paused_with_its_state(
     assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "paused"
     files.write_bytes(good)
     assert (await run(alice, sid, "x"))["result"] == {"text/plain": "5"}
+
+
+@pytest.mark.parametrize("provisioner", PROVISIONERS)
+async def test_resume_takes_a_warm_pool_kernel_when_one_fits(provisioner: str, tmp_path: Any) -> None:
+    async with gateway_for(provisioner, tmp_path, "--pool-size=1", NEVER_SATURATED) as gateway, \
+            gateway.client("alice") as alice, \
+            gateway.client(None) as anonymous:
+        await pool_state(anonymous, ready=1)
+        sid = (await create(alice))["id"]
+        await run(alice, sid, "x = 5")
+        assert (await alice.put(f"/api/v1/sandboxes/{sid}/files/a.txt", content=b"A")).status_code == 201
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/pause")).json()["status"] == "paused"
+        claimed = (await pool_state(anonymous, ready=1))["claimed"]
+        resumed = await alice.post(f"/api/v1/sandboxes/{sid}/resume")
+        assert resumed.status_code == 200, resumed.text
+        assert (await anonymous.get("/health")).json()["pool"]["claimed"] == claimed + 1
+        assert 'code_gateway_sandbox_start_seconds_count{source="resume_pool"} 1.0' in (await anonymous.get("/metrics")).text
+        # The same id, its state, its files, tools and restarts, on the pooled kernel.
+        assert (await run(alice, sid, "x + 1, open('a.txt').read()"))["result"] == {"text/plain": "(6, 'A')"}
+        assert (await alice.get(f"/api/v1/sandboxes/{sid}/files/a.txt")).content == b"A"
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).json()["status"] == "running"
+        assert (await run(alice, sid, "'x' in globals()"))["result"] == {"text/plain": "False"}
+        assert (await alice.put(f"/api/v1/sandboxes/{sid}/files/b.txt", content=b"B")).status_code == 201
+        assert (await run(alice, sid, "open('b.txt').read()"))["result"] == {"text/plain": "'B'"}
+        # And it pauses and resumes again from there.
+        await run(alice, sid, "y = 7")
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/pause")).json()["status"] == "paused"
+        assert (await run(alice, sid, "y"))["result"] == {"text/plain": "7"}

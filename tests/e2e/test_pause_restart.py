@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_docker_restart import process  # noqa: F401  (fixture)
+from tests.api.test_pool import NEVER_SATURATED
+from tests.e2e.test_docker_restart import instance_of, process  # noqa: F401  (fixture)
 from tests.gateways import GatewayProcess, create, run
+from tests.provisioned import containers_labelled
+from tests.waiting import pool_state
 
 pytestmark = pytest.mark.docker
 
@@ -43,4 +46,32 @@ async def test_a_half_saved_state_is_removed_at_start(process: GatewayProcess, t
     (partial / "files.tar.gz").write_bytes(b"half")
     await process.start()
     assert not partial.exists()  # (removed before the gateway listens)
+    await process.stop()
+
+
+async def test_a_sandbox_resumed_on_a_pooled_kernel_is_found_again_after_sigkill(
+    process: GatewayProcess, docker_client: Any
+) -> None:
+    process.args = ("--pool-size=1", NEVER_SATURATED)
+    await process.start()
+    async with process.client() as alice, process.client(None) as anonymous:
+        await pool_state(anonymous, ready=1)
+        sid = (await create(alice))["id"]
+        await run(alice, sid, "x = 41")
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/pause")).json()["status"] == "paused"
+        await pool_state(anonymous, ready=1)
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/resume")).json()["status"] == "running"
+        assert "resume_pool" in (await anonymous.get("/metrics")).text
+    await process.stop(signal.SIGKILL)
+
+    process.args = ()  # (no pool this time: what is left is what the killed gateway ran)
+    await process.start()
+    async with process.client() as alice:
+        assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "running"  # re-attached
+        assert (await run(alice, sid, "x + 1", timeout=20))["result"] == {"text/plain": "42"}
+        assert (await alice.put(f"/api/v1/sandboxes/{sid}/files/f.txt", content=b"F")).status_code == 201
+        # Only its container is left: the killed gateway's spare pooled one was an orphan, removed.
+        sandbox_labels = {c.labels.get("code-gateway.sandbox") for c in containers_labelled(
+            docker_client, f"code-gateway.instance={instance_of(process.data_dir)}")}
+        assert len(sandbox_labels) == 1 and sid not in sandbox_labels  # (it runs under the pooled id)
     await process.stop()
