@@ -180,7 +180,8 @@ def pause_rows(pause: dict[str, Any] | None) -> list[Row]:
         return []
     rows = []
     title = "pause and resume (small state)"
-    for name, base, base_name in (("pause", "delete", "delete"), ("resume", "create", "cold create")):
+    for name, base, base_name in (("pause", "delete", "delete"), ("resume", "create", "cold create"),
+                                  ("resume_pool", "resume", "resume, pool off")):
         if pause.get(name):
             rows.append(latency_row(title, pause[name], vs(pause[name], pause.get(base), base_name)))
     for name in ("delete", "create"):

@@ -5,6 +5,8 @@
    ``POST …/resume`` and checks the state came back. Baselines from the same run, interleaved
    sample by sample: ``DELETE`` of a like sandbox (what a pause does besides saving) against the
    pause, and ``POST /sandboxes`` (a cold start) against the resume (a cold start plus restoring).
+   A second gateway with a warm pool of one times resumes that take a pooled container (each
+   sample waits until the pool is full again).
 2. Density: N sandboxes created and paused (a few at a time; ``BENCH_PAUSED`` sets N, default
    1000, 20 with ``--quick``), each with ``x = 41``: the gateway's disk per paused sandbox (its
    ``paused/`` directory), the gateway's RSS per paused sandbox, and how many would fit in the free
@@ -24,6 +26,7 @@ from typing import Any
 from bench import clients
 from bench.harness import Bench, Gateway, rss_kib
 from bench.measure import Series, log
+from bench.scenarios.first_result import pool_full
 from bench.scenarios.scale import bounded
 
 STATE = ("import pandas as pd\nx = 41\ndf = pd.DataFrame({'a': range(1000), 'b': [str(i) for i in range(1000)]})\n"
@@ -76,6 +79,32 @@ async def timing(bench: Bench, gateway: Gateway, out: dict[str, Any]) -> None:
     for name, s in series.items():
         out[name] = s.to_dict()
         log(f"  {s.label}: p50 {s.p50}  p99 {s.p99}  errors {s.errors}")
+
+
+async def pooled_resume(bench: Bench, gateway: Gateway, out: dict[str, Any]) -> None:
+    """Resume with the warm pool full: each sample waits for the pool to refill first (bounded)."""
+    n = bench.n(30, 5)
+    series = Series("resume_pool", "POST …/resume, pool warm (small state)")
+    http = await gateway.connect()
+    try:
+        for _ in range(n):
+            sandbox = await clients.create_sandbox(http)
+            await clients.rest_execute(http, sandbox["id"], STATE, expect=None)
+            await http.json("POST", f"/api/v1/sandboxes/{sandbox['id']}/pause")
+            if await pool_full(gateway, 120) is None:
+                log("  the pool did not refill within 120 s: sample skipped")
+                await clients.delete_sandbox(http, sandbox["id"])
+                continue
+            began = time.perf_counter()
+            await http.json("POST", f"/api/v1/sandboxes/{sandbox['id']}/resume")
+            series.add(time.perf_counter() - began)
+            await clients.rest_execute(http, sandbox["id"], CHECK, expect=EXPECTED)
+            await clients.delete_sandbox(http, sandbox["id"])
+            await pool_full(gateway, 120)
+    finally:
+        await http.close()
+    out["resume_pool"] = series.to_dict()
+    log(f"  {series.label}: p50 {series.p50}  p99 {series.p99}  errors {series.errors}")
 
 
 async def density(bench: Bench, gateway: Gateway, data_dir: Path, out: dict[str, Any]) -> None:
@@ -141,3 +170,7 @@ async def run(bench: Bench) -> None:
         density_out: dict[str, Any] = {}
         out["density"] = density_out
         await density(bench, gateway, bench.tmp / "pause" / "data", density_out)
+    async with Gateway(bench, "pause-pool", pool_size=1,
+                       extra=[*ARGS, "--WarmPool.max_load_per_core=1000"]) as gateway:
+        log("resume with the warm pool full")
+        await pooled_resume(bench, gateway, out)
