@@ -136,3 +136,19 @@ def test_detached_descriptors_close_after_the_grace(
     for fd in held:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+async def test_sandboxes_leave_no_descriptor_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each kernel holds its sockets while it lives; deleted sandboxes give every descriptor back."""
+    from tests.gateways import InProcessGateway, create
+
+    monkeypatch.setattr(module, "GRACE", 0.0)
+    async with InProcessGateway(tmp_path / "data") as gateway, gateway.client("alice") as alice:
+        sid = (await create(alice))["id"]  # (the first sandbox opens what every later one shares)
+        assert (await alice.delete(f"/api/v1/sandboxes/{sid}")).status_code == 204
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            sid = (await create(alice))["id"]
+            assert (await alice.delete(f"/api/v1/sandboxes/{sid}")).status_code == 204
+        module._retire([])
+        assert len(os.listdir("/proc/self/fd")) <= before + 2
