@@ -212,8 +212,8 @@ class SandboxCommands:
                 await slots.semaphore.acquire()
         except TimeoutError:
             leave()
-            raise TooManyOperations(f"{self.max_per_sandbox} file or state operations are already running in sandbox "
-                              f"{sandbox_id} and none ended within {timeout:g} s; try again later") from None
+            raise TooManyOperations(f"{self.max_per_sandbox} file or state operations are already running in "
+                                    f"sandbox {sandbox_id} and none ended within {timeout:g} s; try again later") from None
         except BaseException:
             leave()
             raise
