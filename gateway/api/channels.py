@@ -27,12 +27,13 @@ import os
 from asyncio import Future
 from typing import Any
 
+from jupyter_client.session import Session
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.identity import IdentityProvider, User
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from tornado.websocket import WebSocketClosedError
-from traitlets import Bool
+from traitlets import Bool, default
 
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
@@ -64,10 +65,37 @@ class KeyRingIdentity(IdentityProvider):
         return User(username=user)
 
 
+#: Metadata of the execute_requests a Jupyter client sends through us (read by kernels/…/startup/10-figures.py).
+CLIENT_MARK = {"code_gateway_client": "jupyter"}
+
+
+class RelaySession(Session):
+    """The session a connection relays a client's messages with: its execute_requests marked ``CLIENT_MARK``."""
+
+    def send(self, stream: Any, msg_or_type: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(msg_or_type, dict) and (msg_or_type.get("header") or {}).get("msg_type") == "execute_request":
+            msg_or_type = {**msg_or_type, "metadata": {**(msg_or_type.get("metadata") or {}), **CLIENT_MARK}}
+        return super().send(stream, msg_or_type, *args, **kwargs)
+
+    def send_raw(self, stream: Any, msg_list: list[Any], *args: Any, **kwargs: Any) -> None:
+        # (v1.kernel.websocket.jupyter.org: header, parent header, metadata, content, buffers, packed)
+        try:
+            marked = len(msg_list) >= 4 and self.unpack(msg_list[0]).get("msg_type") == "execute_request"
+            if marked:
+                msg_list = [*msg_list[:2], self.pack({**self.unpack(msg_list[2]), **CLIENT_MARK}), *msg_list[3:]]
+        except Exception:  # not JSON objects: relayed as they are (the kernel refuses them)
+            pass
+        super().send_raw(stream, msg_list, *args, **kwargs)
+
+
 class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
     """jupyter_server's ZMQ <-> WebSocket bridge, finding the registry through the handler."""
 
     limit_rate = Bool(False, config=True, help="No iopub data-rate limit: outputs are capped per execution.")
+
+    @default("session")
+    def _relay_session(self) -> RelaySession:
+        return RelaySession(config=self.config)
 
     @property
     def multi_kernel_manager(self) -> Any:

@@ -312,3 +312,36 @@ async def test_a_new_socket_hears_the_kernel_from_its_first_broadcast(gateway: I
     assert first["content"]["execution_state"] == "busy"
     assert first["parent_header"]["msg_type"] == "kernel_info_request"
     assert last["parent_header"]["msg_id"] == first["parent_header"]["msg_id"]  # busy, then idle: both relayed
+
+
+FIGURE_AS_VALUE = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 1))\nax.plot([1, 0])\nfig"
+
+
+@pytest.mark.parametrize("subprotocol", [None, "v1.kernel.websocket.jupyter.org"])
+async def test_a_figure_as_a_cells_value_is_shown_as_a_stock_kernel_shows_it(
+        gateway: InProcessGateway, kernel: dict[str, Any], subprotocol: str | None) -> None:
+    """Jupyter clients get what a local kernel sends: the value, then the figure again at the cell's end."""
+    session = Session(key=b"")
+    request = execute_request(FIGURE_AS_VALUE)
+
+    def decode(frame: Any) -> dict[str, Any]:
+        if subprotocol is None:
+            return json.loads(frame)  # type: ignore[no-any-return]
+        channel, msg_list = deserialize_msg_from_ws_v1(frame)
+        return {**session.deserialize([b"", *msg_list], content=True), "channel": channel}
+
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN, max_size=None,
+                                  subprotocols=[subprotocol] if subprotocol else None) as socket:
+        if subprotocol is None:
+            await socket.send(json.dumps(request))
+        else:
+            parts = [json.dumps(request[k]).encode() for k in ("header", "parent_header", "metadata", "content")]
+            await socket.send(serialize_msg_to_ws_v1(parts, "shell"))
+        got = await replies_to(socket, request["header"]["msg_id"], decode)
+    shown = [m["msg_type"] for m in got if m["msg_type"] in ("execute_result", "display_data")]
+    assert shown == ["execute_result", "display_data"]
+    assert all("image/png" in m["content"]["data"] for m in got if m["msg_type"] in shown)
+    # Our own API shows it once (the value).
+    async with gateway.client("alice") as alice:
+        execution = (await alice.post(f"/api/v1/sandboxes/{kernel['id']}/execute", json={"code": FIGURE_AS_VALUE})).json()
+    assert [o["output_type"] for o in execution["outputs"]] == ["execute_result"]
