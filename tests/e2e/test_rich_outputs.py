@@ -4,27 +4,17 @@ and outputs too large to keep — what chat apps and notebook front ends render.
 from __future__ import annotations
 
 import base64
-import struct
 from html.parser import HTMLParser
 from typing import Any
 from xml.etree import ElementTree
 
 import httpx
 
+from tests.pngs import png_size
 from tests.provisioned import alice, create, each_gateway, run  # noqa: F401
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Our machine-readable table: a vendor type, which notebook front ends do not render (they show the HTML).
 TABLE = "application/vnd.code-gateway.table+json"
-
-
-def png_size(encoded: str) -> tuple[int, int]:
-    """Width and height of a base64 PNG, from its IHDR chunk (after checking the signature)."""
-    data = base64.b64decode(encoded)
-    assert data.startswith(PNG_SIGNATURE), data[:16]
-    assert data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
 
 
 class TableParser(HTMLParser):
