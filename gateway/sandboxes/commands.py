@@ -375,7 +375,7 @@ class DockerProcess(SandboxProcess):
         sock = getattr(raw, "_sock", raw)
         if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
             _close_quietly(raw, sock)
-            raise SandboxNotRunning("in-sandbox tools need a plain (unix or tcp) connection to the Docker engine")
+            raise EngineUnavailable("in-sandbox tools need a plain (unix or tcp) connection to the Docker engine, not TLS")
         self.sock: socket.socket = sock
         self.sock.setblocking(False)
         self.container_id = container_id
