@@ -38,7 +38,7 @@ from traitlets import Bool, default
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
 from gateway.auth import KeyRing
-from gateway.errors import SandboxNotFound, SessionReplaced, Unauthorized
+from gateway.errors import SandboxNotFound, SandboxNotRunning, SessionReplaced, Unauthorized
 from gateway.execution.messages import MALFORMED, BadMessage
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
@@ -232,6 +232,10 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
             sandbox = await self.sandboxes.ready(kernel_id, self.current_user.username)
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED) or kernel_id not in self.kernel_manager:
             raise SandboxNotFound(kernel_id)
+        if sandbox.status == SandboxStatus.FAILED and not self.sandboxes.kernel_restarting(kernel_id):
+            # (jupyter_server would wait kernel_info_timeout for it to come alive, then answer 500)
+            raise SandboxNotRunning(f"the kernel of sandbox {kernel_id} is dead ({sandbox.status_reason}): "
+                                    f"restart it (POST /api/kernels/{kernel_id}/restart)")
         await super().get(kernel_id)  # type: ignore[no-untyped-call]
 
     async def pre_get(self) -> None:

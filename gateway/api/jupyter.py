@@ -67,7 +67,7 @@ class JupyterHandler(APIHandler):
         km = self.sandboxes.kernel_of(sandbox.id)
         # (a kernel restarted after its death is "restarting", as in Jupyter Server, not "dead")
         alive = km is not None and (sandbox.status == SandboxStatus.RUNNING
-                                    or self.sandboxes.locks.under_way(sandbox.id) == "restarting")
+                                    or self.sandboxes.kernel_restarting(sandbox.id))
         state = km.execution_state if alive else "idle" if sandbox.status == SandboxStatus.PAUSED else "dead"
         return {
             "id": sandbox.id,

@@ -641,11 +641,16 @@ class SandboxManager(LoggingConfigurable):
 
         return on_exit
 
+    def kernel_restarting(self, sandbox_id: str) -> bool:
+        """A restart of the sandbox's kernel is under way, or decided (a Jupyter kernel just died)."""
+        return self.locks.under_way(sandbox_id) == "restarting" or self.autorestarts.pending(sandbox_id)
+
     async def _restart_after_death(self, sandbox: Sandbox, runtime: SandboxRuntime | None) -> None:
         """Jupyter Server's policy for its kernels: a fresh kernel at once; ``status: dead`` if that fails."""
         async with self.locks.hold(sandbox.id, "restarting"):
             if runtime is None or self._runtimes.get(sandbox.id) is not runtime or sandbox.status != SandboxStatus.FAILED:
-                return  # restarted or deleted meanwhile
+                self.autorestarts.restarted(sandbox.id)  # restarted (or deleted: then forgotten) meanwhile
+                return
             log.info("sandbox %s: restarting its Jupyter kernel, which died (%s; restart %d in a row)", sandbox.id,
                      sandbox.status_reason, self.autorestarts.in_row(sandbox.id))
             try:

@@ -57,6 +57,11 @@ class RestartBudget:
         if row is not None:
             row.up_since = self._clock()
 
+    def pending(self, sandbox_id: str) -> bool:
+        """A restart was granted (``spend``) and its kernel has not answered yet."""
+        row = self._rows.get(sandbox_id)
+        return row is not None and row.up_since is None
+
     def in_row(self, sandbox_id: str) -> int:
         """Restarts in the current row (0 when none)."""
         row = self._rows.get(sandbox_id)

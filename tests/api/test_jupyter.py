@@ -203,6 +203,17 @@ async def test_a_dying_sandbox_kernel_says_dead(gateway: InProcessGateway, sandb
         assert (await client.get(f"/api/kernels/{sandbox['id']}", headers=TOKEN)).json()["execution_state"] == "dead"
         failed = (await client.get(f"/api/v1/sandboxes/{sandbox['id']}", headers=TOKEN)).json()
         assert failed["status"] == "failed" and failed["status_reason"] == "kernel_died"
+    await refused_as_dead(gateway, sandbox["id"])
+
+
+async def refused_as_dead(gateway: InProcessGateway, kernel_id: str) -> None:
+    """A socket to a dead kernel is refused at once: 409 (jupyter_server waits 60 s, then answers 500)."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(channels_url(gateway, kernel_id), additional_headers=TOKEN, open_timeout=30):
+            pass
+    assert refused.value.response.status_code == 409
+    error = json.loads(refused.value.response.body)["error"]
+    assert error["code"] == "sandbox_not_running" and "dead" in error["message"]
 
 
 async def test_input_goes_through_stdin(gateway: InProcessGateway, kernel: dict[str, Any]) -> None:
@@ -290,6 +301,7 @@ async def test_a_kernel_that_keeps_dying_is_left_dead_after_the_restart_limit(tm
         assert model["execution_state"] == "dead"
         sandbox = (await client.get(f"/api/v1/sandboxes/{kernel['id']}")).json()
         assert sandbox["status"] == "failed" and sandbox["status_reason"] == "kernel_died"
+        await refused_as_dead(gateway, kernel["id"])
         # Its owner's restart gives a fresh kernel, and a new row of automatic restarts.
         assert (await client.post(f"/api/kernels/{kernel['id']}/restart")).json()["execution_state"] == "idle"
         async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:

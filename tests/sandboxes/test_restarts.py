@@ -50,3 +50,12 @@ def test_sandboxes_are_counted_apart_and_forgotten() -> None:
     budget.forget("a")
     assert budget.in_row("a") == 0 and budget.in_row("b") == 1
     assert budget.spend("a") and not budget.spend("b")
+
+
+def test_a_granted_restart_is_pending_until_its_kernel_answers() -> None:
+    budget = RestartBudget(limit=1, stable_after=10.0, clock=Clock())
+    assert not budget.pending("s")
+    assert budget.spend("s") and budget.pending("s")
+    budget.restarted("s")
+    assert not budget.pending("s")
+    assert not budget.spend("s") and not budget.pending("s")  # refused: dead, nothing pending
