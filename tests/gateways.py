@@ -80,10 +80,17 @@ class InProcessGateway:
 
 
 class GatewayProcess:
-    """``code-gateway`` as a separate process, for restarts and kills."""
+    """``code-gateway`` as a separate process, for restarts and kills.
 
-    def __init__(self, data_dir: Path, *args: str, provisioner: str = "local", env: dict[str, str] | None = None):
+    ``host`` is the address it listens on; ``wrapper`` a command it runs under (``ip netns exec NAME``:
+    a gateway on another host, ``tests.netns``).
+    """
+
+    def __init__(self, data_dir: Path, *args: str, provisioner: str = "local", env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1", wrapper: tuple[str, ...] = ()):
         self.data_dir = data_dir
+        self.host = host
+        self.wrapper = wrapper
         self.args = args
         self.provisioner = provisioner
         self.env = {**os.environ, "GATEWAY_API_KEYS": KEY_PAIRS, **(env or {})}
@@ -94,19 +101,19 @@ class GatewayProcess:
     async def start(self, timeout: float = 60) -> GatewayProcess:
         self.output = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--ip=127.0.0.1", "--port=0", f"--data-dir={self.data_dir}",
-             f"--provisioner={self.provisioner}", *without_pool_unless_asked(self.args)],
+            [*self.wrapper, sys.executable, "-m", "gateway", f"--ip={self.host}", "--port=0",
+             f"--data-dir={self.data_dir}", f"--provisioner={self.provisioner}", *without_pool_unless_asked(self.args)],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         port = await asyncio.wait_for(asyncio.to_thread(self._read_port), timeout)
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{self.host}:{port}"
         return self
 
     def _read_port(self) -> int:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
-            match = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            match = re.search(rf"on http://{re.escape(self.host)}:(\d+)", line)
             if match:
                 # Keep draining so the child never blocks on a full pipe.
                 threading_drain(self.process, self.output)

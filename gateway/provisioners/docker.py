@@ -22,6 +22,8 @@ How the gateway reaches a kernel with no network and no host directory shared wi
   host directory would be both: a way to fill the host's disk, and files the root gateway writes
   into a directory the sandbox controls.) So the gateway runs on the engine's host, in its pid
   namespace, as root (with the usual CAP_SYS_PTRACE) or as the uid its sandboxes run as.
+- Or, with ``--DockerProvisioner.transport=tcp``, over TCP with CurveZMQ (``transport``) on a
+  Docker network only gateways reach (``kernel_network``): for gateways on other hosts.
 
 Hardening (each also proven by tests/provisioners/test_docker.py): no network (``none``), all
 capabilities dropped, no-new-privileges, Docker's default seccomp profile, read-only root,
@@ -49,12 +51,14 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import Dict, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, List, Unicode, default
 
 from gateway import __version__
 from gateway.errors import SandboxStartFailed
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+from gateway.provisioners import transport
 from gateway.provisioners.docker_events import ContainerEvents
+from gateway.provisioners.kernel_network import KernelNetwork, KernelNetworkError
 from gateway.provisioners.usage import Usage, cgroup_usage, filesystem_bytes
 from gateway.provisioners.sockets import (
     Identity,
@@ -127,12 +131,14 @@ class DockerEngine:
     """
 
     def __init__(self, *, base_url: str, instance_id: str, image: str, pool_size: int = 32,
-                 threads: int = 16) -> None:
+                 threads: int = 16, kernel_network: KernelNetwork | None = None) -> None:
         self.base_url = base_url
         self.instance_id = instance_id
         self.image = image
         self.pool_size = pool_size
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker")
+        #: Where new kernels listen when the transport is tcp; None: ipc.
+        self.kernel_network = kernel_network
         self.client: Any = None
         self.cpus = 0
         self.events: ContainerEvents | None = None
@@ -144,10 +150,15 @@ class DockerEngine:
     def configured(cls, parent: Any, runtime_dir: str | os.PathLike[str]) -> DockerEngine:
         """An engine set up as the operator configured ``DockerProvisioner`` for ``parent``."""
         settings = DockerProvisioner(parent=parent)
+        network = None
+        if settings.transport == "tcp":
+            network = KernelNetwork(name=settings.kernel_network, bridge=settings.kernel_bridge,
+                                    peers=settings.kernel_peers, firewall=settings.host_firewall)
         return cls(
             base_url=settings.docker_host,
             instance_id=settings.instance_id or instance_id_for(runtime_dir),
             image=settings.image,
+            kernel_network=network,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -168,6 +179,12 @@ class DockerEngine:
         except Exception as exc:
             raise RuntimeError(f"no Docker engine answers ({exc}); start Docker or use --provisioner=local") from exc
         self.cpus = int(info.get("NCPU") or os.cpu_count() or 1)
+        if self.kernel_network is not None:
+            try:
+                await self.kernel_network.ensure(self)
+            except BaseException:
+                await self.stop()
+                raise
         if not await self.image_present():
             message = f"the sandbox image {self.image} is missing: build it with `make images`"
             log.warning(message)
@@ -224,6 +241,8 @@ class DockerEngine:
             "instance": self.instance_id,
             "image": self.image,
             "events_connected": bool(self.events and self.events.connected),
+            "transport": "tcp" if self.kernel_network is not None else "ipc",
+            **({"kernel_network": self.kernel_network.describe()} if self.kernel_network is not None else {}),
         }
 
     # -- docker calls ----------------------------------------------------------------------------
@@ -263,13 +282,20 @@ class DockerEngine:
             return False
         return True
 
-    async def state(self, container_id: str) -> dict[str, Any] | None:
-        """The container's ``State`` (``Running``, ``ExitCode``, ``OOMKilled``, ``Pid``), or None if gone."""
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+        """What the engine knows of the container, or None if it is gone."""
         import docker.errors
 
         try:
-            attrs = await self.call(self.client.api.inspect_container, container_id)
+            attrs: dict[str, Any] = await self.call(self.client.api.inspect_container, container_id)
         except docker.errors.NotFound:
+            return None
+        return attrs
+
+    async def state(self, container_id: str) -> dict[str, Any] | None:
+        """The container's ``State`` (``Running``, ``ExitCode``, ``OOMKilled``, ``Pid``), or None if gone."""
+        attrs = await self.inspect(container_id)
+        if attrs is None:
             return None
         state: dict[str, Any] = attrs["State"]
         return state
@@ -422,6 +448,28 @@ class DockerProvisioner(KernelProvisionerBase):
         "runs as root; else the gateway's own uid:gid, so it can reach the kernel's sockets)."
     ).tag(config=True)
     log_max_size = Unicode("1m", help="Largest container log kept on the host (json-file max-size).").tag(config=True)
+    transport = CaselessStrEnum(
+        ["ipc", "tcp"], default_value="ipc",
+        help="How the gateway reaches kernels: ipc (sockets inside the container, reached through /proc: no "
+        "network at all, the gateway on the engine's host), or tcp (CurveZMQ-encrypted TCP on kernel_network, "
+        "for gateways on other hosts).",
+    ).tag(config=True)
+    kernel_network = Unicode(
+        "code-gateway-kernels", help="tcp: the Docker network kernels listen on; created internal and with "
+        "inter-container traffic disabled if missing (an existing one must be so).",
+    ).tag(config=True)
+    kernel_bridge = Unicode(
+        "cg-kernels", help="tcp: the bridge interface of kernel_network when the gateway creates it (at most "
+        "15 characters).",
+    ).tag(config=True)
+    kernel_peers = List(
+        Unicode(), help="tcp: CIDRs of the other gateway hosts that may reach the kernel ports (host firewall).",
+    ).tag(config=True)
+    host_firewall = Bool(
+        True, help="tcp: at start, firewall this host for kernel_network (iptables, as root): sandboxes reach no "
+        "host service, kernel_peers reach the kernel ports. Turn it off where the engine is on another host, and "
+        "run `python -m gateway.provisioners.kernel_network BRIDGE PEER...` there.",
+    ).tag(config=True)
     run_options = Dict(
         help="Extra keyword arguments for docker's containers.create, applied last, so they can also weaken "
         "the hardening (e.g. runtime=runsc, shm_size=256m).",
@@ -439,6 +487,8 @@ class DockerProvisioner(KernelProvisionerBase):
         self._exit_code: int | None = None
         #: The container's init, as the host sees it (its cgroup and root are reached through it).
         self._pid: int | None = None
+        #: The kernel network when this kernel is reached over tcp (None: ipc).
+        self._network: KernelNetwork | None = None
 
     # -- where things are ------------------------------------------------------------------------
 
@@ -524,6 +574,11 @@ class DockerProvisioner(KernelProvisionerBase):
         self._detach_sockets()
         km = self.parent
         assert km is not None, "a provisioner is created by its kernel manager"
+        self._network = self.engine.kernel_network
+        if self._network is not None:
+            inside = transport.prepare(km)
+            return {"cmd": self._kernel_cmd(transport.kernel_argv(self.kernel_spec)), "sandbox": sandbox,
+                    "connection": inside}
         km.ip = str(self._links() / "k")
         km.write_connection_file()
         self.connection_info = km.get_connection_info()
@@ -532,9 +587,10 @@ class DockerProvisioner(KernelProvisionerBase):
         inside.pop("kernel_name", None)
         return {"cmd": self._kernel_cmd(), "sandbox": sandbox, "connection": inside}
 
-    def _kernel_cmd(self) -> list[str]:
+    def _kernel_cmd(self, argv: list[str] | None = None) -> list[str]:
         """The kernelspec's argv, run by tini through the bootstrap (python3 stays the image's)."""
-        argv = [arg.replace("{connection_file}", CONTAINER_CONNECTION_FILE) for arg in self.kernel_spec.argv]
+        argv = [arg.replace("{connection_file}", CONTAINER_CONNECTION_FILE)
+                for arg in argv or self.kernel_spec.argv]
         return ["tini", "-g", "--", "sh", "-c", BOOTSTRAP, "sh", *argv]
 
     def container_options(self, sandbox: Any, cmd: list[str], connection: dict[str, Any]) -> dict[str, Any]:
@@ -549,6 +605,7 @@ class DockerProvisioner(KernelProvisionerBase):
             "PYTHONUNBUFFERED": "1",
             **sandbox.env,
             CONNECTION_ENV: json.dumps(connection),
+            **(transport.bootstrap_env(self.kernel_spec) if self._network is not None else {}),
         }
         if getattr(sandbox, "image", None):
             self.image = sandbox.image  # chosen by the request (an E2B template); recorded for re-attaching
@@ -562,7 +619,7 @@ class DockerProvisioner(KernelProvisionerBase):
             "hostname": "sandbox",
             "environment": environment,
             "labels": self.engine.labels(sandbox),
-            "network_mode": self.network if limits.network else "none",
+            "network_mode": self._network_mode(limits),
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "read_only": True,
@@ -588,6 +645,11 @@ class DockerProvisioner(KernelProvisionerBase):
         options.update(self.run_options)
         return options
 
+    def _network_mode(self, limits: Any) -> str:
+        if self._network is not None:
+            return self._network.name  # and ``network`` too if allowed: joined before the start
+        return str(self.network) if limits.network else "none"
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         import docker.errors
 
@@ -608,19 +670,26 @@ class DockerProvisioner(KernelProvisionerBase):
             container = await engine.call(engine.client.containers.create, **options)
         self.container_id = self._last_container_id = container.id
         try:
+            if self._network is not None and sandbox.resources.network:
+                await engine.call(engine.client.api.connect_container_to_network, self.container_id, self.network)
             await engine.call(engine.client.api.start, self.container_id)
-            state = await engine.state(self.container_id)
+            attrs = await engine.inspect(self.container_id)
+            state = attrs["State"] if attrs is not None else None
             if state is None or not state["Running"]:
                 log.warning("sandbox %s: the container stopped at once: %s", sandbox.id, await self._log_tail())
                 raise SandboxStartFailed("the sandbox's container stopped at once")
-            try:
-                await self._attach_sockets(int(state["Pid"]), launching=True)
-            except SocketRefused as refused:
-                if await self.poll() is not None:  # it died while starting (say, out of memory)
-                    raise SandboxStartFailed(f"its kernel stopped before it answered ({await self.exit_reason()})") \
-                        from None
-                log.warning("sandbox %s: refused its kernel's sockets: %s", sandbox.id, refused)
-                raise SandboxStartFailed("the sandbox's kernel sockets are not what it bound") from None
+            if self._network is not None:
+                self._pid = self._local_pid(int(state["Pid"]))
+                self.connection_info = transport.reach(self.parent, self._network.address(attrs or {}))
+            else:
+                try:
+                    await self._attach_sockets(int(state["Pid"]), launching=True)
+                except SocketRefused as refused:
+                    if await self.poll() is not None:  # it died while starting (say, out of memory)
+                        raise SandboxStartFailed(
+                            f"its kernel stopped before it answered ({await self.exit_reason()})") from None
+                    log.warning("sandbox %s: refused its kernel's sockets: %s", sandbox.id, refused)
+                    raise SandboxStartFailed("the sandbox's kernel sockets are not what it bound") from None
         except BaseException:
             await self.cleanup()
             raise
@@ -747,6 +816,8 @@ class DockerProvisioner(KernelProvisionerBase):
             instance_id=self.engine.instance_id,
             sandbox_dir=str(self.sandbox_dir) if self.sandbox_dir else None,
             sockets=identities_to_record(sockets_of(self.parent).identities),
+            transport="tcp" if self._network is not None else "ipc",
+            kernel_network=self._network.name if self._network is not None else None,
         )
         return info
 
@@ -759,6 +830,9 @@ class DockerProvisioner(KernelProvisionerBase):
         if self.container_id is None or self.sandbox_dir is None:
             self.container_id = None
             return
+        if provisioner_info.get("transport") == "tcp":
+            await self._reattach_tcp(str(provisioner_info.get("kernel_network") or ""))
+            return
         state = await self.engine.state(self.container_id)
         if state is not None and state["Running"]:
             self.sandbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -766,3 +840,32 @@ class DockerProvisioner(KernelProvisionerBase):
             await self._attach_sockets(int(state["Pid"]), launching=False,
                                        expect=identities_from_record(provisioner_info.get("sockets")))
 
+    async def _reattach_tcp(self, network: str) -> None:
+        """Reach the running kernel at the address the engine reports now (the keys came with the connection)."""
+        assert self.container_id is not None
+        configured = self.engine.kernel_network
+        if configured is not None and configured.name == network:
+            self._network = configured
+        else:  # started on another network (the operator changed it): only its address is needed
+            self._network = KernelNetwork(name=network, bridge="", peers=[], firewall=False)
+        attrs = await self.engine.inspect(self.container_id)
+        if attrs is None or not attrs["State"]["Running"]:
+            return  # poll() says it is gone
+        self._pid = self._local_pid(int(attrs["State"]["Pid"]))
+        try:
+            address = self._network.address(attrs)
+        except KernelNetworkError as unreachable:  # taken off the network meanwhile
+            raise SocketRefused(str(unreachable)) from None
+        self.connection_info = transport.reach(self.parent, address)
+
+    def _local_pid(self, pid: int) -> int | None:
+        """``pid`` if it is this container's init on this host (its cgroup names the container), else None.
+
+        Over tcp the gateway may run on another host than the engine, where ``pid`` is some other
+        process: then no usage is read from ``/proc``.
+        """
+        try:
+            with open(f"/proc/{pid}/cgroup") as cgroups:
+                return pid if self.container_id and self.container_id in cgroups.read() else None
+        except OSError:
+            return None

@@ -9,7 +9,8 @@
 The provisioner is named in the kernelspec's metadata (``kernel_provisioner``), so the choice of
 where kernels run is made once, here, and jupyter_client's ``KernelProvisionerFactory`` loads it
 from the ``jupyter_client.kernel_provisioners`` entry points. Kernels use the ipc transport in a
-per-sandbox directory: no TCP port is opened, and a container needs no network to be reached.
+per-sandbox directory by default: no TCP port is opened, and a container needs no network to be
+reached. A provisioner may put a kernel on tcp instead (``gateway.provisioners.transport``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from gateway.execution.messages import MessageGate
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners.sockets import KernelSockets, SocketRefused
+from gateway.provisioners.transport import ConnectedSockets
 
 #: Our names for provisioners -> their entry point names.
 PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker"}
@@ -84,6 +86,8 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
         self.messages = MessageGate(sandbox_id, self.session, dropped=dropped)
         #: The kernel's sockets, held by descriptor (its provisioner attaches them at each launch).
         self.sockets = KernelSockets()
+        #: The sockets ``connect_*`` handed out (jupyter_server's channels): they follow a relaunched kernel.
+        self.connected = ConnectedSockets()
         # Plain attributes, not traits: they change with every execution, on the hot path.
         #: idle, busy, starting, restarting or dead, from the kernel's status messages.
         self.execution_state = "starting"
@@ -91,6 +95,11 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
         self.last_activity = datetime.now(timezone.utc)
         #: Why the kernel last failed, if it did (jupyter_server's WebSocket code sets it).
         self.reason = ""
+
+    def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket[Any]:
+        socket: zmq.Socket[Any] = super()._create_connected_socket(channel, identity=identity)
+        self.connected.add(socket, self, channel)
+        return socket
 
 
 class SandboxKernelSpecManager(KernelSpecManager):
@@ -215,6 +224,8 @@ class KernelLauncher(LoggingConfigurable):
         """
         await km.shutdown_kernel(now=True, restart=True)
         await asyncio.wait_for(km.start_kernel(**self._launch_kwargs(sandbox)), self.startup_timeout)
+        if isinstance(km, SandboxKernelManager):
+            km.connected.repoint(km)  # over tcp the new kernel has a new address and keys
 
     async def record(self, km: AsyncKernelManager) -> dict[str, Any]:
         """JSON-safe connection and provisioner info: enough to re-attach from another process."""

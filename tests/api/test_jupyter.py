@@ -171,6 +171,18 @@ async def statuses_until(socket: Any, wanted: str, within: float = 10) -> list[s
     return seen
 
 
+async def results_once_answered(socket: Any, code: str, within: float = 60) -> list[str]:
+    """Execute ``code`` until a reply comes (a restarted kernel answers once the socket reached it); its results."""
+    async with asyncio.timeout(within):
+        while True:
+            request = execute_request(code)
+            await socket.send(json.dumps(request))
+            got = await replies_to(socket, request["header"]["msg_id"])
+            results = [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"]
+            if results:
+                return results
+
+
 async def test_a_dying_jupyter_kernel_says_restarting_and_comes_back(gateway: InProcessGateway,
                                                                      kernel: dict[str, Any]) -> None:
     """As Jupyter Server does for its kernels: ``status: restarting`` on iopub at once, then a fresh kernel."""
@@ -178,15 +190,7 @@ async def test_a_dying_jupyter_kernel_says_restarting_and_comes_back(gateway: In
         await socket.send(json.dumps(execute_request("x = 1\nimport os\nos._exit(1)")))
         assert "restarting" in await statuses_until(socket, "restarting")
         # The same socket reaches the new kernel (its sockets are the old ones' addresses); state is gone.
-        async with asyncio.timeout(60):
-            while True:
-                request = execute_request("'x' in globals()")
-                await socket.send(json.dumps(request))
-                got = await replies_to(socket, request["header"]["msg_id"])
-                results = [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"]
-                if results:
-                    break
-        assert results == ["False"]
+        assert await results_once_answered(socket, "'x' in globals()") == ["False"]
     async with gateway.client(None) as client:
         model = (await client.get(f"/api/kernels/{kernel['id']}", headers=TOKEN)).json()
         assert model["execution_state"] == "idle"
