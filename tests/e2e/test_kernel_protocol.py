@@ -1,9 +1,9 @@
 """jupyter_kernel_test's protocol suite against a Docker sandbox kernel, reached through the gateway's
 Jupyter kernel API with jupyter_server's gateway kernel classes (the client class README shows).
 
-Every sample is filled in; the one sub-check not run is the history "range" one, which a local
-ipykernel fails as well (see ``supported_history_operations``); ``test_history_range`` checks
-what IPython answers instead.
+Every sample is filled in. The history test is ours (``test_history``): upstream's "range"
+sub-check expects a session number IPython does not answer (a local ipykernel fails it too) and
+would be reported skipped; ours checks tail, search and range as IPython answers them.
 """
 
 from __future__ import annotations
@@ -73,18 +73,32 @@ class TestSandboxKernel(jupyter_kernel_test.KernelTests):
     # number of `tail` back, but IPython answers 0 ("the current session") for the current
     # session's lines: a local ipykernel fails it too (6.17 with IPython 8.5, as in the image, and
     # 7.4 with IPython 9), and jupyter_kernel_test's own ipykernel suite declares tail and search
-    # only. test_history_range below checks what IPython does answer.
+    # only. Our test_history below checks what IPython does answer.
     code_history_pattern = "1?2*"
     supported_history_operations = ("tail", "search")
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
 
-    def test_history_range(self) -> None:
-        """A range of the current session, named by its number (from ``tail``) or as 0: IPython's answer."""
+    def test_history(self) -> None:
+        """History kept in memory: tail, search and range requests answer as a local IPython kernel does."""
         codes = [sample["code"] for sample in self.code_execute_result]
-        tail = self.history_helper(codes, hist_access_type="tail", n=1, output=False, raw=True)
-        [(session, line, code)] = tail["content"]["history"]
-        assert session >= 1 and code == codes[-1]
+        tail = self.history_helper(codes, hist_access_type="tail", n=len(codes), output=False, raw=True)
+        assert [entry[2] for entry in tail["content"]["history"]] == codes
+        with_output = self.history_helper(codes, hist_access_type="tail", n=len(codes), output=True, raw=True)
+        assert [entry[2][0] for entry in with_output["content"]["history"]] == codes  # (input, output) pairs
+        assert all(len(entry[2]) == 2 for entry in with_output["content"]["history"])
+        found = self.history_helper(codes, hist_access_type="search", pattern=self.code_history_pattern,
+                                    output=False, raw=True)
+        assert found["content"]["history"], found["content"]
+        unique = self.history_helper(codes, hist_access_type="search", pattern=self.code_history_pattern,
+                                     unique=True, output=False, raw=True)
+        assert len(unique["content"]["history"]) == 1, unique["content"]
+        three = self.history_helper(codes, hist_access_type="search", pattern=self.code_history_pattern,
+                                    n=3, output=False, raw=True)
+        assert len(three["content"]["history"]) == 3, three["content"]
+        # A range of the current session, named by its number (from tail) or as 0: IPython answers 0.
+        session, line, code = tail["content"]["history"][-1]
+        assert session >= 1
         for asked in (session, 0):
             reply = self.history_helper([], hist_access_type="range", session=asked, start=line, stop=line + 1,
                                         output=False, raw=True)
