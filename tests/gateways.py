@@ -41,8 +41,16 @@ async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 
 
 async def run(client: httpx.AsyncClient, sandbox_id: str, code: str, **extra: Any) -> dict[str, Any]:
-    """Execute ``code``; the Execution (the test fails unless it is 200)."""
-    response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra})
+    """Execute ``code``; the Execution (the test fails unless it is 200).
+
+    The request waits as long as the execution may run (its ``timeout``, plus a margin), even where
+    that is longer than the client's own timeout.
+    """
+    wait: Any = httpx.USE_CLIENT_DEFAULT
+    if isinstance(extra.get("timeout"), (int, float)) and extra["timeout"] + 60 > (client.timeout.read or 0):
+        wait = httpx.Timeout(client.timeout.connect, read=extra["timeout"] + 60)
+    response = await client.post(f"/api/v1/sandboxes/{sandbox_id}/execute", json={"code": code, **extra},
+                                 timeout=wait)
     assert response.status_code == 200, response.text
     return response.json()
 
