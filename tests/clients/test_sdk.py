@@ -133,6 +133,17 @@ def test_key_and_url_from_the_environment(client_gateway: GatewayProcess, monkey
         assert sandbox.id in {s.id for s in gateway.sandboxes(status="running")}
 
 
+def test_listing_reads_every_page(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway pages GET /sandboxes; the SDK follows the pages (one sandbox per page here)."""
+    import code_gateway_client.aio
+
+    monkeypatch.setattr(code_gateway_client.aio, "PAGE", 1)
+    with gateway.create_sandbox() as first, gateway.create_sandbox() as second, gateway.create_sandbox() as third:
+        listed = [s.id for s in gateway.sandboxes(status="running")]
+        assert [i for i in listed if i in {first.id, second.id, third.id}] == [first.id, second.id, third.id]
+        assert len(listed) == len(set(listed))
+
+
 async def test_async_sdk(client_gateway: GatewayProcess, tmp_path: Path) -> None:
     async with AsyncGateway(client_gateway.url, KEYS["alice"]) as gateway:
         async with await gateway.create_sandbox() as sandbox:

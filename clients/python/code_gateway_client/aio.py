@@ -28,6 +28,8 @@ Progress = Callable[[int, int | None], Any]
 Source = bytes | str | os.PathLike[str] | IO[bytes]
 Destination = str | os.PathLike[str] | IO[bytes]
 V1 = "/api/v1"
+#: Sandboxes asked for per page when listing (the gateway allows up to 1000).
+PAGE = 500
 
 
 class AsyncGateway:
@@ -58,9 +60,18 @@ class AsyncGateway:
         return AsyncSandbox(self, SandboxInfo.from_json(data), delete_on_exit=delete_on_exit)
 
     async def sandboxes(self, *, status: str | list[str] | None = None) -> list[AsyncSandbox]:
-        params = {"status": status} if status else None
-        data = await self.connection.json("GET", f"{V1}/sandboxes", params=params)
-        return [AsyncSandbox(self, SandboxInfo.from_json(s), delete_on_exit=False) for s in data["sandboxes"]]
+        """All your sandboxes (every page of the paged listing), oldest first."""
+        found: list[AsyncSandbox] = []
+        while True:
+            params: dict[str, Any] = {"limit": PAGE, "offset": len(found)}
+            if status:
+                params["status"] = status
+            data = await self.connection.json("GET", f"{V1}/sandboxes", params=params)
+            page = data["sandboxes"]
+            found += [AsyncSandbox(self, SandboxInfo.from_json(s), delete_on_exit=False) for s in page]
+            # A gateway without paging answers without a total: one page is all there is.
+            if not page or len(found) >= data.get("total", len(found)):
+                return found
 
     async def sandbox(self, sandbox_id: str, *, delete_on_exit: bool = False) -> AsyncSandbox:
         """An existing sandbox (``APIError`` with code ``sandbox_not_found`` if it is not yours)."""
