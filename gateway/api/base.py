@@ -22,7 +22,6 @@ Logs never carry a secret: a request's URI is logged with ``scrub_uri`` (``?toke
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -31,6 +30,7 @@ from urllib.parse import unquote_plus, urlparse
 from jsonschema import Draft202012Validator
 from tornado import web
 
+from gateway import jsonbytes
 from gateway.auth import KeyRing
 from gateway.errors import (
     GatewayError,
@@ -216,8 +216,8 @@ class APIHandler(JSONErrors, web.RequestHandler):
                 return {}
             raise InvalidJSON("the request body must be a JSON object")
         try:
-            body = json.loads(self.request.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            body = jsonbytes.loads(self.request.body)
+        except ValueError as exc:  # bad JSON or bad UTF-8
             raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise InvalidJSON("the request body must be a JSON object")
@@ -240,7 +240,7 @@ class APIHandler(JSONErrors, web.RequestHandler):
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(data))
+        self.finish(jsonbytes.dumps(data))
 
 
 async def authenticate(keyring: KeyRing, token: str) -> str:
@@ -266,7 +266,7 @@ def write_json_error(handler: web.RequestHandler, status_code: int, exc: BaseExc
     if status_code == 405:
         handler.set_header("Allow", ", ".join(allowed_methods(handler)))
     handler.set_header("Content-Type", "application/json; charset=UTF-8")
-    handler.finish(json.dumps(body))
+    handler.finish(jsonbytes.dumps(body))
 
 
 def allowed_methods(handler: web.RequestHandler) -> list[str]:

@@ -42,6 +42,7 @@ from gateway.api.base import (
     origin_allowed,
 )
 from gateway.api.executions import check_code
+from gateway.jsonbytes import dumps
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
 from gateway.execution.feed import FeedCursor
@@ -164,7 +165,7 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
 
     async def _send(self, event: dict[str, Any]) -> None:
         try:
-            await self.write_message(json.dumps(event))
+            await self.write_message(dumps(event))  # bytes, sent as a text frame (binary=False)
         except websocket.WebSocketClosedError:
             pass
 

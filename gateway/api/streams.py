@@ -11,9 +11,10 @@ silent, a keepalive goes out so proxies don't cut the connection.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
+
+from gateway.jsonbytes import dumps
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -27,11 +28,11 @@ class EventEncoder:
 
 
 def _ndjson(event: dict[str, Any]) -> bytes:
-    return json.dumps(event).encode() + b"\n"
+    return dumps(event) + b"\n"
 
 
 def _sse(event: dict[str, Any]) -> bytes:
-    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + dumps(event) + b"\n\n"
 
 
 ENCODERS = {

@@ -17,7 +17,6 @@ reader, and jupyter_server's channels WebSocket in both protocols)::
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from typing import Any
 
 from jupyter_client.session import DELIM, Session
 from prometheus_client import Counter
+
+from gateway import jsonbytes
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class BadMessage(ValueError):
 def _object(part: bytes, what: str) -> dict[str, Any]:
     """One JSON part that must be an object."""
     try:
-        value = json.loads(part)
+        value = jsonbytes.loads(part)
     except ValueError:  # bad JSON or bad UTF-8
         raise BadMessage(MALFORMED, f"the {what} is not JSON") from None
     if not isinstance(value, dict):
