@@ -82,6 +82,7 @@ class Executor:
         )
         progress = _Progress()
         execution.outputs = collector.outputs  # shared, so a running execution shows its outputs so far
+        execution.settle = collector.settle
         execution.status = ExecutionStatus.RUNNING
         execution.started_at = timestamps.now()
         timed_out = False
@@ -100,6 +101,8 @@ class Executor:
                     )
         except KernelGone as gone:  # the kernel was already gone when we tried to send
             progress.gone = gone
+        collector.settle()
+        execution.settle = None
         execution.truncated = collector.truncated
         execution.finished_at = timestamps.now()
         self._conclude(execution, progress, timed_out=timed_out, cancelled=cancel_requested())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -45,17 +46,26 @@ class Execution:
     created_at: datetime = dataclasses.field(default_factory=timestamps.now)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: While it runs: brings ``outputs`` up to date (its collector joins stream text only when asked).
+    settle: Callable[[], None] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    def settled_outputs(self) -> list[dict[str, Any]]:
+        """``outputs``, up to date."""
+        if self.settle is not None:
+            self.settle()
+        return self.outputs
+
     def stream_text(self, name: str) -> str:
-        return "".join(o["text"] for o in self.outputs if o["output_type"] == "stream" and o["name"] == name)
+        return "".join(o["text"] for o in self.settled_outputs()
+                       if o["output_type"] == "stream" and o["name"] == name)
 
     @property
     def result(self) -> dict[str, Any] | None:
-        for output in self.outputs:
+        for output in self.settled_outputs():
             if output["output_type"] == "execute_result":
                 data: dict[str, Any] = output["data"]
                 return data
@@ -77,7 +87,7 @@ class Execution:
             "sandbox_id": self.sandbox_id,
             "code": self.code,
             "status": str(self.status),
-            "outputs": list(self.outputs),
+            "outputs": list(self.settled_outputs()),
             "error": self.error,
             "execution_count": self.execution_count,
             "truncated": self.truncated,

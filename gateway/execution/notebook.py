@@ -100,7 +100,7 @@ def _cell(execution: Execution) -> dict[str, Any]:
         "metadata": metadata,
         "execution_count": execution.execution_count,
         "source": execution.code,
-        "outputs": [_output(o, execution) for o in execution.outputs],
+        "outputs": [_output(o, execution) for o in execution.settled_outputs()],
     }
 
 

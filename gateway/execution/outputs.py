@@ -4,7 +4,9 @@
     events = collector.apply(msg)   # what to stream to live clients for this message
     collector.outputs               # what the stored execution (and its notebook) holds
 
-Consecutive stream chunks of the same name are joined, ``clear_output`` (also ``wait=True``) and
+Consecutive stream chunks of the same name are joined (once, when the outputs are read: joining
+each chunk as it comes would copy the text so far every time, quadratic in a flood of small
+chunks), ``clear_output`` (also ``wait=True``) and
 ``update_display_data`` are applied as a notebook front end would, and the two caps bound the
 memory an execution holds, whatever the kernel sends: one output over ``max_output_bytes`` is
 replaced by a note saying how big it was, and once what the execution holds (every kind of event
@@ -87,7 +89,9 @@ class OutputCollector:
         self.max_output_bytes = max_output_bytes
         self.max_total_bytes = max_total_bytes
         self.event_cost = event_cost
-        self.outputs: list[dict[str, Any]] = []
+        self._outputs: list[dict[str, Any]] = []
+        #: Stream text arrived for the last output (a stream) and not joined into it yet.
+        self._tail: list[str] = []
         self.truncated = False
         self.total_bytes = 0
         self._clear_on_next_output = False
@@ -95,6 +99,19 @@ class OutputCollector:
         #: display id -> size of its latest update (what an update of it holds).
         self._updated: dict[str, int] = {}
         self._dropping = False
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """The outputs so far (the same list object all along)."""
+        self.settle()
+        return self._outputs
+
+    def settle(self) -> None:
+        """Join the stream text waiting into the last output (replaced, not changed: see ``Execution.to_record``)."""
+        if self._tail:
+            last = self._outputs[-1]
+            self._outputs[-1] = {**last, "text": last["text"] + "".join(self._tail)}
+            self._tail.clear()
 
     def apply(self, msg: dict[str, Any]) -> list[dict[str, Any]]:
         """Apply one iopub message; return the live events it produced (possibly none)."""
@@ -120,19 +137,22 @@ class OutputCollector:
     # -- outputs -------------------------------------------------------------------------------
 
     def _append(self, output: dict[str, Any], display_id: str | None) -> None:
-        last = self.outputs[-1] if self.outputs else None
+        last = self._outputs[-1] if self._outputs else None
         if (
             output["output_type"] == "stream"
             and last is not None
             and last["output_type"] == "stream"
             and last["name"] == output["name"]
+            and isinstance(last["text"], str)
+            and isinstance(output["text"], str)
         ):
             # Joined like a notebook does, so a printing loop is one output, not thousands.
-            self.outputs[-1] = {**last, "text": last["text"] + output["text"]}
+            self._tail.append(output["text"])
             return
+        self.settle()
         if display_id:
-            self._display_ids.setdefault(display_id, []).append(len(self.outputs))
-        self.outputs.append(output)
+            self._display_ids.setdefault(display_id, []).append(len(self._outputs))
+        self._outputs.append(output)
 
     def _update_display(self, display_id: str | None, msg: dict[str, Any]) -> list[dict[str, Any]]:
         if not display_id:
@@ -147,7 +167,7 @@ class OutputCollector:
             return self._drop_rest()
         self._updated[display_id] = size
         for index in self._display_ids.get(display_id, []):
-            self.outputs[index] = {**self.outputs[index], "data": update["data"], "metadata": update["metadata"]}
+            self._outputs[index] = {**self._outputs[index], "data": update["data"], "metadata": update["metadata"]}
         return [{"type": "update_display", "display_id": display_id, "output": update}]
 
     def _clear(self, *, wait: bool) -> list[dict[str, Any]]:
@@ -164,11 +184,12 @@ class OutputCollector:
         return self._clear_now(wait=True)
 
     def _clear_now(self, *, wait: bool) -> list[dict[str, Any]]:
-        if not self.outputs or self._dropping:
+        if not self._outputs or self._dropping:
             return []  # nothing to clear, for the stored execution as for a live client
         if not self._charge(self.event_cost):
             return self._drop_rest()
-        self.outputs.clear()  # in place: the running execution shares this list
+        self._tail.clear()
+        self._outputs.clear()  # in place: the running execution shares this list
         self._display_ids = {}
         return [{"type": "clear_output", "wait": wait}]
 

@@ -27,6 +27,34 @@ def test_streams_of_the_same_name_are_joined_and_order_is_kept() -> None:
     assert [(o["name"], o["text"]) for o in c.outputs] == [("stdout", "ab"), ("stderr", "e"), ("stdout", "c")]
 
 
+def test_a_flood_of_small_chunks_is_one_output_read_at_any_time_and_snapshots_stay_as_taken() -> None:
+    from gateway.execution.model import Execution
+
+    c = collector(total=10 << 20)
+    execution = Execution(sandbox_id="s", code="", timeout=1)
+    execution.outputs, execution.settle = c.outputs, c.settle
+    shared = c.outputs
+    for i in range(20_000):
+        c.apply(msg("stream", name="stdout", text=f"{i}\n"))
+        if i == 999:
+            snapshot = execution.to_record()["outputs"]
+            assert execution.stream_text("stdout") == "".join(f"{n}\n" for n in range(1000))
+    assert snapshot == [{"output_type": "stream", "name": "stdout", "text": "".join(f"{n}\n" for n in range(1000))}]
+    assert execution.stream_text("stdout") == "".join(f"{n}\n" for n in range(20_000))
+    assert len(c.outputs) == 1 and c.outputs is shared
+    c.apply(msg("stream", name="stderr", text="e"))
+    c.apply(msg("stream", name="stdout", text="again"))
+    assert [(o["name"], o["text"][-5:]) for o in shared] == [("stdout", "9999\n"), ("stderr", "e"), ("stdout", "again")]
+
+
+def test_stream_text_that_is_not_text_is_not_joined() -> None:
+    c = collector()
+    c.apply(msg("stream", name="stdout", text="a"))
+    c.apply(msg("stream", name="stdout", text=["not", "text"]))
+    c.apply(msg("stream", name="stdout", text="b"))
+    assert [o["text"] for o in c.outputs] == ["a", ["not", "text"], "b"]
+
+
 def test_each_message_is_one_live_event() -> None:
     c = collector()
     events = c.apply(msg("stream", name="stdout", text="a")) + c.apply(msg("stream", name="stdout", text="b"))
