@@ -36,6 +36,7 @@ from gateway.config import env_config
 from gateway.mcp.server import McpService
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.docker import DockerProvisioner
+from gateway.provisioners.kubernetes import KubernetesProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
@@ -177,7 +178,7 @@ class GatewayApp(ConfiguredApp):
             "Leave sandbox kernels running at shutdown, to re-attach at the next start.",
         ),
     }
-    classes = [KernelLauncher, DockerProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
+    classes = [KernelLauncher, DockerProvisioner, KubernetesProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
                LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, EventLog, WebhookSender, KeyRing,
                E2BTemplates]
     subcommands = {"keys": (KeysApp, KeysApp.description)}

@@ -34,6 +34,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from traitlets import Bool, CaselessStrEnum, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
+from traitlets.utils.importstring import import_item
 
 from gateway.execution.messages import MessageGate
 from gateway.metrics import GatewayMetrics
@@ -42,7 +43,11 @@ from gateway.provisioners.sockets import KernelSockets, SocketRefused
 from gateway.provisioners.transport import ConnectedSockets
 
 #: Our names for provisioners -> their entry point names.
-PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker"}
+PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker",
+                "kubernetes": "code-gateway-kubernetes"}
+#: What the kernels of a provisioner share, started once per gateway (``configured(launcher, runtime_dir)``).
+ENGINES = {"docker": "gateway.provisioners.docker.DockerEngine",
+           "kubernetes": "gateway.provisioners.kubernetes.KubernetesEngine"}
 
 
 def default_kernels_dir() -> str:
@@ -117,10 +122,10 @@ class KernelLauncher(LoggingConfigurable):
     """Creates one AsyncKernelManager per sandbox, kernels running where ``provisioner`` says."""
 
     provisioner = CaselessStrEnum(
-        ["auto", "docker", "local"],
+        ["auto", "docker", "kubernetes", "local"],
         default_value="auto",
-        help="Where sandbox kernels run: docker (one container each), local (plain processes, "
-        "development only), or auto (docker if the engine answers, else local with a warning).",
+        help="Where sandbox kernels run: docker (one container each), kubernetes (one pod each), local (plain "
+        "processes, development only), or auto (docker if the engine answers, else local with a warning).",
     ).tag(config=True)
     kernels_dir = Unicode(help="Directory holding the sandbox kernelspec and IPython profile.").tag(config=True)
     kernel_name = Unicode("python3", help="Kernelspec (under kernels_dir) that sandboxes run.").tag(config=True)
@@ -143,17 +148,15 @@ class KernelLauncher(LoggingConfigurable):
         self.warnings: list[str] = []
         self.resolved = "local"
         self.spec_manager: SandboxKernelSpecManager | None = None
-        #: What the resolved provisioner's kernels share (docker: the ``DockerEngine``); None for local.
+        #: What the resolved provisioner's kernels share (``DockerEngine``, ``KubernetesEngine``); None for local.
         self.engine: Any = None
 
     async def start(self) -> None:
         """Decide where kernels run and prepare the kernelspec."""
         self.resolved = await self._resolve()
         self.runtime_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        if self.resolved == "docker":
-            from gateway.provisioners.docker import DockerEngine
-
-            self.engine = DockerEngine.configured(self, self.runtime_dir)
+        if self.resolved in ENGINES:
+            self.engine = import_item(ENGINES[self.resolved]).configured(self, self.runtime_dir)
             self.warnings.extend(await self.engine.start())
         base = KernelSpecManager(kernel_dirs=[self.kernels_dir]).get_kernel_spec(self.kernel_name)
         spec = copy.deepcopy(base)
