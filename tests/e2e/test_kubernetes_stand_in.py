@@ -92,6 +92,13 @@ print(json.dumps({'uid': os.getuid(), 'root': root, 'env': sorted(os.environ)}))
     assert interrupted["status"] == "timed_out" and "was interrupted" in interrupted["error"]["evalue"]
     assert (await run(alice, sid, "x"))["result"] == {"text/plain": "41"}  # the same kernel, state kept
 
+    # What needs pods/exec says so, and changes nothing.
+    for refused in (await alice.get(f"/api/v1/sandboxes/{sid}/files"),
+                    await alice.post(f"/api/v1/sandboxes/{sid}/pause")):
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "sandbox_not_running" and "'kubernetes'" in refused.text
+    assert (await run(alice, sid, "x"))["result"] == {"text/plain": "41"}
+
     # A restart is a new pod (new address, new keys), a delete removes it.
     assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
     assert len(cluster.created) == 2
