@@ -26,10 +26,13 @@ engine:
 
 images: engine
 	bash images/build.sh
+	bash images/full/build.sh
 
 run: venv
 	@bash deploy/host/ensure-docker.sh && bash images/build.sh \
 	  || echo "warning: no Docker engine or image; the gateway will fall back to local processes"
+	@bash images/full/build.sh >/dev/null 2>&1 \
+	  || echo "warning: no code-gateway/full image: contexts in bash, R and JavaScript (E2B's code-interpreter-v1) will not start"
 	$(BIN)/code-gateway --ip=$(HOST) --port=$(PORT)
 
 test: venv images typecheck

@@ -117,6 +117,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 row.verdict = "; ".join(verdicts)
             elif name in ("kg", "kg_quickack"):
                 row.method += " (local-process kernel)"
+            elif name == "e2b":
+                row.baseline = vs(series, roundtrip.get("rest"), "REST")
             rows.append(row)
         if raw:
             rows.append(latency_row("round trip of 1+1", raw, "baseline (floor)"))

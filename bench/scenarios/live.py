@@ -8,7 +8,8 @@ against one gateway (pool off, so nothing starts in the background); ``raw`` (ju
 kernel in the same kind of container, no gateway: the floor); ``kg`` (Jupyter Kernel Gateway 3
 over its channels WebSocket; its kernel is a local process, not a container).
 A kernel per method, so no method's traffic reaches another's client (a Jupyter channels socket
-receives every iopub message of its kernel). ``kg_quickack`` is Kernel Gateway again with a client
+receives every iopub message of its kernel). ``e2b``: the real ``e2b-code-interpreter`` SDK's
+``AsyncSandbox.run_code`` against the same gateway's E2B dialect. ``kg_quickack`` is Kernel Gateway again with a client
 that acknowledges every message at once: Kernel Gateway leaves Nagle's algorithm on (Tornado's
 default for WebSockets), so its second message per execute otherwise waits ~40 ms for the
 client's delayed ACK; this row shows what it costs without that.
@@ -26,12 +27,15 @@ from bench.harness import Bench, Gateway, KernelGateway, RawKernels
 from bench.measure import log
 
 Method = Callable[[str, "str | None"], Awaitable[Any]]
+#: The benchmark user's E2B key (E2B's form: e2b_ and 40 hex digits).
+E2B_KEY = "e2b_" + "be" * 20
 
 LABELS = {
     "rest": "gateway REST execute",
     "ndjson": "gateway NDJSON stream",
     "ws": "gateway WebSocket (/stream)",
     "jupyter_ws": "gateway Jupyter channels WS",
+    "e2b": "E2B SDK run_code (AsyncSandbox, /e2b)",
     "raw": "raw jupyter_client (container kernel)",
     "kg": "Jupyter Kernel Gateway 3 WS",
     "kg_quickack": "Kernel Gateway 3 WS, client TCP_QUICKACK",
@@ -67,7 +71,8 @@ class Live:
 
     async def _open(self) -> None:
         stack = self.stack
-        gateway = self.gateway = await stack.enter_async_context(Gateway(self.bench, "live", **pool_args()))
+        gateway = self.gateway = await stack.enter_async_context(
+            Gateway(self.bench, "live", extra=[f"--api-keys=bench:{Gateway.KEY},bench:{E2B_KEY}"], **pool_args()))
         http = await gateway.connect()
         stack.push_async_callback(http.close)
         ids = {}
@@ -94,6 +99,8 @@ class Live:
         self.methods["jupyter_ws"] = lambda code, expect: clients.channels_execute(
             channels, code, session, expect)
 
+        await self._open_e2b(gateway)
+
         raw = await stack.enter_async_context(RawKernels(self.bench))
         _, raw_client = await raw.start()
         log("  raw container kernel ready")
@@ -118,6 +125,26 @@ class Live:
             log("  kernel-gateway kernel ready")
         except Exception as exc:
             log(f"  Kernel Gateway unavailable, comparing without it: {exc}")
+
+    async def _open_e2b(self, gateway: Gateway) -> None:
+        """The real E2B SDK against the gateway's E2B dialect (a sandbox of the default image, as REST's)."""
+        from e2b_code_interpreter import AsyncSandbox
+
+        base = f"http://127.0.0.1:{gateway.port}"
+        sandbox = await AsyncSandbox.create(template="base", timeout=3600, api_key=E2B_KEY, api_url=f"{base}/e2b",
+                                            sandbox_url=f"{base}/e2b/sandbox")
+        self.stack.push_async_callback(sandbox.kill)
+        self.servers["e2b"] = gateway.pid
+
+        async def run_code(code: str, expect: str | None) -> Any:
+            execution = await sandbox.run_code(code)
+            if execution.error is not None:
+                raise RuntimeError(f"{execution.error.name}: {execution.error.value}")
+            if expect is not None and execution.text != expect:
+                raise RuntimeError(f"expected {expect!r}, got {execution.text!r}")
+            return execution
+
+        self.methods["e2b"] = run_code
 
     async def setup(self, code: str) -> None:
         """Run ``code`` once in every kernel (untimed), e.g. to define what the timed code uses."""

@@ -294,6 +294,8 @@ def describe(error: Any) -> str:
         return f"unknown field: {names}"
     if error.validator == "required":
         return f"missing field: {error.message.split(chr(39))[1] if chr(39) in error.message else error.message}"
+    if error.validator == "not" and isinstance(error.validator_value, dict) and "required" in error.validator_value:
+        return f"give only one of the fields {', '.join(error.validator_value['required'])}"
     where = f"field '{field}'" if field else "the request body"
     return f"{where}: {error.message}"
 

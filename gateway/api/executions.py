@@ -120,12 +120,13 @@ class ExecuteHandler(StreamingHandler):
         body = self.json_body(schemas.execute)
         code = check_code(body["code"])
         encoder = negotiate(self.request.headers.get("Accept", ""))
+        where = {"context": body.get("context"), "language": body.get("language")}
         if encoder is None:
-            running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"))
+            running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"), **where)
             self.write_json(await self.sandboxes.finished(running))
             return
         self.interrupt_on_disconnect = body.get("interrupt_on_disconnect", False)
-        self.running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"))
+        self.running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"), **where)
         await self.stream(encoder, self.running)
 
     def on_connection_close(self) -> None:

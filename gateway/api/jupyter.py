@@ -50,11 +50,12 @@ class JupyterHandler(APIHandler):
         self.sandboxes = sandboxes
         self.launcher = launcher
 
-    def kernelspec(self) -> dict[str, Any]:
+    def kernelspec(self, name: str | None = None) -> dict[str, Any]:
         assert self.launcher.spec_manager is not None
-        spec = self.launcher.spec_manager.get_kernel_spec(self.launcher.kernel_name).to_dict()
+        name = name or self.launcher.kernel_name
+        spec = self.launcher.spec_manager.get_kernel_spec(name).to_dict()
         spec["metadata"] = {k: v for k, v in spec.get("metadata", {}).items() if k != "kernel_provisioner"}
-        return {"name": self.launcher.kernel_name, "spec": spec, "resources": {}}
+        return {"name": name, "spec": spec, "resources": {}}
 
     async def live_sandbox(self, kernel_id: str) -> Sandbox:
         """A kernel exists while its sandbox is not terminated (Jupyter has no record of ended kernels)."""
@@ -86,15 +87,19 @@ class ApiHandler(JupyterHandler):
 
 
 class KernelSpecsHandler(JupyterHandler):
+    """Every language's kernelspec (``python3``, ``bash``, ``ir``, ``deno``); a sandbox's own kernel is
+    the default, the others run as its contexts (``/api/v1/sandboxes/{id}/contexts``)."""
+
     def get(self) -> None:
-        self.write_json({"default": self.launcher.kernel_name, "kernelspecs": {self.launcher.kernel_name: self.kernelspec()}})
+        names = self.launcher.kernel_names()
+        self.write_json({"default": self.launcher.kernel_name, "kernelspecs": {n: self.kernelspec(n) for n in names}})
 
 
 class KernelSpecHandler(JupyterHandler):
     def get(self, name: str) -> None:
-        if name != self.launcher.kernel_name:
+        if name not in self.launcher.kernel_names():
             raise NotFound(f"no kernelspec named {name!r}")
-        self.write_json(self.kernelspec())
+        self.write_json(self.kernelspec(name))
 
 
 class KernelsHandler(JupyterHandler):

@@ -123,11 +123,24 @@ EXECUTION = {
             "code": {"type": "string"}, "ename": {"type": "string"}, "evalue": {"type": "string"},
             "traceback": {"type": "array", "items": {"type": "string"}}}},
         "execution_count": {"type": ["integer", "null"]}, "truncated": {"type": "boolean"},
+        "context": {"type": ["string", "null"], "description": "the context it ran in (null: the default)"},
         "timeout": {"type": "number"}, "created_at": {"type": "string", "format": "date-time"},
         "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},
         "duration_ms": {"type": ["number", "null"]},
     },
 }
+CONTEXT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"}, "sandbox_id": {"type": "string"},
+        "language": {"enum": ["python", "bash", "r", "javascript", "typescript"]},
+        "cwd": {"type": "string", "description": "relative to the sandbox's working directory"},
+        "status": {"enum": ["running", "failed"]}, "status_reason": {"type": ["string", "null"]},
+        "default": {"type": "boolean", "description": "the sandbox's own kernel"},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+}
+CONTEXT_ID = {"name": "context_id", "in": "path", "required": True, "schema": {"type": "string"}}
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -308,6 +321,30 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
             "get": {"summary": "The execution history as an .ipynb (streamed)", "parameters": [SANDBOX_ID],
                     "responses": {"200": reply("an nbformat 4.5 notebook", ref("Notebook"), "application/x-ipynb+json"),
                                   **ERRORS}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/contexts": {
+            "post": {"summary": "Start another kernel in the sandbox: a context (python, bash, r, javascript, "
+                                "typescript), sharing its files and limits",
+                     "parameters": [SANDBOX_ID], "requestBody": body(schemas.CREATE_CONTEXT, required=False),
+                     "responses": {"201": reply("the context", CONTEXT), **ERRORS,
+                                   "409": error("the sandbox is not running, or its image has no kernel for the "
+                                                "language (language_unavailable)"),
+                                   "503": error("its kernel did not start, or did not answer")}},
+            "get": {"summary": "The sandbox's contexts: its own kernel (the default, python) and the others",
+                    "parameters": [SANDBOX_ID],
+                    "responses": {"200": reply("the contexts", {"type": "object", "properties": {
+                        "contexts": {"type": "array", "items": CONTEXT}}}), **ERRORS}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/contexts/{context_id}": {
+            "delete": {"summary": "Stop a context's kernel (not the default context: delete the sandbox)",
+                       "parameters": [SANDBOX_ID, CONTEXT_ID],
+                       "responses": {"204": {"description": "removed"}, **ERRORS,
+                                     "409": error("the default context (the sandbox's own kernel: default_context)")}},
+        },
+        "/api/v1/sandboxes/{sandbox_id}/contexts/{context_id}/restart": {
+            "post": {"summary": "A fresh kernel for the context, in its directory", "parameters": [SANDBOX_ID, CONTEXT_ID],
+                     "responses": {"200": reply("the context", CONTEXT), **ERRORS, **NOT_RUNNING,
+                                   "503": error("its kernel did not start again")}},
         },
         "/api/v1/sandboxes/{sandbox_id}/files": {
             "get": {"summary": "List a directory of the working directory",

@@ -11,6 +11,7 @@ from tornado import web
 
 from gateway.api import e2b
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER
+from gateway.api.contexts import ContextHandler, ContextRestartHandler, ContextsHandler
 from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.base import NotFoundHandler
 from gateway.api.executions import (
@@ -83,6 +84,9 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         (rf"{V1}/events", EventsHandler, {"keyring": keyring, "events": sandboxes.events,
                                           "admin_user": sandboxes.admin_user, "keepalive": keepalive}),
         (rf"{V1}/sandboxes/{ID}/notebook", NotebookHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/contexts", ContextsHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/contexts/{ID}", ContextHandler, deps),
+        (rf"{V1}/sandboxes/{ID}/contexts/{ID}/restart", ContextRestartHandler, deps),
         (rf"{V1}/executions/{ID}", ExecutionHandler, deps),
         (rf"{V1}/executions/{ID}/events", ExecutionEventsHandler, {**deps, "keepalive": keepalive}),
         (rf"{V1}/openapi.json", OpenAPIHandler, with_launcher),

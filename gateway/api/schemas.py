@@ -10,6 +10,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from gateway.sandboxes.contexts import ALIASES, LANGUAGES
 from gateway.sandboxes.model import FIGURE_FORMATS, ON_IDLE
 
 NUMBER = {"type": "number"}
@@ -67,6 +68,9 @@ CREATE_SANDBOX: dict[str, Any] = {
     },
 }
 
+#: The languages of contexts, with the other names E2B accepts for them.
+LANGUAGE_NAMES = [*LANGUAGES, *ALIASES]
+
 EXECUTE: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -78,6 +82,20 @@ EXECUTE: dict[str, Any] = {
             "type": "boolean",
             "description": "streaming only: interrupt the execution when the client goes away",
         },
+        "context": {"type": "string", "description": "the id of the context (kernel) to run in; "
+                                                     "default: the sandbox's own, python"},
+        "language": {"enum": LANGUAGE_NAMES, "description": "run in the sandbox's context of this language, "
+                                                            "started if need be (not with 'context')"},
+    },
+    "not": {"required": ["context", "language"]},
+}
+
+CREATE_CONTEXT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "language": {"enum": LANGUAGE_NAMES, "description": "python (default), bash, r, javascript or typescript"},
+        "cwd": {"type": "string", "description": "its working directory, relative to the sandbox's"},
     },
 }
 
@@ -94,3 +112,4 @@ UPDATE_SANDBOX: dict[str, Any] = {
 create_sandbox = Draft202012Validator(CREATE_SANDBOX)
 update_sandbox = Draft202012Validator(UPDATE_SANDBOX)
 execute = Draft202012Validator(EXECUTE)
+create_context = Draft202012Validator(CREATE_CONTEXT)

@@ -43,6 +43,8 @@ class Execution:
     execution_count: int | None = None
     #: True when some output was cut to respect the gateway's output caps.
     truncated: bool = False
+    #: The context it ran in (None: the sandbox's own kernel, its default python context).
+    context: str | None = None
     created_at: datetime = dataclasses.field(default_factory=timestamps.now)
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -91,6 +93,7 @@ class Execution:
             "error": self.error,
             "execution_count": self.execution_count,
             "truncated": self.truncated,
+            "context": self.context,
             "timeout": self.timeout,
             "created_at": timestamps.to_iso(self.created_at),
             "started_at": timestamps.to_iso(self.started_at),
@@ -119,6 +122,7 @@ class Execution:
             error=record.get("error"),
             execution_count=record.get("execution_count"),
             truncated=record.get("truncated", False),
+            context=record.get("context"),
             created_at=timestamps.from_iso(record["created_at"]),  # type: ignore[arg-type]
             started_at=timestamps.from_iso(record.get("started_at")),
             finished_at=timestamps.from_iso(record.get("finished_at")),

@@ -300,6 +300,15 @@ class DockerEngine:
         state: dict[str, Any] = attrs["State"]
         return state
 
+    async def running_container(self, sandbox_id: str) -> str | None:
+        """The id of the sandbox's running container (found by our labels), or None."""
+        containers = await self.call(
+            self.client.api.containers,
+            filters={"label": [f"{LABEL_SANDBOX}={sandbox_id}", f"{LABEL_INSTANCE}={self.instance_id}"],
+                     "status": "running"},
+        )
+        return str(containers[0]["Id"]) if containers else None
+
     def labels(self, sandbox: Any) -> dict[str, str]:
         return {LABEL_SANDBOX: sandbox.id, LABEL_OWNER: sandbox.owner, LABEL_INSTANCE: self.instance_id}
 
@@ -428,6 +437,18 @@ class DockerEngine:
             self._resolve(container_id, int(state["ExitCode"]))
 
 
+def engine_of(provisioner: KernelProvisionerBase) -> DockerEngine:
+    """The ``DockerEngine`` a provisioner's parents own (kernel manager -> launcher)."""
+    owner = provisioner.parent
+    while owner is not None:
+        engine = getattr(owner, "engine", None)
+        if isinstance(engine, DockerEngine):
+            return engine
+        owner = getattr(owner, "parent", None)
+    raise RuntimeError(f"{type(provisioner).__name__} runs under the gateway's KernelLauncher, which owns the "
+                       "DockerEngine")
+
+
 class DockerProvisioner(KernelProvisionerBase):
     """Runs a sandbox's kernel in its own hardened container."""
 
@@ -494,13 +515,7 @@ class DockerProvisioner(KernelProvisionerBase):
 
     @property
     def engine(self) -> DockerEngine:
-        owner = self.parent
-        while owner is not None:
-            engine = getattr(owner, "engine", None)
-            if isinstance(engine, DockerEngine):
-                return engine
-            owner = getattr(owner, "parent", None)
-        raise RuntimeError("DockerProvisioner runs under the gateway's KernelLauncher, which owns the DockerEngine")
+        return engine_of(self)
 
     @property
     def has_process(self) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 
 import zmq.asyncio
 from prometheus_client import Counter
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
@@ -36,6 +36,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 from traitlets.utils.importstring import import_item
 
+from gateway.errors import SandboxNotRunning
 from gateway.execution.messages import MessageGate
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
@@ -48,6 +49,11 @@ PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker",
 #: What the kernels of a provisioner share, started once per gateway (``configured(launcher, runtime_dir)``).
 ENGINES = {"docker": "gateway.provisioners.docker.DockerEngine",
            "kubernetes": "gateway.provisioners.kubernetes.KubernetesEngine"}
+#: The same for a context's kernel: a second kernel inside a running sandbox (docker: an exec in its
+#: container). Kubernetes has none yet (it would need pods/exec): contexts are refused there.
+CONTEXT_PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker-context"}
+#: How a context's kernelspec is named: ``python3:context`` (its provisioner is the context one).
+CONTEXT_SUFFIX = ":context"
 
 
 def default_kernels_dir() -> str:
@@ -100,6 +106,8 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
         self.last_activity = datetime.now(timezone.utc)
         #: Why the kernel last failed, if it did (jupyter_server's WebSocket code sets it).
         self.reason = ""
+        #: For a context's kernel: the sandbox it runs in (None for a sandbox's own kernel).
+        self.context_of: str | None = None
 
     def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket[Any]:
         socket: zmq.Socket[Any] = super()._create_connected_socket(channel, identity=identity)
@@ -108,14 +116,22 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
 
 
 class SandboxKernelSpecManager(KernelSpecManager):
-    """Serves the one kernelspec of our sandboxes, with the chosen provisioner in its metadata."""
+    """Serves the kernelspecs of ``kernels/`` (one per language), each with the chosen provisioner in
+    its metadata; ``NAME:context`` is NAME started as a context (with the context provisioner)."""
 
-    def __init__(self, spec: KernelSpec, **kwargs: Any) -> None:
+    def __init__(self, specs: dict[str, KernelSpec], context_specs: dict[str, KernelSpec], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._spec = spec
+        self.specs = specs
+        self._context_specs = context_specs
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        return self._spec
+        if kernel_name.endswith(CONTEXT_SUFFIX):
+            found = self._context_specs.get(kernel_name.removesuffix(CONTEXT_SUFFIX))
+        else:
+            found = self.specs.get(kernel_name)
+        if found is None:
+            raise NoSuchKernel(kernel_name)
+        return found
 
 
 class KernelLauncher(LoggingConfigurable):
@@ -158,13 +174,22 @@ class KernelLauncher(LoggingConfigurable):
         if self.resolved in ENGINES:
             self.engine = import_item(ENGINES[self.resolved]).configured(self, self.runtime_dir)
             self.warnings.extend(await self.engine.start())
-        base = KernelSpecManager(kernel_dirs=[self.kernels_dir]).get_kernel_spec(self.kernel_name)
-        spec = copy.deepcopy(base)
-        spec.metadata = {
-            **spec.metadata,
-            "kernel_provisioner": {"provisioner_name": PROVISIONERS[self.resolved], "config": {}},
-        }
-        self.spec_manager = SandboxKernelSpecManager(spec, parent=self)
+        found = KernelSpecManager(kernel_dirs=[self.kernels_dir])
+        names = sorted(found.find_kernel_specs())
+        if self.kernel_name not in names:
+            raise NoSuchKernel(self.kernel_name)
+
+        def with_provisioner(name: str, provisioner: str) -> KernelSpec:
+            spec = copy.deepcopy(found.get_kernel_spec(name))
+            spec.metadata = {**spec.metadata, "kernel_provisioner": {"provisioner_name": provisioner, "config": {}}}
+            return spec
+
+        self.spec_manager = SandboxKernelSpecManager(
+            {name: with_provisioner(name, PROVISIONERS[self.resolved]) for name in names},
+            {name: with_provisioner(name, CONTEXT_PROVISIONERS[self.resolved]) for name in names}
+            if self.resolved in CONTEXT_PROVISIONERS else {},
+            parent=self,
+        )
 
     async def _resolve(self) -> str:
         if self.provisioner != "auto":
@@ -184,20 +209,49 @@ class KernelLauncher(LoggingConfigurable):
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.runtime_dir / sandbox_id
 
-    def _kernel_manager(self, sandbox_id: str) -> SandboxKernelManager:
+    def _kernel_manager(self, sandbox_id: str, context_id: str | None = None,
+                        kernel_name: str | None = None) -> SandboxKernelManager:
         directory = self.sandbox_dir(sandbox_id)
-        return SandboxKernelManager(
+        # A context's files sit beside the sandbox's own, under a short name (ipc paths are short).
+        name = "k" if context_id is None else f"c{context_id[:8]}"
+        km = SandboxKernelManager(
             sandbox_id=sandbox_id,
             dropped=self.metrics.kernel_messages_dropped,
             parent=self,
-            kernel_name=self.kernel_name,
+            kernel_name=(kernel_name or self.kernel_name) + ("" if context_id is None else CONTEXT_SUFFIX),
             kernel_spec_manager=self.spec_manager,
             context=self.context,
             transport="ipc",
-            ip=str(directory / "sock" / "k"),
-            connection_file=str(directory / "connection.json"),
+            ip=str(directory / "sock" / name),
+            connection_file=str(directory / ("connection.json" if context_id is None else f"{name}.json")),
             shutdown_wait_time=2.0,
         )
+        km.context_of = None if context_id is None else sandbox_id
+        return km
+
+    def kernel_names(self) -> list[str]:
+        """The kernelspecs sandboxes can run (those in ``kernels_dir``)."""
+        assert self.spec_manager is not None
+        return sorted(self.spec_manager.specs)
+
+    async def launch_context(self, sandbox: Any, context_id: str, kernel_name: str) -> SandboxKernelManager:
+        """Start another kernel (``kernel_name``) inside the running ``sandbox``: one of its contexts.
+
+        It shares the sandbox's container (or, local, its working directory), limits and user;
+        its ipc sockets and connection file are its own. ``dispose`` leaves the sandbox's directory.
+        """
+        if kernel_name not in self.kernel_names():
+            raise NoSuchKernel(kernel_name)
+        if self.resolved not in CONTEXT_PROVISIONERS:
+            raise SandboxNotRunning(f"sandbox {sandbox.id} runs on {self.resolved!r}, where contexts cannot run")
+        km = self._kernel_manager(sandbox.runtime_id, context_id, kernel_name)
+        try:
+            await asyncio.wait_for(km.start_kernel(kernel_id=context_id, **self._launch_kwargs(sandbox)),
+                                   self.startup_timeout)
+        except BaseException:
+            await self.dispose(km)
+            raise
+        return km
 
     async def launch(self, sandbox: Any) -> SandboxKernelManager:
         """Start the kernel of ``sandbox`` (its ``runtime_id`` becomes the kernel id)."""
@@ -287,5 +341,5 @@ class KernelLauncher(LoggingConfigurable):
             elif km.provisioner is not None:
                 await km.provisioner.cleanup(restart=False)
         finally:
-            if remove_dir and km.kernel_id:
+            if remove_dir and km.kernel_id and getattr(km, "context_of", None) is None:
                 shutil.rmtree(self.sandbox_dir(km.kernel_id), ignore_errors=True)

@@ -108,7 +108,17 @@ def _working_set(usage: int | None, stat: dict[str, int], inactive: str) -> int 
     return max(0, usage - stat.get(inactive, 0))
 
 
-def _descendants(pid: int) -> list[int]:
+def oom_kills(groups: dict[str, Path]) -> int | None:
+    """How many processes the OOM killer has killed in the cgroup at ``groups`` (``cgroup_paths``)."""
+    if "unified" in groups:
+        return _fields(groups["unified"] / "memory.events").get("oom_kill")
+    if "memory" in groups:
+        return _fields(groups["memory"] / "memory.oom_control").get("oom_kill")
+    return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc."""
     found, queue = [], [pid]
     while queue:
         current = queue.pop()
@@ -122,7 +132,7 @@ def process_tree_usage(pid: int) -> Usage:
     """The usage of ``pid`` and every process below it (a local sandbox's kernel and what it started)."""
     cpu = memory = threads = 0
     peak: int | None = None
-    for member in _descendants(pid):
+    for member in process_tree(pid):
         stat = _read(Path(f"/proc/{member}/stat"))
         if stat is None:
             continue  # ended meanwhile

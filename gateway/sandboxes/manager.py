@@ -35,6 +35,7 @@ from gateway import timestamps
 from gateway.errors import (
     ExecutionNotFound,
     GatewayError,
+    InvalidRequest,
     QuotaExceeded,
     SandboxBusy,
     SandboxNotFound,
@@ -52,6 +53,7 @@ from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.provisioners.usage import Usage
+from gateway.sandboxes.contexts import Context, DefaultContext, SandboxContexts, default_context, normalize_language
 from gateway.sandboxes.kernels import KernelRegistry
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
@@ -163,6 +165,9 @@ class SandboxManager(LoggingConfigurable):
         #: The same kernels as ``_runtimes``, for jupyter_server's kernel WebSocket code.
         self.kernels = KernelRegistry(parent=self)
         self._running: dict[str, RunningExecution] = {}
+        #: The sandboxes' other kernels (contexts), and one lock per sandbox for starting default ones.
+        self.contexts = SandboxContexts(launcher, self.settings)
+        self._context_starts: dict[str, asyncio.Lock] = {}
         #: Restart, delete (and pause, resume) of one sandbox run one at a time.
         self.locks = LifecycleLocks()
         #: Automatic restarts of Jupyter kernels that died, per row of deaths.
@@ -259,6 +264,7 @@ class SandboxManager(LoggingConfigurable):
         for sandbox_id in list(self._runtimes):
             runtime = self._release(sandbox_id)
             sandbox = self._sandboxes.pop(sandbox_id)
+            await self._close_contexts(sandbox, "gateway_shutdown")
             if runtime is None:
                 continue
             try:
@@ -529,6 +535,7 @@ class SandboxManager(LoggingConfigurable):
             sandbox.status = SandboxStatus.TERMINATING
             await self.store.put_sandbox(sandbox.to_record())
             try:
+                await self._close_contexts(sandbox, cancel_code)
                 await runtime.close(reason=cancel_code)
             finally:
                 self._sandboxes.pop(sandbox.id, None)
@@ -740,6 +747,10 @@ class SandboxManager(LoggingConfigurable):
         await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.PAUSED)}, retry_after=retry_after)
         began = time.monotonic()
         snapshot = await self.snapshots.save(sandbox, runtime)
+        snapshot["lost"] = [*snapshot["lost"], *(
+            {"name": f"context {c.id}", "type": f"{c.language} context",
+             "reason": "a context's kernel is not kept: it starts afresh when used again"}
+            for c in self.contexts.of(sandbox.id))]
         kept = (sandbox.status, sandbox.status_reason, sandbox.kernel)
         sandbox.status, sandbox.status_reason, sandbox.kernel, sandbox.snapshot = (
             SandboxStatus.PAUSED, reason, {}, snapshot)
@@ -756,6 +767,7 @@ class SandboxManager(LoggingConfigurable):
             raise
         self._release(sandbox.id)
         try:
+            await self._close_contexts(sandbox)
             await runtime.close()
         except Exception:
             log.exception("sandbox %s: could not stop its container after pausing", sandbox.id)
@@ -873,15 +885,22 @@ class SandboxManager(LoggingConfigurable):
     # -- executions ------------------------------------------------------------------------------
 
     async def submit(self, sandbox_id: str, user: str, code: str, *, timeout: float | None = None,
-                     env: dict[str, str] | None = None) -> RunningExecution:
+                     env: dict[str, str] | None = None, context: str | None = None,
+                     language: str | None = None) -> RunningExecution:
         """Accept an execution: run in its turn by a task we own, returned once stored as ``queued``.
 
         ``env``: environment variables for this execution only (not stored: they may be secrets).
+        ``context`` (an id) or ``language``: which of the sandbox's kernels runs it (default: its own,
+        python); a language without a context yet gets one, as in E2B.
         """
         sandbox, runtime = await self._runtime(sandbox_id, user)
+        chosen = await self._context_for(sandbox, context, language)
+        if chosen is not None:
+            runtime = chosen.runtime
         self.store.check_available()
         execution = Execution(
-            sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources)
+            sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources),
+            context=chosen.id if chosen is not None else None,
         )
         self._check_queue(sandbox_id)
         sandbox.touch()
@@ -904,6 +923,69 @@ class SandboxManager(LoggingConfigurable):
         self._running[execution.id] = running
         await stored
         return running
+
+    # -- contexts ---------------------------------------------------------------------------------
+
+    async def _context_for(self, sandbox: Sandbox, context: str | None, language: str | None) -> Context | None:
+        """The context an execution asked for (None: the sandbox's own kernel)."""
+        if context is not None and language is not None:
+            raise InvalidRequest("give 'context' or 'language', not both")
+        if context is not None:
+            return None if context == sandbox.id else self.contexts.get(sandbox.id, context)
+        name = normalize_language(language)
+        if name == "python":
+            return None
+        async with self._context_starts.setdefault(sandbox.id, asyncio.Lock()):  # one default per language
+            found = self.contexts.by_language(sandbox.id, name)
+            return found if found is not None else await self._start_context(sandbox, name, "")
+
+    async def create_context(self, sandbox_id: str, user: str, language: str | None = None,
+                             cwd: str = "") -> dict[str, Any]:
+        """Start another kernel (``language``, default python) in the running sandbox, in ``cwd``."""
+        name = normalize_language(language)
+        sandbox, _ = await self._runtime(sandbox_id, user)
+        self.store.check_available()
+        return (await self._start_context(sandbox, name, cwd)).to_public()
+
+    async def _start_context(self, sandbox: Sandbox, language: str, cwd: str) -> Context:
+        context = await self.contexts.create(sandbox, language, cwd, on_exit=self._context_exited)
+        sandbox.touch()
+        return context
+
+    def _context_exited(self, context: Context, reason: str) -> None:
+        log.warning("sandbox %s: the kernel of context %s is gone (%s)", context.sandbox_id, context.id, reason)
+
+    async def list_contexts(self, sandbox_id: str, user: str) -> list[dict[str, Any]]:
+        """The sandbox's default context (its own kernel) and the others, oldest first."""
+        sandbox = await self.get(sandbox_id, user)
+        return [default_context(sandbox), *(c.to_public() for c in self.contexts.of(sandbox_id))]
+
+    async def restart_context(self, sandbox_id: str, user: str, context_id: str) -> dict[str, Any]:
+        """A fresh kernel for the context (the default one: the sandbox's ``restart``)."""
+        if context_id == sandbox_id:
+            return default_context(await self.restart(sandbox_id, user))
+        sandbox, _ = await self._runtime(sandbox_id, user, allow_failed=True)
+        context = self.contexts.get(sandbox_id, context_id)
+        try:
+            await self.contexts.restart(context)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise SandboxStartFailed(f"the context could not be restarted: {start_failure(exc)}") from None
+        sandbox.touch()
+        return context.to_public()
+
+    async def remove_context(self, sandbox_id: str, user: str, context_id: str) -> None:
+        """Stop a context's kernel and forget it (the default context goes only with its sandbox)."""
+        await self.get(sandbox_id, user)
+        if context_id == sandbox_id:
+            raise DefaultContext("the default context is the sandbox's own kernel: delete the sandbox instead")
+        await self.contexts.remove(self.contexts.get(sandbox_id, context_id))
+
+    async def _close_contexts(self, sandbox: Sandbox, reason: str = "terminated") -> None:
+        """End the sandbox's contexts: it stops running (a pause reports them among what it lost)."""
+        self._context_starts.pop(sandbox.id, None)
+        await self.contexts.close_all(sandbox.id, reason)
 
     def _check_queue(self, sandbox_id: str) -> None:
         """``TooManyQueued`` if the sandbox already has ``max_queued_executions`` waiting."""

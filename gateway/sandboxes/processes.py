@@ -33,6 +33,7 @@ from typing import Any
 
 from gateway.errors import InvalidRequest, NotFound, SandboxNotRunning
 from gateway.provisioners.base import local_env, workdir_of
+from gateway.provisioners.usage import process_tree
 from gateway.sandboxes.commands import CONTAINER_WORKDIR, SandboxCommands
 from gateway.sandboxes.model import Sandbox
 
@@ -220,12 +221,14 @@ class ContainerChannel(CommandChannel):
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock)
         host_pid = 0
-        for _ in range(50):  # (the exec's process is being started as its connection is handed over)
+        for _ in range(100):  # (the exec's process may still be starting as its connection is handed over)
             inspected = await engine.call(engine.client.api.exec_inspect, exec_id)
             host_pid = int(inspected.get("Pid") or 0)
-            if host_pid or not inspected.get("Running", True):
+            if host_pid:
                 break
             await asyncio.sleep(0.02)
+        if not host_pid:
+            raise SandboxNotRunning("the command did not start in the sandbox's container")
         return cls(raw, exec_id, engine, reader, writer, host_pid, sandbox_pid(host_pid))
 
     async def read(self) -> Event | None:
@@ -263,7 +266,7 @@ class ContainerChannel(CommandChannel):
     def signal(self, signum: int) -> None:
         if not self.host_pid:
             return
-        for pid in [*descendants(self.host_pid), self.host_pid]:
+        for pid in reversed(process_tree(self.host_pid)):  # (the deepest first, the command itself last)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
 
@@ -285,26 +288,6 @@ def sandbox_pid(host_pid: int) -> int:
     except (OSError, ValueError):
         pass
     return host_pid
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first found, deepest last), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
 
 
 class SandboxProcesses:
@@ -341,7 +324,7 @@ class SandboxProcesses:
             raw, exec_id = await self.commands.docker_exec(sandbox, ["env", "-i", *assigned, *argv], workdir)
             return await ContainerChannel.open(raw, exec_id, self.commands.launcher.engine)
         if sandbox.provisioner == "local":
-            workdir_path = workdir_of(self.commands.launcher.sandbox_dir(sandbox.id))
+            workdir_path = workdir_of(self.commands.launcher.sandbox_dir(sandbox.runtime_id))
             if not workdir_path.is_dir():
                 raise SandboxNotRunning(f"sandbox {sandbox.id} has no working directory (is it running?)")
             try:

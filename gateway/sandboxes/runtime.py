@@ -69,6 +69,9 @@ class SandboxRuntime:
         self.replacing = False
         #: Why the runtime was closed (e.g. ``sandbox_expired``): the error code of what it cancels.
         self._closed_for = "cancelled"
+        #: The kernel's language (a context's may not be python): how per-execution env is set.
+        self.language = "python"
+        self._env: dict[str, str] = {}
 
     async def connect(self) -> None:
         """Open the kernel connection, wait until it answers, and start watching the kernel."""
@@ -166,12 +169,15 @@ class SandboxRuntime:
 
     async def _with_env(self, env: dict[str, str]) -> None:
         assert self.connection is not None
-        await self.connection.run_silent(execution_env.setting(env), timeout=self.settings.connect_timeout)
+        self._env = env
+        await self.connection.run_silent(execution_env.setting(env, self.language),
+                                         timeout=self.settings.connect_timeout)
 
     async def _without_env(self) -> None:
         assert self.connection is not None
         try:
-            await self.connection.run_silent(execution_env.restoring(), timeout=self.settings.connect_timeout)
+            await self.connection.run_silent(execution_env.restoring(self._env, self.language, self.sandbox.env),
+                                             timeout=self.settings.connect_timeout)
         except Exception:  # the execution itself is done and reported; the kernel keeps the variables
             log.warning("sandbox %s: could not restore the environment after an execution", self.sandbox_id,
                         exc_info=True)
@@ -226,7 +232,8 @@ class SandboxRuntime:
             await self._disconnect()
             self.km.execution_state = "restarting"
             await self.launcher.relaunch(self.km, self.sandbox)
-            self.sandbox.kernel = await self.launcher.record(self.km)
+            if self.km.context_of is None:  # (a context's kernel is not the sandbox's own)
+                self.sandbox.kernel = await self.launcher.record(self.km)
             await self.connect()  # (returns once the kernel answers: its signal handlers are in place)
         finally:
             self.replacing = False

@@ -15,7 +15,6 @@ text, as E2B's server answers them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -23,27 +22,19 @@ from tornado import web
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
-from gateway.api.e2b.base import NotSupported
+from gateway.api.e2b import paths
 from gateway.api.e2b.results import E2BLines
 from gateway.api.e2b.traffic import SandboxTrafficHandler
 from gateway.api.executions import check_code
-from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.sandboxes.contexts import ContextNotFound
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.manager import RunningExecution
 
-#: E2B's working directory of every context.
-HOME = "/home/user"
-#: Names of languages as E2B normalizes them.
-ALIASES = {"js": "javascript", "ts": "typescript"}
 
-
-def normalize_language(language: str | None) -> str:
-    name = (language or "python").strip().lower()
-    return ALIASES.get(name, name)
-
-
-class ContextNotFound(NotFound):
-    code = "context_not_found"
+def e2b_context(context: dict[str, Any]) -> dict[str, Any]:
+    """Our context as E2B's: ``id``, ``language``, ``cwd`` (an absolute path under /home/user)."""
+    return {"id": context["id"], "language": context["language"], "cwd": paths.absolute(context["cwd"])}
 
 
 class InterpreterHandler(SandboxTrafficHandler):
@@ -57,30 +48,15 @@ class InterpreterHandler(SandboxTrafficHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = self._reason
-        if isinstance(exc, GatewayError):
+        if isinstance(exc, ContextNotFound):
+            status_code, message = exc.status, f"Context {exc.context_id} not found"  # (E2B's words)
+        elif isinstance(exc, GatewayError):
             status_code, message = exc.status, exc.message
         elif isinstance(exc, web.HTTPError):
             message = exc.get_message() or self._reason
         self.set_status(status_code)
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.finish(message)
-
-    def default_context(self) -> dict[str, Any]:
-        """The sandbox's own kernel: its python context (its id is the sandbox's)."""
-        return {"id": self.sandbox.id, "language": "python", "cwd": HOME}
-
-    def kernel_for(self, context_id: str | None, language: str | None) -> str:
-        """Which kernel runs the code (its context id)."""
-        if context_id and language:
-            raise InvalidRequest("Only one of context_id or language can be provided")
-        if context_id:
-            if context_id != self.sandbox.id:
-                raise ContextNotFound(f"Context {context_id} not found")
-            return context_id
-        name = normalize_language(language)
-        if name != "python":
-            raise NotSupported(f"language {name!r} (this sandbox runs python)")
-        return self.sandbox.id
 
 
 class ExecuteHandler(InterpreterHandler):
@@ -96,9 +72,12 @@ class ExecuteHandler(InterpreterHandler):
         env = body.get("env_vars") or {}
         if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise InvalidRequest("field 'env_vars' must be an object of strings")
-        self.kernel_for(body.get("context_id"), body.get("language"))
+        context, language = body.get("context_id"), body.get("language")
+        if context and language:
+            raise InvalidRequest("Only one of context_id or language can be provided")
         self.running = await self.sandboxes.submit(self.sandbox.id, self.user, check_code(code),
-                                                   timeout=self.policy.max_timeout, env=env)
+                                                   timeout=self.policy.max_timeout, env=env,
+                                                   context=context or None, language=language or None)
         await self.stream(self.running)
 
     async def stream(self, running: RunningExecution) -> None:
@@ -123,23 +102,25 @@ class ExecuteHandler(InterpreterHandler):
 
 class ContextsHandler(InterpreterHandler):
     async def get(self) -> None:
-        self.write_json([self.default_context()])
+        contexts = await self.sandboxes.list_contexts(self.sandbox.id, self.user)
+        self.write_json([e2b_context(c) for c in contexts])
 
     async def post(self) -> None:
         body = self.json_body(allow_empty=True)
-        raise NotSupported(f"creating contexts (language {normalize_language(body.get('language'))!r})")
+        cwd = paths.relative(body.get("cwd") or paths.HOME)
+        context = await self.sandboxes.create_context(self.sandbox.id, self.user, body.get("language"), cwd)
+        self.write_json(e2b_context(context))
 
 
 class ContextHandler(InterpreterHandler):
     async def delete(self, context_id: str) -> None:
-        self.kernel_for(context_id, None)
-        raise NotSupported("removing a sandbox's default context")
+        await self.sandboxes.remove_context(self.sandbox.id, self.user, context_id)
+        self.finish()
 
 
 class ContextRestartHandler(InterpreterHandler):
     async def post(self, context_id: str) -> None:
-        self.kernel_for(context_id, None)
-        await self.sandboxes.restart(self.sandbox.id, self.user)
+        await self.sandboxes.restart_context(self.sandbox.id, self.user, context_id)
         self.finish()
 
 

@@ -5,8 +5,9 @@
     templates.image_for("data-science")          # "registry.local/ds:1" if configured
     templates.image_for("nope")                  # TemplateNotFound (404)
 
-``code-interpreter-v1`` (the code interpreter SDK's default) and ``base`` (the ``e2b`` SDK's) are
-the gateway's default image; any other name must be configured:
+``base`` (the ``e2b`` SDK's default) is the gateway's default image; ``code-interpreter-v1`` (the
+code interpreter SDK's default) is ``code-gateway/full``, which adds the kernels of bash, R and
+JavaScript/TypeScript (``make images`` builds it). Other names must be configured:
 
     c.E2BTemplates.images = {"data-science": "registry.local/ds:1"}
     GATEWAY_E2BTEMPLATES__IMAGES='{"data-science": "registry.local/ds:1"}'
@@ -16,10 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from traitlets import Dict, List, Unicode
+from traitlets import Dict, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from gateway import __version__
 from gateway.errors import NotFound
+
+
+def full_image() -> str:
+    """The image with every language's kernel (images/full)."""
+    return f"code-gateway/full:{__version__}"
 
 
 class TemplateNotFound(NotFound):
@@ -28,14 +35,18 @@ class TemplateNotFound(NotFound):
 
 class E2BTemplates(LoggingConfigurable):
     default_templates = List(
-        Unicode(), default_value=["code-interpreter-v1", "base"],
+        Unicode(), default_value=["base"],
         help="E2B template names that mean the gateway's default sandbox image.",
     ).tag(config=True)
     images = Dict(
-        key_trait=Unicode(), value_trait=Unicode(), default_value={},
+        key_trait=Unicode(), value_trait=Unicode(),
         help="Other E2B template names and the sandbox image each one runs, e.g. "
-        "{'data-science': 'registry.local/ds:1'}.",
+        "{'data-science': 'registry.local/ds:1'} (default: code-interpreter-v1 is code-gateway/full).",
     ).tag(config=True)
+
+    @default("images")
+    def _images_default(self) -> dict[str, str]:
+        return {"code-interpreter-v1": full_image()}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

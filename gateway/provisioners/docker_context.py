@@ -1,0 +1,230 @@
+"""The ``docker-context`` provisioner: another kernel inside a sandbox's running container (a context).
+
+    launcher.launch_context(sandbox, context_id, "bash")   # names this provisioner in its kernelspec
+
+The kernel is a ``docker exec`` in the sandbox's container, so it has everything the sandbox's
+own kernel has: the same user, no capabilities, no network, read-only root, the container's
+cgroup (CPU, memory, pids are shared, not added), its files. Its ipc sockets are its own,
+``/run/code-gateway/c<id>-<n>`` in the container, reached from the host through the sandbox's
+``<sandbox_dir>/sock`` link (which ``DockerProvisioner`` keeps pointed at the container); its
+connection file arrives in an environment variable and is written by a bootstrap that then
+becomes the kernel, which never sees the sandbox kernel's key (that variable is unset).
+
+The gateway watches the kernel's process (as the host sees it: the exec's pid) with a pidfd:
+its exit is noticed at once, and signals never reach a reused pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+
+from gateway.errors import SandboxNotRunning
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+from gateway.provisioners.docker import CONNECTION_ENV, CONTAINER_DIR, HOME, DockerEngine, engine_of
+from gateway.provisioners.usage import cgroup_paths, oom_kills, process_tree
+
+log = logging.getLogger(__name__)
+
+#: In the image: runs a TCP-only kernel behind ipc sockets (kernels/tools/kernel_relay.py).
+RELAY = "/opt/code-gateway/kernels/tools/kernel_relay.py"
+#: The context's connection file, in an environment variable until the bootstrap writes it.
+CONTEXT_CONNECTION_ENV = "CODE_GATEWAY_CONTEXT_CONNECTION"
+
+
+def bootstrap(connection_file: str) -> str:
+    """Write the connection file, drop both connection variables, then become the kernel."""
+    return (f'printf %s "${CONTEXT_CONNECTION_ENV}" > {connection_file} && '
+            f'unset {CONTEXT_CONNECTION_ENV} {CONNECTION_ENV} && exec "$@"')
+
+
+class DockerContextProvisioner(KernelProvisionerBase):
+    """Runs a context's kernel as an exec in its sandbox's container."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.exec_id: str | None = None
+        self.host_pid: int | None = None
+        self._pidfd: int | None = None
+        self._exited: asyncio.Future[None] | None = None
+        self._exit_code: int | None = None
+        self._sandbox_id = ""
+        #: The container's cgroup, and how many OOM kills it had when the kernel started.
+        self._cgroup: dict[str, Path] = {}
+        self._oom_before: int | None = None
+
+    @property
+    def engine(self) -> DockerEngine:
+        return engine_of(self)
+
+    @property
+    def has_process(self) -> bool:
+        return self._pidfd is not None
+
+    def _name(self) -> str:
+        km = self.parent
+        assert km is not None
+        return Path(km.connection_file).stem  # c<id>: the context's short name
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        sandbox = kwargs.pop(SANDBOX_KWARG)
+        sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
+        self._sandbox_id = sandbox.id
+        km = self.parent
+        assert km is not None, "a provisioner is created by its kernel manager"
+        name = self._name()
+        km.ip = str(sandbox_dir / "sock" / name)
+        km.write_connection_file()
+        self.connection_info = km.get_connection_info()
+        inside = {**self.connection_info, "ip": f"{CONTAINER_DIR}/{name}"}
+        inside["key"] = inside["key"].decode() if isinstance(inside["key"], bytes) else inside["key"]
+        inside.pop("kernel_name", None)
+        connection_file = f"{CONTAINER_DIR}/{name}.json"
+        if self.kernel_spec.metadata.get("code_gateway", {}).get("transport") == "tcp":
+            # A kernel that speaks only TCP (Deno's) runs behind a relay to its ipc sockets.
+            tcp_file = f"{CONTAINER_DIR}/{name}-tcp.json"
+            argv = ["python3", "-I", RELAY, connection_file, tcp_file, "--",
+                    *[arg.replace("{connection_file}", tcp_file) for arg in self.kernel_spec.argv]]
+        else:
+            argv = [arg.replace("{connection_file}", connection_file) for arg in self.kernel_spec.argv]
+        return {"cmd": ["sh", "-c", bootstrap(connection_file), "sh", *argv], "sandbox": sandbox,
+                "environment": {**self.kernel_spec.env, **sandbox.env, CONTEXT_CONNECTION_ENV: json.dumps(inside)}}
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        engine = self.engine
+        container = await engine.running_container(self._sandbox_id)
+        if container is None:
+            raise SandboxNotRunning(f"sandbox {self._sandbox_id} has no running container")
+        api = engine.client.api
+        self.exec_id = str((await engine.call(api.exec_create, container, cmd, environment=kwargs["environment"],
+                                              workdir=HOME))["Id"])
+        await engine.call(api.exec_start, self.exec_id, detach=True)
+        self._exit_code = None
+        for _ in range(100):  # (the exec's process may still be starting)
+            inspected = await engine.call(api.exec_inspect, self.exec_id)
+            if inspected.get("Pid"):
+                try:
+                    self._watch(int(inspected["Pid"]))
+                except ProcessLookupError:
+                    raise RuntimeError("the context's kernel exited at once") from None
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError("the context's kernel did not start")
+        log.info("sandbox %s: context kernel %s started (pid %s)", self._sandbox_id, self._name(), self.host_pid)
+        return self.connection_info
+
+    def _watch(self, host_pid: int) -> None:
+        """Hold a pidfd of the kernel: readable once it exits (signals through it cannot hit a reused pid)."""
+        self.host_pid = host_pid
+        self._pidfd = os.pidfd_open(host_pid)
+        self._cgroup = cgroup_paths(host_pid)
+        self._oom_before = oom_kills(self._cgroup)
+        loop = asyncio.get_running_loop()
+        self._exited = loop.create_future()
+        loop.add_reader(self._pidfd, self._saw_exit)
+
+    def _saw_exit(self) -> None:
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(None)
+
+    def _alive(self) -> bool:
+        if self._pidfd is None:
+            return False
+        readable, _, _ = select.select([self._pidfd], [], [], 0)
+        return not readable
+
+    async def _code(self) -> int:
+        if self._exit_code is None:
+            try:
+                inspected = await self.engine.call(self.engine.client.api.exec_inspect, self.exec_id)
+                self._exit_code = int(inspected.get("ExitCode") if inspected.get("ExitCode") is not None else -1)
+            except Exception:
+                self._exit_code = -1
+        return self._exit_code
+
+    async def poll(self) -> int | None:
+        if self._pidfd is None:
+            return 0
+        return None if self._alive() else await self._code()
+
+    async def wait(self) -> int | None:
+        if self._exited is None:
+            return None
+        await asyncio.shield(self._exited)
+        return await self._code()
+
+    async def send_signal(self, signum: int) -> None:
+        if self._pidfd is not None and self._alive():
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        self._kill_tree()
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    def _kill_tree(self) -> None:
+        """SIGKILL the kernel and every process below it (what its code started, a relayed kernel):
+        found before the kernel dies, as orphans are adopted by the container's init."""
+        if self._pidfd is None or self.host_pid is None or not self._alive():
+            return
+        below = process_tree(self.host_pid)[1:]
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        self._kill_tree()
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(None)
+
+    async def exit_reason(self) -> str:
+        """``sandbox_died`` if its container is gone with it; ``out_of_memory`` if the container's OOM
+        killer struck since the kernel started (its kernels share the sandbox's memory); else ``kernel_died``."""
+        try:
+            container = await self.engine.running_container(self._sandbox_id)
+        except Exception:
+            return "kernel_died"
+        if container is None:
+            return "sandbox_died"
+        now = oom_kills(self._cgroup)
+        if now is not None and self._oom_before is not None and now > self._oom_before:
+            return "out_of_memory"
+        return "kernel_died"
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info.update(exec_id=self.exec_id, host_pid=self.host_pid, sandbox_id=self._sandbox_id)
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.exec_id = provisioner_info.get("exec_id")
+        self._sandbox_id = provisioner_info.get("sandbox_id") or ""
+        pid = provisioner_info.get("host_pid")
+        if self.exec_id and pid:
+            with contextlib.suppress(Exception):
+                inspected = await self.engine.call(self.engine.client.api.exec_inspect, self.exec_id)
+                if inspected.get("Running") and int(inspected.get("Pid") or 0) == int(pid):
+                    self._watch(int(pid))

@@ -1,0 +1,79 @@
+"""Contexts on our own API (local provisioner): several kernels in one sandbox, sharing its files.
+
+``POST|GET /api/v1/sandboxes/{id}/contexts``, ``"context"``/``"language"`` on execute, restart and
+removal of a context, and the errors: an unknown context 404, an unknown language 400, the
+default context cannot be removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from tests.api.test_errors import assert_error
+from tests.gateways import create, run
+
+
+async def test_contexts_share_the_sandbox_and_run_side_by_side(alice: httpx.AsyncClient) -> None:
+    sandbox = await create(alice)
+    sid = sandbox["id"]
+    made = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "bash"})
+    assert made.status_code == 201, made.text
+    bash = made.json()
+    assert (bash["language"], bash["default"], bash["status"]) == ("bash", False, "running")
+    listed = (await alice.get(f"/api/v1/sandboxes/{sid}/contexts")).json()["contexts"]
+    assert [(c["id"], c["language"], c["default"]) for c in listed] == [(sid, "python", True), (bash["id"], "bash", False)]
+    # The python kernel waits for a file only the bash kernel writes: both run at once, on one directory.
+    waiting = asyncio.ensure_future(run(alice, sid, "import os, time\nwhile not os.path.exists('from-bash'):\n"
+                                                    "    time.sleep(0.05)\nopen('from-bash').read()"))
+    written = await run(alice, sid, "echo shared > from-bash; cat from-bash", context=bash["id"])
+    assert written["stdout"] == "shared\n" and written["context"] == bash["id"]
+    finished = await asyncio.wait_for(waiting, 60)
+    assert finished["result"]["text/plain"] == "'shared\\n'" and finished["context"] is None
+    # State is per context; "language" runs in the sandbox's context of that language.
+    await run(alice, sid, "COUNT=41", context=bash["id"])
+    assert (await run(alice, sid, "echo $((COUNT + 1))", language="bash"))["stdout"] == "42\n"
+    history = (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]
+    assert [e["context"] for e in history][-2:] == [bash["id"], bash["id"]]
+
+
+async def test_restart_remove_and_errors(alice: httpx.AsyncClient) -> None:
+    sandbox = await create(alice)
+    sid = sandbox["id"]
+    await run(alice, sid, "import os; os.makedirs('sub', exist_ok=True)")
+    context: dict[str, Any] = (await alice.post(f"/api/v1/sandboxes/{sid}/contexts",
+                                                json={"language": "python", "cwd": "sub"})).json()
+    assert context["cwd"] == "sub"
+    assert (await run(alice, sid, "import os; os.getcwd().endswith('sub')", context=context["id"]))["result"] == {
+        "text/plain": "True"}
+    await run(alice, sid, "kept = 1", context=context["id"])
+    restarted = await alice.post(f"/api/v1/sandboxes/{sid}/contexts/{context['id']}/restart")
+    assert restarted.status_code == 200, restarted.text
+    gone = await run(alice, sid, "kept", context=context["id"])
+    assert gone["error"]["ename"] == "NameError"
+    assert (await run(alice, sid, "import os; os.getcwd().endswith('sub')", context=context["id"]))["result"] == {
+        "text/plain": "True"}  # (still in its directory)
+    assert (await alice.delete(f"/api/v1/sandboxes/{sid}/contexts/{context['id']}")).status_code == 204
+    missing = await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "1", "context": context["id"]})
+    assert_error(missing, 404, "context_not_found")
+    assert_error(await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "cobol"}),
+                 400, "invalid_request")
+    assert_error(await alice.delete(f"/api/v1/sandboxes/{sid}/contexts/{sid}"), 409, "default_context")
+    both = await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "1", "context": sid, "language": "bash"})
+    assert_error(both, 400, "invalid_request")
+    assert_error(await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"cwd": "../out"}), 400, "invalid_path")
+
+
+async def test_someone_elses_contexts_are_404(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
+    sandbox = await create(alice)
+    assert_error(await bob.get(f"/api/v1/sandboxes/{sandbox['id']}/contexts"), 404, "sandbox_not_found")
+    assert_error(await bob.post(f"/api/v1/sandboxes/{sandbox['id']}/contexts", json={}), 404, "sandbox_not_found")
+
+
+async def test_kernelspecs_list_every_language(alice: httpx.AsyncClient) -> None:
+    specs = (await alice.get("/api/kernelspecs")).json()
+    assert specs["default"] == "python3"
+    assert {"python3", "bash", "ir", "deno"} <= set(specs["kernelspecs"])
+    assert specs["kernelspecs"]["ir"]["spec"]["language"] == "R"
