@@ -34,3 +34,7 @@ def workdir_of(sandbox_dir: Path) -> Path:
 def local_env(workdir: Path) -> dict[str, str]:
     """What a process run locally for a sandbox gets: never the gateway's own environment (keys)."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(workdir)}
+
+
+class KernelExitedAtStart(RuntimeError):
+    """A kernel stopped before it bound its sockets: most often, its program is not there."""

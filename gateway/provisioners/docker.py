@@ -437,6 +437,19 @@ class DockerEngine:
             self._resolve(container_id, int(state["ExitCode"]))
 
 
+def container_socket_directory(process: int) -> int:
+    """A descriptor of the kernel socket directory of the container whose init ``process`` (an
+    ``O_PATH`` descriptor of ``/proc/<pid>``) is, reached from its root without following symlinks."""
+    try:
+        root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=process)
+    except OSError:
+        raise SocketRefused("the sandbox's container stopped") from None
+    try:
+        return open_directory(root, CONTAINER_DIR.lstrip("/"))
+    finally:
+        os.close(root)
+
+
 def engine_of(provisioner: KernelProvisionerBase) -> DockerEngine:
     """The ``DockerEngine`` a provisioner's parents own (kernel manager -> launcher)."""
     owner = provisioner.parent
@@ -544,14 +557,7 @@ class DockerProvisioner(KernelProvisionerBase):
                 raise SocketRefused("the sandbox's container stopped")
 
             def directory() -> int:
-                try:
-                    root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=process)
-                except OSError:
-                    raise SocketRefused("the sandbox's container stopped") from None
-                try:
-                    return open_directory(root, CONTAINER_DIR.lstrip("/"))
-                finally:
-                    os.close(root)
+                return container_socket_directory(process)
 
             sockets, prefix, owner = sockets_of(self.parent), self._links() / "k", self._run_as()[0]
             ports = list(self.parent.ports)

@@ -30,8 +30,10 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from gateway.errors import SandboxNotRunning
-from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
-from gateway.provisioners.docker import CONNECTION_ENV, CONTAINER_DIR, HOME, DockerEngine, engine_of
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, KernelExitedAtStart
+from gateway.provisioners.docker import (CONNECTION_ENV, CONTAINER_DIR, HOME, DockerEngine,
+                                         container_socket_directory, engine_of)
+from gateway.provisioners.sockets import SocketRefused, sockets_of
 from gateway.provisioners.usage import cgroup_paths, oom_kills, process_tree
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class DockerContextProvisioner(KernelProvisionerBase):
         self._sandbox_id = sandbox.id
         km = self.parent
         assert km is not None, "a provisioner is created by its kernel manager"
+        sockets_of(km).detach()
         name = self._name()
         km.ip = str(sandbox_dir / "sock" / name)
         km.write_connection_file()
@@ -105,6 +108,7 @@ class DockerContextProvisioner(KernelProvisionerBase):
         container = await engine.running_container(self._sandbox_id)
         if container is None:
             raise SandboxNotRunning(f"sandbox {self._sandbox_id} has no running container")
+        await self._remove_stale_sockets(container)
         api = engine.client.api
         self.exec_id = str((await engine.call(api.exec_create, container, cmd, environment=kwargs["environment"],
                                               workdir=HOME))["Id"])
@@ -116,13 +120,69 @@ class DockerContextProvisioner(KernelProvisionerBase):
                 try:
                     self._watch(int(inspected["Pid"]))
                 except ProcessLookupError:
-                    raise RuntimeError("the context's kernel exited at once") from None
+                    raise KernelExitedAtStart("the context's kernel exited at once") from None
                 break
             await asyncio.sleep(0.02)
         else:
             raise RuntimeError("the context's kernel did not start")
+        try:
+            await self._attach_sockets(container)
+        except BaseException:
+            self._kill_tree()
+            raise
         log.info("sandbox %s: context kernel %s started (pid %s)", self._sandbox_id, self._name(), self.host_pid)
         return self.connection_info
+
+    async def _container_init(self, container: str) -> int:
+        """An ``O_PATH`` descriptor of the container's init in /proc (checked to be it: no reused pid)."""
+        state = await self.engine.state(container)
+        if state is None or not state["Running"]:
+            raise SocketRefused("the sandbox's container stopped")
+        pid = int(state["Pid"])
+        try:
+            process = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            raise SocketRefused("the sandbox's container stopped") from None
+        state = await self.engine.state(container)
+        if state is None or not state["Running"] or int(state["Pid"]) != pid:
+            os.close(process)
+            raise SocketRefused("the sandbox's container stopped")
+        return process
+
+    async def _remove_stale_sockets(self, container: str) -> None:
+        """An earlier kernel of this context (before a restart) left its socket files: the new one's
+        must be the ones attached. Unlinked by name in the verified directory (never followed)."""
+        km = self.parent
+        assert km is not None
+        process = await self._container_init(container)
+        try:
+            directory = container_socket_directory(process)
+            try:
+                for port in km.ports:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{self._name()}-{port}", dir_fd=directory)
+            finally:
+                os.close(directory)
+        finally:
+            os.close(process)
+
+    async def _attach_sockets(self, container: str) -> None:
+        """Hold the kernel's sockets by descriptor (``gateway.provisioners.sockets``), reached from the
+        container's root as the sandbox kernel's are, once the kernel has bound them all."""
+        km = self.parent
+        assert km is not None and self.host_pid is not None
+        process = await self._container_init(container)
+        try:
+            owner = os.stat(f"/proc/{self.host_pid}").st_uid  # (the kernel's user: the sandbox's)
+
+            def directory() -> int:
+                if not self._alive():
+                    raise KernelExitedAtStart("the context's kernel exited before it bound its sockets")
+                return container_socket_directory(process)
+
+            await sockets_of(km).attach_when_bound(directory, Path(km.ip), list(km.ports), owner=owner)
+        finally:
+            os.close(process)
 
     def _watch(self, host_pid: int) -> None:
         """Hold a pidfd of the kernel: readable once it exits (signals through it cannot hit a reused pid)."""
@@ -190,6 +250,7 @@ class DockerContextProvisioner(KernelProvisionerBase):
                 os.kill(pid, signal.SIGKILL)
 
     async def cleanup(self, restart: bool = False) -> None:
+        sockets_of(self.parent).detach()
         self._kill_tree()
         if self._pidfd is not None:
             with contextlib.suppress(Exception):

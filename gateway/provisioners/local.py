@@ -58,11 +58,12 @@ class LocalSandboxProvisioner(LocalProvisioner):
         assert self.sandbox_dir is not None and self.parent is not None
         run = self.sandbox_dir / "run"
         run.mkdir(mode=0o700, exist_ok=True)
+        name = Path(self.parent.ip).name  # k for the sandbox's own kernel, c<id> for a context's
         for port in self.parent.ports:  # a killed kernel's sockets: only the new kernel's may be attached
-            (run / f"k-{port}").unlink(missing_ok=True)
-        info = {**self.parent.get_connection_info(), "ip": str(run / "k")}
+            (run / f"{name}-{port}").unlink(missing_ok=True)
+        info = {**self.parent.get_connection_info(), "ip": str(run / name)}
         info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
-        own = run / "connection.json"
+        own = run / ("connection.json" if name == "k" else f"{name}.json")
         own.unlink(missing_ok=True)
         fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as file:

@@ -120,7 +120,8 @@ class KernelSockets:
 
     def attach(self, directory: int, prefix: Path, ports: Iterable[int], *, owner: int,
                expect: dict[int, Identity] | None = None) -> dict[int, Identity]:
-        """Open the kernel's sockets ``k-<port>`` in ``directory`` and point ``<prefix>-<port>`` at them.
+        """Open the kernel's sockets ``<name>-<port>`` in ``directory`` and point ``<prefix>-<port>`` at
+        them, ``name`` being the prefix's own (``k`` for a sandbox's kernel, ``c<id>`` for a context's).
 
         With ``expect`` (identities recorded at launch) each socket must be that very socket.
         All or nothing: on any refusal nothing changes and ``SocketRefused`` says why.
@@ -129,12 +130,13 @@ class KernelSockets:
         identities: dict[int, Identity] = {}
         try:
             for port in ports:
+                name = f"{prefix.name}-{port}"
                 try:
-                    opened[port], identities[port] = open_socket(directory, f"k-{port}", owner)
+                    opened[port], identities[port] = open_socket(directory, name, owner)
                 except FileNotFoundError:
-                    raise SocketNotBound(f"the kernel has not bound k-{port}") from None
+                    raise SocketNotBound(f"the kernel has not bound {name}") from None
                 if expect is not None and tuple(expect.get(port, ())) != identities[port]:
-                    raise SocketRefused(f"k-{port} is not the socket the kernel bound at launch")
+                    raise SocketRefused(f"{name} is not the socket the kernel bound at launch")
         except BaseException:
             for fd in opened.values():
                 os.close(fd)

@@ -27,6 +27,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 from gateway import timestamps
 from gateway.errors import GatewayError, InvalidRequest, NotFound, SandboxStartFailed
 from gateway.execution.connection import KernelGone
+from gateway.provisioners.base import KernelExitedAtStart
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.model import Sandbox
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
@@ -150,6 +151,9 @@ class SandboxContexts:
             km = await self.launcher.launch_context(sandbox, context_id, LANGUAGES[language])
         except NoSuchKernel:
             raise InvalidRequest(f"this gateway has no kernelspec for {language}") from None
+        except (KernelExitedAtStart, FileNotFoundError):  # (FileNotFoundError: a local kernel's program)
+            raise LanguageUnavailable(f"this sandbox's image has no {language} kernel (its kernel did not "
+                                      f"start); {FULL_IMAGE_HINT}") from None
         except GatewayError:
             raise
         except Exception as exc:
