@@ -145,6 +145,16 @@ class KernelConnection:
         finally:
             self._waiting.pop(msg_id, None)
 
+    @contextlib.contextmanager
+    def also(self, msg_id: str, replies: Replies) -> Iterator[None]:
+        """Route ``msg_id``'s messages into ``replies`` too while inside the block (a barrier sent
+        after a request, whose answer tells when the request's late output has all arrived)."""
+        self._waiting[msg_id] = replies
+        try:
+            yield
+        finally:
+            self._waiting.pop(msg_id, None)
+
     def fail(self, reason: str) -> None:
         """Mark the kernel gone: wake every waiting request and refuse new ones."""
         self._gone = KernelGone(reason)

@@ -7,11 +7,18 @@ Modelled on jupyter_client's execute loop: filter by parent ``msg_id``, finish w
 iopub ``status: idle`` and the shell ``execute_reply`` arrived, one deadline for all of it.
 On timeout the kernel is interrupted (state is kept) and given a grace period to go idle;
 ``run`` returns False when it never does, so the owner can restart it.
+
+A kernel whose output may trail its ``status: idle`` (``late_output``: Deno's, which forwards
+what the code printed from another task, tagged with the execution it belongs to, and under load
+sends it after the idle) is asked one ``kernel_info`` once the execution is done: the execution
+also takes whatever of its own arrives before that request's idle. ``kernel_info`` leaves Deno's
+"current execution" as it is, so the trailing output keeps its parent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -68,11 +75,13 @@ class Executor:
         interrupt: Callable[[], Awaitable[None]],
         caps: OutputCaps,
         interrupt_grace: float = 10.0,
+        late_output: bool = False,
     ) -> None:
         self.connection = connection
         self.interrupt = interrupt
         self.caps = caps
         self.interrupt_grace = interrupt_grace
+        self.late_output = late_output
 
     async def run(self, execution: Execution, feed: ExecutionFeed | None = None,
                   cancel_requested: Callable[[], bool] = lambda: False) -> bool:
@@ -99,6 +108,8 @@ class Executor:
                     responsive = await self._drain(
                         replies, progress, collector, feed, loop.time() + self.interrupt_grace
                     )
+                if self.late_output and progress.gone is None and progress.done:
+                    await self._settle(replies, progress, collector, feed, loop.time() + self.interrupt_grace)
         except KernelGone as gone:  # the kernel was already gone when we tried to send
             progress.gone = gone
         collector.settle()
@@ -119,6 +130,22 @@ class Executor:
         except TimeoutError:
             return False
         return True
+
+    async def _settle(self, replies: Replies, progress: _Progress,
+                      collector: OutputCollector, feed: ExecutionFeed | None, deadline: float) -> None:
+        """Take the execution's output that trails its idle, up to the idle of a ``kernel_info`` sent now."""
+        barrier = self.connection.send("kernel_info_request", {})
+        with self.connection.also(barrier, replies), contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    channel, msg = await replies.get()
+                    if channel == "gone":  # the execution is done already: it keeps its outcome
+                        return
+                    if msg is not None and msg["parent_header"].get("msg_id") == barrier:
+                        if channel == "iopub" and msg["content"].get("execution_state") == "idle":
+                            return
+                        continue
+                    self._handle(channel, msg, progress, collector, feed)
 
     @staticmethod
     def _handle(channel: str, msg: Any, progress: _Progress, collector: OutputCollector,

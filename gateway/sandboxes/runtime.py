@@ -90,8 +90,14 @@ class SandboxRuntime:
             interrupt=self.km.interrupt_kernel,
             caps=self.settings.caps,
             interrupt_grace=self.settings.interrupt_grace,
+            late_output=self._late_output(),
         )
         self._watcher = asyncio.create_task(self._watch(), name=f"kernel-watch-{self.sandbox_id}")
+
+    def _late_output(self) -> bool:
+        """Whether the kernel's output may trail its idle (kernelspec ``metadata.code_gateway.late_output``: Deno's)."""
+        spec = self.km.kernel_spec
+        return spec is not None and spec.metadata.get("code_gateway", {}).get("late_output") is True
 
     async def _open_while_alive(self, connection: KernelConnection) -> None:
         """``connection.open``, but give up at once if the kernel dies meanwhile (say, out of memory at start)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from e2b_code_interpreter import AsyncSandbox
 
 from tests.conftest import docker_or_fail
 from tests.gateways import KEY_PAIRS, KEYS, GatewayProcess
@@ -48,3 +49,11 @@ def ours(e2b_gateway: GatewayProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=e2b_gateway.url, headers={"Authorization": f"Bearer {KEYS['alice']}"},
                       timeout=120) as client:
         yield client
+
+
+@pytest.fixture
+async def async_sandbox(e2b_gateway: GatewayProcess) -> AsyncIterator[AsyncSandbox]:
+    """A code-interpreter-v1 sandbox of alice's through the async SDK, killed at teardown."""
+    created = await AsyncSandbox.create(timeout=300)
+    yield created
+    await created.kill()

@@ -8,7 +8,7 @@ the sandbox kernel's connection key.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -60,6 +60,19 @@ def test_results_and_errors_of_other_languages(sandbox: Sandbox) -> None:
     assert sandbox.run_code("echo ${RUN_ONLY:-unset}", language="bash").logs.stdout == ["unset\n"]
 
 
+def test_output_that_trails_the_idle_is_kept(sandbox: Sandbox) -> None:
+    """Deno forwards console output from another task: in about one kernel in three it comes after
+    the execution's idle, every time. Each execution still has its own, in fresh kernels."""
+    for attempt in range(4):
+        context = sandbox.create_code_context(language="javascript")
+        try:
+            for n in range(2):
+                ran = sandbox.run_code(f"console.log('{attempt}.{n}')", context=context)
+                assert ran.logs.stdout == [f"{attempt}.{n}\n"], ran
+        finally:
+            sandbox.remove_code_context(context)
+
+
 def test_contexts_share_files_not_privileges(sandbox: Sandbox) -> None:
     sandbox.run_code("open('from-python.txt', 'w').write('py')")
     shared = sandbox.run_code("cat from-python.txt; echo; id -u; grep CapEff /proc/self/status; "
@@ -93,17 +106,10 @@ def test_our_api_sees_the_contexts(sandbox: Sandbox, ours: httpx.Client) -> None
     assert ran.json()["stdout"] == "ours\n"
 
 
-@pytest.fixture
-async def async_sandbox(e2b_gateway: GatewayProcess) -> AsyncIterator[AsyncSandbox]:
-    created = await AsyncSandbox.create(timeout=300)
-    yield created
-    await created.kill()
-
-
 async def test_async_contexts(async_sandbox: AsyncSandbox) -> None:
     context = await async_sandbox.create_code_context(language="typescript")
     ran = await async_sandbox.run_code("const n: number = 6 * 7; console.log(n)", context=context)
-    assert ran.logs.stdout == ["42\n"]
+    assert ran.logs.stdout == ["42\n"], ran
     assert len(await async_sandbox.list_code_contexts()) == 2
     await async_sandbox.remove_code_context(context)
 

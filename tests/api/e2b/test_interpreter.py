@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -137,13 +137,6 @@ def test_killing_the_sandbox_ends_a_running_execution(e2b_gateway: GatewayProces
     assert started.is_set()
     assert "killed" in str(raised.value) or "terminated" in str(raised.value)
     assert not doomed.is_running()
-
-
-@pytest.fixture
-async def async_sandbox(e2b_gateway: GatewayProcess) -> AsyncIterator[AsyncSandbox]:
-    created = await AsyncSandbox.create(timeout=300)
-    yield created
-    await created.kill()
 
 
 async def test_async_sdk(async_sandbox: AsyncSandbox) -> None:
