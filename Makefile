@@ -38,6 +38,7 @@ run: venv
 test: venv images typecheck
 	bash deploy/host/ensure-browser.sh
 	bash deploy/host/ensure-postgres.sh install
+	bash deploy/host/ensure-compose.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 typecheck: venv

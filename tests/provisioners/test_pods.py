@@ -156,3 +156,13 @@ def test_a_pod_that_cannot_start_is_hopeless(reason: str) -> None:
 def test_why_a_pod_stopped(facts: PodFacts, deleted_by_us: bool, reason: str) -> None:
     assert facts.stopped
     assert facts.exit_reason(deleted_by_us=deleted_by_us) == reason
+
+
+def test_the_pod_and_the_policies_fit_the_api_schema() -> None:
+    """Every field known to the API where it is put, of its type, none required missing (offline check)."""
+    from tests.deploy.kubernetes_schema import problems
+
+    policies = network_policies(namespace="sandboxes", gateway_namespace="gateway",
+                                gateway_labels={"app.kubernetes.io/name": "code-gateway"}, egress_cidrs=["0.0.0.0/0"])
+    for obj in [manifest(cpu=0.5, memory_mb=300, disk_mb=64, network=True), *policies]:
+        assert problems(obj) == [], obj["metadata"]["name"]
