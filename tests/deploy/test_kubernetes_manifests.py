@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from gateway.app import GatewayApp
+from gateway.metrics import GatewayMetrics
 from gateway.provisioners.kubernetes import KubernetesProvisioner
 from gateway.provisioners.pods import LABEL_SANDBOX
 from gateway.provisioners.transport import PORT_RANGE
@@ -123,7 +124,12 @@ def test_the_deployment_configures_the_gateway_as_it_reads_its_options(
     hpa = autoscaler()["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "code-gateway"}
     [metric] = hpa["metrics"]
-    assert metric["pods"]["metric"]["name"] == "code_gateway_sandboxes"  # the gauge gateway/metrics.py exports
+    # A series the gateway exports, by its name and labels (as /metrics renders it).
+    metrics = GatewayMetrics()
+    metrics.watch(live=lambda: 7, busy=lambda: 1, pool_ready=lambda: 0)
+    wanted = metric["pods"]["metric"]
+    labels = ",".join(f'{key}="{value}"' for key, value in wanted["selector"]["matchLabels"].items())
+    assert f"{wanted['name']}{{{labels}}} 7.0" in metrics.render().decode()
 
 
 def test_the_role_grants_what_the_provisioner_calls_in_the_sandbox_namespace_only(
