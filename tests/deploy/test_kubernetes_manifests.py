@@ -11,9 +11,6 @@ itself needs an API server (it asks for the API's resource list first), so it is
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +22,8 @@ from gateway.provisioners.kubernetes import KubernetesProvisioner
 from gateway.provisioners.pods import LABEL_SANDBOX
 from gateway.provisioners.transport import PORT_RANGE
 from tests.deploy.kubernetes_schema import problems
+from tests.deploy.manifests import DEPLOY, Objects, container_env, gateway_container, rendered
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 AUTOSCALER = "horizontalpodautoscaler.yaml"
 
 
@@ -36,25 +33,17 @@ def autoscaler() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def objects() -> dict[tuple[str, str, str], dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is needed to render deploy/kubernetes (kubectl kustomize)"
-    rendered = subprocess.run([kubectl, "kustomize", str(DEPLOY)], check=True, capture_output=True, text=True,
-                              timeout=60).stdout
-    found = {}
-    for obj in yaml.safe_load_all(rendered):
-        metadata = obj["metadata"]
-        found[(obj["kind"], metadata.get("namespace", ""), metadata["name"])] = obj
-    return found
+def objects() -> Objects:
+    return rendered()
 
 
-def one(objects: dict[tuple[str, str, str], dict[str, Any]], kind: str, name: str = "code-gateway",
+def one(objects: Objects, kind: str, name: str = "code-gateway",
         namespace: str = "code-gateway") -> dict[str, Any]:
     return objects[(kind, namespace, name)]
 
 
 def test_every_file_is_rendered_and_every_object_fits_the_api_schema(
-        objects: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+        objects: Objects) -> None:
     listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
     # All but the autoscaler, which waits for several replicas to be possible (#13.2).
     assert sorted([*listed, AUTOSCALER]) == sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
@@ -77,24 +66,14 @@ def test_the_schema_check_finds_what_a_server_would_refuse() -> None:
 
 
 def test_the_deployment_configures_the_gateway_as_it_reads_its_options(
-        objects: dict[tuple[str, str, str], dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+        objects: Objects, monkeypatch: pytest.MonkeyPatch) -> None:
     deployment = one(objects, "Deployment")
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    [container] = pod["spec"]["containers"]
+    container = gateway_container(objects)
     secret = one(objects, "Secret")
-    given: dict[str, str] = {}
-    for entry in container["env"]:
-        source = entry.get("valueFrom", {})
-        if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
-            value = secret["stringData"][ref["key"]]
-        elif "fieldRef" in source:
-            value = given[source["fieldRef"]["fieldPath"]]
-        else:
-            value = entry["value"]
-        monkeypatch.setenv(entry["name"], value)
+    for name, value in container_env(objects, {}, {}).items():
+        monkeypatch.setenv(name, value)
     app = GatewayApp()
     app.initialize(list(container["args"]))
     assert (app.ip, app.port, app.store_url) == ("0.0.0.0", 8888, secret["stringData"]["store-url"])
@@ -133,7 +112,7 @@ def test_the_deployment_configures_the_gateway_as_it_reads_its_options(
 
 
 def test_the_role_grants_what_the_provisioner_calls_in_the_sandbox_namespace_only(
-        objects: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+        objects: Objects) -> None:
     role = one(objects, "Role", namespace="code-gateway-sandboxes")
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
@@ -148,7 +127,7 @@ def test_the_role_grants_what_the_provisioner_calls_in_the_sandbox_namespace_onl
 
 
 def test_the_network_policies_close_the_sandbox_namespace_and_open_only_the_kernel_ports(
-        objects: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+        objects: Objects) -> None:
     sandboxes = one(objects, "Namespace", name="code-gateway-sandboxes", namespace="")
     assert sandboxes["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     deny = one(objects, "NetworkPolicy", name="default-deny", namespace="code-gateway-sandboxes")["spec"]
