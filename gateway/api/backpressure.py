@@ -9,6 +9,8 @@ on and are stored.
     watch = BehindWatch(limit, behind=lambda: cursor.behind, overrun=cut_off)   # awaited writes
     watch.start(); ...; watch.stop()
 
+    end_stream(handler, last_event_bytes)       # cut off: the last words, then the end (or the connection)
+
     unsent = UnsentBytes()                       # writes Tornado buffers without anyone awaiting them
     if unsent.would_pass(limit, len(message)): cut_off()
     else: unsent.add(len(message), handler.write_message(message))
@@ -21,6 +23,9 @@ import collections
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from tornado import web
+from tornado.http1connection import HTTP1Connection
 
 from gateway.execution.outputs import human_size
 
@@ -46,6 +51,17 @@ def too_slow_reason(limit: int) -> str:
 def too_slow_message(limit: int, execution_id: str) -> str:
     return (f"the client fell more than {human_size(limit)} behind this stream; the execution goes on and is "
             f"stored: GET /api/v1/executions/{execution_id}")
+
+
+def end_stream(handler: web.RequestHandler, last: bytes) -> None:
+    """End the HTTP stream of a client cut off: ``last`` (what says why), then the end of the
+    response; if the client does not take even that within ``CUT_GRACE`` seconds, its connection."""
+    handler.write(last)
+    ended = handler.finish()
+    connection = handler.request.connection
+    if isinstance(connection, HTTP1Connection):
+        asyncio.get_running_loop().call_later(
+            CUT_GRACE, lambda: None if ended.done() else connection.stream.close())
 
 
 class BehindWatch:

@@ -8,7 +8,6 @@ has ended, the answer is the final ``execution`` event alone: its ``outputs`` ho
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -16,13 +15,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from gateway.api import schemas
-from gateway.api.backpressure import (
-    CUT_GRACE,
-    DEFAULT_SEND_BUFFER,
-    TOO_SLOW,
-    BehindWatch,
-    too_slow_message,
-)
+from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW, BehindWatch, end_stream, too_slow_message
 from gateway.api.base import MAX_OFFSET, error_body
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, negotiate
@@ -95,12 +88,7 @@ class StreamingHandler(SandboxAPIHandler):
         self.sandboxes.metrics.slow_clients.labels(kind="http_stream").inc()
         self._cut_off = True
         error = error_body(TOO_SLOW, too_slow_message(self.max_send_buffer, execution_id))
-        self.write(encoder.encode({"type": "error", "execution_id": execution_id, **error}))
-        ended = self.finish()
-        connection = self.request.connection
-        if isinstance(connection, HTTP1Connection):
-            asyncio.get_running_loop().call_later(
-                CUT_GRACE, lambda: None if ended.done() else connection.stream.close())
+        end_stream(self, encoder.encode({"type": "error", "execution_id": execution_id, **error}))
 
 
 class ExecuteHandler(StreamingHandler):

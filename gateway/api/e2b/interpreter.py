@@ -11,25 +11,33 @@ after every ``keepalive`` seconds of silence. A client that goes away interrupts
 as E2B's server does (its kernel keeps its state). ``run_code``'s ``timeout`` is the SDK's own
 (it hangs up, which interrupts); the gateway's bound is ``--max-timeout``. Errors are plain
 text, as E2B's server answers them.
+
+A client more than ``--max-send-buffer-bytes`` behind the stream is cut off as on our own
+streams (``gateway.api.backpressure``): a last ``error`` line (``ClientTooSlow``, saying where the
+execution is stored), then the end. That execution is not interrupted: it runs on and is stored.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from tornado import web
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
+from gateway.api.backpressure import DEFAULT_SEND_BUFFER, BehindWatch, end_stream, too_slow_message
 from gateway.api.e2b import paths
-from gateway.api.e2b.results import E2BLines
+from gateway.api.e2b.results import E2BLines, error_line
 from gateway.api.e2b.traffic import SandboxTrafficHandler
 from gateway.api.executions import check_code
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.sandboxes.contexts import ContextNotFound
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.manager import RunningExecution
+
+log = logging.getLogger(__name__)
 
 
 def e2b_context(context: dict[str, Any]) -> dict[str, Any]:
@@ -40,10 +48,12 @@ def e2b_context(context: dict[str, Any]) -> dict[str, Any]:
 class InterpreterHandler(SandboxTrafficHandler):
     """Plain-text errors, as E2B's code interpreter server answers."""
 
-    def initialize(self, policy: ResourcePolicy, keepalive: float = 15.0, **base: Any) -> None:  # type: ignore[override]
+    def initialize(self, policy: ResourcePolicy, keepalive: float = 15.0,  # type: ignore[override]
+                   max_send_buffer: int = DEFAULT_SEND_BUFFER, **base: Any) -> None:
         super().initialize(**base)
         self.policy = policy
         self.keepalive = keepalive
+        self.max_send_buffer = max_send_buffer
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -63,6 +73,7 @@ class ExecuteHandler(InterpreterHandler):
     def initialize(self, **deps: Any) -> None:  # type: ignore[override]
         super().initialize(**deps)
         self.running: RunningExecution | None = None
+        self._cut_off = False
 
     async def post(self) -> None:
         body = self.json_body()
@@ -86,17 +97,35 @@ class ExecuteHandler(InterpreterHandler):
         if isinstance(self.request.connection, HTTP1Connection):
             self.request.connection.stream.set_nodelay(True)
         lines = E2BLines()
+        cursor = running.feed.cursor()
+        watch = BehindWatch(self.max_send_buffer, behind=lambda: cursor.behind,
+                            overrun=lambda: self._too_slow(running.execution.id))
+        watch.start()
         try:
-            async for event in running.feed.follow(idle=self.keepalive):
+            async for event in cursor.follow(idle=self.keepalive):
+                if self._cut_off:
+                    break
                 for line in [{"type": "keepalive"}] if event is None else lines.of(event):
                     self.write(json.dumps(line) + "\n")
                 await self.flush()  # (awaited: a slow client slows only its own stream)
         except StreamClosedError:
             return  # on_connection_close interrupts it
-        self.finish()
+        finally:
+            watch.stop()
+        if not self._cut_off:  # (else _too_slow ended it)
+            self.finish()
+
+    def _too_slow(self, execution_id: str) -> None:
+        log.info("execution %s: ending the E2B stream of a client over %d bytes behind", execution_id,
+                 self.max_send_buffer)
+        self.sandboxes.metrics.slow_clients.labels(kind="e2b_stream").inc()
+        self._cut_off = True
+        line = error_line("ClientTooSlow", too_slow_message(self.max_send_buffer, execution_id), "")
+        end_stream(self, (json.dumps(line) + "\n").encode())
 
     def on_connection_close(self) -> None:
-        if self.running is not None and not self.running.execution.finished:
+        # A client cut off for being slow did not hang up: its execution goes on, as on our streams.
+        if self.running is not None and not self.running.execution.finished and not self._cut_off:
             self.sandboxes.cancel_soon(self.running)
 
 

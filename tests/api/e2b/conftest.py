@@ -21,6 +21,9 @@ from tests.gateways import KEY_PAIRS, KEYS, GatewayProcess
 
 #: The E2B tests' gateway takes files of at most this size (E2B's own limit is larger; ours is set).
 MAX_FILE_BYTES = 4 << 20
+#: Its send buffer (``--max-send-buffer-bytes``): small, so a client that does not read is cut off
+#: within one execution's output (at most 10 MiB).
+MAX_SEND_BUFFER = 1 << 20
 E2B_KEYS = {"alice": "e2b_" + "a1" * 20, "bob": "e2b_" + "b2" * 20}
 
 
@@ -29,6 +32,7 @@ def e2b_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayPro
     docker_or_fail().close()
     keys = ",".join([KEY_PAIRS, *(f"{user}:{key}" for user, key in E2B_KEYS.items())])
     gateway = GatewayProcess(tmp_path_factory.mktemp("e2b-gateway"), f"--max-file-bytes={MAX_FILE_BYTES}",
+                             f"--max-send-buffer-bytes={MAX_SEND_BUFFER}",
                              provisioner="docker", env={"GATEWAY_API_KEYS": keys})
     asyncio.run(gateway.start())
     saved = {name: os.environ.get(name) for name in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")}

@@ -9,6 +9,7 @@ the sandbox ends the request with E2B's "sandbox was killed" error.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from e2b_code_interpreter import AsyncSandbox, Sandbox
 from e2b_code_interpreter.models import Context, OutputMessage, Result
 
 from tests.gateways import GatewayProcess
+from tests.stalled import StalledClient, metric
+from tests.waiting import until, wait_finished
 
 pytestmark = pytest.mark.docker
 
@@ -98,6 +101,37 @@ def test_hanging_up_interrupts_and_keeps_state(sandbox: Sandbox) -> None:
     # The loop was interrupted (else this would wait behind it), and the kernel kept its state.
     after = sandbox.run_code("steps", timeout=60)
     assert after.error is None and int(after.text) > 0
+
+
+async def test_a_client_that_does_not_read_is_cut_off_and_the_execution_goes_on(
+    sandbox: Sandbox, e2b_gateway: GatewayProcess,
+) -> None:
+    """Past the send buffer (1 MiB here) the stream ends with an error line; nothing is lost.
+
+    8 MiB of output: the socket buffers of a loopback connection take 4 MiB before a client that
+    does not read holds the stream back (and each stream is capped at 5 MiB)."""
+    eight_mib = ("import sys\nfor _ in range(4):\n    sys.stdout.write('o' * (1 << 20)); sys.stdout.flush()\n"
+                 "    sys.stderr.write('e' * (1 << 20)); sys.stderr.flush()\n")
+    async with e2b_gateway.client("alice") as alice:
+        before = await slow_clients(alice)
+        stalled = await StalledClient.open(int(e2b_gateway.url.rsplit(":", 1)[1]))
+        await stalled.post("/e2b/sandbox/execute", json.dumps({"code": eight_mib}).encode(),
+                           {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49999",
+                            "X-Access-Token": sandbox._envd_access_token or "", "Content-Type": "application/json"})
+        await until(lambda: slow_clients(alice), lambda n: n == before + 1, timeout=120,
+                    what="the stalled E2B client to be cut off")
+        data = await stalled.read_until(b"0\r\n\r\n")
+        stalled.close()
+        assert b'"ClientTooSlow"' in data and b"behind this stream" in data
+        execution_id = re.search(rb"X-Execution-Id: ([0-9a-f-]+)", data).group(1).decode()  # type: ignore[union-attr]
+        execution = await wait_finished(alice, execution_id, timeout=120)
+    assert execution["status"] == "completed" and not execution["truncated"]
+    assert execution["stdout"] == "o" * (4 << 20) and execution["stderr"] == "e" * (4 << 20)
+    assert sandbox.run_code("6 * 7").text == "42"
+
+
+async def slow_clients(client: httpx.AsyncClient) -> float:
+    return metric((await client.get("/metrics")).text, "code_gateway_slow_clients_total", kind="e2b_stream")
 
 
 def test_contexts_of_a_sandbox(sandbox: Sandbox) -> None:
