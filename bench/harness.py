@@ -210,7 +210,8 @@ class Gateway:
     KEY = "bench-key"
 
     def __init__(self, bench: Bench, role: str, *, pool_size: int | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, more_keys: tuple[str, ...] = ()) -> None:
+        """``more_keys``: other keys of the bench user (such as an E2B-form one), besides ``KEY``."""
         self.bench = bench
         self.role = role
         self.instance = bench.instance(role)
@@ -219,7 +220,8 @@ class Gateway:
         home.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "gateway", "--ip=127.0.0.1", f"--port={self.port}",
                 f"--data-dir={home / 'data'}", f"--runtime-dir={home / 'run'}", "--provisioner=docker",
-                f"--api-keys=bench:{self.KEY}", "--max-sandboxes-per-user=500",
+                "--api-keys=" + ",".join(f"bench:{key}" for key in (self.KEY, *more_keys)),
+                "--max-sandboxes-per-user=500",
                 f"--DockerProvisioner.instance_id={self.instance}", *(extra or [])]
         if pool_size is not None:
             argv.append(f"--pool-size={pool_size}")

@@ -72,7 +72,7 @@ class Live:
     async def _open(self) -> None:
         stack = self.stack
         gateway = self.gateway = await stack.enter_async_context(
-            Gateway(self.bench, "live", extra=[f"--api-keys=bench:{Gateway.KEY},bench:{E2B_KEY}"], **pool_args()))
+            Gateway(self.bench, "live", more_keys=(E2B_KEY,), **pool_args()))
         http = await gateway.connect()
         stack.push_async_callback(http.close)
         ids = {}
