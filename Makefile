@@ -2,6 +2,8 @@
 #   make run     venv + Docker engine + sandbox image, then the gateway on 127.0.0.1:8888
 #   make test    the same setup, then `mypy --strict gateway/` and the whole test suite (what CI runs via .ci/run)
 #   make bench   the same setup, then the benchmarks (bench/run.py; BENCH_ARGS=--quick for a smoke run)
+# test and bench also register gVisor's runsc with the engine (ensure-docker.sh --runsc): their
+# sandboxes run under both runtimes. `make run` leaves the engine as it is.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,6 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8888
 PYTEST_ARGS ?=
+ENGINE_ARGS ?=
 
 .PHONY: venv engine images run test typecheck bench clean
 
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 venv: $(STAMP)
 
 engine:
-	bash deploy/host/ensure-docker.sh
+	bash deploy/host/ensure-docker.sh $(ENGINE_ARGS)
 
 images: engine
 	bash images/build.sh
@@ -35,6 +38,7 @@ run: venv
 	  || echo "warning: no code-gateway/full image: contexts in bash, R and JavaScript (E2B's code-interpreter-v1) will not start"
 	$(BIN)/code-gateway --ip=$(HOST) --port=$(PORT)
 
+test bench: ENGINE_ARGS = --runsc
 test: venv images typecheck
 	bash deploy/host/ensure-browser.sh
 	bash deploy/host/ensure-postgres.sh install

@@ -39,6 +39,7 @@ from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.kubernetes import KubernetesProvisioner
 from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
 from gateway.sandboxes.lifetimes import LifetimePolicy
+from gateway.sandboxes.isolation import IsolationPolicy
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.events.log import EventLog
 from gateway.events.webhooks import WebhookSender
@@ -86,6 +87,8 @@ ALIASES = {
     "max-disk-mb": "ResourcePolicy.max_disk_mb",
     "max-timeout": "ResourcePolicy.max_timeout",
     "allow-network": "ResourcePolicy.allow_network",
+    "runtime": "IsolationPolicy.default",
+    "allow-isolation": "IsolationPolicy.allowed",
     "image": "DockerProvisioner.image",
 }
 
@@ -179,7 +182,7 @@ class GatewayApp(ConfiguredApp):
         ),
     }
     classes = [KernelLauncher, DockerProvisioner, KubernetesProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
-               LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, EventLog, WebhookSender, KeyRing,
+               IsolationPolicy, LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, EventLog, WebhookSender, KeyRing,
                E2BTemplates]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
@@ -218,6 +221,12 @@ class GatewayApp(ConfiguredApp):
         self.metrics = GatewayMetrics()
         self.launcher = KernelLauncher(self.runtime_dir, metrics=self.metrics, parent=self)
         await self.launcher.start()
+        isolation = IsolationPolicy(parent=self)
+        problem = self._default_isolation_problem(isolation)
+        if problem is not None:
+            await self.launcher.stop()
+            await self.store.close()
+            raise RuntimeError(problem)
         commands = SandboxCommands(self.launcher)
         snapshots = SandboxSnapshots(commands=commands, root=os.path.join(self.data_dir, "paused"),
                                      kernels_dir=self.launcher.kernels_dir, parent=self)
@@ -229,7 +238,7 @@ class GatewayApp(ConfiguredApp):
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
                                         lifetimes=LifetimePolicy(parent=self), snapshots=snapshots,
                                         quotas=UserQuotas(store=self.store, parent=self), events=self.events,
-                                        metrics=self.metrics, parent=self)
+                                        metrics=self.metrics, isolation=isolation, parent=self)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)
         self.processes = SandboxProcesses(commands)
@@ -252,6 +261,19 @@ class GatewayApp(ConfiguredApp):
                 "Set GATEWAY_API_KEYS=user:key,... or run `code-gateway keys create USER` to choose your own.\n",
                 flush=True,
             )
+
+    def _default_isolation_problem(self, isolation: IsolationPolicy) -> str | None:
+        """Why sandboxes cannot run under the operator's default isolation here (then the gateway does not
+        start: it never runs them under less isolation than chosen); None if they can."""
+        unavailable = self.launcher.unavailable()
+        if unavailable is None:
+            if isolation.default != "runc":
+                return f"--runtime={isolation.default} needs the docker provisioner: sandboxes here would be local processes"
+            return None
+        if isolation.default in unavailable:
+            return (f"--runtime={isolation.default}: {unavailable[isolation.default]} "
+                    "(bash deploy/host/ensure-docker.sh --runsc registers runsc)")
+        return None
 
     async def shutdown(self) -> None:
         self.server.stop()

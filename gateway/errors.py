@@ -54,6 +54,12 @@ class NetworkNotAllowed(Forbidden):
     code = "network_not_allowed"
 
 
+class IsolationNotAllowed(Forbidden):
+    """A sandbox asked for an isolation the operator does not offer."""
+
+    code = "isolation_not_allowed"
+
+
 class OriginNotAllowed(Forbidden):
     """A browser page of an origin the operator did not allow."""
 
@@ -130,6 +136,13 @@ class LimitOutOfRange(GatewayError):
 
     status = 422
     code = "limit_out_of_range"
+
+
+class IsolationUnavailable(GatewayError):
+    """An isolation this gateway cannot provide (its runtime is not registered, or sandboxes are local processes)."""
+
+    status = 422
+    code = "isolation_unavailable"
 
 
 class QuotaExceeded(GatewayError):

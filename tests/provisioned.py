@@ -11,6 +11,13 @@ docker one::
 
     from tests.provisioned import docker_as_the_gateway  # noqa: F401  (fixture: gateway)
 
+Containment and security tests hold for both runtimes a docker sandbox may run under (runc and
+gVisor): a module importing ``docker_gateway_of_each_runtime`` runs each test using
+``docker_gateway`` (or ``gateway``, ``alice``...) once per runtime, the ``runtime`` fixture
+naming which::
+
+    from tests.provisioned import docker_as_the_gateway, docker_gateway_of_each_runtime  # noqa: F401
+
 A test that needs other gateway options::
 
     @pytest.mark.parametrize("provisioner", PROVISIONERS)
@@ -31,6 +38,8 @@ from tests.conftest import docker_or_fail
 from tests.gateways import InProcessGateway, create, run  # noqa: F401  (re-exported for the tests using these fixtures)
 
 PROVISIONERS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+#: The isolations of docker sandboxes (``--runtime``); CI registers runsc (ensure-docker.sh --runsc).
+RUNTIMES = ["runc", "gvisor"]
 
 
 def gateway_for(provisioner: str, tmp_path: Any, *args: str) -> InProcessGateway:
@@ -59,6 +68,20 @@ async def bob(each_gateway: InProcessGateway) -> AsyncIterator[httpx.AsyncClient
         yield client
 
 
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: Any) -> str:
+    """The runtime docker sandboxes of this run use: runc, then gvisor."""
+    return str(request.param)
+
+
+@pytest.fixture(name="docker_gateway")
+async def docker_gateway_of_each_runtime(tmp_path: Any, docker_client: Any,
+                                         runtime: str) -> AsyncIterator[InProcessGateway]:
+    """``docker_gateway`` whose sandboxes run under ``runtime`` (its default, ``--runtime``)."""
+    async with InProcessGateway(tmp_path / "data", f"--runtime={runtime}", provisioner="docker") as running:
+        yield running
 
 
 @pytest.fixture(name="gateway")

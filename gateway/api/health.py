@@ -42,6 +42,7 @@ class HealthHandler(OperationsHandler):
                 "sandboxes": self.sandboxes.counts(),
                 "pool": self.sandboxes.pool.describe(),
                 "engine": self.launcher.engine.describe() if self.launcher.engine is not None else None,
+                "runtimes": self.sandboxes.isolation.describe(self.launcher.unavailable()),
                 "store": store.describe(),
             }
         )

@@ -97,6 +97,8 @@ SANDBOX = {
         "status": {"enum": STATUSES},
         "status_reason": {"type": ["string", "null"]}, "provisioner": {"type": "string"},
         "image": {"type": ["string", "null"]}, "resources": schemas.RESOURCES, "env": {"type": "object"},
+        "isolation": {"enum": ["runc", "gvisor", None],
+                      "description": "the container runtime it runs under (null: a local process, no isolation)"},
         "metadata": {"type": "object"}, "figure_formats": {"type": "array", "items": {"type": "string"}},
         "created_at": {"type": "string", "format": "date-time"},
         "last_active_at": {"type": "string", "format": "date-time"},
@@ -177,7 +179,8 @@ def ranged(schema: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> dict[st
 class Requests:
     """The request schemas as this gateway's policies make them."""
 
-    def __init__(self, policy: ResourcePolicy, lifetimes: LifetimePolicy, kernel_name: str) -> None:
+    def __init__(self, policy: ResourcePolicy, lifetimes: LifetimePolicy, kernel_name: str,
+                 isolations: list[str] | None = None) -> None:
         def limit(field: str) -> dict[str, Any]:
             return {"minimum": policy.minimum(field), "maximum": policy.maximum(field)}
 
@@ -187,8 +190,10 @@ class Requests:
             **{field: limit(field) for field in ("cpu", "memory_mb", "disk_mb", "pids", "timeout")},
             "network": network,
         })
+        # Only the isolations a request may name and this gateway can run (none for local processes).
+        offered: dict[str, Any] = {"enum": isolations} if isolations else {"not": {}}
         self.create_sandbox = ranged(schemas.CREATE_SANDBOX, {
-            "resources": resources, "timeout": limit("timeout"), "network": network,
+            "resources": resources, "timeout": limit("timeout"), "network": network, "isolation": offered,
             "lifetime": seconds, "idle_timeout": seconds, "notebook": ref("Notebook"),
         })
         # The top-level timeout and network are shorthands: not both with their resources twin.
@@ -211,9 +216,11 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
         "/api/v1/sandboxes": {
             "post": {"summary": "Create a sandbox", "requestBody": body(requests.create_sandbox, required=False),
                      "responses": {"201": reply("the running sandbox", ref("Sandbox")), **ERRORS,
-                                   "403": error("network access is not allowed here"),
+                                   "403": error("network access, or the isolation asked for, is not allowed here "
+                                                "(network_not_allowed, isolation_not_allowed)"),
                                    "413": error("a seed notebook cell over 1 MiB"),
-                                   "422": error("a limit out of range (the message names the field)"),
+                                   "422": error("a limit out of range (the message names the field), or an "
+                                                "isolation this gateway cannot run (isolation_unavailable)"),
                                    "429": error("over a quota (live sandboxes, CPU, memory); Retry-After says when "
                                                 "to try again"),
                                    "503": error("the sandbox could not be started, or the store cannot commit "
@@ -428,9 +435,10 @@ def jupyter_paths(requests: Requests) -> dict[str, Any]:
 
 
 def document(*, policy: ResourcePolicy | None = None, lifetimes: LifetimePolicy | None = None,
-             kernel_name: str = "python3") -> dict[str, Any]:
-    """The document for a gateway with these policies (the defaults' if none is given)."""
-    requests = Requests(policy or ResourcePolicy(), lifetimes or LifetimePolicy(), kernel_name)
+             kernel_name: str = "python3", isolations: list[str] | None = None) -> dict[str, Any]:
+    """The document for a gateway with these policies (the defaults' if none is given); ``isolations``:
+    what a new sandbox may ask for here (none: the field is refused)."""
+    requests = Requests(policy or ResourcePolicy(), lifetimes or LifetimePolicy(), kernel_name, isolations)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Code Interpreter Gateway", "version": __version__,
@@ -458,4 +466,5 @@ class OpenAPIHandler(APIHandler):
 
     def get(self) -> None:
         self.write_json(document(policy=self.sandboxes.policy, lifetimes=self.sandboxes.lifetimes,
-                                 kernel_name=self.launcher.kernel_name))
+                                 kernel_name=self.launcher.kernel_name,
+                                 isolations=self.sandboxes.isolation.requestable(self.launcher.unavailable())))

@@ -44,7 +44,7 @@ class SandboxesHandler(SandboxAPIHandler):
         seed = seed_cells(body["notebook"]) if "notebook" in body else None
         sandbox = await self.sandboxes.create(
             self.user, resources=creation_limits(body), env=body.get("env"), metadata=body.get("metadata"),
-            figure_formats=body.get("figure_formats"), **lifetime_fields(body),
+            figure_formats=body.get("figure_formats"), isolation=body.get("isolation"), **lifetime_fields(body),
         )
         report = None
         if seed is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from gateway.provisioners.isolation import ISOLATIONS
 from gateway.sandboxes.contexts import ALIASES, LANGUAGES
 from gateway.sandboxes.model import FIGURE_FORMATS, ON_IDLE
 
@@ -46,6 +47,9 @@ CREATE_SANDBOX: dict[str, Any] = {
         "resources": RESOURCES,
         "timeout": {**NUMBER, "description": "default per-execution timeout in seconds"},
         "network": {"type": "boolean", "description": "network access (only where the operator allows it)"},
+        "isolation": {"enum": list(ISOLATIONS),
+                      "description": "the container runtime: runc or gvisor (a kernel of its own between the sandbox "
+                                     "and the host's), where the operator allows it; default: the operator's"},
         "env": {
             "type": "object",
             # (no NUL in a value: an environment cannot hold one, the engine would refuse it)

@@ -30,6 +30,10 @@ capabilities dropped, no-new-privileges, Docker's default seccomp profile, read-
 size-limited tmpfs for /tmp and /home/sandbox, non-root user, pids/memory/swap/CPU limits,
 private IPC namespace, bounded container log.
 
+Each sandbox runs under its isolation (``gateway.provisioners.isolation``): ``runc``, as above,
+or ``gvisor``: the same container under runsc, whose own kernel stands between the sandbox and
+the host's; there the socket directory is a host tmpfs of the gateway's (see that module).
+
 Why a container stopped (``exit_reason``): ``out_of_memory`` (the memory cgroup killed it),
 ``sandbox_died`` (killed or removed from outside the gateway), else ``kernel_died``.
 """
@@ -58,14 +62,15 @@ from gateway.errors import SandboxStartFailed
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners import transport
 from gateway.provisioners.docker_events import ContainerEvents
+from gateway.provisioners.isolation import CONTAINER_DIR, GVISOR, HOME, ISOLATIONS, RUNC, Isolation, isolation_named
 from gateway.provisioners.kernel_network import KernelNetwork, KernelNetworkError
-from gateway.provisioners.usage import Usage, cgroup_usage, filesystem_bytes
+from gateway.provisioners.mounts import mounting_problem
+from gateway.provisioners.usage import Usage
 from gateway.provisioners.sockets import (
     Identity,
     SocketRefused,
     identities_from_record,
     identities_to_record,
-    open_directory,
     sockets_of,
 )
 
@@ -75,11 +80,9 @@ LABEL_SANDBOX = "code-gateway.sandbox"
 LABEL_OWNER = "code-gateway.owner"
 LABEL_INSTANCE = "code-gateway.instance"
 
-#: Inside the container: the kernel's private socket directory (a tmpfs) and its connection file.
-CONTAINER_DIR = "/run/code-gateway"
+#: Inside the container: the kernel's connection file, in its socket directory (``CONTAINER_DIR``).
 CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/connection.json"
 CONNECTION_ENV = "CODE_GATEWAY_CONNECTION"
-HOME = "/home/sandbox"
 #: The image's ``sandbox`` user.
 SANDBOX_UID = 1000
 #: The exit code we report for a container that no longer exists.
@@ -131,10 +134,17 @@ class DockerEngine:
     """
 
     def __init__(self, *, base_url: str, instance_id: str, image: str, pool_size: int = 32,
-                 threads: int = 16, kernel_network: KernelNetwork | None = None) -> None:
+                 threads: int = 16, kernel_network: KernelNetwork | None = None,
+                 docker_runtimes: dict[str, str] | None = None,
+                 scratch_dir: str | os.PathLike[str] | None = None) -> None:
         self.base_url = base_url
         self.instance_id = instance_id
         self.image = image
+        #: Isolation -> the name of its Docker runtime on this engine.
+        self.docker_runtimes = {RUNC: "runc", GVISOR: "runsc", **(docker_runtimes or {})}
+        self.scratch_dir = Path(scratch_dir) if scratch_dir is not None else None
+        #: Isolation -> why sandboxes cannot run under it here (found at ``start``).
+        self.unavailable: dict[str, str] = {}
         self.pool_size = pool_size
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker")
         #: Where new kernels listen when the transport is tcp; None: ipc.
@@ -159,6 +169,8 @@ class DockerEngine:
             instance_id=settings.instance_id or instance_id_for(runtime_dir),
             image=settings.image,
             kernel_network=network,
+            docker_runtimes={RUNC: settings.runc_runtime, GVISOR: settings.gvisor_runtime},
+            scratch_dir=runtime_dir,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -179,6 +191,7 @@ class DockerEngine:
         except Exception as exc:
             raise RuntimeError(f"no Docker engine answers ({exc}); start Docker or use --provisioner=local") from exc
         self.cpus = int(info.get("NCPU") or os.cpu_count() or 1)
+        self.unavailable = self._isolation_problems(set(info.get("Runtimes") or {}))
         if self.kernel_network is not None:
             try:
                 await self.kernel_network.ensure(self)
@@ -201,6 +214,29 @@ class DockerEngine:
             warnings.append("the Docker event stream is not connected: container deaths are noticed late")
         log.info("docker engine ready (instance %s, image %s)", self.instance_id, self.image)
         return warnings
+
+    def _isolation_problems(self, registered: set[str]) -> dict[str, str]:
+        problems = {}
+        for isolation in ISOLATIONS:
+            runtime = self.docker_runtimes[isolation]
+            if runtime not in registered:
+                problems[isolation] = (f"the Docker engine has no runtime {runtime!r} (registered: "
+                                       f"{', '.join(sorted(registered)) or 'none'})")
+        if GVISOR not in problems and self.kernel_network is not None:
+            problems[GVISOR] = ("the tcp transport needs a network in the sandbox, and runsc runs sandboxes with "
+                                "--network=none (use the ipc transport for gvisor sandboxes)")
+        if GVISOR not in problems and self.scratch_dir is not None:
+            # Its socket directory is a tmpfs the gateway mounts (gateway.provisioners.isolation).
+            self.scratch_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+            problem = mounting_problem(self.scratch_dir)
+            if problem is not None:
+                problems[GVISOR] = problem
+        if GVISOR in problems:
+            log.info("gvisor isolation is not available: %s", problems[GVISOR])
+        return problems
+
+    def isolation(self, name: str) -> Isolation:
+        return isolation_named(name, docker_runtime=self.docker_runtimes[name])
 
     async def stop(self) -> None:
         if self.events is not None:
@@ -243,6 +279,7 @@ class DockerEngine:
             "events_connected": bool(self.events and self.events.connected),
             "transport": "tcp" if self.kernel_network is not None else "ipc",
             **({"kernel_network": self.kernel_network.describe()} if self.kernel_network is not None else {}),
+            "runtimes": {isolation: self.docker_runtimes[isolation] for isolation in ISOLATIONS},
         }
 
     # -- docker calls ----------------------------------------------------------------------------
@@ -437,19 +474,6 @@ class DockerEngine:
             self._resolve(container_id, int(state["ExitCode"]))
 
 
-def container_socket_directory(process: int) -> int:
-    """A descriptor of the kernel socket directory of the container whose init ``process`` (an
-    ``O_PATH`` descriptor of ``/proc/<pid>``) is, reached from its root without following symlinks."""
-    try:
-        root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=process)
-    except OSError:
-        raise SocketRefused("the sandbox's container stopped") from None
-    try:
-        return open_directory(root, CONTAINER_DIR.lstrip("/"))
-    finally:
-        os.close(root)
-
-
 def engine_of(provisioner: KernelProvisionerBase) -> DockerEngine:
     """The ``DockerEngine`` a provisioner's parents own (kernel manager -> launcher)."""
     owner = provisioner.parent
@@ -506,7 +530,12 @@ class DockerProvisioner(KernelProvisionerBase):
     ).tag(config=True)
     run_options = Dict(
         help="Extra keyword arguments for docker's containers.create, applied last, so they can also weaken "
-        "the hardening (e.g. runtime=runsc, shm_size=256m).",
+        "the hardening (e.g. shm_size=256m).",
+    ).tag(config=True)
+    runc_runtime = Unicode("runc", help="The Docker runtime of sandboxes with isolation runc.").tag(config=True)
+    gvisor_runtime = Unicode(
+        "runsc", help="The Docker runtime of sandboxes with isolation gvisor: runsc registered with "
+        "--platform=ptrace --network=none --host-uds=all (deploy/host/ensure-docker.sh --runsc does it)."
     ).tag(config=True)
 
     @default("image")
@@ -523,6 +552,9 @@ class DockerProvisioner(KernelProvisionerBase):
         self._pid: int | None = None
         #: The kernel network when this kernel is reached over tcp (None: ipc).
         self._network: KernelNetwork | None = None
+        #: How its container is isolated (the sandbox's ``isolation``; recorded for re-attaching).
+        self.isolation_name = RUNC
+        self._started_pids = 0
 
     # -- where things are ------------------------------------------------------------------------
 
@@ -556,8 +588,11 @@ class DockerProvisioner(KernelProvisionerBase):
             if state is None or not state["Running"] or int(state["Pid"]) != pid:
                 raise SocketRefused("the sandbox's container stopped")
 
+            isolation, sandbox_dir = self.isolation, self.sandbox_dir
+            assert sandbox_dir is not None
+
             def directory() -> int:
-                return container_socket_directory(process)
+                return isolation.socket_directory(process, sandbox_dir)
 
             sockets, prefix, owner = sockets_of(self.parent), self._links() / "k", self._run_as()[0]
             ports = list(self.parent.ports)
@@ -588,11 +623,18 @@ class DockerProvisioner(KernelProvisionerBase):
 
     # -- launch ----------------------------------------------------------------------------------
 
+    @property
+    def isolation(self) -> Isolation:
+        return self.engine.isolation(self.isolation_name)
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         sandbox = kwargs.pop(SANDBOX_KWARG)
         self.sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
         self.sandbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._detach_sockets()
+        self.isolation_name = getattr(sandbox, "isolation", None) or RUNC
+        uid, gid = self._run_as()
+        self.isolation.prepare(self.sandbox_dir, uid=uid, gid=gid)
         km = self.parent
         assert km is not None, "a provisioner is created by its kernel manager"
         self._network = self.engine.kernel_network
@@ -619,6 +661,7 @@ class DockerProvisioner(KernelProvisionerBase):
         from docker.types import LogConfig
 
         limits = sandbox.resources
+        self._started_pids = int(limits.pids)
         uid, gid = self._run_as()
         disk = f"size={int(limits.disk_mb)}m"
         cpus = min(float(limits.cpu), float(self.engine.cpus or limits.cpu))
@@ -647,10 +690,8 @@ class DockerProvisioner(KernelProvisionerBase):
             "tmpfs": {
                 "/tmp": f"{disk},mode=1777,exec,nosuid,nodev",
                 HOME: f"{disk},uid={uid},gid={gid},mode=0700,exec,nosuid,nodev",
-                CONTAINER_DIR: f"size=1m,uid={uid},gid={gid},mode=0700,noexec,nosuid,nodev",
             },
             "ipc_mode": "private",
-            "pids_limit": int(limits.pids),
             "mem_limit": f"{int(limits.memory_mb)}m",
             "memswap_limit": f"{int(limits.memory_mb)}m",
             "nano_cpus": int(cpus * 1e9),
@@ -663,6 +704,9 @@ class DockerProvisioner(KernelProvisionerBase):
             "tty": False,
             "log_config": LogConfig(type="json-file", config={"max-size": self.log_max_size, "max-file": "1"}),
         }
+        assert self.sandbox_dir is not None
+        isolated = self.isolation.container_options(limits, self.sandbox_dir, uid=uid, gid=gid)
+        options.update({**isolated, "tmpfs": {**options["tmpfs"], **isolated.get("tmpfs", {})}})
         options.update(self.run_options)
         return options
 
@@ -789,9 +833,12 @@ class DockerProvisioner(KernelProvisionerBase):
         that claims it. Docker changes these live; the tmpfs sizes and network cannot change.
         """
         assert self.container_id is not None
+        if not self.isolation.live_pids and int(limits.pids) != self._started_pids:
+            raise SandboxStartFailed(f"the process limit of a {self.isolation_name} sandbox is fixed when it starts")
         cpus = min(float(limits.cpu), float(self.engine.cpus or limits.cpu))
         memory = int(limits.memory_mb) << 20
-        body = {"Memory": memory, "MemorySwap": memory, "NanoCpus": int(cpus * 1e9), "PidsLimit": int(limits.pids)}
+        body = {"Memory": memory, "MemorySwap": memory, "NanoCpus": int(cpus * 1e9),
+                **self.isolation.pids_update(int(limits.pids))}
         # The SDK's update_container knows neither NanoCpus nor PidsLimit; the engine's API does.
         api = self.engine.client.api
         url = f"{api.base_url}/v{api.api_version}/containers/{self.container_id}/update"
@@ -803,10 +850,7 @@ class DockerProvisioner(KernelProvisionerBase):
         pid = self._pid
         if pid is None or self._exit_code is not None:
             return Usage()
-        usage = cgroup_usage(pid)
-        usage.disk_bytes = filesystem_bytes(f"/proc/{pid}/root{HOME}")  # tmpfs mount points the sandbox cannot move
-        usage.tmp_bytes = filesystem_bytes(f"/proc/{pid}/root/tmp")
-        return usage
+        return self.isolation.usage(pid)
 
     async def exit_reason(self) -> str:
         """Why the container stopped: ``out_of_memory``, ``sandbox_died`` or ``kernel_died``."""
@@ -834,6 +878,7 @@ class DockerProvisioner(KernelProvisionerBase):
         info.update(
             container_id=self.container_id,
             image=self.image,
+            isolation=self.isolation_name,
             instance_id=self.engine.instance_id,
             sandbox_dir=str(self.sandbox_dir) if self.sandbox_dir else None,
             sockets=identities_to_record(sockets_of(self.parent).identities),
@@ -846,6 +891,7 @@ class DockerProvisioner(KernelProvisionerBase):
         await super().load_provisioner_info(provisioner_info)
         self.container_id = self._last_container_id = provisioner_info.get("container_id")
         self.image = provisioner_info.get("image") or self.image
+        self.isolation_name = provisioner_info.get("isolation") or RUNC
         if provisioner_info.get("sandbox_dir"):
             self.sandbox_dir = Path(provisioner_info["sandbox_dir"])
         if self.container_id is None or self.sandbox_dir is None:

@@ -31,8 +31,8 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from gateway.errors import SandboxNotRunning
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, KernelExitedAtStart
-from gateway.provisioners.docker import (CONNECTION_ENV, CONTAINER_DIR, HOME, DockerEngine,
-                                         container_socket_directory, engine_of)
+from gateway.provisioners.docker import CONNECTION_ENV, DockerEngine, engine_of
+from gateway.provisioners.isolation import CONTAINER_DIR, HOME, RUNC, Isolation
 from gateway.provisioners.sockets import SocketRefused, sockets_of
 from gateway.provisioners.usage import cgroup_paths, oom_kills, process_tree
 
@@ -61,6 +61,9 @@ class DockerContextProvisioner(KernelProvisionerBase):
         self._exited: asyncio.Future[None] | None = None
         self._exit_code: int | None = None
         self._sandbox_id = ""
+        #: The sandbox's directory and isolation: where its kernels' sockets are found.
+        self._sandbox_dir = Path()
+        self._isolation_name = RUNC
         #: The container's cgroup, and how many OOM kills it had when the kernel started.
         self._cgroup: dict[str, Path] = {}
         self._oom_before: int | None = None
@@ -82,6 +85,7 @@ class DockerContextProvisioner(KernelProvisionerBase):
         sandbox = kwargs.pop(SANDBOX_KWARG)
         sandbox_dir = Path(kwargs.pop(SANDBOX_DIR_KWARG))
         self._sandbox_id = sandbox.id
+        self._sandbox_dir, self._isolation_name = sandbox_dir, getattr(sandbox, "isolation", None) or RUNC
         km = self.parent
         assert km is not None, "a provisioner is created by its kernel manager"
         sockets_of(km).detach()
@@ -133,6 +137,11 @@ class DockerContextProvisioner(KernelProvisionerBase):
         log.info("sandbox %s: context kernel %s started (pid %s)", self._sandbox_id, self._name(), self.host_pid)
         return self.connection_info
 
+    def _socket_directory(self, process: int) -> int:
+        """The sandbox's kernel socket directory, reached as its own kernel's is (its isolation's way)."""
+        isolation: Isolation = self.engine.isolation(self._isolation_name)
+        return isolation.socket_directory(process, self._sandbox_dir)
+
     async def _container_init(self, container: str) -> int:
         """An ``O_PATH`` descriptor of the container's init in /proc (checked to be it: no reused pid)."""
         state = await self.engine.state(container)
@@ -156,7 +165,7 @@ class DockerContextProvisioner(KernelProvisionerBase):
         assert km is not None
         process = await self._container_init(container)
         try:
-            directory = container_socket_directory(process)
+            directory = self._socket_directory(process)
             try:
                 for port in km.ports:
                     with contextlib.suppress(FileNotFoundError):
@@ -178,7 +187,7 @@ class DockerContextProvisioner(KernelProvisionerBase):
             def directory() -> int:
                 if not self._alive():
                     raise KernelExitedAtStart("the context's kernel exited before it bound its sockets")
-                return container_socket_directory(process)
+                return self._socket_directory(process)
 
             await sockets_of(km).attach_when_bound(directory, Path(km.ip), list(km.ports), owner=owner)
         finally:

@@ -40,6 +40,7 @@ from gateway.errors import SandboxNotRunning
 from gateway.execution.messages import MessageGate
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+from gateway.provisioners.mounts import unmount_under
 from gateway.provisioners.sockets import KernelSockets, SocketRefused
 from gateway.provisioners.transport import ConnectedSockets
 
@@ -206,6 +207,21 @@ class KernelLauncher(LoggingConfigurable):
         self.warnings.append(message)
         return "local"
 
+    @property
+    def isolates(self) -> bool:
+        """Whether sandboxes here are containers (with an isolation: runc or gvisor), not local processes."""
+        return self.resolved == "docker"
+
+    def unavailable(self) -> dict[str, str] | None:
+        """Isolation -> why sandboxes cannot run under it here; None when sandboxes are local processes."""
+        return dict(self.engine.unavailable) if self.isolates and self.engine is not None else None
+
+    def live_pids(self, isolation: str | None) -> bool:
+        """Whether a running sandbox of ``isolation`` can get a new process limit (the warm pool lowers it)."""
+        if isolation is None or not self.isolates or self.engine is None:
+            return True
+        return bool(self.engine.isolation(isolation).live_pids)
+
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.runtime_dir / sandbox_id
 
@@ -325,7 +341,7 @@ class KernelLauncher(LoggingConfigurable):
         if self.runtime_dir.is_dir():
             for directory in self.runtime_dir.iterdir():
                 if directory.name not in known_ids and directory.is_dir() and not directory.is_symlink():
-                    shutil.rmtree(directory, ignore_errors=True)
+                    self._remove_dir(directory)
 
     async def stop(self) -> None:
         """Release what kernels shared (the docker client and event stream); kernels are left as they are."""
@@ -342,4 +358,12 @@ class KernelLauncher(LoggingConfigurable):
                 await km.provisioner.cleanup(restart=False)
         finally:
             if remove_dir and km.kernel_id and getattr(km, "context_of", None) is None:
-                shutil.rmtree(self.sandbox_dir(km.kernel_id), ignore_errors=True)
+                self._remove_dir(self.sandbox_dir(km.kernel_id))
+
+    def _remove_dir(self, directory: Path) -> None:
+        """Remove a sandbox's directory, first unmounting what is mounted in it (a gVisor sandbox's sockets)."""
+        try:
+            unmount_under(directory)
+        except OSError as exc:
+            self.log.warning("could not unmount under %s: %s", directory, exc)
+        shutil.rmtree(directory, ignore_errors=True)

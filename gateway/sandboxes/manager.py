@@ -54,6 +54,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.provisioners.usage import Usage
 from gateway.sandboxes.contexts import Context, DefaultContext, SandboxContexts, default_context, normalize_language
+from gateway.sandboxes.isolation import IsolationPolicy
 from gateway.sandboxes.kernels import KernelRegistry
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
@@ -143,9 +144,11 @@ class SandboxManager(LoggingConfigurable):
     def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
                  lifetimes: LifetimePolicy | None = None, snapshots: SandboxSnapshots | None = None,
                  quotas: UserQuotas | None = None, events: EventLog | None = None,
-                 metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
+                 metrics: GatewayMetrics | None = None, isolation: IsolationPolicy | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
+        self.isolation = isolation or IsolationPolicy(parent=self)
         self.metrics = metrics or GatewayMetrics()
         self.launcher = launcher
         self.policy = policy
@@ -182,10 +185,15 @@ class SandboxManager(LoggingConfigurable):
         self.reaper = SandboxReaper(sandboxes=self._sandboxes.values, active=self.is_active, act=self.reap,
                                     parent=self)
         self.pool = WarmPool(start=self._start_pooled, dispose=self._dispose_pooled, saturated=self.saturated,
-                             profile=policy.defaults(), parent=self)
+                             profile=policy.defaults(), isolation=self._default_isolation(),
+                             exact_pids=not launcher.live_pids(self._default_isolation()), parent=self)
         self.metrics.watch(live=lambda: len(self._runtimes), busy=self.busy,
                            pool_ready=lambda: self.pool.describe()["ready"])
         self.metrics.watch_paused(lambda: self.counts()["paused"])
+
+    def _default_isolation(self) -> str | None:
+        """What a sandbox that asks for no isolation gets here (None: local processes)."""
+        return str(self.isolation.default) if self.launcher.isolates else None
 
     # -- lifecycle of the manager ----------------------------------------------------------------
 
@@ -360,13 +368,16 @@ class SandboxManager(LoggingConfigurable):
         auto_resume: bool | None = None,
         image: str | None = None,
         template: str | None = None,
+        isolation: str | None = None,
     ) -> Sandbox:
         """Start a sandbox for ``owner``; ``lifetime`` (s) and the idle rules default to the policy's.
 
         ``image``: a sandbox image other than the provisioner's default (E2B templates choose one);
         such a sandbox never comes from the warm pool, which holds the default image's.
+        ``isolation``: ``runc`` or ``gvisor`` where the operator allows it (default: the operator's).
         """
         limits = self.policy.resolve(resources or {})
+        chosen = self.isolation.resolve(isolation, network=limits.network, unavailable=self.launcher.unavailable())
         terms = self.lifetimes.resolve(
             {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
         )
@@ -379,12 +390,12 @@ class SandboxManager(LoggingConfigurable):
             idle_timeout=self.lifetimes.default_idle_timeout if terms.idle_timeout is None else terms.idle_timeout,
             on_idle=terms.on_idle or "pause",
             auto_resume=True if terms.auto_resume is None else terms.auto_resume,
-            image=image, template=template,
+            image=image, template=template, isolation=chosen,
         )
         began = time.monotonic()
         retry_after = self._soonest_end_of(owner)
         await self.quotas.check(sandbox.to_record(), retry_after=retry_after)
-        taken = self.pool.claim(limits, sandbox.figure_formats) if image is None else None
+        taken = self.pool.claim(limits, sandbox.figure_formats, chosen) if image is None else None
         if taken is not None and await self._take_pooled(taken, sandbox):
             self.metrics.sandbox_starts.labels(source="pool").observe(time.monotonic() - began)
             return taken[0]
@@ -439,7 +450,8 @@ class SandboxManager(LoggingConfigurable):
         return True
 
     async def _start_pooled(self) -> tuple[Sandbox, SandboxRuntime]:
-        sandbox = Sandbox(owner="", resources=self.pool.profile, provisioner=self.launcher.resolved)
+        sandbox = Sandbox(owner="", resources=self.pool.profile, provisioner=self.launcher.resolved,
+                          isolation=self.pool.isolation)
         runtime = await self._start_runtime(sandbox)
         sandbox.image = sandbox.kernel["provisioner"].get("image")
         sandbox.status = SandboxStatus.RUNNING
@@ -830,7 +842,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def _resume_on_pooled(self, sandbox: Sandbox) -> SandboxRuntime | None:
         """A warm-pool kernel serving ``sandbox`` from now on (under the pooled runtime id), if one fits."""
-        taken = self.pool.claim(sandbox.resources, sandbox.figure_formats)
+        taken = self.pool.claim(sandbox.resources, sandbox.figure_formats, sandbox.isolation)
         if taken is None or not await self._fit_pooled(taken, sandbox):
             return None
         pooled, runtime = taken

@@ -72,6 +72,8 @@ class Sandbox:
     #: Why the sandbox is in its status, when that is not the obvious one (e.g. ``kernel_died``).
     status_reason: str | None = None
     image: str | None = None
+    #: How its container is kept from the host: ``runc`` or ``gvisor`` (None: a local process, no isolation).
+    isolation: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: MIME types of inline plots: ``png`` (default), ``svg``, ... (see ``FIGURE_FORMATS``).
@@ -121,6 +123,7 @@ class Sandbox:
             "status_reason": self.status_reason,
             "provisioner": self.provisioner,
             "image": self.image,
+            "isolation": self.isolation,
             "resources": self.resources.to_dict(),
             "env": dict(self.env),
             "metadata": self.metadata,
@@ -152,6 +155,7 @@ class Sandbox:
             status_reason=record.get("status_reason"),
             provisioner=record["provisioner"],
             image=record.get("image"),
+            isolation=record.get("isolation"),
             resources=ResourceLimits.from_dict(record["resources"]),
             env=record.get("env") or {},
             metadata=record.get("metadata") or {},

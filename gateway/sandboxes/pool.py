@@ -2,13 +2,14 @@
 
     pool = WarmPool(start=manager.start_pooled, saturated=manager.saturated, profile=limits, parent=manager)
     pool.start()
-    taken = pool.claim(requested_limits, figure_formats)   # (sandbox, runtime) or None: start a cold one
+    taken = pool.claim(requested_limits, figure_formats, isolation)   # (sandbox, runtime) or None: a cold start
     await pool.stop()
 
 A pooled sandbox is ready (container up, kernel answered ``kernel_info``), owned by nobody and in
 no record until claimed. It is used once and never returned: kernels hold state. A request fits
-the pool when it asks for no network, the pool's disk size and figure formats, and at most the
-pool's CPU, memory and pids (those are lowered on the running container when claimed).
+the pool when it asks for no network, the pool's isolation, disk size and figure formats, and at
+most the pool's CPU, memory and pids (those are lowered on the running container when claimed;
+where the isolation fixes the process limit at start, gVisor's, exactly the pool's pids).
 
 Refilling never starves live work: one sandbox starts at a time, not while the machine is
 saturated, and after a failed start the pool waits (1 s, doubling to ``max_backoff``) so a broken
@@ -35,14 +36,15 @@ log = logging.getLogger(__name__)
 Pooled = tuple[Sandbox, SandboxRuntime]
 
 
-def fits(requested: ResourceLimits, profile: ResourceLimits, figure_formats: list[str]) -> bool:
+def fits(requested: ResourceLimits, profile: ResourceLimits, figure_formats: list[str], *,
+         exact_pids: bool = False) -> bool:
     """Whether a pooled sandbox of ``profile`` can become what was requested."""
     return (
         not requested.network
         and requested.disk_mb == profile.disk_mb
         and requested.cpu <= profile.cpu
         and requested.memory_mb <= profile.memory_mb
-        and requested.pids <= profile.pids
+        and (requested.pids == profile.pids if exact_pids else requested.pids <= profile.pids)
         and list(figure_formats) == list(DEFAULT_FIGURE_FORMATS)
     )
 
@@ -61,9 +63,14 @@ class WarmPool(LoggingConfigurable):
         dispose: Callable[[Pooled], Coroutine[Any, Any, None]],
         saturated: Callable[[], bool],
         profile: ResourceLimits,
+        isolation: str | None = None,
+        exact_pids: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        #: The isolation of every pooled sandbox (the operator's default).
+        self.isolation = isolation
+        self.exact_pids = exact_pids
         self._start = start
         self._dispose = dispose
         self._saturated = saturated
@@ -91,9 +98,10 @@ class WarmPool(LoggingConfigurable):
             self._discard(self._ready.popleft())
         await asyncio.gather(*self._disposals, return_exceptions=True)
 
-    def claim(self, requested: ResourceLimits, figure_formats: list[str]) -> Pooled | None:
+    def claim(self, requested: ResourceLimits, figure_formats: list[str], isolation: str | None) -> Pooled | None:
         """A ready sandbox for this request, or None (no fit, or the pool is empty)."""
-        if self.size <= 0 or not fits(requested, self.profile, figure_formats):
+        if (self.size <= 0 or isolation != self.isolation
+                or not fits(requested, self.profile, figure_formats, exact_pids=self.exact_pids)):
             return None
         while self._ready:
             sandbox, runtime = self._ready.popleft()
@@ -158,4 +166,5 @@ class WarmPool(LoggingConfigurable):
             "claimed": self.claimed,
             "missed": self.missed,
             "profile": self.profile.to_dict(),
+            "isolation": self.isolation,
         }

@@ -1,4 +1,7 @@
-"""Abuse a sandbox may try, contained by its container: fork and memory bombs, disk fill, output flood, outside kills, leftovers."""
+"""Abuse a sandbox may try, contained by its container: fork and memory bombs, disk fill, output flood, outside kills, leftovers.
+
+Each test runs under both runtimes (runc and gVisor: ``docker_gateway_of_each_runtime``).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,18 @@ import pytest
 import requests
 
 from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX, container_name
+from gateway.provisioners.isolation import HOST_RUN_DIR, HOST_TASKS_BASE, HOST_TASKS_PER_PID
+from gateway.provisioners.mounts import mounts_under
+from gateway.provisioners.usage import cgroup_paths
 from tests.gateways import InProcessGateway, create, inside, run
-from tests.provisioned import container_of, containers_labelled, docker_as_the_gateway, engine_of  # noqa: F401
+from tests.provisioned import (  # noqa: F401  (fixtures)
+    container_of,
+    containers_labelled,
+    docker_as_the_gateway,
+    docker_gateway_of_each_runtime,
+    engine_of,
+    runtime,
+)
 from tests.waiting import release, until, until_running, until_status
 
 pytestmark = pytest.mark.docker
@@ -30,7 +43,8 @@ async def responsive(gateway: InProcessGateway, client: httpx.AsyncClient, sandb
 
 
 async def test_fork_bomb_is_held_by_the_pids_limit(
-    docker_gateway: InProcessGateway, alice: httpx.AsyncClient, bob: httpx.AsyncClient, docker_client: Any
+    docker_gateway: InProcessGateway, alice: httpx.AsyncClient, bob: httpx.AsyncClient, docker_client: Any,
+    runtime: str,
 ) -> None:
     bombed = (await create(alice, resources={"pids": 64}))["id"]
     other = (await create(bob))["id"]
@@ -64,8 +78,16 @@ while True:
 """)
     assert started["status"] == "completed", started
     # The bomb has filled the pids limit (and keeps forking): it is held there.
-    await until(lambda: pids_in_use(docker_client, bombed), lambda pids: pids == 64,
-                what="the fork bomb to reach the pids limit")
+    if runtime == "runc":
+        await until(lambda: pids_in_use(docker_client, bombed), lambda pids: pids == 64,
+                    what="the fork bomb to reach the pids limit")
+    else:
+        # gVisor's kernel holds it (RLIMIT_NPROC, counted inside); the host's tasks stay within
+        # the Sentry's budget, and the sandbox's own kernel still answers.
+        await until(lambda: inside(alice, bombed, TASKS_INSIDE), lambda tasks: tasks >= 60,
+                    what="the fork bomb to reach the process limit")
+        assert await inside(alice, bombed, TASKS_INSIDE) <= 64
+        assert host_tasks(docker_client, bombed) <= HOST_TASKS_BASE + HOST_TASKS_PER_PID * 64
     await responsive(docker_gateway, bob, other)
 
     # The bombed sandbox comes back: a restart is a fresh container.
@@ -75,6 +97,19 @@ while True:
     assert container_of(docker_client, bombed).id != old_id
     assert (await run(alice, bombed, "1 + 1"))["result"] == {"text/plain": "2"}
     assert docker_client.containers.list(all=True, filters={"id": old_id}) == []
+
+
+#: Prints how many tasks (processes and threads) the sandbox's kernel sees, itself included.
+TASKS_INSIDE = ("import json, os\nprint(json.dumps(sum(len(os.listdir(f'/proc/{p}/task')) "
+                "for p in os.listdir('/proc') if p.isdigit() and os.path.exists(f'/proc/{p}/task'))))")
+
+
+def host_tasks(docker_client: Any, sandbox_id: str) -> int:
+    """The tasks the container's pids cgroup counts on the host (for gVisor: the Sentry's)."""
+    state = container_of(docker_client, sandbox_id).attrs["State"]
+    assert state["Running"], state
+    paths = cgroup_paths(int(state["Pid"]))
+    return int((paths.get("pids") or paths["unified"]).joinpath("pids.current").read_text())
 
 
 def pids_in_use(docker_client: Any, sandbox_id: str) -> int:
@@ -116,7 +151,9 @@ async def test_disk_fill_stops_inside_and_nothing_outside_grows(
 ) -> None:
     sid = (await create(alice, resources={"disk_mb": 32, "memory_mb": 512}))["id"]
     runtime_dir = docker_gateway.app.launcher.runtime_dir
-    before = _tree_bytes(runtime_dir)
+    # (gVisor's socket directory is a host tmpfs of its own, 1 MiB: counted apart)
+    mounted = mounts_under(runtime_dir)
+    before = _tree_bytes(runtime_dir, mounted)
     log_path = container_of(docker_client, sid).attrs["LogPath"]
 
     filled = await inside(alice, sid, """
@@ -145,7 +182,11 @@ print(json.dumps(result))
     size_rw = subprocess.run(["docker", "inspect", "--size", "--format", "{{.SizeRw}}", container_name(sid)],
                              capture_output=True, text=True, check=True).stdout.strip()
     assert size_rw in ("0", "<no value>")  # the container's writable layer stayed empty
-    assert _tree_bytes(runtime_dir) - before < 64 << 10  # the host-side sandbox dir holds sockets only
+    assert _tree_bytes(runtime_dir, mounted) - before < 64 << 10  # the host-side sandbox dir holds sockets only
+    for mount in mounted:  # gVisor: what the sandbox wrote to its socket directory is bounded there
+        assert mount.name == HOST_RUN_DIR
+        capacity = os.statvfs(mount)
+        assert capacity.f_blocks * capacity.f_frsize == 1 << 20
     assert os.path.getsize(log_path) < 4 << 20  # json-file log capped (max-size 1m, one file)
 
     # Freeing space makes the sandbox usable again.
@@ -158,9 +199,10 @@ print(json.dumps(open('/home/sandbox/ok').read()))
 """) == "ok"
 
 
-def _tree_bytes(root: Any) -> int:
+def _tree_bytes(root: Any, skip: list[Any]) -> int:
     total = 0
-    for directory, _, files in os.walk(root):
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if os.path.join(directory, d) not in map(str, skip)]
         for name in files:
             try:
                 total += os.lstat(os.path.join(directory, name)).st_size
@@ -234,8 +276,8 @@ async def test_kernel_exit_inside_is_kernel_died(alice: httpx.AsyncClient) -> No
     assert (await run(alice, sid, "1"))["status"] == "completed"
 
 
-async def test_no_container_left_after_delete_or_shutdown(tmp_path: Any, docker_client: Any) -> None:
-    gateway = InProcessGateway(tmp_path / "data", provisioner="docker")
+async def test_no_container_left_after_delete_or_shutdown(tmp_path: Any, docker_client: Any, runtime: str) -> None:
+    gateway = InProcessGateway(tmp_path / "data", f"--runtime={runtime}", provisioner="docker")
     async with gateway:
         instance = engine_of(gateway).instance_id
         async with gateway.client("alice") as client:
@@ -245,6 +287,9 @@ async def test_no_container_left_after_delete_or_shutdown(tmp_path: Any, docker_
             assert (await client.delete(f"/api/v1/sandboxes/{ids[0]}")).status_code == 204
             assert containers_labelled(docker_client, f"{LABEL_SANDBOX}={ids[0]}") == []
     assert containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance}") == []
+    runtime_dir = gateway.app.launcher.runtime_dir
+    assert mounts_under(runtime_dir) == []  # (gVisor's socket directories are unmounted)
+    assert [p.name for p in runtime_dir.iterdir()] == []  # no sandbox directory left
     assert [t for t in threading.enumerate() if t.name == "docker-events"] == []
 
     async with InProcessGateway(tmp_path / "data", provisioner="local") as again:

@@ -44,10 +44,10 @@ async def test_fills_claims_once_and_refills() -> None:
     pool, disposed = make_pool(start)
     pool.start()
     await until(pool.describe, lambda state: state["ready"] == 2, what="a full pool")
-    first = pool.claim(PROFILE, ["png"])
-    second = pool.claim(PROFILE, ["png"])
+    first = pool.claim(PROFILE, ["png"], None)
+    second = pool.claim(PROFILE, ["png"], None)
     assert first and second and first[0] is not second[0]
-    assert pool.claim(ResourceLimits(memory_mb=4096, disk_mb=1024), ["png"]) is None  # no fit: not a miss
+    assert pool.claim(ResourceLimits(memory_mb=4096, disk_mb=1024), ["png"], None) is None  # no fit: not a miss
     await until(pool.describe, lambda state: state["ready"] == 2, what="the pool refilled")
     assert len(started) == 4 and pool.describe()["claimed"] == 2 and pool.describe()["missed"] == 0
     await pool.stop()
