@@ -27,7 +27,10 @@ A test that needs other gateway options::
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -95,6 +98,21 @@ async def docker_as_the_gateway(docker_gateway: InProcessGateway) -> InProcessGa
 
 def container_of(docker_client: Any, sandbox_id: str) -> Any:
     return docker_client.containers.get(container_name(sandbox_id))
+
+
+def gvisor_processes(docker_client: Any, sandbox_id: str) -> int:
+    """How many processes a gVisor sandbox's own kernel has, as ``runsc ps`` reads it from the host.
+
+    The container's init on the host is the Sentry (``runsc-sandbox --root=<state dir> ...``): its
+    state directory is where runsc finds the container.
+    """
+    container = container_of(docker_client, sandbox_id)
+    arguments = Path(f"/proc/{container.attrs['State']['Pid']}/cmdline").read_bytes().decode().split("\0")
+    assert arguments[0] == "runsc-sandbox", arguments[:2]
+    root = next(argument.split("=", 1)[1] for argument in arguments if argument.startswith("--root="))
+    listed = subprocess.run(["runsc", f"--root={root}", "ps", "--format=json", container.id],
+                            capture_output=True, text=True, check=True, timeout=30)
+    return len(json.loads(listed.stdout))
 
 
 def containers_labelled(docker_client: Any, label: str) -> list[Any]:

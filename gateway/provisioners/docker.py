@@ -85,6 +85,8 @@ CONTAINER_CONNECTION_FILE = f"{CONTAINER_DIR}/connection.json"
 CONNECTION_ENV = "CODE_GATEWAY_CONNECTION"
 #: The image's ``sandbox`` user.
 SANDBOX_UID = 1000
+#: How long a container whose runtime failed to deliver a signal may take to be seen stopped (s).
+SIGNAL_FAILED_WAIT = 10.0
 #: The exit code we report for a container that no longer exists.
 GONE = -1
 #: Writes the connection file, drops it from the environment, then becomes the kernel.
@@ -803,13 +805,21 @@ class DockerProvisioner(KernelProvisionerBase):
 
         if self.container_id is None or self._exit_code is not None:
             return
+        container_id = self.container_id
         try:
-            await self.engine.call(self.engine.client.api.kill, self.container_id, signal=int(signum))
+            await self.engine.call(self.engine.client.api.kill, container_id, signal=int(signum))
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: not running any more
-                raise
+            if exc.status_code == 409:  # not running any more
+                return
+            # The runtime could not deliver it: so answers runsc whose Sentry is dying (a sandbox
+            # that exhausted its host task budget). Dead is what the signal asked for; else raise.
+            try:
+                await asyncio.wait_for(self.engine.wait(container_id), SIGNAL_FAILED_WAIT)
+            except TimeoutError:
+                raise exc from None
+            log.info("container %s stopped while being signalled (%s)", container_id[:12], exc.explanation)
 
     async def kill(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGKILL)
