@@ -43,6 +43,9 @@ from tests.gateways import InProcessGateway, create, run  # noqa: F401  (re-expo
 PROVISIONERS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 #: The isolations of docker sandboxes (``--runtime``); CI registers runsc (ensure-docker.sh --runsc).
 RUNTIMES = ["runc", "gvisor"]
+#: What a sandbox may be: a local process, a container under runc, or one under gVisor.
+SANDBOX_KINDS = ["local", pytest.param("docker", marks=pytest.mark.docker),
+                 pytest.param("gvisor", marks=pytest.mark.docker)]
 
 
 def gateway_for(provisioner: str, tmp_path: Any, *args: str) -> InProcessGateway:
@@ -50,6 +53,13 @@ def gateway_for(provisioner: str, tmp_path: Any, *args: str) -> InProcessGateway
     if provisioner == "docker":
         docker_or_fail().close()
     return InProcessGateway(tmp_path / "data", *args, provisioner=provisioner)
+
+
+def gateway_of_kind(kind: str, tmp_path: Any, *args: str) -> InProcessGateway:
+    """``gateway_for`` a kind of ``SANDBOX_KINDS`` (gvisor: docker, ``--runtime=gvisor``)."""
+    if kind == "gvisor":
+        return gateway_for("docker", tmp_path, "--runtime=gvisor", *args)
+    return gateway_for(kind, tmp_path, *args)
 
 
 @pytest.fixture(params=PROVISIONERS)
