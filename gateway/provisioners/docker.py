@@ -744,7 +744,7 @@ class DockerProvisioner(KernelProvisionerBase):
             state = attrs["State"] if attrs is not None else None
             if state is None or not state["Running"]:
                 log.warning("sandbox %s: the container stopped at once: %s", sandbox.id, await self._log_tail())
-                raise SandboxStartFailed("the sandbox's container stopped at once")
+                raise SandboxStartFailed(f"the sandbox's container stopped at once ({await self.exit_reason()})")
             if self._network is not None:
                 self._pid = self._local_pid(int(state["Pid"]))
                 self.connection_info = transport.reach(self.parent, self._network.address(attrs or {}))

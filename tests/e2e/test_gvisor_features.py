@@ -1,0 +1,95 @@
+"""What a gVisor sandbox offers is what a runc one offers: the warm pool, files, restart, pause and
+resume, re-attaching after the gateway was SIGKILLed — one gateway process, ``--runtime=gvisor``."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from gateway.provisioners.docker import LABEL_INSTANCE
+from gateway.provisioners.isolation import HOST_RUN_DIR
+from gateway.provisioners.launcher import default_runtime_dir
+from gateway.provisioners.mounts import mounts_under
+from tests.api.test_pool import NEVER_SATURATED
+from tests.e2e.test_docker_restart import instance_of
+from tests.gateways import GatewayProcess, create, run
+from tests.provisioned import container_of, containers_labelled
+from tests.waiting import pool_state
+
+pytestmark = pytest.mark.docker
+
+
+def runtimes_of(docker_client: Any, tmp_path: Any) -> set[str]:
+    """The runtimes of the test gateway's containers."""
+    containers = containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance_of(tmp_path / 'data')}")
+    return {container.attrs["HostConfig"]["Runtime"] for container in containers}
+
+
+@pytest.fixture
+async def gvisor_process(tmp_path: Any, docker_client: Any) -> Any:
+    gateway = GatewayProcess(tmp_path / "data", "--runtime=gvisor", "--pool-size=1", NEVER_SATURATED,
+                             provisioner="docker")
+    yield gateway
+    gateway.kill()
+    for container in containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance_of(tmp_path / 'data')}"):
+        container.remove(force=True)
+
+
+async def test_pool_files_restart_pause_and_re_attach_under_gvisor(
+    gvisor_process: GatewayProcess, docker_client: Any, tmp_path: Any
+) -> None:
+    process = gvisor_process
+    await process.start()
+    async with process.client() as alice, process.client(None) as anonymous:
+        # A pooled sandbox is a gVisor one, and a request for the pool's profile gets it.
+        await pool_state(anonymous, ready=1)
+        health = (await anonymous.get("/health")).json()
+        assert health["pool"]["isolation"] == "gvisor" and health["runtimes"]["default"] == "gvisor"
+        sandbox = await create(alice)
+        sid = sandbox["id"]
+        assert sandbox["isolation"] == "gvisor"
+        assert (await anonymous.get("/health")).json()["pool"]["claimed"] == 1
+        assert container_of(docker_client, sid).attrs["HostConfig"]["Runtime"] == "runsc"
+
+        # Files both ways.
+        assert (await alice.put(f"/api/v1/sandboxes/{sid}/files/in.txt", content=b"uploaded")).status_code == 201
+        assert (await run(alice, sid, "open('out.txt', 'w').write(open('in.txt').read().upper())"))["status"] \
+            == "completed"
+        assert (await alice.get(f"/api/v1/sandboxes/{sid}/files/out.txt")).content == b"UPLOADED"
+
+        # Contexts (other kernels, exec'd in the container) are refused under gVisor, saying so.
+        refused = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "python"})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "contexts_unavailable"
+        assert "gvisor" in refused.json()["error"]["message"]
+
+        # Restart: a fresh container (and a fresh socket directory), the same sandbox.
+        old = container_of(docker_client, sid).id
+        assert (await run(alice, sid, "gone = 1"))["status"] == "completed"
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
+        assert container_of(docker_client, sid).id != old
+        assert (await run(alice, sid, "'gone' in dir()"))["result"] == {"text/plain": "False"}
+
+        # Pause (files and variables saved, container gone) and resume.
+        kept = "x = 41\ndef f(v):\n    return v + 1\nopen('kept.txt', 'w').write('kept')"
+        assert (await run(alice, sid, kept))["status"] == "completed"
+        paused = await alice.post(f"/api/v1/sandboxes/{sid}/pause")
+        assert paused.status_code == 200 and paused.json()["status"] == "paused", paused.text
+        run_dir = default_runtime_dir(str(tmp_path / "data"))
+        assert not any(point.name == HOST_RUN_DIR and sid in str(point) for point in mounts_under(run_dir))
+        resumed = await alice.post(f"/api/v1/sandboxes/{sid}/resume")
+        assert resumed.status_code == 200 and set(resumed.json()["restore"]["variables"]) == {"x", "f"}, resumed.text
+        assert resumed.json()["isolation"] == "gvisor"
+        assert runtimes_of(docker_client, tmp_path) == {"runsc"}  # (resumed on the pool's next sandbox)
+        after = await run(alice, sid, "f(x), open('kept.txt').read()")
+        assert after["result"] == {"text/plain": "(42, 'kept')"}, after
+
+    # The gateway is SIGKILLed: the gVisor sandbox keeps running and is re-attached with its state.
+    await process.stop(signal.SIGKILL)
+    await process.start()
+    async with process.client() as alice:
+        assert (await run(alice, sid, "f(x)", timeout=20))["result"] == {"text/plain": "42"}  # (in memory only)
+    assert await process.stop() == 0
+    assert containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance_of(tmp_path / 'data')}") == []
+    assert mounts_under(default_runtime_dir(str(tmp_path / "data"))) == []
