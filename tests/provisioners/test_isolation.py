@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import shutil
+import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +142,56 @@ def test_registering_runsc_again_changes_nothing(docker_client: Any) -> None:
     assert runtimes["runsc"] == {"path": "/usr/bin/runsc",
                                  "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=all"]}
     assert json.loads(before)["runtimes"]["runsc"]["path"] == "/usr/bin/runsc"
+
+
+@pytest.mark.docker
+def test_runsc_is_registered_before_a_fresh_engine_starts_or_by_sighup_without_a_restart() -> None:
+    """``ensure-docker.sh`` against an engine of the test's own (its own paths, its own network
+    namespace: nothing of the machine's engine is touched): started without runsc, then
+    ``--runsc`` reloads the running engine by SIGHUP (same pid), then ``--runsc`` changes nothing."""
+    root = tempfile.mkdtemp(prefix="dk-", dir="/tmp")  # (short: the socket path is < 108 bytes)
+    env = {
+        **os.environ, "DOCKER_HOST": f"unix://{root}/docker.sock", "DOCKERD_PIDFILE": f"{root}/docker.pid",
+        "DOCKER_DAEMON_JSON": f"{root}/daemon.json", "DOCKERD_LOG": f"{root}/dockerd.log",
+        "DOCKERD_ARGS": f"--data-root={root}/data --exec-root={root}/exec --pidfile={root}/docker.pid "
+                        f"-H unix://{root}/docker.sock --config-file={root}/daemon.json "
+                        "--bridge=none --iptables=false --ip-masq=false",
+    }
+    Path(f"{root}/daemon.json").write_text("{}")
+    script = str(REPO / "deploy/host/ensure-docker.sh")
+
+    def ensure(*args: str, wrapper: tuple[str, ...] = ()) -> str:
+        done = subprocess.run([*wrapper, "bash", script, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def runtimes() -> dict[str, Any]:
+        info = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], env=env, capture_output=True,
+                              text=True, check=True, timeout=30)
+        return dict(json.loads(info.stdout))
+
+    try:
+        # (--bridge=none makes dockerd delete the "docker0" of its network namespace: its own here)
+        assert "starting dockerd" in ensure(wrapper=("unshare", "--net"))
+        pid = Path(f"{root}/docker.pid").read_text().strip()
+        assert "runsc" not in runtimes() and json.loads(Path(f"{root}/daemon.json").read_text()) == {}
+
+        reloaded = ensure("--runsc")
+        assert "registered runsc" in reloaded and "SIGHUP" in reloaded, reloaded
+        assert Path(f"{root}/docker.pid").read_text().strip() == pid  # the same engine, never restarted
+        assert runtimes()["runsc"] == {"path": "/usr/bin/runsc",
+                                       "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=all"]}
+
+        before = Path(f"{root}/daemon.json").read_bytes()
+        assert ensure("--runsc").strip().endswith("docker engine is up, with runsc")
+        assert Path(f"{root}/daemon.json").read_bytes() == before
+    finally:
+        pidfile = Path(f"{root}/docker.pid")
+        if pidfile.exists():
+            engine = os.pidfd_open(int(pidfile.read_text().strip()))  # (no signal can reach a reused pid)
+            try:
+                signal.pidfd_send_signal(engine, signal.SIGTERM)
+                assert select.select([engine], [], [], 60)[0], "the test's engine did not stop"  # (readable: exited)
+            finally:
+                os.close(engine)
+        shutil.rmtree(root, ignore_errors=True)
