@@ -173,6 +173,28 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                         f"≈ {int(total / per_sandbox)}", "—",
                         f"{total / 2**30:.1f} GiB / {per_sandbox / 2**20:.1f} MiB each"))
     rows.extend(pause_rows(results.get("pause")))
+    rows.extend(isolation_rows(results.get("isolation")))
+    return rows
+
+
+def isolation_rows(isolation: dict[str, Any] | None) -> list[Row]:
+    """gVisor against runc (the baseline), the same gateway and requests."""
+    if not isolation:
+        return []
+    rows = []
+    for kind, title in (("start", "gVisor: create + 1+1 (pool off)"), ("roundtrip", "gVisor: round trip of 1+1"),
+                        ("png", "gVisor: 2 MiB PNG relayed")):
+        if isolation.get(kind):
+            runc, gvisor = isolation[kind]["runc"], isolation[kind]["gvisor"]
+            rows.append(latency_row(title, gvisor, vs(gvisor, runc, "runc")))
+            rows.append(latency_row(title, runc, "baseline"))
+    memory = isolation.get("memory") or {}
+    if memory.get("gvisor") and memory.get("runc"):
+        runc, gvisor = memory["runc"]["working_set_mean"], memory["gvisor"]["working_set_mean"]
+        rows.append(Row("gVisor: idle sandbox memory", "container working set, gvisor",
+                        f"{gvisor / 2**20:.1f} MiB", "—", f"{ratio(gvisor, runc)} runc"))
+        rows.append(Row("gVisor: idle sandbox memory", "container working set, runc",
+                        f"{runc / 2**20:.1f} MiB", "—", "baseline"))
     return rows
 
 

@@ -26,10 +26,10 @@ from typing import Any
 from bench import report
 from bench.harness import REPO, Bench, dump_json, ensure_kg_venv, meminfo_kib
 from bench.measure import loadavg, log
-from bench.scenarios import first_result, pause, png, roundtrip, scale
+from bench.scenarios import first_result, isolation, pause, png, roundtrip, scale
 from bench.scenarios.live import Live
 
-SCENARIOS = ("roundtrip", "png", "first_result", "scale", "pause")
+SCENARIOS = ("roundtrip", "png", "first_result", "scale", "pause", "isolation")
 RESULTS = REPO / "bench" / "results"
 
 
@@ -65,6 +65,8 @@ async def run(bench: Bench) -> None:
         await guarded(bench, "scale", scale.run(bench))
     if "pause" in wanted:
         await guarded(bench, "pause", pause.run(bench))
+    if "isolation" in wanted:
+        await guarded(bench, "isolation", isolation.run(bench))
 
 
 async def guarded(bench: Bench, name: str, coro: Any) -> None:
