@@ -67,11 +67,22 @@ async def test_each_sandbox_runs_under_the_isolation_it_asked_for(tmp_path: Any,
         assert host["Ulimits"] == [{"Name": "nproc", "Soft": 50, "Hard": 50}]
         assert host["PidsLimit"] == HOST_TASKS_BASE + HOST_TASKS_PER_PID * 50
 
-        # The kernel under gVisor sees gVisor's kernel, not the host's.
-        assert await inside(alice, gvisor["id"], "import json, os\nprint(json.dumps(os.uname().release))") \
-            != os.uname().release
-        assert await inside(alice, default["id"], "import json, os\nprint(json.dumps(os.uname().release))") \
-            == os.uname().release
+        # The kernel under gVisor sees gVisor's kernel, not the host's: its release, version and
+        # boot id are not the host's (under runc they are), nor are the host's modules listed.
+        host = [os.uname().release, Path("/proc/version").read_text(),
+                Path("/proc/sys/kernel/random/boot_id").read_text()]
+        seen = ("import json, os\n"
+                "def read(path):\n"
+                "    try:\n"
+                "        return open(path).read()\n"
+                "    except OSError:\n"
+                "        return None\n"
+                "print(json.dumps([os.uname().release, read('/proc/version'), read('/proc/sys/kernel/random/boot_id'),"
+                " read('/proc/modules')]))")
+        under_gvisor, under_runc = await inside(alice, gvisor["id"], seen), await inside(alice, default["id"], seen)
+        assert under_runc[:3] == host
+        assert all(mine != theirs for mine, theirs in zip(under_gvisor[:3], host)), under_gvisor
+        assert not under_gvisor[3]  # (no host module list)
 
         # Its socket directory: the gateway's own tmpfs (1 MiB), only the sandbox's uid reaches it,
         # inside the sandbox directory only the gateway (root) reaches.
