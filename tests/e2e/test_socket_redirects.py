@@ -22,7 +22,7 @@ import socket
 import struct
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpx
@@ -42,7 +42,7 @@ from tests.provisioned import (  # noqa: F401  (fixtures)
     gateway_of_kind,
     runtime,
 )
-from tests.waiting import until
+from tests.waiting import until, until_status
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -107,12 +107,12 @@ time.sleep(0.2)  # (a reconnected subscriber's subscription follows its handshak
 print(len(_before), len(_outsiders(_before)))
 '''
 
-# Why gVisor sandboxes skip the cut (their ZeroMQ reconnect): inside gVisor every socket reports
-# the sandbox's own credentials, so the kernel cannot tell the gateway's connections apart, and a
-# connection the gateway's side shuts down is not reconnected under runsc 20221219. What the cut
-# proves is the gateway's reconnect path, the same code for both runtimes; what differs under
-# gVisor (the host directory the sockets are found in, with the attacker's symlinks planted) is
-# proven by the restarts here and by re-attaching after a SIGKILL.
+# The cut under gVisor: inside gVisor every socket reports the sandbox's own credentials, so the
+# kernel cannot tell the gateway's connections apart; the gateway's side cuts them instead
+# (``cut_from_the_gateway``). A gVisor kernel whose socket names were unlinked (the symlinks
+# planted over them) dies when its connections drop and ZeroMQ connects again (runsc 20221219's
+# host sockets): the attack ends the attacker's own kernel, and reaches nothing else. The other
+# sandbox's attack skips the cut under gVisor (it would cut the victim's connections too).
 
 #: How many connections the kernel has from other processes.
 CONNECTIONS = OUTSIDERS + "print(len(_outsiders()))"
@@ -163,6 +163,41 @@ async def cut(client: httpx.AsyncClient, sandbox_id: str) -> None:
     assert again >= severed >= 3, done["stdout"]
 
 
+def gateway_connections(excluded: Iterable[str] = ()) -> dict[str, int]:
+    """This process's (the in-process gateway's) connections to kernel sockets: socket inode -> descriptor."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if not target.startswith("socket:[") or target in excluded:
+                continue
+            duplicate = socket.socket(fileno=os.dup(int(fd)))
+        except (OSError, ValueError):
+            continue
+        try:
+            if duplicate.family == socket.AF_UNIX and str(duplicate.getpeername()).startswith("/run/code-gateway/k-"):
+                found[target] = int(fd)
+        except OSError:
+            pass
+        finally:
+            duplicate.close()
+    return found
+
+
+def cut_from_the_gateway() -> int:
+    """Shut down every connection of this process's to a kernel (ZeroMQ connects again); how many."""
+    connections = gateway_connections()
+    for fd in connections.values():
+        duplicate = socket.socket(fileno=os.dup(fd))
+        try:
+            duplicate.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            duplicate.close()
+    return len(connections)
+
+
 def plant(targets: dict[str, str]) -> str:
     return f"TARGETS = {targets!r}\n" + PLANT
 
@@ -189,9 +224,13 @@ async def test_symlinks_to_a_host_socket_are_never_followed(provisioner: str, tm
                 ChannelsListener(gateway, sid, "v1.kernel.websocket.jupyter.org") as v1_ws:
             assert (await run(alice, sid, plant({"*": trap.path})))["stdout"] == "5\n"
             # ZeroMQ reconnects by itself after the cut: to the very sockets the kernel bound.
-            if provisioner != "gvisor":  # (see: why gVisor sandboxes skip the cut)
+            if provisioner != "gvisor":
                 await cut(alice, sid)
-            await still_served(gateway, alice, sid, [json_ws, v1_ws])
+                await still_served(gateway, alice, sid, [json_ws, v1_ws])
+            else:  # (see: the cut under gVisor)
+                assert cut_from_the_gateway() >= 3
+                ended = await until_status(alice, sid, "failed", timeout=60)
+                assert ended["status_reason"] == "kernel_died", ended
         # The kernel restarted on request, and after dying by itself: connections are made anew.
         assert (await alice.post(f"/api/v1/sandboxes/{sid}/restart")).status_code == 200
         assert (await run(alice, sid, plant({"*": trap.path})))["stdout"] == "5\n"
@@ -226,7 +265,7 @@ async def test_symlinks_to_another_sandboxs_kernel_are_never_followed(
                           else str(gateway.app.launcher.sandbox_dir(victim) / HOST_RUN_DIR))
             targets = {f"k-{n}": f"{victim_dir}/k-{n}" for n in range(1, 6)}
             assert (await run(alice, attacker, plant({**targets, "*": trap.path})))["stdout"] == "5\n"
-            if runtime == "runc":  # (see: why gVisor sandboxes skip the cut)
+            if runtime == "runc":  # (see: the cut under gVisor)
                 await cut(alice, attacker)
             # The victim talks; the attacker's clients keep talking to the attacker's own kernel.
             secret = f"victim-{uuid.uuid4().hex}"
