@@ -816,7 +816,8 @@ class DockerProvisioner(KernelProvisionerBase):
             # The runtime could not deliver it: so answers runsc whose Sentry is dying (a sandbox
             # that exhausted its host task budget). Dead is what the signal asked for; else raise.
             try:
-                await asyncio.wait_for(self.engine.wait(container_id), SIGNAL_FAILED_WAIT)
+                async with asyncio.timeout(SIGNAL_FAILED_WAIT):  # (wait_for can swallow a cancellation)
+                    await self.engine.wait(container_id)
             except TimeoutError:
                 raise exc from None
             log.info("container %s stopped while being signalled (%s)", container_id[:12], exc.explanation)
