@@ -1,5 +1,5 @@
-"""What a gVisor sandbox offers is what a runc one offers: the warm pool, files, restart, pause and
-resume, re-attaching after the gateway was SIGKILLed — one gateway process, ``--runtime=gvisor``."""
+"""What a gVisor sandbox offers is what a runc one offers: the warm pool, files, usage figures, restart,
+pause and resume, re-attaching after the gateway was SIGKILLed — one gateway process, ``--runtime=gvisor``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ async def test_pool_files_restart_pause_and_re_attach_under_gvisor(
         assert (await run(alice, sid, "open('out.txt', 'w').write(open('in.txt').read().upper())"))["status"] \
             == "completed"
         assert (await alice.get(f"/api/v1/sandboxes/{sid}/files/out.txt")).content == b"UPLOADED"
+
+        # Usage: memory and CPU from the Sentry's cgroup; what lives inside gVisor's kernel (the
+        # tmpfs fill, the process count) the host cannot see: null, never a wrong figure.
+        usage = (await alice.get(f"/api/v1/sandboxes/{sid}/metrics")).json()
+        assert usage["memory"]["current_bytes"] > 10 << 20 and usage["cpu"]["seconds"] > 0, usage
+        assert usage["pids"]["current"] is None and usage["disk"]["workdir_bytes"] is None, usage
 
         # Contexts (other kernels, exec'd in the container) are refused under gVisor, saying so.
         refused = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "python"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -161,7 +162,7 @@ print(json.dumps({'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(),
         # in it: runsc's --oci-seccomp breaks thread creation in this version); the host kernel sees
         # only the Sentry, unprivileged and under runsc's own seccomp filter.
         sentry = container_of(docker_client, sid).attrs["State"]["Pid"]
-        host_status = dict(line.split(":", 1) for line in open(f"/proc/{sentry}/status").read().splitlines())
+        host_status = dict(line.split(":", 1) for line in Path(f"/proc/{sentry}/status").read_text().splitlines())
         assert host_status["Seccomp"].strip() == "2" and host_status["NoNewPrivs"].strip() == "1"
         assert host_status["Uid"].split() == ["65534"] * 4  # nobody
     assert facts["pid1"] == "tini"
