@@ -16,7 +16,7 @@ import httpx
 import nbformat
 import pytest
 from e2b import AuthenticationException, SandboxException, SandboxNotFoundException, SandboxQuery, SandboxState
-from e2b_code_interpreter import Sandbox
+from e2b_code_interpreter import AsyncSandbox, Sandbox
 
 from tests.api.e2b.conftest import E2B_KEYS
 from tests.gateways import GatewayProcess
@@ -173,3 +173,30 @@ def test_keys_cli_makes_e2b_keys_that_work_at_once(e2b_gateway: GatewayProcess) 
     assert Sandbox.list(api_key=key).next_items() == []  # carol's, and she has none
     # It is a key of ours too.
     assert httpx.get(f"{e2b_gateway.url}/api/v1/sandboxes", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+async def test_the_async_control_plane(e2b_gateway: GatewayProcess) -> None:
+    """The same calls through ``AsyncSandbox``: create, info, list, timeout, metrics, pause, connect, kill."""
+    sandbox = await AsyncSandbox.create(template="base", timeout=300, metadata={"suite": "async-control"})
+    try:
+        info = await sandbox.get_info()
+        assert (info.template_id, info.metadata, info.state) == ("base", {"suite": "async-control"},
+                                                                SandboxState.RUNNING)
+        listed = await AsyncSandbox.list(query=SandboxQuery(metadata={"suite": "async-control"})).next_items()
+        assert [s.sandbox_id for s in listed] == [sandbox.sandbox_id]
+        await sandbox.set_timeout(900)
+        left = ((await sandbox.get_info()).end_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        assert 850 <= left <= 910
+        [metric] = await sandbox.get_metrics()
+        assert metric.mem_used > 0 and metric.cpu_count >= 1
+        await sandbox.run_code("kept = 41")
+        assert await sandbox.pause() is True
+        assert await sandbox.is_running() is False
+        resumed = await AsyncSandbox.connect(sandbox.sandbox_id)
+        assert (await resumed.get_info()).state == SandboxState.RUNNING
+        assert (await resumed.run_code("kept + 1")).text == "42"
+    finally:
+        assert await sandbox.kill() is True
+    assert await sandbox.is_running() is False
+    with pytest.raises(SandboxNotFoundException):
+        await AsyncSandbox.get_info(sandbox.sandbox_id)
