@@ -27,7 +27,7 @@ venv: $(STAMP)
 engine:
 	bash deploy/host/ensure-docker.sh $(ENGINE_ARGS)
 
-images: engine
+images: engine venv
 	bash images/build.sh
 	bash images/full/build.sh
 

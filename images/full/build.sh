@@ -4,9 +4,9 @@
 #
 #   images/full/build.sh [--version V]
 #
-# The wheels of images/full/wheels.txt are downloaded with the host's pip; the Debian packages
-# of images/full/packages.txt are installed during the build, with the host's network (no
-# registry is needed: the base is the local python image). Labelled with a hash of its inputs
+# The wheels of images/full/wheels.txt are downloaded with pip (the repository's venv's, else
+# python3's); the Debian packages of images/full/packages.txt are installed during the build,
+# with the host's network (no registry is needed: the base is the local python image). Labelled with a hash of its inputs
 # (the python image's id, this directory, the wheels): nothing is rebuilt when they are unchanged.
 set -euo pipefail
 
@@ -41,8 +41,11 @@ cp images/full/Dockerfile images/full/packages.txt "$CONTEXT/images/full/"
 WHEELS="$CACHE/wheels-full"
 mkdir -p "$WHEELS"
 wanted=$(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' images/full/wheels.txt)
+# The repository's venv has pip (make venv); a fresh host's python3 may not (Debian ships it apart).
+if [ -x "$ROOT/.venv/bin/python" ]; then PIP_PYTHON=$ROOT/.venv/bin/python; else PIP_PYTHON=python3; fi
+"$PIP_PYTHON" -m pip --version >/dev/null 2>&1 || die "no pip to download the wheels: run make venv (or install python3-pip)"
 # shellcheck disable=SC2086
-python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" $wanted 2>&1 | grep -v '^WARNING: Location' || true
+"$PIP_PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" $wanted 2>&1 | grep -v '^WARNING: Location' || true
 for spec in $wanted; do
     name=${spec%%==*}; version=${spec#*==}
     found=$(ls "$WHEELS"/"${name}"-"${version}"-*.whl 2>/dev/null | head -n1)
