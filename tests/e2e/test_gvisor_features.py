@@ -52,6 +52,12 @@ async def test_pool_files_restart_pause_and_re_attach_under_gvisor(
         assert sandbox["isolation"] == "gvisor"
         assert (await anonymous.get("/health")).json()["pool"]["claimed"] == 1
         assert container_of(docker_client, sid).attrs["HostConfig"]["Runtime"] == "runsc"
+        # An rlimit cannot be lowered on a running container: other pids start cold, with theirs.
+        fewer = await create(alice, resources={"pids": 50})
+        assert (await anonymous.get("/health")).json()["pool"]["claimed"] == 1
+        assert container_of(docker_client, fewer["id"]).attrs["HostConfig"]["Ulimits"] == [
+            {"Name": "nproc", "Soft": 50, "Hard": 50}]
+        assert (await alice.delete(f"/api/v1/sandboxes/{fewer['id']}")).status_code == 204
 
         # Files both ways.
         assert (await alice.put(f"/api/v1/sandboxes/{sid}/files/in.txt", content=b"uploaded")).status_code == 201

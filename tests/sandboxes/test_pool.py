@@ -22,6 +22,9 @@ def test_what_fits_the_pool() -> None:
     assert not fits(ResourceLimits(disk_mb=512), PROFILE, ["png"])
     assert not fits(ResourceLimits(disk_mb=1024, network=True), PROFILE, ["png"])
     assert not fits(PROFILE, PROFILE, ["png", "svg"])
+    # Where the process limit is fixed at start (gVisor's rlimit): only the pool's own.
+    assert fits(PROFILE, PROFILE, ["png"], exact_pids=True)
+    assert not fits(ResourceLimits(disk_mb=1024, pids=64), PROFILE, ["png"], exact_pids=True)
 
 
 def make_pool(start: Any, size: int = 2) -> tuple[WarmPool, list[Any]]:
@@ -48,6 +51,7 @@ async def test_fills_claims_once_and_refills() -> None:
     second = pool.claim(PROFILE, ["png"], None)
     assert first and second and first[0] is not second[0]
     assert pool.claim(ResourceLimits(memory_mb=4096, disk_mb=1024), ["png"], None) is None  # no fit: not a miss
+    assert pool.claim(PROFILE, ["png"], "gvisor") is None  # another isolation than the pool's: not a miss
     await until(pool.describe, lambda state: state["ready"] == 2, what="the pool refilled")
     assert len(started) == 4 and pool.describe()["claimed"] == 2 and pool.describe()["missed"] == 0
     await pool.stop()
