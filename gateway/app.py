@@ -56,6 +56,9 @@ from gateway.store.base import Store
 
 log = logging.getLogger("gateway")
 
+#: Seconds open requests get to finish their answers at shutdown.
+CLOSE_CONNECTIONS_WITHIN = 10.0
+
 ALIASES = {
     "ip": "GatewayApp.ip",
     "port": "GatewayApp.port",
@@ -146,9 +149,9 @@ class KeysApp(ConfiguredApp):
         store = self.open_store()
         await store.open()
         try:
-            return await asyncio.wait_for(KeyRing(store=store, parent=self).create(user, str(self.key_format)),
-                                          self.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):
+                return await KeyRing(store=store, parent=self).create(user, str(self.key_format))
+        except TimeoutError:
             sys.exit(f"the key could not be stored within {self.timeout:g} s: {store.problem}")
         finally:
             await store.close()
@@ -203,8 +206,16 @@ class GatewayApp(ConfiguredApp):
     async def serve(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        signals = (signal.SIGINT, signal.SIGTERM)
+
+        def stop_soon() -> None:
+            # A second signal kills the process the default way, should a shutdown ever hang.
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            stop.set()
+
+        for signum in signals:
+            loop.add_signal_handler(signum, stop_soon)
         await self.startup()
         try:
             await stop.wait()
@@ -212,6 +223,7 @@ class GatewayApp(ConfiguredApp):
             await self.shutdown()
 
     async def startup(self) -> None:
+        self._stopped = False
         logging.basicConfig(level=cast(int, self.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.store = self.open_store()
         await self.store.open()
@@ -276,6 +288,10 @@ class GatewayApp(ConfiguredApp):
         return None
 
     async def shutdown(self) -> None:
+        """Stop listening, stop every sandbox, then close what is left; every step is bounded. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.server.stop()
         await self.mcp.stop()
         await self.files.stop()
@@ -284,7 +300,13 @@ class GatewayApp(ConfiguredApp):
         await self.launcher.stop()
         await self.webhooks.stop()  # what it did not deliver waits in the outbox for the next start
         await self.events.stop()  # (ends the event streams)
-        await self.server.close_all_connections()
+        try:
+            # Requests still open (their executions just ended) finish their answers.
+            async with asyncio.timeout(CLOSE_CONNECTIONS_WITHIN):
+                await self.server.close_all_connections()
+        except TimeoutError:
+            log.warning("connections still open %g s after shutdown began; closing the store anyway",
+                        CLOSE_CONNECTIONS_WITHIN)
         await self.store.close()
         log.info("gateway stopped")
 

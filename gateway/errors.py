@@ -195,3 +195,10 @@ class EngineUnavailable(GatewayError):
 
     status = 503
     code = "engine_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is stopping: it starts no sandbox and accepts no execution any more."""
+
+    status = 503
+    code = "shutting_down"

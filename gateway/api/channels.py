@@ -140,7 +140,8 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
                 while not heard.is_set() and self.kernel_id in self.multi_kernel_manager and self.channels:
                     self.session.send(shell, "kernel_info_request")
                     try:
-                        await asyncio.wait_for(heard.wait(), 0.5)
+                        async with asyncio.timeout(0.5):  # (wait_for can swallow a cancellation)
+                            await heard.wait()
                     except TimeoutError:
                         pass
         except TimeoutError:

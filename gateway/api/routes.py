@@ -117,9 +117,10 @@ def make_app(*, keyring: KeyRing, sandboxes: SandboxManager, launcher: KernelLau
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"keyring": keyring, "allow_origins": allow_origins or []},
-        # WebSocket pings keep idle sockets alive through proxies and find dead peers.
+        # WebSocket pings keep idle sockets alive through proxies and find dead peers: one that has
+        # not answered a ping by the next is gone (tornado allows no longer timeout than the interval).
         websocket_ping_interval=keepalive,
-        websocket_ping_timeout=max(keepalive * 2, 30),
+        websocket_ping_timeout=keepalive,
         log_function=request_logger(metrics),
         **jupyter_settings(keyring, sandboxes),
         **settings,

@@ -26,6 +26,7 @@ from traitlets.config import LoggingConfigurable
 
 from gateway import timestamps
 from gateway.store.base import Record, Store
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ class EventLog(LoggingConfigurable):
         self._stopped = True
         self.written()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task], within=10.0, what="event log")
             self._task = None
 
     def written(self) -> None:
@@ -85,7 +85,8 @@ class EventLog(LoggingConfigurable):
             if keepalive is not None:
                 wait = min(wait, max(0.0, quiet_since + keepalive - loop.time()))
             try:
-                await asyncio.wait_for(changed.wait(), wait)
+                async with asyncio.timeout(wait):  # (wait_for can swallow a cancellation)
+                    await changed.wait()
             except TimeoutError:
                 if self._stopped:
                     return

@@ -32,6 +32,7 @@ from gateway import __version__
 from gateway.events.log import EventLog
 from gateway.metrics import GatewayMetrics
 from gateway.store.base import Record, Store
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ class WebhookSender(LoggingConfigurable):
             self._tasks.append(asyncio.create_task(self._deliver(url, cursor), name=f"webhook-{len(self._tasks)}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, within=10.0, what="webhooks")
         self._tasks = []
 
     def describe(self) -> dict[str, Any]:

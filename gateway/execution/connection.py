@@ -79,7 +79,8 @@ class KernelConnection:
                     if remaining <= 0:
                         break
                     try:
-                        channel, msg = await asyncio.wait_for(replies.get(), remaining)
+                        async with asyncio.timeout(remaining):  # (wait_for can swallow a cancellation)
+                            channel, msg = await replies.get()
                     except TimeoutError:
                         break
                     if channel == "shell":

@@ -41,6 +41,7 @@ GONE_REASONS: dict[str, tuple[str, bool]] = {
     "restarted": ("KernelRestarted", True),
     "terminated": ("SandboxTerminated", True),
     "sandbox_expired": ("SandboxExpired", True),
+    "gateway_shutdown": ("GatewayShutdown", False),
 }
 
 
@@ -206,4 +207,5 @@ def _gone_message(reason: str) -> str:
         "restarted": "the sandbox was restarted before this execution finished",
         "terminated": "the sandbox was terminated before this execution finished",
         "sandbox_expired": "the sandbox reached the end of its lifetime (expires_at) before this execution finished",
+        "gateway_shutdown": "the gateway shut down before this execution finished",
     }.get(reason, f"the kernel went away ({reason})")

@@ -157,6 +157,7 @@ class FeedCursor:
             if feed._closed:
                 return
             try:
-                await asyncio.wait_for(changed.wait(), idle)
+                async with asyncio.timeout(idle):
+                    await changed.wait()
             except TimeoutError:
                 yield None

@@ -39,6 +39,7 @@ from gateway.mcp.content import execution_content
 from gateway.mcp.sessions import McpSessions
 from gateway.sandboxes.files import SandboxFiles
 from gateway.sandboxes.manager import SandboxManager
+from gateway.tasks import wait_tasks
 
 SESSION_HEADER = "mcp-session-id"
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
@@ -95,7 +96,7 @@ class McpService:
         await self.sessions.stop()
         self._stop.set()
         if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+            await wait_tasks([self._task], within=10.0, what="MCP server")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.manager.handle_request(scope, receive, send)

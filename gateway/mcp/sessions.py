@@ -18,6 +18,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import ENDED
+from gateway.tasks import stop_tasks, wait_tasks
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,8 @@ class McpSessions:
 
     async def stop(self) -> None:
         if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
-        await asyncio.gather(*self._endings, return_exceptions=True)
+            await stop_tasks([self._reaper], within=10.0, what="MCP sessions")
+        await wait_tasks(list(self._endings), within=10.0, what="MCP sessions")
         for session_id in list(self._sessions):
             await self.end(session_id)
 

@@ -73,6 +73,7 @@ from gateway.provisioners.sockets import (
     identities_to_record,
     sockets_of,
 )
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +246,7 @@ class DockerEngine:
             await self.events.stop()
             await self.call(self.events.client.close)
             self.events = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(list(self._tasks), within=10.0, what="docker engine")
         for futures in self._waiters.values():
             for future in futures:
                 future.cancel()
@@ -407,7 +406,8 @@ class DockerEngine:
         if self.facts(container_id).exit_code is None and self.events is not None and self.events.connected:
             future = self._subscribe(container_id)
             try:
-                await asyncio.wait_for(future, timeout)
+                async with asyncio.timeout(timeout):
+                    await future
             except TimeoutError:
                 pass
             finally:
@@ -725,7 +725,7 @@ class DockerProvisioner(KernelProvisionerBase):
         options = self.container_options(sandbox, cmd, kwargs["connection"])
         self._exit_code = None
         try:
-            container = await engine.call(engine.client.containers.create, **options)
+            container = await self._create(options)
         except docker.errors.ImageNotFound:
             raise SandboxImageMissing(f"the sandbox image {self.image} is missing: build it with `make images`") from None
         except docker.errors.APIError as exc:
@@ -734,7 +734,7 @@ class DockerProvisioner(KernelProvisionerBase):
             # A container of this sandbox survived an earlier failure: it is ours, replace it.
             log.warning("sandbox %s: replacing a leftover container", sandbox.id)
             await engine.remove(options["name"])
-            container = await engine.call(engine.client.containers.create, **options)
+            container = await self._create(options)
         self.container_id = self._last_container_id = container.id
         try:
             if self._network is not None and sandbox.resources.network:
@@ -762,6 +762,24 @@ class DockerProvisioner(KernelProvisionerBase):
             raise
         log.info("sandbox %s: container %s started", sandbox.id, self.container_id[:12])
         return self.connection_info
+
+    async def _create(self, options: dict[str, Any]) -> Any:
+        """``containers.create``, leaving no container behind if the launch is cancelled meanwhile.
+
+        The engine goes on creating it in the executor's thread whatever happens to our await:
+        on cancellation, wait for it and remove what it made.
+        """
+        engine = self.engine
+        creating = asyncio.ensure_future(engine.call(engine.client.containers.create, **options))
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            try:
+                container = await creating
+                await engine.remove(container.id)
+            except Exception:  # nothing was created, or it cannot go now (the next start's sweep removes it)
+                log.debug("a cancelled container create left something behind", exc_info=True)
+            raise
 
     async def _log_tail(self) -> str:
         try:

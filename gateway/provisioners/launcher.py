@@ -275,8 +275,9 @@ class KernelLauncher(LoggingConfigurable):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         km = self._kernel_manager(sandbox.runtime_id)
         try:
-            await asyncio.wait_for(km.start_kernel(kernel_id=sandbox.runtime_id, **self._launch_kwargs(sandbox)),
-                                   self.startup_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (a stop's).
+            async with asyncio.timeout(self.startup_timeout):
+                await km.start_kernel(kernel_id=sandbox.runtime_id, **self._launch_kwargs(sandbox))
         except BaseException:
             await self.dispose(km)
             raise
@@ -296,7 +297,8 @@ class KernelLauncher(LoggingConfigurable):
         WebSocket) reconnect to the new one by themselves.
         """
         await km.shutdown_kernel(now=True, restart=True)
-        await asyncio.wait_for(km.start_kernel(**self._launch_kwargs(sandbox)), self.startup_timeout)
+        async with asyncio.timeout(self.startup_timeout):
+            await km.start_kernel(**self._launch_kwargs(sandbox))
         if isinstance(km, SandboxKernelManager):
             km.connected.repoint(km)  # over tcp the new kernel has a new address and keys
 

@@ -46,6 +46,7 @@ from gateway.errors import (
 from gateway.sandboxes.commands import SandboxCommands, SandboxProcess, ToolStalled
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,7 @@ class SandboxFiles(LoggingConfigurable):
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(list(self._tasks), within=10.0, what="file transfers")
 
     @contextlib.asynccontextmanager
     async def _talking(self, sandbox: Sandbox, process: SandboxProcess) -> AsyncIterator[None]:
@@ -343,7 +342,8 @@ class Upload:
         """Give up: the tool sees its input end early and removes what it wrote."""
         try:
             await self.process.close_stdin()
-            await asyncio.wait_for(self.process.readline(), 10)
+            async with asyncio.timeout(10):
+                await self.process.readline()
         except Exception:
             pass
         finally:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
@@ -43,6 +44,7 @@ from gateway.errors import (
     SandboxPaused,
     SandboxStartFailed,
     TooManyQueued,
+    ShuttingDown,
 )
 from gateway.execution.connection import ConnectTimeout, KernelGone
 from gateway.events import model as events
@@ -67,11 +69,40 @@ from gateway.sandboxes.restarts import RestartBudget
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.sandboxes.snapshots import SandboxSnapshots
 from gateway.store.base import Store
+from gateway.tasks import stop_tasks, wait_tasks
 
 log = logging.getLogger(__name__)
 
 #: ``metadata["started_by"]`` of sandboxes started through the Jupyter kernel API (``/api/kernels``).
 STARTED_BY_JUPYTER = "jupyter"
+
+#: Seconds each part of a shutdown may take (closing one sandbox, ending the executions, ...).
+STOP_WITHIN = 20.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def stop_waits_for(
+    method: Callable[Concatenate[SandboxManager, P], Awaitable[R]],
+) -> Callable[Concatenate[SandboxManager, P], Coroutine[Any, Any, R]]:
+    """A manager method that starts a kernel and adopts it: refused once stopping, and awaited by
+    ``stop`` (bounded) before it closes the sandboxes, so nothing is adopted after they closed."""
+
+    @functools.wraps(method)
+    async def run(self: SandboxManager, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._refuse_when_stopping()
+        self._operations += 1
+        self._no_operations.clear()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._operations -= 1
+            if not self._operations:
+                self._no_operations.set()
+
+    return run
+
 
 LIVE = [str(SandboxStatus.CREATING), str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED),
         str(SandboxStatus.TERMINATING)]
@@ -176,6 +207,13 @@ class SandboxManager(LoggingConfigurable):
         #: Automatic restarts of Jupyter kernels that died, per row of deaths.
         self.autorestarts = RestartBudget(self.jupyter_restart_limit, self.jupyter_stable_start_time)
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Kernels being started for a sandbox (create, pool): stop cancels them.
+        self._starts: set[asyncio.Task[SandboxRuntime]] = set()
+        self._stopping = False
+        #: Creates, resumes and restarts under way (they may be adopting a kernel); see ``stop_waits_for``.
+        self._operations = 0
+        self._no_operations = asyncio.Event()
+        self._no_operations.set()
         self._active: set[str] = set()
         self._activity_timer: asyncio.TimerHandle | None = None
         #: Open /stream WebSockets per sandbox (activity: a sandbox with one is never idle).
@@ -261,33 +299,65 @@ class SandboxManager(LoggingConfigurable):
             self.snapshots.keep_only({s.id for s in self._sandboxes.values() if s.status == SandboxStatus.PAUSED})
 
     async def stop(self) -> None:
-        """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``); paused ones stay paused."""
+        """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``), whatever is under way;
+        paused ones stay paused.
+
+        No new work is accepted; the pool and the kernels being started stop (their kernels
+        too); each sandbox is closed, which ends its running and queued executions, whose
+        records their tasks then write. Every step is bounded (``STOP_WITHIN``), so this ends.
+        """
+        self._stopping = True
+        kept = set(self._runtimes) if self.keep_on_shutdown else set()
         await self.reaper.stop()
         await self.pool.stop()
+        await stop_tasks(list(self._starts), within=STOP_WITHIN, what="sandbox starts")
+        try:  # creates, resumes and restarts end (their kernels adopted, or not): then all are closed
+            async with asyncio.timeout(STOP_WITHIN):
+                await self._no_operations.wait()
+        except TimeoutError:
+            log.error("%d sandbox operations still under way %g s into the shutdown", self._operations, STOP_WITHIN)
         if self._activity_timer is not None:
             self._activity_timer.cancel()
         # Written, not awaited: if the store is failing, its close() waits for them a bounded time.
         self._record_activity()
-        ends = []
-        for sandbox_id in list(self._runtimes):
-            runtime = self._release(sandbox_id)
-            sandbox = self._sandboxes.pop(sandbox_id)
-            await self._close_contexts(sandbox, "gateway_shutdown")
-            if runtime is None:
-                continue
+        await asyncio.gather(*(self._stop_sandbox(sandbox_id) for sandbox_id in list(self._runtimes)))
+        await wait_tasks(list(self._tasks), within=STOP_WITHIN, what="sandbox manager")
+        # A last sweep: a container whose creation was under way when its start was cancelled.
+        try:
+            async with asyncio.timeout(STOP_WITHIN):
+                await self.launcher.remove_orphans(kept | set(self._sandboxes))
+        except Exception:
+            log.exception("could not remove what stopped sandboxes left behind")
+
+    async def _stop_sandbox(self, sandbox_id: str) -> None:
+        runtime = self._release(sandbox_id)
+        sandbox = self._sandboxes.pop(sandbox_id)
+        try:
+            async with asyncio.timeout(STOP_WITHIN):
+                await self._close_contexts(sandbox, "gateway_shutdown")
+        except Exception:
+            log.exception("sandbox %s: error while stopping its contexts", sandbox_id)
+        if runtime is not None:
             try:
-                await runtime.close(stop_kernel=not self.keep_on_shutdown)
+                async with asyncio.timeout(STOP_WITHIN):
+                    await runtime.close(stop_kernel=not self.keep_on_shutdown, reason="gateway_shutdown")
             except Exception:
                 log.exception("sandbox %s: error while stopping", sandbox_id)
-            if not self.keep_on_shutdown:
-                ends.append(asyncio.ensure_future(self._end(sandbox, "gateway_shutdown")))
-        if ends:  # not for ever: a failing store holds the records, and its close() tries them once more
-            _, unfinished = await asyncio.wait(ends, timeout=self.store_shutdown_wait)
-            for end in unfinished:
-                end.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+                if not self.keep_on_shutdown:  # say, a restart held it: stop its kernel anyway
+                    await self._dispose_kernel(runtime)
+        if not self.keep_on_shutdown:
+            try:  # not for ever: a failing store holds the record, and its close() tries it once more
+                async with asyncio.timeout(self.store_shutdown_wait):
+                    await self._end(sandbox, "gateway_shutdown")
+            except TimeoutError:
+                log.warning("sandbox %s: its end is not stored yet (the store is failing)", sandbox_id)
+
+    async def _dispose_kernel(self, runtime: SandboxRuntime) -> None:
+        try:
+            async with asyncio.timeout(STOP_WITHIN):
+                await self.launcher.dispose(runtime.km)
+        except Exception:
+            log.exception("sandbox %s: could not stop its kernel", runtime.sandbox_id)
 
     def _adopt(self, sandbox_id: str, runtime: SandboxRuntime) -> None:
         self._runtimes[sandbox_id] = runtime
@@ -354,6 +424,7 @@ class SandboxManager(LoggingConfigurable):
 
     # -- sandboxes -------------------------------------------------------------------------------
 
+    @stop_waits_for
     async def create(
         self,
         owner: str,
@@ -382,6 +453,7 @@ class SandboxManager(LoggingConfigurable):
             {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
         )
         self.store.check_available()
+        self._refuse_when_stopping()
         sandbox = Sandbox(
             owner=owner, resources=limits, provisioner=self.launcher.resolved,
             env=dict(env or {}), metadata=dict(metadata or {}),
@@ -403,6 +475,10 @@ class SandboxManager(LoggingConfigurable):
         self._sandboxes[sandbox.id] = sandbox
         try:
             runtime = await self._start_runtime(sandbox)
+        except ShuttingDown:
+            self._sandboxes.pop(sandbox.id, None)
+            await self._end(sandbox, "gateway_shutdown")
+            raise
         except Exception as exc:
             log.exception("sandbox %s: failed to start", sandbox.id)
             self._sandboxes.pop(sandbox.id, None)
@@ -469,7 +545,27 @@ class SandboxManager(LoggingConfigurable):
         return self.busy() >= cores or os.getloadavg()[0] >= cores * self.pool.max_load_per_core
 
     async def _start_runtime(self, sandbox: Sandbox) -> SandboxRuntime:
-        """Launch the kernel, connect to it, and record how to re-attach; nothing is left behind on failure."""
+        """Launch the kernel, connect to it, and record how to re-attach; nothing is left behind on failure.
+
+        In a task of its own, so that ``stop`` can cancel it; ``ShuttingDown`` if it did.
+        """
+        self._refuse_when_stopping()
+        start = asyncio.create_task(self._launch(sandbox), name=f"sandbox-start-{sandbox.id}")
+        self._starts.add(start)
+        start.add_done_callback(self._starts.discard)
+        try:
+            return await start
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if self._stopping and start.cancelled() and caller is not None and not caller.cancelling():
+                raise ShuttingDown("the gateway is shutting down; the sandbox was not started") from None
+            raise
+
+    def _refuse_when_stopping(self) -> None:
+        if self._stopping:
+            raise ShuttingDown("the gateway is shutting down")
+
+    async def _launch(self, sandbox: Sandbox) -> SandboxRuntime:
         km = await self.launcher.launch(sandbox)
         try:
             sandbox.kernel = await self.launcher.record(km)
@@ -797,6 +893,7 @@ class SandboxManager(LoggingConfigurable):
                 raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}: only a paused sandbox resumes")
         return sandbox
 
+    @stop_waits_for
     async def _resume(self, sandbox: Sandbox) -> None:
         assert self.snapshots is not None
         retry_after = self._soonest_end_of(sandbox.owner)
@@ -807,6 +904,9 @@ class SandboxManager(LoggingConfigurable):
         source = "resume_pool" if runtime is not None else "resume"
         try:
             runtime = runtime or await self._start_runtime(sandbox)
+        except ShuttingDown:
+            sandbox.kernel = {}  # (it stays paused)
+            raise
         except Exception as exc:
             log.exception("sandbox %s: could not start its container to resume", sandbox.id)
             sandbox.kernel = {}
@@ -873,6 +973,7 @@ class SandboxManager(LoggingConfigurable):
         except Exception:  # nobody is left to tell; the execution's record says how it ended
             log.exception("sandbox %s: could not cancel execution %s", runtime.sandbox_id, running.execution.id)
 
+    @stop_waits_for
     async def restart(self, sandbox_id: str, user: str) -> Sandbox:
         self.store.check_available()
         async with self.locks.hold(sandbox_id, "restarting"):
@@ -880,6 +981,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def _restart(self, sandbox_id: str, user: str) -> Sandbox:
         sandbox, runtime = await self._runtime(sandbox_id, user, allow_failed=True, locked=True)
+        self._refuse_when_stopping()
         try:
             await runtime.restart()
         except Exception as exc:
@@ -910,6 +1012,7 @@ class SandboxManager(LoggingConfigurable):
         if chosen is not None:
             runtime = chosen.runtime
         self.store.check_available()
+        self._refuse_when_stopping()
         execution = Execution(
             sandbox_id=sandbox_id, code=code, timeout=self.policy.timeout_for(timeout, sandbox.resources),
             context=chosen.id if chosen is not None else None,
@@ -1036,17 +1139,19 @@ class SandboxManager(LoggingConfigurable):
             sandbox.touch()
             sandbox.execution_count += 1
             try:
-                # The result is told to no one before it is durable; until then (through a store
-                # outage, if need be) reads find the execution here, in _running.
-                await self._put_execution(execution, sandbox.owner)
-            except Exception:  # the database refused the record itself (a bug); the client still gets its result
-                log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
-            self._record_activity_soon(sandbox)
-            self._forget(running)
-            running.final = execution.to_public()
-            feed.close({"type": "execution", "execution": running.final})
-            if not running.done.done():
-                running.done.set_result(execution)
+                try:
+                    # The result is told to no one before it is durable; until then (through a store
+                    # outage, if need be) reads find the execution here, in _running.
+                    await self._put_execution(execution, sandbox.owner)
+                except Exception:  # the database refused the record itself (a bug); the client still gets its result
+                    log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
+                self._record_activity_soon(sandbox)
+            finally:  # even if that write is cancelled (a stop running out of time): nobody waits forever
+                self._forget(running)
+                running.final = execution.to_public()
+                feed.close({"type": "execution", "execution": running.final})
+                if not running.done.done():
+                    running.done.set_result(execution)
 
     # -- records and their events ----------------------------------------------------------------
 

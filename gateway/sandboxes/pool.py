@@ -30,10 +30,14 @@ from traitlets.config import LoggingConfigurable
 
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, ResourceLimits, Sandbox, SandboxStatus
 from gateway.sandboxes.runtime import SandboxRuntime
+from gateway.tasks import stop_tasks, wait_tasks
 
 log = logging.getLogger(__name__)
 
 Pooled = tuple[Sandbox, SandboxRuntime]
+
+#: Seconds the refill task and each disposal get to end at stop (a kernel being started is stopped again).
+STOP_WITHIN = 20.0
 
 
 def fits(requested: ResourceLimits, profile: ResourceLimits, figure_formats: list[str], *,
@@ -78,6 +82,7 @@ class WarmPool(LoggingConfigurable):
         self._ready: deque[Pooled] = deque()
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.starting = False
         self.failures = 0
         self.paused: str | None = None
@@ -87,16 +92,23 @@ class WarmPool(LoggingConfigurable):
 
     def start(self) -> None:
         if self.size > 0:
+            self._stopping = False
             self._task = asyncio.create_task(self._refill(), name="warm-pool-refill")
 
     async def stop(self) -> None:
+        """Stop refilling (a kernel being started is stopped again) and dispose of every ready sandbox.
+
+        The refill loop also ends by itself once ``_stopping`` is set, so a cancellation lost in
+        a library's ``wait_for`` cannot keep it waiting.
+        """
+        self._stopping = True
+        self._wanted.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task], within=STOP_WITHIN, what="warm pool")
             self._task = None
         while self._ready:
             self._discard(self._ready.popleft())
-        await asyncio.gather(*self._disposals, return_exceptions=True)
+        await wait_tasks(list(self._disposals), within=STOP_WITHIN, what="warm pool")
 
     def claim(self, requested: ResourceLimits, figure_formats: list[str], isolation: str | None) -> Pooled | None:
         """A ready sandbox for this request, or None (no fit, or the pool is empty)."""
@@ -127,7 +139,7 @@ class WarmPool(LoggingConfigurable):
 
     async def _refill(self) -> None:
         backoff = 0.0
-        while True:
+        while not self._stopping:
             if len(self._ready) >= self.size:
                 self._wanted.clear()
                 await self._wanted.wait()
@@ -144,6 +156,8 @@ class WarmPool(LoggingConfigurable):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._stopping:
+                    return
                 self.failures += 1
                 backoff = min(max(1.0, backoff * 2), self.max_backoff)
                 self.paused = f"backing off {backoff:g} s after a failed start (the log says why)"
@@ -152,6 +166,9 @@ class WarmPool(LoggingConfigurable):
                 continue
             finally:
                 self.starting = False
+            if self._stopping:  # stopped while this one started (and its cancellation was lost)
+                self._discard(pooled)
+                return
             backoff = 0.0
             self._ready.append(pooled)
             log.debug("warm pool: sandbox %s ready in %.2f s", pooled[0].id, time.monotonic() - began)

@@ -26,6 +26,7 @@ from traitlets.config import LoggingConfigurable
 
 from gateway import timestamps
 from gateway.sandboxes.model import Sandbox, SandboxStatus
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ class SandboxReaper(LoggingConfigurable):
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._acting.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks, within=10.0, what="sandbox reaper")
         self._task = None
 
     async def _loop(self) -> None:

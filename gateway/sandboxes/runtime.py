@@ -29,6 +29,7 @@ from gateway.errors import SandboxBusy
 from gateway.provisioners.launcher import KernelLauncher, SandboxKernelManager
 from gateway.sandboxes import execution_env
 from gateway.sandboxes.model import ResourceLimits, Sandbox
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class SandboxRuntime:
     async def close(self, *, stop_kernel: bool = True, reason: str = "terminated") -> None:
         """Stop using the kernel: cancel all executions, then stop it (or leave it running to re-attach).
 
-        ``reason`` is the error code of the executions this cancels (``terminated``, ``sandbox_expired``).
+        ``reason`` is the error code of the executions this cancels (``terminated``, ``sandbox_expired``, ``gateway_shutdown``).
         """
         self._generation += 1
         if reason != "terminated":
@@ -261,8 +262,7 @@ class SandboxRuntime:
 
     async def _disconnect(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+            await stop_tasks([self._watcher], within=10.0, what=f"sandbox {self.sandbox_id}")
             self._watcher = None
         if self.connection is not None:
             await self.connection.close()

@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.errors import StoreUnavailable
 from gateway.store import codec
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,11 @@ class WriteQueue:
         if self._task is None:
             return
         try:
-            await asyncio.wait_for(self.settled(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # (wait_for can swallow a cancellation)
+                await self.settled()
+        except TimeoutError:
             pass
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await stop_tasks([self._task], within=10.0, what="store writes")
         self._task = None
         left = self._in_flight + self._pending
         if left:
