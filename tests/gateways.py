@@ -91,14 +91,18 @@ class GatewayProcess:
     """``code-gateway`` as a separate process, for restarts and kills.
 
     ``host`` is the address it listens on; ``wrapper`` a command it runs under (``ip netns exec NAME``:
-    a gateway on another host, ``tests.netns``).
+    a gateway on another host, ``tests.netns``). ``command`` runs another installation (default: this
+    checkout's, ``python -m gateway``); ``cwd`` is where it runs.
     """
 
     def __init__(self, data_dir: Path, *args: str, provisioner: str = "local", env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", wrapper: tuple[str, ...] = ()):
+                 host: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
+                 command: list[str] | None = None, cwd: Path | None = None):
         self.data_dir = data_dir
         self.host = host
         self.wrapper = wrapper
+        self.command = command or [sys.executable, "-m", "gateway"]
+        self.cwd = cwd
         self.args = args
         self.provisioner = provisioner
         self.env = {**os.environ, "GATEWAY_API_KEYS": KEY_PAIRS, **(env or {})}
@@ -109,9 +113,9 @@ class GatewayProcess:
     async def start(self, timeout: float = 60) -> GatewayProcess:
         self.output = []
         self.process = subprocess.Popen(
-            [*self.wrapper, sys.executable, "-m", "gateway", f"--ip={self.host}", "--port=0",
+            [*self.wrapper, *self.command, f"--ip={self.host}", "--port=0",
              f"--data-dir={self.data_dir}", f"--provisioner={self.provisioner}", *without_pool_unless_asked(self.args)],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=self.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         port = await asyncio.wait_for(asyncio.to_thread(self._read_port), timeout)
         self.url = f"http://{self.host}:{port}"

@@ -19,6 +19,7 @@ import asyncio
 import copy
 import dataclasses
 import hashlib
+import importlib.resources
 import os
 import shutil
 import tempfile
@@ -58,8 +59,12 @@ CONTEXT_SUFFIX = ":context"
 
 
 def default_kernels_dir() -> str:
-    """The repository's ``kernels/`` (the package is installed in place, next to it)."""
-    return str(Path(__file__).resolve().parents[2] / "kernels")
+    """``kernels/`` as the installed package holds it: ``gateway/kernels`` (package data).
+
+    In a checkout (and an editable install) ``gateway/kernels`` is a link to the top-level
+    ``kernels/``, the source the sandbox image is also built from; a wheel carries a copy.
+    """
+    return str(importlib.resources.files("gateway") / "kernels")
 
 
 def default_runtime_dir(data_dir: str) -> str:
@@ -175,7 +180,9 @@ class KernelLauncher(LoggingConfigurable):
         if self.resolved in ENGINES:
             self.engine = import_item(ENGINES[self.resolved]).configured(self, self.runtime_dir)
             self.warnings.extend(await self.engine.start())
-        found = KernelSpecManager(kernel_dirs=[self.kernels_dir])
+        # Only the specs in kernels_dir: not ipykernel's own python3, whose argv names the gateway's
+        # interpreter (fine for a local process, absent in a container).
+        found = KernelSpecManager(kernel_dirs=[self.kernels_dir], ensure_native_kernel=False)
         names = sorted(found.find_kernel_specs())
         if self.kernel_name not in names:
             raise NoSuchKernel(self.kernel_name)
