@@ -69,7 +69,7 @@ from gateway.sandboxes.restarts import RestartBudget
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
 from gateway.sandboxes.snapshots import SandboxSnapshots
 from gateway.store.base import Store
-from gateway.tasks import stop_tasks, wait_tasks
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,11 @@ class SandboxManager(LoggingConfigurable):
         # Written, not awaited: if the store is failing, its close() waits for them a bounded time.
         self._record_activity()
         await asyncio.gather(*(self._stop_sandbox(sandbox_id) for sandbox_id in list(self._runtimes)))
-        await wait_tasks(list(self._tasks), within=STOP_WITHIN, what="sandbox manager")
+        # Their executions ended with them; their tasks store them and say so (done), then every task stops.
+        ending = [running.done for running in self._running.values() if not running.done.done()]
+        if ending:
+            await asyncio.wait(ending, timeout=STOP_WITHIN)
+        await stop_tasks(list(self._tasks), within=STOP_WITHIN, what="sandbox manager")
         # A last sweep: a container whose creation was under way when its start was cancelled.
         try:
             async with asyncio.timeout(STOP_WITHIN):

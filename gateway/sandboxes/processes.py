@@ -36,6 +36,7 @@ from gateway.provisioners.base import local_env, workdir_of
 from gateway.provisioners.usage import process_tree
 from gateway.sandboxes.commands import CONTAINER_WORKDIR, SandboxCommands
 from gateway.sandboxes.model import Sandbox
+from gateway.tasks import wait_tasks
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class Command:
         try:
             while True:
                 try:
-                    kind, value = await asyncio.wait_for(queue.get(), idle)
+                    async with asyncio.timeout(idle):  # (wait_for can swallow a cancellation)
+                        kind, value = await queue.get()
                 except TimeoutError:
                     yield "keepalive", None
                     continue
@@ -376,4 +378,4 @@ class SandboxProcesses:
         for commands in self._running.values():
             for command in list(commands.values()):
                 await command.signal(signal.SIGKILL)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await wait_tasks(list(self._tasks), within=10.0, what="sandbox processes")

@@ -101,8 +101,9 @@ class PostgresStore(SQLStore):
     async def _disconnect(self) -> None:
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), self.close_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.close_timeout):  # (wait_for can swallow a cancellation)
+                    await self._pool.close()
+            except TimeoutError:
                 self._pool.terminate()
             self._pool = None
         self._codec.shutdown(wait=True)
