@@ -130,6 +130,7 @@ class GatewayProcess:
                 # Keep draining so the child never blocks on a full pipe.
                 threading_drain(self.process, self.output)
                 return int(match.group(1))
+        self.process.stdout.close()
         raise RuntimeError("gateway exited before listening:\n" + "".join(self.output))
 
     def client(self, user: str | None = "alice", **kwargs: Any) -> httpx.AsyncClient:
@@ -149,9 +150,13 @@ class GatewayProcess:
 
 
 def threading_drain(process: subprocess.Popen[str], sink: list[str]) -> None:
+    """Read the rest of ``process``'s output into ``sink``; the pipe is closed at its end (here, never
+    under a blocked read: a kernel that outlived a killed gateway may hold it open a while)."""
+
     def drain() -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            sink.append(line)
+        with process.stdout:
+            for line in process.stdout:
+                sink.append(line)
 
     threading.Thread(target=drain, daemon=True).start()

@@ -216,7 +216,8 @@ async def test_missing_files_and_sandboxes(alice: httpx.AsyncClient, bob: httpx.
         await alice.put(files_url("00000000-0000-0000-0000-000000000000", "x"), content=b"x"),
     ):
         assert response.status_code == 404 and response.json()["error"]["code"] == "sandbox_not_found"
-    unauthenticated = await httpx.AsyncClient(base_url=str(alice.base_url)).get(files_url(sandbox["id"], "x"))
+    async with httpx.AsyncClient(base_url=str(alice.base_url)) as anonymous:
+        unauthenticated = await anonymous.get(files_url(sandbox["id"], "x"))
     assert unauthenticated.status_code == 401
     # Files of an ended sandbox are gone with it.
     assert (await alice.delete(f"/api/v1/sandboxes/{sandbox['id']}")).status_code == 204

@@ -64,16 +64,16 @@ def test_run_streams_while_the_code_runs(client_gateway: GatewayProcess) -> None
     with Gateway(client_gateway.url, KEYS["bob"]) as gateway, gateway.create_sandbox() as sandbox:
         code = ("import os, time\nprint('first', flush=True)\nwhile not os.path.exists('go'):\n    time.sleep(0.05)\n"
                 "print('second')")
-        process = subprocess.Popen([CLI, "run", "--sandbox", sandbox.id, "-c", code], env=env_for(client_gateway),
-                                   stdout=subprocess.PIPE, text=True)
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline() == "first\n"  # printed while the code still waits for 'go'
-            sandbox.files.upload("go", b"")
-            assert process.stdout.read() == "second\n"
-            assert process.wait(60) == 0
-        finally:
-            process.kill()
+        with subprocess.Popen([CLI, "run", "--sandbox", sandbox.id, "-c", code], env=env_for(client_gateway),
+                              stdout=subprocess.PIPE, text=True) as process:
+            try:
+                assert process.stdout is not None
+                assert process.stdout.readline() == "first\n"  # printed while the code still waits for 'go'
+                sandbox.files.upload("go", b"")
+                assert process.stdout.read() == "second\n"
+                assert process.wait(60) == 0
+            finally:
+                process.kill()
         assert sandbox.refresh().status == "running"  # a named sandbox is left as it was
 
 

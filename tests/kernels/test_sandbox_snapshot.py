@@ -103,27 +103,27 @@ def test_unpack_refuses_names_leaving_the_directory(tmp_path: Path) -> None:
 
 def test_drain_and_fill_carry_bytes_through_a_fifo(tmp_path: Path) -> None:
     blob = os.urandom(300_000)
-    drain = start(tmp_path, "drain")
-    assert drain.stdout is not None and drain.stdin is not None
-    drain.stdin.close()
-    fifo = json.loads(drain.stdout.readline())["fifo"]
-    writer = threading.Thread(target=lambda: Path(fifo).write_bytes(blob))  # the kernel's side
-    writer.start()
-    rest = drain.stdout.read()
-    writer.join()
-    assert drain.wait(30) == 0
+    with start(tmp_path, "drain") as drain:  # (the with block closes its pipes and reaps it)
+        assert drain.stdout is not None and drain.stdin is not None
+        drain.stdin.close()
+        fifo = json.loads(drain.stdout.readline())["fifo"]
+        writer = threading.Thread(target=lambda: Path(fifo).write_bytes(blob))  # the kernel's side
+        writer.start()
+        rest = drain.stdout.read()
+        writer.join()
+        assert drain.wait(30) == 0
     compressed, trailer = unframe(rest)
     assert json.loads(trailer) == {"ok": True, "bytes": len(blob)}
     assert not os.path.exists(fifo)
 
-    fill = start(tmp_path, "fill")
-    assert fill.stdout is not None and fill.stdin is not None
-    fifo = json.loads(fill.stdout.readline())["fifo"]
-    received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(Path(fifo).read_bytes()))
-    reader.start()
-    fill.stdin.write(frames(compressed))
-    fill.stdin.close()
-    assert lines(fill.stdout.read()) == [{"ok": True, "bytes": len(blob)}]
-    reader.join()
+    with start(tmp_path, "fill") as fill:
+        assert fill.stdout is not None and fill.stdin is not None
+        fifo = json.loads(fill.stdout.readline())["fifo"]
+        received: list[bytes] = []
+        reader = threading.Thread(target=lambda: received.append(Path(fifo).read_bytes()))
+        reader.start()
+        fill.stdin.write(frames(compressed))
+        fill.stdin.close()
+        assert lines(fill.stdout.read()) == [{"ok": True, "bytes": len(blob)}]
+        reader.join()
     assert received == [blob]

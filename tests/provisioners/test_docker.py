@@ -386,7 +386,8 @@ async def test_event_stream_reconnects(docker_gateway: InProcessGateway, alice: 
     engine.events._close_stream()  # as if the engine connection broke
     await until(lambda: engine.events is not None and engine.events.connected and engine.events._stream is not None,
                 what="the event stream to reconnect", timeout=20)
-    assert (await docker_gateway.client(None).get("/health")).json()["engine"]["events_connected"] is True
+    async with docker_gateway.client(None) as anonymous:
+        assert (await anonymous.get("/health")).json()["engine"]["events_connected"] is True
     await engine.call(engine.client.api.kill, container_name(sid))
     sandbox = await until_status(alice, sid, "failed")
     assert sandbox["status_reason"] == "sandbox_died"
