@@ -1,6 +1,6 @@
 # One command to run the gateway, one to test it; each sets up what it needs, idempotently.
 #   make run     venv + Docker engine + sandbox image, then the gateway on 127.0.0.1:8888
-#   make test    the same setup, then `mypy --strict gateway/` and the whole test suite (what CI runs via .ci/run)
+#   make test    the same setup (and Chromium, PostgreSQL), then `mypy --strict` and the whole suite in parallel (CI)
 #   make bench   the same setup, then the benchmarks (bench/run.py; BENCH_ARGS=--quick for a smoke run)
 # test and bench also register gVisor's runsc with the engine (ensure-docker.sh --runsc): their
 # sandboxes run under both runtimes. `make run` leaves the engine as it is.
@@ -13,8 +13,11 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8888
 PYTEST_ARGS ?=
 ENGINE_ARGS ?=
+# Test processes (pytest-xdist; 0: one process). More than the cores: most of a test is waiting
+# for kernels and containers. Each test has its own gateway, port, data dir and container label.
+TEST_WORKERS ?= 3
 
-.PHONY: venv engine images run test typecheck bench clean
+.PHONY: venv engine images browser postgres compose system setup run test typecheck bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +34,26 @@ images: engine venv
 	bash images/build.sh
 	bash images/full/build.sh
 
+browser:
+	bash deploy/host/ensure-browser.sh
+
+postgres:
+	bash deploy/host/ensure-postgres.sh install
+
+compose:
+	bash deploy/host/ensure-compose.sh
+
+# What the tests need besides the venv, one after another (they share apt's lock).
+system:
+	@$(MAKE) --no-print-directory images ENGINE_ARGS="$(ENGINE_ARGS)"
+	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory postgres
+	@$(MAKE) --no-print-directory compose
+
+# The venv (pip) alongside the system parts: on a fresh machine both mostly wait on downloads.
+setup:
+	@$(MAKE) --no-print-directory -j2 venv system ENGINE_ARGS="$(ENGINE_ARGS)"
+
 run: venv
 	@bash deploy/host/ensure-docker.sh && bash images/build.sh \
 	  || echo "warning: no Docker engine or image; the gateway will fall back to local processes"
@@ -39,11 +62,8 @@ run: venv
 	$(BIN)/code-gateway --ip=$(HOST) --port=$(PORT)
 
 test bench: ENGINE_ARGS = --runsc
-test: venv images typecheck
-	bash deploy/host/ensure-browser.sh
-	bash deploy/host/ensure-postgres.sh install
-	bash deploy/host/ensure-compose.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: setup typecheck
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 typecheck: venv
 	$(BIN)/python -m mypy --strict gateway/ clients/python/code_gateway_client/

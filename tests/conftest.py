@@ -52,7 +52,8 @@ def docker_or_fail() -> Any:
     from gateway.provisioners.docker import default_image
 
     try:
-        client = docker.from_env(timeout=10)
+        # A busy engine (parallel workers, a fork bomb next door) may take over 10 s for `top` or `stats`.
+        client = docker.from_env(timeout=60)
         client.ping()
     except Exception as exc:
         pytest.fail(f"no Docker engine answers ({exc}); container tests need one: run `make test` "
@@ -78,6 +79,17 @@ async def docker_gateway(tmp_path: Any, docker_client: Any) -> AsyncIterator[InP
     """An in-process gateway whose sandboxes are Docker containers; users alice, bob and admin."""
     async with InProcessGateway(tmp_path / "data", provisioner="docker") as running:
         yield running
+
+
+# -- Order -------------------------------------------------------------------------------------
+
+#: Long tests that cannot be split (one build serves all their steps): they go first, so the other
+#: xdist workers get on with the rest instead of idling while one of these runs at the end.
+LONG_SETUP_FIRST = ("tests/test_packaging.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONG_SETUP_FIRST))  # (a stable sort)
 
 
 # -- Diagnostics -------------------------------------------------------------------------------
