@@ -37,7 +37,7 @@ from gateway.mcp.server import McpService
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.kubernetes import KubernetesProvisioner
-from gateway.provisioners.launcher import KernelLauncher, default_runtime_dir
+from gateway.provisioners.launcher import KernelLauncher, check_runtime_dir, default_runtime_dir
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.isolation import IsolationPolicy
 from gateway.sandboxes.limits import ResourcePolicy
@@ -196,6 +196,13 @@ class GatewayApp(ConfiguredApp):
     @default("runtime_dir")
     def _runtime_dir_default(self) -> str:
         return default_runtime_dir(self.data_dir)
+
+    @validate("runtime_dir")
+    def _short_runtime_dir(self, proposal: Any) -> str:
+        try:
+            return check_runtime_dir(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"--runtime-dir: {exc}") from None
 
     def start(self) -> None:
         if self.subapp is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,3 +46,13 @@ def test_command_line_beats_environment_beats_config_file(monkeypatch: Any, tmp_
 def test_unknown_class_variable_is_an_error(monkeypatch: Any) -> None:
     with pytest.raises(SystemExit):
         make_app(monkeypatch, {"GATEWAY_NOSUCHTHING__X": "1"}, [])
+
+
+def test_a_runtime_dir_too_long_for_unix_sockets_is_refused_at_start(tmp_path: Any) -> None:
+    """Past ~58 bytes a local kernel could not bind its sockets: say so at start, not "kernel died" later."""
+    too_long = str(tmp_path / ("x" * 80))
+    finished = subprocess.run([sys.executable, "-m", "gateway", f"--runtime-dir={too_long}", "--port=0",
+                               f"--data-dir={tmp_path / 'data'}"], capture_output=True, text=True, timeout=60)
+    assert finished.returncode != 0
+    assert "--runtime-dir" in finished.stderr and "too long for the kernels' unix sockets" in finished.stderr
+    assert not Path(too_long).exists()

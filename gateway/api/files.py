@@ -22,7 +22,7 @@ from tornado import web
 
 from gateway import timestamps
 from gateway.api.sandboxes import SandboxAPIHandler
-from gateway.errors import FileTooLarge, InvalidRequest
+from gateway.errors import FileTooLarge, GatewayError, InvalidRequest
 from gateway.sandboxes.files import Download, SandboxFiles, Upload
 
 #: Types Python's table lacks, by suffix.
@@ -59,6 +59,8 @@ class FileListHandler(FilesAPIHandler):
 @web.stream_request_body
 class FileHandler(FilesAPIHandler):
     upload: Upload | None = None
+    #: What went wrong while the body was arriving, answered once it has.
+    failed: GatewayError | None = None
 
     async def prepare(self) -> None:
         await super().prepare()
@@ -79,12 +81,20 @@ class FileHandler(FilesAPIHandler):
         self.upload = await self.files.open_upload(sandbox_id, self.user, path)
 
     async def data_received(self, chunk: bytes) -> None:
-        if self.upload is not None:
-            await self.upload.write(chunk)
+        if self.upload is not None and self.failed is None:
+            try:
+                await self.upload.write(chunk)
+            except GatewayError as exc:
+                # Raised here, tornado would drop the connection without an answer: the client
+                # gets the error (say, 504 file_operation_timeout) once its body is read.
+                self.failed = exc
 
     async def put(self, sandbox_id: str, path: str) -> None:
         assert self.upload is not None
         upload, self.upload = self.upload, None
+        if self.failed is not None:
+            self.files.abandon(upload)
+            raise self.failed
         entry = await upload.finish()
         created = entry.pop("created")
         self.write_json(entry, status=201 if created else 200)

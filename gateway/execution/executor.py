@@ -13,6 +13,11 @@ what the code printed from another task, tagged with the execution it belongs to
 sends it after the idle) is asked one ``kernel_info`` once the execution is done: the execution
 also takes whatever of its own arrives before that request's idle. ``kernel_info`` leaves Deno's
 "current execution" as it is, so the trailing output keeps its parent.
+
+A kernel's iopub PUB socket drops what a reader does not take in time (a flood from a thread of
+the user's): after the reply, an idle status that was dropped would hold the execution until its
+deadline. So once the reply is in, ``idle_grace`` seconds of iopub silence end it too, with a note
+that output may have been lost (as nbclient's ``iopub_timeout`` does).
 """
 
 from __future__ import annotations
@@ -62,10 +67,12 @@ class _Progress:
     idle: bool = False
     reply: dict[str, Any] | None = None
     gone: KernelGone | None = None
+    #: The reply came but no idle status followed it (the kernel's PUB socket dropped it).
+    idle_lost: bool = False
 
     @property
     def done(self) -> bool:
-        return self.gone is not None or (self.idle and self.reply is not None)
+        return self.gone is not None or self.idle_lost or (self.idle and self.reply is not None)
 
 
 class Executor:
@@ -77,12 +84,14 @@ class Executor:
         caps: OutputCaps,
         interrupt_grace: float = 10.0,
         late_output: bool = False,
+        idle_grace: float = 10.0,
     ) -> None:
         self.connection = connection
         self.interrupt = interrupt
         self.caps = caps
         self.interrupt_grace = interrupt_grace
         self.late_output = late_output
+        self.idle_grace = idle_grace
 
     async def run(self, execution: Execution, feed: ExecutionFeed | None = None,
                   cancel_requested: Callable[[], bool] = lambda: False) -> bool:
@@ -126,7 +135,16 @@ class Executor:
         try:
             async with asyncio.timeout_at(deadline):
                 while not progress.done:
-                    channel, msg = await replies.get()
+                    if progress.reply is None:
+                        channel, msg = await replies.get()
+                    else:
+                        try:
+                            async with asyncio.timeout(self.idle_grace):
+                                channel, msg = await replies.get()
+                        except TimeoutError:
+                            progress.idle_lost = True
+                            self._publish(collector.lost(), feed)
+                            break
                     self._handle(channel, msg, progress, collector, feed)
         except TimeoutError:
             return False
@@ -164,6 +182,10 @@ class Executor:
             return
         else:
             events = collector.apply(msg)
+        Executor._publish(events, feed)
+
+    @staticmethod
+    def _publish(events: list[dict[str, Any]], feed: ExecutionFeed | None) -> None:
         for event in events:
             if feed is not None:
                 feed.publish(event)

@@ -73,6 +73,25 @@ def default_runtime_dir(data_dir: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"code-gateway-{digest}")
 
 
+# The longest kernel socket path under a runtime dir: ``/<sandbox uuid>/run/k-<port>``.
+LONGEST_SOCKET_SUFFIX = len("/00000000-0000-0000-0000-000000000000/run/k-65535")
+# sockaddr_un's sun_path is 108 bytes with its terminating NUL.
+UNIX_SOCKET_PATH_MAX = 107
+
+
+def check_runtime_dir(path: str) -> str:
+    """``path`` if a local kernel's ipc sockets fit under it, else a ``ValueError`` saying why.
+
+    Past the limit a kernel cannot bind at all and would only report that it died while starting.
+    """
+    longest = len(os.fsencode(os.path.abspath(path))) + LONGEST_SOCKET_SUFFIX
+    if longest > UNIX_SOCKET_PATH_MAX:
+        room = UNIX_SOCKET_PATH_MAX - LONGEST_SOCKET_SUFFIX
+        raise ValueError(f"{path!r} is too long for the kernels' unix sockets: at most {room} bytes "
+                         f"(its absolute path has {longest - LONGEST_SOCKET_SUFFIX})")
+    return path
+
+
 def json_safe(value: Any) -> Any:
     """Connection info holds its key as bytes; the store keeps JSON."""
     if isinstance(value, bytes):

@@ -149,6 +149,10 @@ class SandboxManager(LoggingConfigurable):
     interrupt_grace = Float(
         10.0, help="Seconds a timed-out execution has to stop after an interrupt before the kernel is restarted."
     ).tag(config=True)
+    idle_grace = Float(
+        10.0, help="Seconds of kernel silence after an execution's reply that end it even without the kernel's "
+        "idle status (its iopub socket dropped it in a flood); the execution notes that output may be lost."
+    ).tag(config=True)
     restart_jupyter_kernels = Bool(
         True, help="Restart a kernel started through the Jupyter kernel API (/api/kernels) as soon as it "
         "dies, as Jupyter Server does (its WebSockets get status: restarting, then the new kernel). Other "
@@ -192,6 +196,7 @@ class SandboxManager(LoggingConfigurable):
         self.settings = RuntimeSettings(
             caps=OutputCaps(self.max_output_bytes, self.max_execution_output_bytes),
             interrupt_grace=self.interrupt_grace,
+            idle_grace=self.idle_grace,
             connect_timeout=launcher.startup_timeout,
         )
         self._sandboxes: dict[str, Sandbox] = {}

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 class RuntimeSettings:
     caps: OutputCaps = OutputCaps()
     interrupt_grace: float = 10.0
+    idle_grace: float = 10.0
     connect_timeout: float = 60.0
 
 
@@ -92,6 +93,7 @@ class SandboxRuntime:
             caps=self.settings.caps,
             interrupt_grace=self.settings.interrupt_grace,
             late_output=self._late_output(),
+            idle_grace=self.settings.idle_grace,
         )
         self._watcher = asyncio.create_task(self._watch(), name=f"kernel-watch-{self.sandbox_id}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -59,9 +60,26 @@ class SQLiteStore(SQLStore):
     def _connect_here(self) -> sqlite3.Connection:
         """A connection for the calling thread (each thread has its own)."""
         db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
-        db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal(db)
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         return db
+
+    def _use_wal(self, db: sqlite3.Connection) -> None:
+        """Switch ``db`` to WAL, waiting out other processes doing the same (at most the busy timeout).
+
+        SQLite answers "database is locked" at once, without calling the busy handler, when another
+        connection holds the lock a journal mode change needs: replicas (or stores) opening a new
+        database together would fail their start.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.02)
 
     def _open_writer(self) -> None:
         self._db = self._connect_here()

@@ -297,9 +297,20 @@ def op_delete(root, parts, request, out):
     answer(out, ok=True, **found)
 
 
+def drain(data):
+    """Read ``data`` to its end, discarding it.
+
+    A refused upload: the gateway is still sending its frames. Exiting instead would leave them
+    in the engine's pipe to nobody, and the gateway's writes stalling until its timeout.
+    """
+    while data.read(CHUNK):
+        pass
+
+
 def main():
     out = sys.stdout.buffer
     data = sys.stdin.buffer
+    op = None
     try:
         try:
             request = json.loads(data.readline().decode("utf-8"))
@@ -328,6 +339,8 @@ def main():
             raise Refusal("bad_request", "unknown op: %r" % (op,))
     except Refusal as refusal:
         answer(out, ok=False, error=refusal.code, message=refusal.message)
+        if op == "write":
+            drain(data)
         return 2
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -345,6 +358,8 @@ def main():
         else:
             code, message = "io_error", "%s" % (exc.strerror or exc)
         answer(out, ok=False, error=code, message=message)
+        if op == "write":
+            drain(data)
         return 2
     return 0
 

@@ -101,6 +101,24 @@ async def test_a_kernel_ignoring_the_interrupt_is_restarted_after_the_grace(tmp_
         assert fresh["execution_count"] == 1
 
 
+async def test_a_lost_idle_status_ends_the_execution_after_the_grace_and_says_so(tmp_path: Any) -> None:
+    """A kernel's PUB socket drops what a reader does not take in time: without its idle status an
+    execution must not wait for its timeout (300 s), nor claim nothing was lost."""
+    async with InProcessGateway(tmp_path / "data", "--SandboxManager.idle_grace=1") as gateway, \
+            gateway.client() as alice:
+        sid = (await create(alice))["id"]
+        # This request's idle status is never published (nor any status until the next request
+        # puts the method back), as if the kernel's iopub socket had dropped it.
+        silent = ("kernel = get_ipython().kernel\n_publish_status = kernel._publish_status\n"
+                  "kernel._publish_status = lambda *args, **kwargs: None\nprint('ran')")
+        lost = await run(alice, sid, silent, timeout=300)
+        assert lost["status"] == "completed" and lost["stdout"].startswith("ran\n"), lost
+        assert lost["truncated"] is True and "output dropped" in lost["stderr"], lost
+        restored = await run(alice, sid, "kernel._publish_status = _publish_status\n6 * 7")
+        assert restored["result"] == {"text/plain": "42"} and restored["truncated"] is False, restored
+        assert (await run(alice, sid, "print('again')"))["stdout"] == "again\n"
+
+
 async def test_kernel_death_fails_the_execution_and_restart_recovers(
     alice: httpx.AsyncClient, sandbox: dict[str, Any]
 ) -> None:

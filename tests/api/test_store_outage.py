@@ -27,7 +27,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 async def test_a_failing_store_holds_results_refuses_new_work_and_loses_nothing(
         backend: Backend, tmp_path: Path) -> None:
-    args = (*backend.gateway_args(), f"--runtime-dir={tmp_path / 'run'}")
+    args = backend.gateway_args()
     async with InProcessGateway(tmp_path / "data", *args) as gateway, \
             gateway.client("alice") as alice, gateway.client(None) as anonymous:
         sandbox = await create(alice)

@@ -147,9 +147,17 @@ async def test_a_sandbox_stopping_its_tools_stalls_only_itself(gateway: InProces
         assert response.json()["error"]["code"] == "file_operation_timeout"
         assert "did not answer the file operation within 3 s" in response.json()["error"]["message"]
         await until(lambda: paused(alice, sid), lambda n: n == 0, what="the stopped tool killed")
+        # The same while the body is still arriving: the gateway's writes stall, and the client
+        # still gets the answer (once its body is sent), not a dropped connection.
+        stalled_write = await alice.put(f"/api/v1/sandboxes/{sid}/files/stalled-write.bin", content=b"w" * (64 << 20),
+                                        timeout=600)
+        assert stalled_write.status_code == 504, stalled_write.text
+        assert stalled_write.json()["error"]["code"] == "file_operation_timeout"
+        await until(lambda: paused(alice, sid), lambda n: n == 0, what="the stopped tool killed")
         await run(alice, sid, "_stopping.clear()")
         names = [e["name"] for e in (await alice.get(f"/api/v1/sandboxes/{sid}/files")).json()["entries"]]
-        assert "stalled.txt" not in names and "f11.txt" in names
+        assert "stalled.txt" not in names and "stalled-write.bin" not in names and "f11.txt" in names
+        assert not [name for name in names if "upload" in name], names
 
         # Nothing the user planted ever ran, and the tool had none of the user's environment.
         assert not any(name.startswith("ran-fake") for name in names), names
