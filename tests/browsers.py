@@ -51,13 +51,14 @@ class SharedChromium:
 
         def read() -> None:  # (and keep draining: Chromium must never block on a full pipe)
             assert self.process is not None and self.process.stderr is not None
-            for line in self.process.stderr:
-                match = re.search(r"DevTools listening on (ws://\S+)", line)
-                if match and not found.is_set():
-                    self.endpoint = match.group(1)
-                    found.set()
-                elif not found.is_set():
-                    lines.append(line)
+            with self.process.stderr:  # (closed at its end, or a ResourceWarning fails whichever test runs then)
+                for line in self.process.stderr:
+                    match = re.search(r"DevTools listening on (ws://\S+)", line)
+                    if match and not found.is_set():
+                        self.endpoint = match.group(1)
+                        found.set()
+                    elif not found.is_set():
+                        lines.append(line)
 
         threading.Thread(target=read, daemon=True).start()
         if not found.wait(timeout):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import gc
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -119,3 +120,11 @@ async def report_hangs() -> AsyncIterator[None]:
     timer.start()
     yield
     timer.cancel()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage as each test ends, so a ResourceWarning (something left open) is reported
+    for the test that left it, not for whichever test happens to run when the collector does."""
+    yield
+    gc.collect()

@@ -110,7 +110,7 @@ class GatewayProcess:
         self.url = ""
         self.output: list[str] = []
 
-    async def start(self, timeout: float = 60) -> GatewayProcess:
+    async def start(self, timeout: float = 120) -> GatewayProcess:
         self.output = []
         self.process = subprocess.Popen(
             [*self.wrapper, *self.command, f"--ip={self.host}", "--port=0",

@@ -50,6 +50,7 @@ class JupyterProcess:
         home = root.parent / f"{root.name}-home"
         home.mkdir(parents=True, exist_ok=True)
         self.log = home / "jupyter.log"
+        self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", app, "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
              f"--gateway-url={gateway_url}", f"--GatewayClient.auth_token={KEYS[user]}",
@@ -57,7 +58,7 @@ class JupyterProcess:
             env={"JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_CONFIG_DIR": str(home / "config"),
                  "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"),
                  "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "PATH": "/usr/bin:/bin", "HOME": str(home)},
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            stdout=self._log_file, stderr=subprocess.STDOUT,
         )
         self.settings_dir = home / "lab-settings"
 
@@ -78,6 +79,7 @@ class JupyterProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._log_file.close()
 
 
 @contextlib.contextmanager

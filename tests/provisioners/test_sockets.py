@@ -61,9 +61,9 @@ def test_links_reach_the_verified_socket_even_after_its_name_is_swapped(
     assert oct((tmp_path / "sock").stat().st_mode & 0o777) == "0o700"
     (run / "k-1").unlink()
     (run / "k-1").symlink_to(tmp_path / "trap")  # what code in a sandbox would do
-    client = socket.socket(socket.AF_UNIX)
-    client.connect(str(tmp_path / "sock" / "k-1"))
-    assert accepted(servers[0]) and not accepted(trap)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(tmp_path / "sock" / "k-1"))
+        assert accepted(servers[0]) and not accepted(trap)
 
     sockets.detach()
     assert not (tmp_path / "sock" / "k-1").exists()
