@@ -236,7 +236,8 @@ class KubernetesEngine:
         self._task = asyncio.get_running_loop().create_task(self._watch())
         warnings = []
         try:
-            await asyncio.wait_for(self._listed.wait(), 10.0)
+            async with asyncio.timeout(10.0):  # (wait_for can swallow a cancellation)
+                await self._listed.wait()
         except TimeoutError:
             warnings.append("the pod watch is not connected: pod starts and deaths are noticed late")
         log.info("kubernetes engine ready (namespace %s, instance %s, image %s)",

@@ -288,8 +288,8 @@ class KernelLauncher(LoggingConfigurable):
             raise SandboxNotRunning(f"sandbox {sandbox.id} runs on {self.resolved!r}, where contexts cannot run")
         km = self._kernel_manager(sandbox.runtime_id, context_id, kernel_name)
         try:
-            await asyncio.wait_for(km.start_kernel(kernel_id=context_id, **self._launch_kwargs(sandbox)),
-                                   self.startup_timeout)
+            async with asyncio.timeout(self.startup_timeout):  # (wait_for can swallow a cancellation)
+                await km.start_kernel(kernel_id=context_id, **self._launch_kwargs(sandbox))
         except BaseException:
             await self.dispose(km)
             raise
