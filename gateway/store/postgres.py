@@ -40,7 +40,8 @@ RECORD_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
                  TypeError, ValueError, OverflowError)
 #: Errors that mean the server cannot be reached or cannot answer right now.
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-               asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
+               asyncpg.InternalClientError, asyncpg.exceptions.OperatorInterventionError,
+               asyncpg.exceptions.InsufficientResourcesError)
 #: Advisory lock keys: one for migrations, and the namespace of the per-owner quota locks.
 MIGRATIONS_LOCK = 0x636F6465  # "code"
 OWNER_LOCKS = 0x6F776E72  # "ownr"
@@ -160,7 +161,12 @@ class PostgresStore(SQLStore):
         return await asyncio.get_running_loop().run_in_executor(self._codec, _decode_all, texts)
 
     def _describe_failure(self, exc: BaseException) -> str:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        described = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, asyncpg.InternalClientError):
+            # asyncpg's protocol state after the server went away mid-operation ("cannot switch to
+            # state 15; another operation is in progress"): name what happened.
+            return f"the connection to the server broke during an operation ({described})"
+        return described
 
 
 async def _apply(conn: PoolConnectionProxy[Any], statements: list[Statement]) -> int:
