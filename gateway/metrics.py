@@ -41,7 +41,8 @@ class GatewayMetrics:
         )
         self.kernel_messages_dropped = Counter(
             "code_gateway_kernel_messages_dropped",
-            "Kernel messages dropped unread: malformed, or not signed with the sandbox's key", ["reason"],
+            "Kernel messages dropped unread: malformed, not signed with the sandbox's key, or output "
+            "arriving faster than the gateway handles it (outran_gateway; its execution says so in a note)", ["reason"],
             registry=self.registry,
         )
         self.requests = Histogram(

@@ -44,6 +44,27 @@ class ConnectTimeout(Exception):
     """The kernel did not answer ``kernel_info`` on both shell and iopub in time."""
 
 
+#: Run in the kernel once it answers: its iopub send queue unbounded (ipykernel leaves ZMQ's default,
+#: 1000 messages, past which its PUB socket drops output without telling anyone). The gateway's own
+#: receive queue is bounded (``KernelLauncher.receive_hwm``), so what the gateway has not read yet
+#: waits here, in the sandbox's memory and under its limit, and nothing is lost on the way. Set in
+#: the iopub thread, the only one that may touch that socket; ZMQ applies it to connected peers too.
+UNBOUNDED_IOPUB_QUEUE = """
+def _gateway_iopub_queue():
+    import threading, zmq
+    thread = get_ipython().kernel.iopub_thread
+    done = threading.Event()
+    def unbound():
+        thread.socket.setsockopt(zmq.SNDHWM, 0)
+        done.set()
+    thread.schedule(unbound)
+    if not done.wait(10):
+        raise RuntimeError("the iopub thread did not answer")
+_gateway_iopub_queue()
+del _gateway_iopub_queue
+"""
+
+
 class KernelConnection:
     def __init__(self, client: AsyncKernelClient, gate: MessageGate,
                  on_iopub: Callable[[Message], None] | None = None) -> None:
@@ -89,8 +110,16 @@ class KernelConnection:
                     else:
                         got_iopub = True
                 if got_shell and got_iopub:
+                    await self._unbound_iopub_queue(deadline - loop.time())
                     return
         raise ConnectTimeout(f"kernel of sandbox {self.sandbox_id} did not answer within {timeout:g} s")
+
+    async def _unbound_iopub_queue(self, timeout: float) -> None:
+        try:
+            await self.run_silent(UNBOUNDED_IOPUB_QUEUE, timeout=max(timeout, 1.0))
+        except (RuntimeError, TimeoutError) as exc:  # not an ipykernel we know: it still runs, at its default
+            log.warning("sandbox %s: the kernel's iopub send queue stays at ZMQ's default (%s): "
+                        "under a flood it may drop output", self.sandbox_id, exc)
 
     def send(self, msg_type: str, content: dict[str, Any]) -> str:
         """Send a shell request; its ``msg_id``.
@@ -139,7 +168,7 @@ class KernelConnection:
         """
         if self._gone is not None:
             raise self._gone
-        replies = Replies(max_bytes)
+        replies = Replies(max_bytes, on_drop=self.gate.outran)
         self._waiting[msg_id] = replies
         try:
             yield replies

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 #: Why a message was dropped (the ``reason`` label of the dropped-messages counter).
 MALFORMED = "malformed"
 BAD_SIGNATURE = "bad_signature"
+#: Output that arrived while more than its request's bound waited to be handled (see ``Replies``).
+OUTRAN = "outran_gateway"
 
 
 class BadMessage(ValueError):
@@ -139,6 +141,11 @@ class MessageGate:
         except BadMessage as bad:
             self.drop(channel, bad)
             return None
+
+    def outran(self) -> None:
+        """Count an output message dropped for arriving too fast (its execution notes it; not logged)."""
+        if self.dropped is not None:
+            self.dropped.labels(reason=OUTRAN).inc()
 
     def drop(self, channel: str, bad: BadMessage) -> None:
         """Count a message that failed a check (also for checks made after ``admit``, on content)."""

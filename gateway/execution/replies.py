@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Any
 
 from gateway.execution.messages import Message
@@ -26,8 +27,10 @@ DROPPABLE = frozenset({"stream", "display_data", "update_display_data", "execute
 
 
 class Replies:
-    def __init__(self, max_bytes: int | None = None) -> None:
+    def __init__(self, max_bytes: int | None = None, on_drop: Callable[[], None] | None = None) -> None:
         self.max_bytes = max_bytes
+        #: Called for each message dropped (the gateway counts them in /metrics).
+        self.on_drop = on_drop
         #: Bytes of the messages waiting to be taken.
         self.pending_bytes = 0
         #: Output messages dropped so far.
@@ -64,6 +67,8 @@ class Replies:
                 waiting.msg, waiting.size = msg, size
                 return
         self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop()
         if not self._dropping:
             self._dropping = True
             self._put(_Item("dropped", None, 0))

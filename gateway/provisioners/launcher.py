@@ -33,7 +33,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKerne
 from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
-from traitlets import Bool, CaselessStrEnum, Float, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 from traitlets.utils.importstring import import_item
 
@@ -136,6 +136,10 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
 
     def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket[Any]:
         socket: zmq.Socket[Any] = super()._create_connected_socket(channel, identity=identity)
+        # Not bounded like the gateway's own sockets (KernelLauncher.receive_hwm): pyzmq's ZMQStream,
+        # which jupyter_server reads them with, was seen to stop reading for good once a bounded
+        # queue had filled (a flood of 10,000 messages from a local ipykernel 7 kernel).
+        socket.setsockopt(zmq.RCVHWM, 0)
         self.connected.add(socket, self, channel)
         return socket
 
@@ -171,6 +175,11 @@ class KernelLauncher(LoggingConfigurable):
     kernels_dir = Unicode(help="Directory holding the sandbox kernelspec and IPython profile.").tag(config=True)
     kernel_name = Unicode("python3", help="Kernelspec (under kernels_dir) that sandboxes run.").tag(config=True)
     startup_timeout = Float(60.0, help="Seconds a new kernel may take to answer.").tag(config=True)
+    receive_hwm = Int(
+        16, help="Messages each of the gateway's own kernel sockets receives ahead of reading them (ZMQ's "
+        "receive high-water mark; 0: no bound). Past it the kernel's send queue holds the rest, in the "
+        "sandbox's memory: the gateway makes that queue unbounded (KernelConnection.open), so nothing is lost.",
+    ).tag(config=True)
 
     @default("kernels_dir")
     def _kernels_dir_default(self) -> str:
@@ -181,10 +190,12 @@ class KernelLauncher(LoggingConfigurable):
         self.runtime_dir = Path(runtime_dir)
         self.metrics = metrics or GatewayMetrics()
         self.context = zmq.asyncio.Context.instance()
-        # No receive high-water mark: with the default (1000 messages) a kernel printing faster
-        # than we read would have its iopub messages silently dropped. Output is capped per
-        # execution instead, after it is read.
-        self.context.setsockopt(zmq.RCVHWM, 0)
+        # A bounded receive queue, so a kernel publishing faster than the gateway reads (a flood
+        # at full speed, a loop starved of CPU) holds no more than this many messages in the
+        # gateway: past it ZMQ stops reading the kernel's socket, and the backlog waits in the
+        # kernel's send queue, in the sandbox's memory, which KernelConnection.open unbounds
+        # (with ipykernel's default of 1000 the kernel's PUB socket would drop the rest silently).
+        self.context.setsockopt(zmq.RCVHWM, self.receive_hwm)
         #: Problems an operator should see in /health (e.g. falling back to local).
         self.warnings: list[str] = []
         self.resolved = "local"

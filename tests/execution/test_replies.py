@@ -26,14 +26,15 @@ async def drain(replies: Replies, count: int) -> list[tuple[str, Any]]:
 
 async def test_output_past_the_bound_is_dropped_and_said_once_but_status_and_replies_pass() -> None:
     chunk = message("stream", name="stdout", text="x" * 1000)
-    replies = Replies(max_bytes=3 * size_of(chunk))
+    counted: list[None] = []
+    replies = Replies(max_bytes=3 * size_of(chunk), on_drop=lambda: counted.append(None))
     for _ in range(10):
         replies.offer("iopub", chunk)
     replies.offer("iopub", message("status", execution_state="idle"))
     replies.offer("shell", message("execute_reply", status="ok"))
     got = await drain(replies, 3 + 1 + 2)
     assert [c for c, _ in got] == ["iopub", "iopub", "iopub", "dropped", "iopub", "shell"]
-    assert replies.dropped == 7 and replies.pending_bytes == 0
+    assert replies.dropped == 7 == len(counted) and replies.pending_bytes == 0
     # Room again: output is taken again, and a new run of drops is said again.
     for _ in range(4):
         replies.offer("iopub", chunk)
