@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import types
 from asyncio import Future
 from typing import Any
 
@@ -34,6 +35,8 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from tornado.websocket import WebSocketClosedError
 from traitlets import Bool, default
+import zmq
+from zmq.eventloop.zmqstream import ZMQStream
 
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
@@ -112,6 +115,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         for channel in ("iopub", "shell", "control", "stdin"):
             stream = getattr(self.kernel_manager, "connect_" + channel)(identity=identity)
             stream.channel = channel
+            drain_each_wakeup(stream)
             self.channels[channel] = stream
 
     def nudge(self) -> asyncio.Future[None]:
@@ -266,3 +270,26 @@ def jupyter_settings(keyring: KeyRing, sandboxes: SandboxManager) -> dict[str, A
         "allow_remote_access": True,
     }
 
+
+def drain_each_wakeup(stream: ZMQStream) -> None:
+    """Make ``stream`` read every message waiting when it wakes up (at most ``DRAIN_BATCH``), not one.
+
+    pyzmq's ZMQStream reads one message per wake-up of ZMQ's edge-triggered descriptor. With the
+    bounded receive queue (``KernelLauncher.receive_hwm``) it was seen to stop for good once the
+    queue had filled under a flood (messages left unread, the descriptor silent), so Jupyter clients
+    stopped getting output; reading until ZMQ says nothing is left, as ``SocketReader`` does, keeps it
+    going. ``_handle_recv`` is ZMQStream's own hook for a readable socket; the rest of it is unchanged.
+    """
+    def handle_recv(self: ZMQStream) -> None:
+        for _ in range(DRAIN_BATCH):
+            if self._flushed or self.socket is None or not int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            message = self.socket.recv_multipart(zmq.NOBLOCK, copy=self._recv_copy)
+            if self._recv_callback is not None:
+                self._run_callback(self._recv_callback, message)
+
+    stream._handle_recv = types.MethodType(handle_recv, stream)  # type: ignore[method-assign]
+
+
+#: Messages a Jupyter channel stream reads per wake-up (then other callbacks run; it goes on after).
+DRAIN_BATCH = 256

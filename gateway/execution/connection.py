@@ -146,17 +146,24 @@ class KernelConnection:
         Returns the values of ``expressions`` (Jupyter's ``user_expressions``), evaluated after the code.
         """
         msg_id = self.execute(code, silent=True, expressions=expressions)
+        reply: dict[str, Any] | None = None
+        idle = False
         with self.request(msg_id) as replies:
             async with asyncio.timeout(timeout):
-                while True:
+                # Until its idle status too: arriving after the reply (another socket), it would
+                # make the kernel look busy again (to jupyter_server's nudge, say) once this returned.
+                while reply is None or not idle:
                     channel, msg = await replies.get()
                     if channel == "gone":
                         raise msg
                     if channel == "shell":
-                        break
-        if msg["content"].get("status") != "ok":
-            raise RuntimeError(f"setup code failed in sandbox {self.sandbox_id}: {msg['content'].get('evalue')}")
-        return dict(msg["content"].get("user_expressions") or {})
+                        reply = msg
+                    elif channel == "iopub" and msg["header"]["msg_type"] == "status":
+                        idle = msg["content"].get("execution_state") == "idle"
+        assert reply is not None
+        if reply["content"].get("status") != "ok":
+            raise RuntimeError(f"setup code failed in sandbox {self.sandbox_id}: {reply['content'].get('evalue')}")
+        return dict(reply["content"].get("user_expressions") or {})
 
     @contextlib.contextmanager
     def request(self, msg_id: str, *, max_bytes: int | None = None) -> Iterator[Replies]:

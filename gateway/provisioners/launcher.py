@@ -136,10 +136,6 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
 
     def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket[Any]:
         socket: zmq.Socket[Any] = super()._create_connected_socket(channel, identity=identity)
-        # Not bounded like the gateway's own sockets (KernelLauncher.receive_hwm): pyzmq's ZMQStream,
-        # which jupyter_server reads them with, was seen to stop reading for good once a bounded
-        # queue had filled (a flood of 10,000 messages from a local ipykernel 7 kernel).
-        socket.setsockopt(zmq.RCVHWM, 0)
         self.connected.add(socket, self, channel)
         return socket
 
@@ -176,7 +172,7 @@ class KernelLauncher(LoggingConfigurable):
     kernel_name = Unicode("python3", help="Kernelspec (under kernels_dir) that sandboxes run.").tag(config=True)
     startup_timeout = Float(60.0, help="Seconds a new kernel may take to answer.").tag(config=True)
     receive_hwm = Int(
-        16, help="Messages each of the gateway's own kernel sockets receives ahead of reading them (ZMQ's "
+        16, help="Messages each of the gateway's kernel sockets (its own and jupyter_server's) receives ahead of reading them (ZMQ's "
         "receive high-water mark; 0: no bound). Past it the kernel's send queue holds the rest, in the "
         "sandbox's memory: the gateway makes that queue unbounded (KernelConnection.open), so nothing is lost.",
     ).tag(config=True)
