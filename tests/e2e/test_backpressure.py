@@ -180,6 +180,7 @@ async def test_a_jupyter_client_that_never_reads_is_cut_off_at_the_send_buffer(g
         await stalled.send_text(json.dumps(execute_request(JUPYTER_FLOOD)))
         await until(lambda: slow_clients(alice, "jupyter_channels"), lambda n: n == 1, timeout=120,
                     what="the stalled Jupyter client to be cut off")
+        stalled.unstall()
         code, reason = close_frame(await stalled.read_all()) or (None, "")
         stalled.close()
         assert code == 1008 and "too slow" in reason
