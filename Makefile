@@ -43,16 +43,21 @@ postgres:
 compose:
 	bash deploy/host/ensure-compose.sh
 
-# What the tests need besides the venv, one after another (they share apt's lock).
+# What the tests need besides the venv, one after another (they share apt's lock); never the venv
+# itself, which `setup` builds alongside (two makes building one venv break it).
 system:
-	@$(MAKE) --no-print-directory images ENGINE_ARGS="$(ENGINE_ARGS)"
+	@$(MAKE) --no-print-directory engine ENGINE_ARGS="$(ENGINE_ARGS)"
+	bash images/build.sh
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory postgres
 	@$(MAKE) --no-print-directory compose
 
 # The venv (pip) alongside the system parts: on a fresh machine both mostly wait on downloads.
+# Then the images that need the venv (the full image's wheels come through its pip; the python
+# image is built already, so its build only finds it up to date).
 setup:
 	@$(MAKE) --no-print-directory -j2 venv system ENGINE_ARGS="$(ENGINE_ARGS)"
+	@$(MAKE) --no-print-directory images ENGINE_ARGS="$(ENGINE_ARGS)"
 
 run: venv
 	@bash deploy/host/ensure-docker.sh && bash images/build.sh \
