@@ -232,6 +232,15 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
 
     async def get(self, kernel_id: str) -> None:
         check_websocket(self, self.allow_origins)
+        context = await self.sandboxes.find_context(kernel_id, self.current_user.username)
+        if context is not None:  # one of the sandbox's other kernels (the same checks, its own key)
+            if context.failed:
+                raise SandboxNotRunning(f"the kernel of context {kernel_id} is dead ({context.failed}): "
+                                        f"restart it (POST /api/kernels/{kernel_id}/restart)")
+            if kernel_id not in self.kernel_manager:
+                raise SandboxNotFound(kernel_id)
+            await super().get(kernel_id)  # type: ignore[no-untyped-call]
+            return
         sandbox = await self.sandboxes.get(kernel_id, self.current_user.username)
         if sandbox.status == SandboxStatus.PAUSED:  # connecting resumes it (or is 409 without auto_resume)
             sandbox = await self.sandboxes.ready(kernel_id, self.current_user.username)

@@ -1,4 +1,4 @@
-"""The Jupyter Server kernel API, as Jupyter Kernel Gateway serves it: each kernel is a sandbox.
+"""The Jupyter Server kernel API, as Jupyter Kernel Gateway serves it: each kernel is a sandbox's.
 
     jupyter lab --gateway-url=http://127.0.0.1:8888 --GatewayClient.auth_token=KEY
 
@@ -8,6 +8,11 @@ WebSocket is in ``gateway.api.channels``. A kernel belongs to the key that start
 the same limits, auth (``Authorization: token KEY`` as Jupyter clients send it, or Bearer) and
 history as any sandbox: code run from a notebook shows up in the sandbox's executions only if
 it went through our REST/stream API, while the Jupyter WebSocket talks to the kernel directly.
+
+A kernel is a sandbox's own (python3: its id is the sandbox's) or one of its contexts (its id
+is the context's). ``POST /api/kernels {"name": "bash"}`` (any other kernelspec) starts a
+sandbox on the image with every language and that context in it; deleting the kernel deletes
+that sandbox. Contexts made through our API (``/api/v1/sandboxes/{id}/contexts``) are kernels too.
 """
 
 from __future__ import annotations
@@ -22,18 +27,22 @@ from gateway.api.base import APIHandler
 from gateway.api.schemas import CREATE_SANDBOX
 from gateway.errors import NotFound, SandboxNotFound
 from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.contexts import KERNELSPEC_LANGUAGES, LANGUAGES, Context, full_image
 from gateway.sandboxes.manager import STARTED_BY_JUPYTER, SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
 
 START_KERNEL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "description": "the kernelspec (there is one)"},
+        "name": {"type": "string", "description": "the kernelspec (python3, bash, ir, deno; default python3)"},
         "path": {"type": ["string", "null"], "description": "ignored: a path on the client's host"},
         "env": CREATE_SANDBOX["properties"]["env"],
     },
 }
 START_KERNEL = Draft202012Validator(START_KERNEL_SCHEMA)
+
+#: ``metadata`` key of a sandbox started for a context's kernel: the kernelspec (its own kernel is not listed).
+STARTED_FOR = "kernelspec"
 
 #: Set by jupyter_server's gateway client to paths on *its* host; meaningless inside a sandbox.
 HOST_SPECIFIC_ENV = {"KERNEL_WORKING_DIR"}
@@ -63,6 +72,16 @@ class JupyterHandler(APIHandler):
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED):
             raise SandboxNotFound(kernel_id)
         return sandbox
+
+    def context_model(self, context: Context) -> dict[str, Any]:
+        km = context.runtime.km
+        return {
+            "id": context.id,
+            "name": LANGUAGES[context.language],
+            "last_activity": jupyter_time(km.last_activity),
+            "execution_state": "dead" if context.failed else km.execution_state,
+            "connections": self.sandboxes.kernels.connections(context.id),
+        }
 
     def kernel_model(self, sandbox: Sandbox) -> dict[str, Any]:
         km = self.sandboxes.kernel_of(sandbox.id)
@@ -107,36 +126,74 @@ class KernelsHandler(JupyterHandler):
         sandboxes = await self.sandboxes.list_sandboxes(  # a paused kernel is listed: connecting resumes it
             self.user, statuses=[str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED), str(SandboxStatus.PAUSED)]
         )
-        self.write_json([self.kernel_model(s) for s in sandboxes])
+        models = []
+        for sandbox in sandboxes:
+            if STARTED_FOR not in sandbox.metadata:
+                models.append(self.kernel_model(sandbox))
+            models += [self.context_model(c) for c in self.sandboxes.contexts.of(sandbox.id)]
+        self.write_json(models)
 
     async def post(self) -> None:
         body = self.json_body(START_KERNEL, allow_empty=True)
         name = body.get("name") or self.launcher.kernel_name
-        if name != self.launcher.kernel_name:
-            raise NotFound(f"no kernelspec named {name!r}")
+        startable = [n for n in self.launcher.kernel_names() if n == self.launcher.kernel_name or n in KERNELSPEC_LANGUAGES]
+        if name not in startable:
+            raise NotFound(f"no kernelspec named {name!r}: the kernelspecs are {', '.join(startable)}")
         env = {k: v for k, v in (body.get("env") or {}).items() if k not in HOST_SPECIFIC_ENV}
-        sandbox = await self.sandboxes.create(self.user, env=env, metadata={"started_by": STARTED_BY_JUPYTER})
-        self.set_header("Location", f"/api/kernels/{sandbox.id}")
-        self.write_json(self.kernel_model(sandbox), status=201)
+        if name == self.launcher.kernel_name:
+            sandbox = await self.sandboxes.create(self.user, env=env, metadata={"started_by": STARTED_BY_JUPYTER})
+            self.set_header("Location", f"/api/kernels/{sandbox.id}")
+            self.write_json(self.kernel_model(sandbox), status=201)
+            return
+        # Another language: a context in a sandbox of its own, which goes when the context does
+        # (idle, it is terminated: a pause would not keep the context).
+        sandbox = await self.sandboxes.create(self.user, env=env, image=full_image(), on_idle="terminate",
+                                              metadata={"started_by": STARTED_BY_JUPYTER, STARTED_FOR: name})
+        try:
+            made = await self.sandboxes.create_context(sandbox.id, self.user, KERNELSPEC_LANGUAGES[name])
+        except BaseException:
+            await self.sandboxes.terminate(sandbox.id, self.user)
+            raise
+        self.set_header("Location", f"/api/kernels/{made['id']}")
+        self.write_json(self.context_model(self.sandboxes.contexts.get(sandbox.id, made["id"])), status=201)
 
 
 class KernelHandler(JupyterHandler):
     async def get(self, kernel_id: str) -> None:
+        context = await self.sandboxes.find_context(kernel_id, self.user)
+        if context is not None:
+            self.write_json(self.context_model(context))
+            return
         self.write_json(self.kernel_model(await self.live_sandbox(kernel_id)))
 
     async def delete(self, kernel_id: str) -> None:
-        await self.live_sandbox(kernel_id)
-        await self.sandboxes.terminate(kernel_id, self.user)
+        context = await self.sandboxes.find_context(kernel_id, self.user)
+        if context is None:
+            await self.live_sandbox(kernel_id)
+            await self.sandboxes.terminate(kernel_id, self.user)
+        elif STARTED_FOR in (await self.sandboxes.get(context.sandbox_id, self.user)).metadata:
+            await self.sandboxes.terminate(context.sandbox_id, self.user)  # started for this kernel
+        else:
+            await self.sandboxes.remove_context(context.sandbox_id, self.user, kernel_id)
         self.set_status(204)
         self.finish()
 
 
 class KernelActionHandler(JupyterHandler):
     async def post(self, kernel_id: str, action: str) -> None:
-        await self.live_sandbox(kernel_id)
+        context = await self.sandboxes.find_context(kernel_id, self.user)
+        if context is None:
+            await self.live_sandbox(kernel_id)
         if action == "interrupt":
-            await self.sandboxes.interrupt(kernel_id, self.user)
+            if context is None:
+                await self.sandboxes.interrupt(kernel_id, self.user)
+            else:
+                await self.sandboxes.interrupt_context(context.sandbox_id, self.user, kernel_id)
             self.set_status(204)
             self.finish()
             return
-        self.write_json(self.kernel_model(await self.sandboxes.restart(kernel_id, self.user)))
+        if context is None:
+            self.write_json(self.kernel_model(await self.sandboxes.restart(kernel_id, self.user)))
+            return
+        await self.sandboxes.restart_context(context.sandbox_id, self.user, kernel_id)
+        self.write_json(self.context_model(context))

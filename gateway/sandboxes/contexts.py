@@ -24,7 +24,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import NoSuchKernel
 
-from gateway import timestamps
+from gateway import __version__, timestamps
 from gateway.errors import GatewayError, InvalidRequest, NotFound, SandboxStartFailed
 from gateway.execution.connection import KernelGone
 from gateway.provisioners.base import KernelExitedAtStart
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Languages (as E2B names them) -> the kernelspec (in ``kernels/``) that runs them.
 LANGUAGES = {"python": "python3", "bash": "bash", "r": "ir", "javascript": "deno", "typescript": "deno"}
+#: Kernelspec names -> the language a Jupyter client starting one gets (``deno``: typescript, a superset of JavaScript).
+KERNELSPEC_LANGUAGES = {spec: language for language, spec in LANGUAGES.items()}
 #: Other names of languages, as E2B accepts them.
 ALIASES = {"js": "javascript", "ts": "typescript", "py": "python", "python3": "python", "sh": "bash"}
 #: Most contexts one sandbox may hold besides its own kernel.
@@ -68,6 +70,11 @@ def chdir_code(language: str, path: str) -> str:
 
 def shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def full_image() -> str:
+    """The image with every language's kernel (images/full)."""
+    return f"code-gateway/full:{__version__}"
 
 
 #: Where the languages are.
@@ -144,6 +151,10 @@ class SandboxContexts:
         if context is None:
             raise ContextNotFound(sandbox_id, context_id)
         return context
+
+    def find(self, context_id: str) -> Context | None:
+        """The context with this id, in whichever sandbox (a Jupyter client knows only the id)."""
+        return next((found for contexts in self._contexts.values() if (found := contexts.get(context_id))), None)
 
     def by_language(self, sandbox_id: str, language: str) -> Context | None:
         """The oldest context of ``language`` (what ``"language"`` on an execution runs in)."""

@@ -685,9 +685,14 @@ class SandboxManager(LoggingConfigurable):
         runtime = self._runtimes.get(sandbox_id)
         if runtime is not None and runtime.busy:
             return True
-        if self._sockets[sandbox_id] > 0 or self.kernels.connections(sandbox_id) > 0:
+        if self._sockets[sandbox_id] > 0 or self.jupyter_connections(sandbox_id) > 0:
             return True
         return any(r.execution.sandbox_id == sandbox_id for r in self._running.values())
+
+    def jupyter_connections(self, sandbox_id: str) -> int:
+        """Jupyter channels sockets open to the sandbox's kernels: its own and its contexts'."""
+        return self.kernels.connections(sandbox_id) + sum(self.kernels.connections(c.id)
+                                                          for c in self.contexts.of(sandbox_id))
 
     def socket_opened(self, sandbox_id: str) -> None:
         """A /stream WebSocket on the sandbox opened: it is active until ``socket_closed``."""
@@ -855,7 +860,7 @@ class SandboxManager(LoggingConfigurable):
             raise SandboxNotRunning("this gateway has no place to keep paused sandboxes")
         if runtime.busy or any(r.execution.sandbox_id == sandbox.id for r in self._running.values()):
             raise SandboxBusy(f"sandbox {sandbox.id} is running code: interrupt it or wait for it, then pause")
-        if self.kernels.connections(sandbox.id):
+        if self.jupyter_connections(sandbox.id):
             # Its channels would stay open to a kernel that is gone, silent: the client must go first
             # (connecting again later resumes the sandbox).
             raise SandboxBusy(f"a Jupyter client is connected to sandbox {sandbox.id}'s kernel: "
@@ -1073,11 +1078,34 @@ class SandboxManager(LoggingConfigurable):
 
     async def _start_context(self, sandbox: Sandbox, language: str, cwd: str) -> Context:
         context = await self.contexts.create(sandbox, language, cwd, on_exit=self._context_exited)
+        self.kernels.add(context.id, context.runtime.km)  # a Jupyter kernel too: its id is the context's
         sandbox.touch()
         return context
 
     def _context_exited(self, context: Context, reason: str) -> None:
         log.warning("sandbox %s: the kernel of context %s is gone (%s)", context.sandbox_id, context.id, reason)
+        self.kernels.announce(context.id, "dead")  # (no automatic restart: its owner restarts it)
+
+    async def find_context(self, context_id: str, user: str) -> Context | None:
+        """The context with this id in one of ``user``'s sandboxes, or None (a Jupyter kernel id may be either)."""
+        context = self.contexts.find(context_id)
+        if context is None:
+            return None
+        try:
+            await self.get(context.sandbox_id, user)
+        except SandboxNotFound:
+            return None  # someone else's: as if there were none
+        return context
+
+    async def interrupt_context(self, sandbox_id: str, user: str, context_id: str) -> None:
+        """Interrupt what runs in a context (the default one: the sandbox's ``interrupt``)."""
+        if context_id == sandbox_id:
+            await self.interrupt(sandbox_id, user)
+            return
+        sandbox, _ = await self._runtime(sandbox_id, user, wake=False, settle=False)
+        context = self.contexts.get(sandbox_id, context_id)
+        sandbox.touch()
+        await context.runtime.interrupt()
 
     async def list_contexts(self, sandbox_id: str, user: str) -> list[dict[str, Any]]:
         """The sandbox's default context (its own kernel) and the others, oldest first."""
@@ -1104,11 +1132,15 @@ class SandboxManager(LoggingConfigurable):
         await self.get(sandbox_id, user)
         if context_id == sandbox_id:
             raise DefaultContext("the default context is the sandbox's own kernel: delete the sandbox instead")
-        await self.contexts.remove(self.contexts.get(sandbox_id, context_id))
+        context = self.contexts.get(sandbox_id, context_id)
+        self.kernels.remove(context.id)
+        await self.contexts.remove(context)
 
     async def _close_contexts(self, sandbox: Sandbox, reason: str = "terminated") -> None:
         """End the sandbox's contexts: it stops running (a pause reports them among what it lost)."""
         self._context_starts.pop(sandbox.id, None)
+        for context in self.contexts.of(sandbox.id):
+            self.kernels.remove(context.id)
         await self.contexts.close_all(sandbox.id, reason)
 
     def _check_queue(self, sandbox_id: str) -> None:

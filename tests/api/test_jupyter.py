@@ -95,7 +95,8 @@ async def test_kernel_env_from_the_client(gateway: InProcessGateway) -> None:
 
 async def test_bad_kernel_requests(gateway: InProcessGateway, kernel: dict[str, Any]) -> None:
     async with gateway.client(None) as client:
-        assert_error(await client.post("/api/kernels", json={"name": "julia"}, headers=TOKEN), 404, "not_found")
+        assert_error(await client.post("/api/kernels", json={"name": "julia"}, headers=TOKEN), 404, "not_found",
+                     "no kernelspec named 'julia': the kernelspecs are bash, deno, ir, python3")
         assert_error(await client.post("/api/kernels", content=b"{", headers=TOKEN), 400, "invalid_json")
         assert_error(await client.post("/api/kernels", json={"env": {"A": 1}}, headers=TOKEN), 400, "invalid_request")
         assert_error(await client.post("/api/kernels", json={}), 401, "unauthorized")
@@ -103,6 +104,22 @@ async def test_bad_kernel_requests(gateway: InProcessGateway, kernel: dict[str, 
         assert_error(await client.get(f"/api/kernels/{kernel['id']}", headers=bob), 404, "sandbox_not_found")
         assert_error(await client.delete(f"/api/kernels/{kernel['id']}", headers=bob), 404, "sandbox_not_found")
         assert (await client.get("/api/kernels", headers=bob)).json() == []
+
+
+async def test_a_bash_kernel_is_a_context_in_a_sandbox_of_its_own(gateway: InProcessGateway) -> None:
+    async with gateway.client(None) as client:
+        kernel = (await client.post("/api/kernels", json={"name": "bash"}, headers=TOKEN)).json()
+        assert kernel["name"] == "bash" and kernel["execution_state"] == "idle"
+        async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+            request = execute_request("echo hi $((6 * 7))")  # (bash syntax)
+            await socket.send(json.dumps(request))
+            got = await replies_to(socket, request["header"]["msg_id"])
+        assert [m["content"]["text"] for m in got if m["msg_type"] == "stream"] == ["hi 42\n"]
+        assert [k["id"] for k in (await client.get("/api/kernels", headers=TOKEN)).json()] == [kernel["id"]]
+        assert (await client.delete(f"/api/kernels/{kernel['id']}", headers=TOKEN)).status_code == 204
+        sandboxes = (await client.get("/api/v1/sandboxes", headers=TOKEN)).json()["sandboxes"]
+        assert [(s["metadata"], s["status"]) for s in sandboxes] == [
+            ({"started_by": "jupyter", "kernelspec": "bash"}, "terminated")]
 
 
 async def test_channels_default_json_protocol(gateway: InProcessGateway, kernel: dict[str, Any]) -> None:

@@ -20,13 +20,8 @@ from typing import Any
 from traitlets import Dict, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from gateway import __version__
 from gateway.errors import NotFound
-
-
-def full_image() -> str:
-    """The image with every language's kernel (images/full)."""
-    return f"code-gateway/full:{__version__}"
+from gateway.sandboxes.contexts import full_image
 
 
 class TemplateNotFound(NotFound):
