@@ -227,6 +227,23 @@ async def test_a_dying_sandbox_kernel_says_dead(gateway: InProcessGateway, sandb
     await refused_as_dead(gateway, sandbox["id"])
 
 
+async def test_a_dying_context_kernel_says_dead_until_restarted(gateway: InProcessGateway,
+                                                               sandbox: dict[str, Any]) -> None:
+    async with gateway.client(None) as client:
+        context = (await client.post(f"/api/v1/sandboxes/{sandbox['id']}/contexts", json={}, headers=TOKEN)).json()
+        async with websockets.connect(channels_url(gateway, context["id"]), additional_headers=TOKEN) as socket:
+            await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
+            assert "restarting" not in await statuses_until(socket, "dead")
+        assert (await client.get(f"/api/kernels/{context['id']}", headers=TOKEN)).json()["execution_state"] == "dead"
+        await refused_as_dead(gateway, context["id"])
+        restarted = await client.post(f"/api/kernels/{context['id']}/restart", json={}, headers=TOKEN)
+        assert restarted.status_code == 200 and restarted.json()["execution_state"] != "dead", restarted.text
+        async with websockets.connect(channels_url(gateway, context["id"]), additional_headers=TOKEN) as socket:
+            assert await results_once_answered(socket, "6 * 7") == ["42"]
+        # The sandbox's own kernel never noticed.
+        assert (await client.get(f"/api/v1/sandboxes/{sandbox['id']}", headers=TOKEN)).json()["status"] == "running"
+
+
 async def refused_as_dead(gateway: InProcessGateway, kernel_id: str) -> None:
     """A socket to a dead kernel is refused at once: 409 (jupyter_server waits 60 s, then answers 500)."""
     with pytest.raises(websockets.InvalidStatus) as refused:
