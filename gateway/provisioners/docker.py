@@ -139,8 +139,10 @@ class DockerEngine:
     def __init__(self, *, base_url: str, instance_id: str, image: str, pool_size: int = 32,
                  threads: int = 16, kernel_network: KernelNetwork | None = None,
                  docker_runtimes: dict[str, str] | None = None,
-                 scratch_dir: str | os.PathLike[str] | None = None) -> None:
+                 scratch_dir: str | os.PathLike[str] | None = None, runsc: str = "runsc") -> None:
         self.base_url = base_url
+        #: The runsc program, for what runs inside gVisor sandboxes (``gateway.provisioners.runsc``).
+        self.runsc = runsc
         self.instance_id = instance_id
         self.image = image
         #: Isolation -> the name of its Docker runtime on this engine.
@@ -174,6 +176,7 @@ class DockerEngine:
             kernel_network=network,
             docker_runtimes={RUNC: settings.runc_runtime, GVISOR: settings.gvisor_runtime},
             scratch_dir=runtime_dir,
+            runsc=settings.runsc_command,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -538,6 +541,10 @@ class DockerProvisioner(KernelProvisionerBase):
     gvisor_runtime = Unicode(
         "runsc", help="The Docker runtime of sandboxes with isolation gvisor: runsc registered with "
         "--platform=ptrace --network=none --host-uds=all (deploy/host/ensure-docker.sh --runsc does it)."
+    ).tag(config=True)
+    runsc_command = Unicode(
+        "runsc", help="The runsc program the gateway runs to list and signal the kernels of contexts inside gVisor "
+        "sandboxes (its state directory is the one the engine's runtime gave the sandbox)."
     ).tag(config=True)
 
     @default("image")

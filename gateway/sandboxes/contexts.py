@@ -28,7 +28,6 @@ from gateway import __version__, timestamps
 from gateway.errors import GatewayError, InvalidRequest, NotFound, SandboxStartFailed
 from gateway.execution.connection import KernelGone
 from gateway.provisioners.base import KernelExitedAtStart
-from gateway.provisioners.isolation import GVISOR
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.model import Sandbox
 from gateway.sandboxes.runtime import RuntimeSettings, SandboxRuntime
@@ -86,13 +85,6 @@ class LanguageUnavailable(GatewayError):
 
     status = 409
     code = "language_unavailable"
-
-
-class ContextsUnavailable(GatewayError):
-    """The sandbox's isolation runs no contexts (gVisor: a kernel exec'd there is not the gateway's to watch)."""
-
-    status = 409
-    code = "contexts_unavailable"
 
 
 class DefaultContext(GatewayError):
@@ -163,11 +155,6 @@ class SandboxContexts:
     async def create(self, sandbox: Sandbox, language: str, cwd: str = "",
                      on_exit: Callable[[Context, str], None] | None = None) -> Context:
         """Start a kernel for ``language`` inside the running ``sandbox``, in ``cwd``."""
-        if sandbox.isolation == GVISOR:
-            # An exec'd kernel's host process is runsc's, not the kernel: its pidfd, owner and
-            # signals would not be the kernel's. Refused rather than run unwatched.
-            raise ContextsUnavailable(f"sandbox {sandbox.id} runs under gvisor, which has no contexts yet: its "
-                                      "default (python) context runs code; use a runc sandbox for other languages")
         if len(self._contexts.get(sandbox.id, {})) >= MAX_CONTEXTS:
             raise InvalidRequest(f"sandbox {sandbox.id} has {MAX_CONTEXTS} contexts already: remove one first")
         context_id = str(uuid.uuid4())

@@ -1,9 +1,12 @@
-"""What a gVisor sandbox offers is what a runc one offers: the warm pool, files, usage figures, restart,
-pause and resume, re-attaching after the gateway was SIGKILLed — one gateway process, ``--runtime=gvisor``."""
+"""What a gVisor sandbox offers is what a runc one offers: the warm pool, files, usage figures, contexts,
+restart, pause and resume, re-attaching after the gateway was SIGKILLed — one gateway process, ``--runtime=gvisor``."""
 
 from __future__ import annotations
 
+import ast
+import os
 import signal
+import subprocess
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from gateway.provisioners.docker import LABEL_INSTANCE
 from gateway.provisioners.isolation import HOST_RUN_DIR
 from gateway.provisioners.launcher import default_runtime_dir
 from gateway.provisioners.mounts import mounts_under
+from gateway.provisioners.runsc import SandboxProcess, parse_ps, state_root
 from tests.api.test_pool import NEVER_SATURATED
 from tests.e2e.test_docker_restart import instance_of
 from tests.gateways import GatewayProcess, create, run
@@ -35,6 +39,50 @@ async def gvisor_process(tmp_path: Any, docker_client: Any) -> Any:
     gateway.kill()
     for container in containers_labelled(docker_client, f"{LABEL_INSTANCE}={instance_of(tmp_path / 'data')}"):
         container.remove(force=True)
+
+
+def sandbox_processes(docker_client: Any, container_id: str) -> dict[int, SandboxProcess]:
+    """What runs inside the gVisor sandbox, as runsc itself lists it (its state directory: the Sentry's)."""
+    sentry = os.open(f"/proc/{docker_client.api.inspect_container(container_id)['State']['Pid']}",
+                     os.O_PATH | os.O_DIRECTORY)
+    try:
+        root = state_root(sentry)
+    finally:
+        os.close(sentry)
+    listed = subprocess.run(["runsc", f"--root={root}", "ps", container_id], capture_output=True, text=True,
+                            check=True, timeout=60)
+    return parse_ps(listed.stdout)
+
+
+async def a_context_runs_is_interrupted_restarted_and_removed(alice: Any, docker_client: Any, container_id: str,
+                                                               sid: str) -> None:
+    """A second kernel exec'd in the gVisor sandbox: it runs code, a SIGINT (its timeout) reaches it
+    inside the sandbox and keeps its state, a restart and a removal end its kernel and what it started."""
+    before = set(sandbox_processes(docker_client, container_id))
+    made = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "python"})
+    assert made.status_code == 201, made.text
+    context = made.json()["id"]
+    started = await run(alice, sid, "import os, subprocess\nkept = 41\nchild = subprocess.Popen(['sleep', '600'])\n"
+                        "os.getpid(), child.pid", context=context)
+    assert started["status"] == "completed", started
+    kernel, child = ast.literal_eval(started["result"]["text/plain"])
+    processes = sandbox_processes(docker_client, container_id)
+    assert processes[kernel].ppid == 0 and processes[child].ppid == kernel and kernel not in before
+    # A timeout interrupts it (SIGINT, through runsc, to its pid in the sandbox): its state is kept.
+    timed_out = await run(alice, sid, "import time\ntime.sleep(600)", context=context, timeout=1)
+    assert timed_out["status"] == "timed_out" and "was interrupted" in timed_out["error"]["evalue"], timed_out
+    assert (await run(alice, sid, "kept + 1", context=context))["result"] == {"text/plain": "42"}
+    # A restart: a fresh kernel (its state and what the old one started are gone), still attached.
+    assert (await alice.post(f"/api/v1/sandboxes/{sid}/contexts/{context}/restart")).status_code == 200
+    again = await run(alice, sid, "import os\n'kept' in dir(), os.getpid()", context=context)
+    assert again["status"] == "completed", again
+    known, restarted = ast.literal_eval(again["result"]["text/plain"])
+    assert known is False and restarted != kernel
+    assert not {kernel, child} & set(sandbox_processes(docker_client, container_id))
+    # Removed: nothing of it runs in the sandbox; the sandbox's own kernel still answers.
+    assert (await alice.delete(f"/api/v1/sandboxes/{sid}/contexts/{context}")).status_code == 204
+    assert set(sandbox_processes(docker_client, container_id)) == before
+    assert (await run(alice, sid, "1 + 1"))["result"] == {"text/plain": "2"}
 
 
 async def test_pool_files_restart_pause_and_re_attach_under_gvisor(
@@ -71,10 +119,8 @@ async def test_pool_files_restart_pause_and_re_attach_under_gvisor(
         assert usage["memory"]["current_bytes"] > 10 << 20 and usage["cpu"]["seconds"] > 0, usage
         assert usage["pids"]["current"] is None and usage["disk"]["workdir_bytes"] is None, usage
 
-        # Contexts (other kernels, exec'd in the container) are refused under gVisor, saying so.
-        refused = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "python"})
-        assert refused.status_code == 409 and refused.json()["error"]["code"] == "contexts_unavailable"
-        assert "gvisor" in refused.json()["error"]["message"]
+        await a_context_runs_is_interrupted_restarted_and_removed(alice, docker_client,
+                                                                  container_of(docker_client, sid).id, sid)
 
         # Restart: a fresh container (and a fresh socket directory), the same sandbox.
         old = container_of(docker_client, sid).id

@@ -311,3 +311,27 @@ async def test_a_restarted_gateway_refuses_sockets_replaced_meanwhile(
         for container in containers_labelled(docker_client, f"code-gateway.instance={instance_of(tmp_path / 'data')}"):
             container.remove(force=True)
     assert trap.peers == []
+
+
+@pytest.mark.docker
+async def test_a_contexts_sockets_swapped_for_symlinks_are_never_followed(
+    docker_gateway: InProcessGateway, trap: Trap, runtime: str
+) -> None:
+    """A context's kernel binds its sockets (``c<id>-<n>``) next to the sandbox kernel's: the sandbox's
+    own kernel replaces them by symlinks to a host socket, before the context restarts and while it runs."""
+    async with docker_gateway.client("alice") as alice:
+        sid = (await create(alice))["id"]
+        made = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "python"})
+        assert made.status_code == 201, made.text
+        context = made.json()["id"]
+        swap = PLANT.replace('startswith("k-")', 'startswith("c") and not _name.endswith((".json", ".pid"))')
+        assert (await run(alice, sid, f"TARGETS = {{'*': {trap.path!r}}}\n" + swap))["stdout"] == "5\n"
+        # Restarted: the new kernel binds afresh (the planted names are removed, never followed).
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/contexts/{context}/restart")).status_code == 200
+        assert (await run(alice, sid, "1 + 1", context=context))["result"] == {"text/plain": "2"}
+        # Swapped while it runs: it is still reached through the sockets it bound.
+        assert (await run(alice, sid, f"TARGETS = {{'*': {trap.path!r}}}\n" + swap))["stdout"] == "5\n"
+        assert (await run(alice, sid, "2 + 2", context=context))["result"] == {"text/plain": "4"}
+        assert (await alice.delete(f"/api/v1/sandboxes/{sid}/contexts/{context}")).status_code == 204
+        assert (await run(alice, sid, "3 + 3"))["result"] == {"text/plain": "6"}
+    assert trap.peers == []
