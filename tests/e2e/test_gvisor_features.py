@@ -74,12 +74,14 @@ async def a_context_runs_is_interrupted_restarted_and_removed(alice: Any, docker
     assert (await run(alice, sid, "kept + 1", context=context))["result"] == {"text/plain": "42"}
     # A restart: a fresh kernel (its state and what the old one started are gone), still attached.
     assert (await alice.post(f"/api/v1/sandboxes/{sid}/contexts/{context}/restart")).status_code == 200
-    again = await run(alice, sid, "import os\n'kept' in dir(), os.getpid()", context=context)
+    again = await run(alice, sid, "import os, subprocess\nchild = subprocess.Popen(['sleep', '600'])\n"
+                      "'kept' in dir(), os.getpid(), child.pid", context=context)
     assert again["status"] == "completed", again
-    known, restarted = ast.literal_eval(again["result"]["text/plain"])
+    known, restarted, second_child = ast.literal_eval(again["result"]["text/plain"])
     assert known is False and restarted != kernel
-    assert not {kernel, child} & set(sandbox_processes(docker_client, container_id))
-    # Removed: nothing of it runs in the sandbox; the sandbox's own kernel still answers.
+    processes = sandbox_processes(docker_client, container_id)
+    assert not {kernel, child} & set(processes) and processes[second_child].ppid == restarted
+    # Removed (SIGKILLed with what it started): nothing of it runs; the sandbox's own kernel answers.
     assert (await alice.delete(f"/api/v1/sandboxes/{sid}/contexts/{context}")).status_code == 204
     assert set(sandbox_processes(docker_client, container_id)) == before
     assert (await run(alice, sid, "1 + 1"))["result"] == {"text/plain": "2"}
