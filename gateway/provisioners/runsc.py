@@ -100,9 +100,12 @@ class RunscSandbox:
         return cls(container_id, state_root(sentry), runsc=runsc)
 
     async def _run(self, *args: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            self.runsc, f"--root={self.root}", *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.runsc, f"--root={self.root}", *args, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:  # (not installed where the gateway runs: DockerProvisioner.runsc_command)
+            raise RunscError(f"cannot run {self.runsc}: {exc.strerror}") from None
         try:
             async with asyncio.timeout(CALL_TIMEOUT):  # (wait_for can swallow a cancellation)
                 out, err = await process.communicate()

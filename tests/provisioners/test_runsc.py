@@ -49,3 +49,9 @@ def test_only_a_full_container_id_is_handed_to_runsc() -> None:
     with pytest.raises(ValueError, match="container id"):
         RunscSandbox("--all", "/var/run/x")
     assert RunscSandbox("a" * 64, "/var/run/x").container_id == "a" * 64
+
+
+async def test_a_missing_runsc_is_a_runsc_error() -> None:
+    sandbox = RunscSandbox("a" * 64, "/var/run/x", runsc="/nonexistent/runsc")
+    with pytest.raises(RunscError, match="cannot run /nonexistent/runsc"):
+        await sandbox.processes()
