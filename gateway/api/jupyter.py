@@ -48,6 +48,11 @@ STARTED_FOR = "kernelspec"
 HOST_SPECIFIC_ENV = {"KERNEL_WORKING_DIR"}
 
 
+def startable_kernels(launcher: KernelLauncher) -> list[str]:
+    """The kernelspecs ``POST /api/kernels`` starts: the sandboxes' own, and each context language's."""
+    return [n for n in launcher.kernel_names() if n == launcher.kernel_name or n in KERNELSPEC_LANGUAGES]
+
+
 def jupyter_time(moment: datetime) -> str:
     """Always with microseconds: jupyter_server's gateway client parses ``%Y-%m-%dT%H:%M:%S.%fZ`` strictly."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -136,7 +141,7 @@ class KernelsHandler(JupyterHandler):
     async def post(self) -> None:
         body = self.json_body(START_KERNEL, allow_empty=True)
         name = body.get("name") or self.launcher.kernel_name
-        startable = [n for n in self.launcher.kernel_names() if n == self.launcher.kernel_name or n in KERNELSPEC_LANGUAGES]
+        startable = startable_kernels(self.launcher)
         if name not in startable:
             raise NotFound(f"no kernelspec named {name!r}: the kernelspecs are {', '.join(startable)}")
         env = {k: v for k, v in (body.get("env") or {}).items() if k not in HOST_SPECIFIC_ENV}

@@ -9,7 +9,7 @@ It says what the gateway does, so that a client (or a fuzzer) holding to it is n
 - every status a route answers is listed (409 for files of a sandbox not running, 429, 503, ...);
 - the Jupyter Server kernel API (``/api/kernels``, ``/api/kernelspecs``) is described too.
 
-    document(policy=manager.policy, lifetimes=manager.lifetimes, kernel_name="python3")
+    document(policy=manager.policy, lifetimes=manager.lifetimes, kernel_names=["bash", "python3"])
 
 A test checks every route is described, with exactly the methods its handler answers.
 """
@@ -25,10 +25,11 @@ from typing import Any
 from gateway import __version__
 from gateway.api import schemas
 from gateway.api.base import DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE, APIHandler
-from gateway.api.jupyter import START_KERNEL_SCHEMA
+from gateway.api.jupyter import START_KERNEL_SCHEMA, startable_kernels
 from gateway.api.sandboxes import STATUSES
 from gateway.events.model import TYPES as EVENT_TYPES
 from gateway.provisioners.launcher import KernelLauncher
+from gateway.sandboxes.contexts import KERNELSPEC_LANGUAGES
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.manager import SandboxManager
@@ -179,7 +180,7 @@ def ranged(schema: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> dict[st
 class Requests:
     """The request schemas as this gateway's policies make them."""
 
-    def __init__(self, policy: ResourcePolicy, lifetimes: LifetimePolicy, kernel_name: str,
+    def __init__(self, policy: ResourcePolicy, lifetimes: LifetimePolicy, kernel_names: list[str],
                  isolations: list[str] | None = None) -> None:
         def limit(field: str) -> dict[str, Any]:
             return {"minimum": policy.minimum(field), "maximum": policy.maximum(field)}
@@ -202,7 +203,7 @@ class Requests:
         }
         self.update_sandbox = ranged(schemas.UPDATE_SANDBOX, {"lifetime": seconds, "idle_timeout": seconds})
         self.execute = ranged(schemas.EXECUTE, {"timeout": limit("timeout")})
-        self.start_kernel = ranged(START_KERNEL_SCHEMA, {"name": {"enum": [kernel_name]}})
+        self.start_kernel = ranged(START_KERNEL_SCHEMA, {"name": {"enum": kernel_names}})
 
 
 def sandbox_action(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
@@ -404,12 +405,15 @@ def jupyter_paths(requests: Requests) -> dict[str, Any]:
             "parameters": [{"name": "kernel_name", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": reply("the kernelspec", {"type": "object"}), **kernel_errors}}},
         "/api/kernels": {
-            "get": {"summary": "Your kernels (sandboxes not ended)",
+            "get": {"summary": "Your kernels (sandboxes not ended, and their contexts)",
                     "responses": {"200": reply("kernels", {"type": "array", "items": ref("Kernel")}),
                                   "401": ERRORS["401"]}},
-            "post": {"summary": "Start a kernel: a new sandbox",
+            "post": {"summary": "Start a kernel: a new sandbox (python3), or a context in a new sandbox "
+                                "(bash, ir, deno)",
                      "requestBody": body(requests.start_kernel, required=False),
                      "responses": {"201": reply("the kernel", ref("Kernel")), **kernel_errors,
+                                   "409": error("that language cannot run here (language_unavailable, "
+                                                "contexts_unavailable, sandbox_not_running)"),
                                    "429": error("too many live sandboxes for this user"),
                                    "503": error("the sandbox could not be started, or the store cannot commit "
                                                 "writes")}},
@@ -417,7 +421,8 @@ def jupyter_paths(requests: Requests) -> dict[str, Any]:
         "/api/kernels/{kernel_id}": {
             "get": {"summary": "One kernel", "parameters": [KERNEL_ID],
                     "responses": {"200": reply("the kernel", ref("Kernel")), **kernel_errors}},
-            "delete": {"summary": "Shut a kernel down (its sandbox is terminated)", "parameters": [KERNEL_ID],
+            "delete": {"summary": "Shut a kernel down (its sandbox is terminated, if started for it; a context "
+                                  "made in another sandbox is removed)", "parameters": [KERNEL_ID],
                        "responses": {"204": reply("shut down"), **kernel_errors, **NOT_RUNNING,
                                      **STORE_UNAVAILABLE}},
         },
@@ -435,10 +440,12 @@ def jupyter_paths(requests: Requests) -> dict[str, Any]:
 
 
 def document(*, policy: ResourcePolicy | None = None, lifetimes: LifetimePolicy | None = None,
-             kernel_name: str = "python3", isolations: list[str] | None = None) -> dict[str, Any]:
-    """The document for a gateway with these policies (the defaults' if none is given); ``isolations``:
-    what a new sandbox may ask for here (none: the field is refused)."""
-    requests = Requests(policy or ResourcePolicy(), lifetimes or LifetimePolicy(), kernel_name, isolations)
+             kernel_names: list[str] | None = None, isolations: list[str] | None = None) -> dict[str, Any]:
+    """The document for a gateway with these policies (the defaults' if none is given); ``kernel_names``:
+    the kernelspecs ``POST /api/kernels`` starts (default: every language's); ``isolations``: what a
+    new sandbox may ask for here (none: the field is refused)."""
+    names = sorted(KERNELSPEC_LANGUAGES) if kernel_names is None else kernel_names
+    requests = Requests(policy or ResourcePolicy(), lifetimes or LifetimePolicy(), names, isolations)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Code Interpreter Gateway", "version": __version__,
@@ -466,5 +473,5 @@ class OpenAPIHandler(APIHandler):
 
     def get(self) -> None:
         self.write_json(document(policy=self.sandboxes.policy, lifetimes=self.sandboxes.lifetimes,
-                                 kernel_name=self.launcher.kernel_name,
+                                 kernel_names=startable_kernels(self.launcher),
                                  isolations=self.sandboxes.isolation.requestable(self.launcher.unavailable())))
