@@ -112,7 +112,7 @@ class ApiHandler(JupyterHandler):
 
 class KernelSpecsHandler(JupyterHandler):
     """Every language's kernelspec (``python3``, ``bash``, ``ir``, ``deno``); a sandbox's own kernel is
-    the default, the others run as its contexts (``/api/v1/sandboxes/{id}/contexts``)."""
+    the default, the others run as contexts (``POST /api/kernels``, ``/api/v1/sandboxes/{id}/contexts``)."""
 
     def get(self) -> None:
         names = self.launcher.kernel_names()
