@@ -48,6 +48,11 @@ STARTED_FOR = "kernelspec"
 HOST_SPECIFIC_ENV = {"KERNEL_WORKING_DIR"}
 
 
+def started_for_a_context(sandbox: Sandbox) -> bool:
+    """Whether ``POST /api/kernels`` started the sandbox for a context's kernel (it goes with that kernel)."""
+    return sandbox.metadata.get("started_by") == STARTED_BY_JUPYTER and STARTED_FOR in sandbox.metadata
+
+
 def startable_kernels(launcher: KernelLauncher) -> list[str]:
     """The kernelspecs ``POST /api/kernels`` starts: the sandboxes' own, and each context language's."""
     return [n for n in launcher.kernel_names() if n == launcher.kernel_name or n in KERNELSPEC_LANGUAGES]
@@ -133,7 +138,7 @@ class KernelsHandler(JupyterHandler):
         )
         models = []
         for sandbox in sandboxes:
-            if STARTED_FOR not in sandbox.metadata:
+            if not started_for_a_context(sandbox):
                 models.append(self.kernel_model(sandbox))
             models += [self.context_model(c) for c in self.sandboxes.contexts.of(sandbox.id)]
         self.write_json(models)
@@ -176,7 +181,7 @@ class KernelHandler(JupyterHandler):
         if context is None:
             await self.live_sandbox(kernel_id)
             await self.sandboxes.terminate(kernel_id, self.user)
-        elif STARTED_FOR in (await self.sandboxes.get(context.sandbox_id, self.user)).metadata:
+        elif started_for_a_context(await self.sandboxes.get(context.sandbox_id, self.user)):
             await self.sandboxes.terminate(context.sandbox_id, self.user)  # started for this kernel
         else:
             await self.sandboxes.remove_context(context.sandbox_id, self.user, kernel_id)
