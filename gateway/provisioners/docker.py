@@ -88,6 +88,9 @@ CONNECTION_ENV = "CODE_GATEWAY_CONNECTION"
 SANDBOX_UID = 1000
 #: How long a container whose runtime failed to deliver a signal may take to be seen stopped (s).
 SIGNAL_FAILED_WAIT = 10.0
+#: Seconds a container whose kernel sockets were refused at start has to stop, if its kernel died
+#: while starting: then the start fails with why it died, not with the refusal.
+DYING_KERNEL_WAIT = 5.0
 #: The exit code we report for a container that no longer exists.
 GONE = -1
 #: Writes the connection file, drops it from the environment, then becomes the kernel.
@@ -759,7 +762,7 @@ class DockerProvisioner(KernelProvisionerBase):
                 try:
                     await self._attach_sockets(int(state["Pid"]), launching=True)
                 except SocketRefused as refused:
-                    if await self.poll() is not None:  # it died while starting (say, out of memory)
+                    if await self._stops_within(DYING_KERNEL_WAIT):  # it died while starting (say, out of memory)
                         raise SandboxStartFailed(
                             f"its kernel stopped before it answered ({await self.exit_reason()})") from None
                     log.warning("sandbox %s: refused its kernel's sockets: %s", sandbox.id, refused)
@@ -816,6 +819,18 @@ class DockerProvisioner(KernelProvisionerBase):
         if state["Running"]:
             return None
         return self._stopped(int(state["ExitCode"]))
+
+    async def _stops_within(self, seconds: float) -> bool:
+        """Whether the container stops within ``seconds`` (a kernel that died while starting: under
+        gVisor its container outlives it a moment, while the Sentry exits)."""
+        if await self.poll() is not None:
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await self.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def wait(self) -> int | None:
         if self.container_id is None:

@@ -188,13 +188,21 @@ async def statuses_until(socket: Any, wanted: str, within: float = 10) -> list[s
     return seen
 
 
-async def results_once_answered(socket: Any, code: str, within: float = 60) -> list[str]:
-    """Execute ``code`` until a reply comes (a restarted kernel answers once the socket reached it); its results."""
+async def results_once_answered(socket: Any, code: str, within: float = 120, each: float = 10) -> list[str]:
+    """Execute ``code`` until a reply comes (a restarted kernel answers once the socket reached it); its results.
+
+    A request sent before the socket reached the new kernel is never answered: after ``each``
+    seconds it is sent again (a late reply to an earlier one has another parent and is skipped).
+    """
     async with asyncio.timeout(within):
         while True:
             request = execute_request(code)
             await socket.send(json.dumps(request))
-            got = await replies_to(socket, request["header"]["msg_id"])
+            try:
+                async with asyncio.timeout(each):
+                    got = await replies_to(socket, request["header"]["msg_id"])
+            except TimeoutError:
+                continue
             results = [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"]
             if results:
                 return results
