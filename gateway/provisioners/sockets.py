@@ -47,8 +47,17 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _retired: list[tuple[float, list[int]]] = []
 
 
+#: Seconds a just-bound socket may take to be owned by the kernel's uid before it is refused.
+OWNER_SETTLE = 2.0
+
+
 class SocketRefused(RuntimeError):
     """The kernel's sockets are not what the kernel bound, or cannot be reached (a message safe to log)."""
+
+
+class SocketNotOwned(SocketRefused):
+    """A socket that is not owned by the kernel's uid (yet: under gVisor the host file is created
+    as root and given to the sandbox's uid a moment later)."""
 
 
 class SocketNotBound(SocketRefused):
@@ -89,7 +98,7 @@ def open_socket(directory: int, name: str, owner: int) -> tuple[int, Identity]:
         if not stat.S_ISSOCK(info.st_mode):
             raise SocketRefused(f"{name} is not a socket (mode {stat.filemode(info.st_mode)})")
         if info.st_uid != owner:
-            raise SocketRefused(f"{name} belongs to uid {info.st_uid}, not to the kernel's uid {owner}")
+            raise SocketNotOwned(f"{name} belongs to uid {info.st_uid}, not to the kernel's uid {owner}")
     except BaseException:
         os.close(fd)
         raise
@@ -166,12 +175,19 @@ class KernelSockets:
         """
         ports = list(ports)
         pause = 0.005
+        loop = asyncio.get_running_loop()
+        unowned_since: float | None = None
         while True:
             fd = directory()
             try:
                 return self.attach(fd, prefix, ports, owner=owner)
             except SocketNotBound:
                 pass
+            except SocketNotOwned:
+                # Waited out briefly (nothing is connected meanwhile), refused if it stays so.
+                unowned_since = loop.time() if unowned_since is None else unowned_since
+                if loop.time() - unowned_since > OWNER_SETTLE:
+                    raise
             finally:
                 os.close(fd)
             await asyncio.sleep(pause)
