@@ -268,7 +268,14 @@ class ContainerChannel(CommandChannel):
     def signal(self, signum: int) -> None:
         if not self.host_pid:
             return
-        for pid in reversed(process_tree(self.host_pid)):  # (the deepest first, the command itself last)
+        tree = process_tree(self.host_pid)
+        if signum == signal.SIGKILL:
+            # Everything stopped first: killed one by one, a shell whose child died before it
+            # could still run its next step (``sleep 300; echo never > never.txt``).
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGSTOP)
+        for pid in reversed(tree):  # (the deepest first, the command itself last)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
 
