@@ -823,8 +823,6 @@ class DockerProvisioner(KernelProvisionerBase):
     async def _stops_within(self, seconds: float) -> bool:
         """Whether the container stops within ``seconds`` (a kernel that died while starting: under
         gVisor its container outlives it a moment, while the Sentry exits)."""
-        if await self.poll() is not None:
-            return True
         try:
             async with asyncio.timeout(seconds):
                 await self.wait()
