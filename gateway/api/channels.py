@@ -118,41 +118,56 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
             drain_each_wakeup(stream)
             self.channels[channel] = stream
 
+    #: Set once this socket's iopub relayed a message (its subscription reached the kernel).
+    _heard: asyncio.Event | None = None
+    #: The asking of ``nudge`` (held: it may go on after the socket opened).
+    _asking: asyncio.Future[None] | None = None
+
     def nudge(self) -> asyncio.Future[None]:
         """Resolve once this socket's iopub subscription carries messages, relaying them from the first.
 
         As jupyter_server does, the kernel is asked for ``kernel_info`` on a socket of its own (the
         reply is not the client's) every half second until iopub delivers something, or for at
-        most ``kernel_info_timeout``; a busy kernel is not asked (its execution broadcasts anyway).
+        most ``kernel_info_timeout``. A kernel that looks busy is not asked (the request would
+        queue behind its execution) and the socket opens at once — but the asking goes on in the
+        background, resuming as soon as it looks idle: the state may be stale. (jupyter_server
+        itself fetches ``kernel_info`` just before, so a new socket often finds the kernel "busy"
+        with it while its idle is on the way; skipping the nudge then, as jupyter_server does,
+        left the socket unsubscribed, hearing nothing until the client asked for something.)
         """
         iopub = self.channels["iopub"]
-        heard = asyncio.Event()
-
-        def relay(message: list[Any]) -> None:
-            heard.set()
-            self.handle_outgoing_message(iopub, message)
-
-        iopub.on_recv(relay)  # (replaced by the relay of every message once connected)
-        return asyncio.ensure_future(self._ask_until_heard(heard))
+        heard = self._heard = asyncio.Event()
+        iopub.on_recv(lambda message: self.handle_outgoing_message(iopub, message))
+        asking = self._asking = asyncio.ensure_future(self._ask_until_heard(heard))
+        if self.kernel_manager.execution_state != "busy":
+            return asking
+        opened: asyncio.Future[None] = asyncio.Future()
+        opened.set_result(None)
+        return opened
 
     async def _ask_until_heard(self, heard: asyncio.Event) -> None:
-        if self.kernel_manager.execution_state == "busy":
-            return
         shell = self.kernel_manager.connect_shell()
         try:
             async with asyncio.timeout(self.kernel_info_timeout):
                 while not heard.is_set() and self.kernel_id in self.multi_kernel_manager and self.channels:
-                    self.session.send(shell, "kernel_info_request")
+                    if self.kernel_manager.execution_state != "busy":
+                        self.session.send(shell, "kernel_info_request")
                     try:
                         async with asyncio.timeout(0.5):  # (wait_for can swallow a cancellation)
                             await heard.wait()
                     except TimeoutError:
                         pass
         except TimeoutError:
-            log.warning("kernel %s: no iopub message for a new socket in %g s", self.kernel_id,
-                        self.kernel_info_timeout)
+            if self.kernel_manager.execution_state != "busy":  # (a busy kernel may well be silent)
+                log.warning("kernel %s: no iopub message for a new socket in %g s", self.kernel_id,
+                            self.kernel_info_timeout)
         finally:
             shell.close()
+
+    def disconnect(self) -> None:  # type: ignore[override]  # (jupyter_server's own is not a coroutine either)
+        if self._heard is not None:
+            self._heard.set()  # (no more asking for a socket that is gone)
+        super().disconnect()  # type: ignore[no-untyped-call]
 
     def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
         """Relay a kernel message only if it is well-formed and signed with this sandbox's key.
@@ -165,6 +180,8 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         gate = self.kernel_manager.messages
         if gate.admit(channel, outgoing_msg) is None:
             return
+        if channel == "iopub" and self._heard is not None:
+            self._heard.set()
         try:
             super().handle_outgoing_message(stream, outgoing_msg)
         except WebSocketClosedError:

@@ -65,11 +65,14 @@ ERRORS = {
 #: While the store cannot commit, changes are refused rather than acknowledged.
 STORE_UNAVAILABLE = {"503": error("the store cannot commit writes right now (store_unavailable)")}
 NOT_RUNNING = {"409": error("the sandbox is not running (sandbox_not_running, sandbox_paused, sandbox_busy)")}
+#: What a request that resumes a paused sandbox (auto_resume) may answer.
+RESUME_OVER_QUOTA = {"429": error("resuming the paused sandbox would exceed a quota (quota_exceeded); Retry-After")}
 #: What any file operation may also answer: its tool runs inside the sandbox (see gateway.sandboxes.files).
 FILE_ERRORS = {
     "409": error("the sandbox is not running, or stopped or was restarted during the operation "
                  "(sandbox_not_running, sandbox_paused, sandbox_busy)"),
-    "429": error("too many file operations already run in the sandbox (too_many_operations)"),
+    "429": error("too many file operations already run in the sandbox (too_many_operations), or resuming the "
+                 "paused sandbox would exceed a quota (quota_exceeded); Retry-After"),
     "502": error("the sandbox's file tool died or answered nonsense (file_operation_failed)"),
     "503": error("the container engine failed (engine_unavailable)"),
     "504": error("the sandbox's file tool stayed silent too long and was killed (file_operation_timeout)"),
@@ -209,7 +212,7 @@ class Requests:
 def sandbox_action(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
     return {"post": {"summary": summary, "parameters": [SANDBOX_ID], "responses": {
         **ok, **ERRORS, "409": error("the sandbox is not running, or another lifecycle operation of it is under way"),
-        "429": error("resuming the sandbox would exceed a quota; Retry-After"), **STORE_UNAVAILABLE}}}
+        **RESUME_OVER_QUOTA, **STORE_UNAVAILABLE}}}
 
 
 def v1_paths(requests: Requests) -> dict[str, Any]:
@@ -337,7 +340,7 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
                      "responses": {"201": reply("the context", CONTEXT), **ERRORS,
                                    "409": error("the sandbox is not running, or its image has no kernel for the "
                                                 "language (language_unavailable)"),
-                                   "503": error("its kernel did not start, or did not answer")}},
+                                   **RESUME_OVER_QUOTA, "503": error("its kernel did not start, or did not answer")}},
             "get": {"summary": "The sandbox's contexts: its own kernel (the default, python) and the others",
                     "parameters": [SANDBOX_ID],
                     "responses": {"200": reply("the contexts", {"type": "object", "properties": {
@@ -352,7 +355,7 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
         "/api/v1/sandboxes/{sandbox_id}/contexts/{context_id}/restart": {
             "post": {"summary": "A fresh kernel for the context, in its directory", "parameters": [SANDBOX_ID, CONTEXT_ID],
                      "responses": {"200": reply("the context", CONTEXT), **ERRORS, **NOT_RUNNING,
-                                   "503": error("its kernel did not start again")}},
+                                   **RESUME_OVER_QUOTA, "503": error("its kernel did not start again")}},
         },
         "/api/v1/sandboxes/{sandbox_id}/files": {
             "get": {"summary": "List a directory of the working directory",

@@ -372,6 +372,32 @@ async def test_a_new_socket_hears_the_kernel_from_its_first_broadcast(gateway: I
     assert last["parent_header"]["msg_id"] == first["parent_header"]["msg_id"]  # busy, then idle: both relayed
 
 
+async def test_a_new_socket_hears_the_kernel_even_when_its_state_looks_busy(gateway: InProcessGateway,
+                                                                           kernel: dict[str, Any]) -> None:
+    """A kernel recorded as busy is not asked at once (the request would queue behind its execution),
+    but a stale "busy" (the idle of jupyter_server's own kernel_info still on its way) must not leave
+    the new socket unsubscribed: the asking resumes as soon as the kernel is seen idle."""
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        await asyncio.wait_for(socket.recv(), 30)  # (jupyter_server's kernel_info is done once, now)
+    km = gateway.app.sandboxes.kernel_of(kernel["id"])
+
+    async def stale_busy() -> None:  # the kernel is idle; its state says busy for 1.5 s whatever it reports
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 1.5
+        while loop.time() < until:
+            km.execution_state = "busy"
+            await asyncio.sleep(0.002)
+        km.execution_state = "idle"
+
+    staling = asyncio.create_task(stale_busy())
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        async with asyncio.timeout(20):
+            first = json.loads(await socket.recv())
+    await staling
+    assert first["channel"] == "iopub" and first["msg_type"] == "status"
+    assert first["parent_header"]["msg_type"] == "kernel_info_request"
+
+
 FIGURE_AS_VALUE = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 1))\nax.plot([1, 0])\nfig"
 
 
