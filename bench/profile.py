@@ -23,16 +23,17 @@ from typing import Any
 from bench import clients
 from bench.harness import REPO, Bench, Gateway, cpu_seconds
 from bench.measure import log
-from bench.scenarios import png
-from bench.scenarios.live import pool_args
+from bench.scenarios import big, png
+from bench.scenarios.live import BIG_OUTPUT_CAPS, pool_args
 
-CODES = {"roundtrip": ("1+1", "2", None), "png": (png.CODE, None, png.SETUP)}
+CODES = {"roundtrip": ("1+1", "2", None), "png": (png.CODE, None, png.SETUP),
+         "flood": (big.CODES["flood"], None, big.SETUP), "html": (big.CODES["html"], None, big.SETUP)}
 
 
 async def profile(bench: Bench, scenario: str, method: str, count: int, rate: int) -> None:
     code, expect, setup = CODES[scenario]
     spy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
-    async with Gateway(bench, "profile", **pool_args()) as gateway:
+    async with Gateway(bench, "profile", extra=BIG_OUTPUT_CAPS, **pool_args()) as gateway:
         http = await gateway.connect()
         sandbox_id = (await clients.create_sandbox(http))["id"]
         run: Any

@@ -26,10 +26,10 @@ from typing import Any
 from bench import report
 from bench.harness import REPO, Bench, dump_json, ensure_kg_venv, meminfo_kib
 from bench.measure import loadavg, log
-from bench.scenarios import first_result, isolation, pause, png, roundtrip, scale
+from bench.scenarios import big, first_result, isolation, pause, png, roundtrip, scale
 from bench.scenarios.live import Live
 
-SCENARIOS = ("roundtrip", "png", "first_result", "scale", "pause", "isolation")
+SCENARIOS = ("roundtrip", "png", "big", "first_result", "scale", "pause", "isolation")
 RESULTS = REPO / "bench" / "results"
 
 
@@ -51,10 +51,10 @@ def machine() -> dict[str, Any]:
 
 async def run(bench: Bench) -> None:
     wanted = [s for s in SCENARIOS if not bench.only or s in bench.only]
-    if {"roundtrip", "png"} & set(wanted):
+    if {"roundtrip", "png", "big"} & set(wanted):
         async def live_scenarios() -> None:
             async with Live(bench) as live:
-                for name, module in (("roundtrip", roundtrip), ("png", png)):
+                for name, module in (("roundtrip", roundtrip), ("png", png), ("big", big)):
                     if name in wanted:
                         await guarded(bench, name, module.run(bench, live))
 

@@ -42,6 +42,10 @@ LABELS = {
 }
 
 
+#: Output caps that let the big-output scenarios through whole (32 MiB per output, 64 MiB per execution).
+BIG_OUTPUT_CAPS = ["--SandboxManager.max_output_bytes=33554432", "--SandboxManager.max_execution_output_bytes=67108864"]
+
+
 def pool_args() -> dict[str, Any]:
     """``pool_size=0`` where the gateway has a warm pool (so it starts nothing in the background)."""
     from gateway.app import ALIASES
@@ -72,7 +76,7 @@ class Live:
     async def _open(self) -> None:
         stack = self.stack
         gateway = self.gateway = await stack.enter_async_context(
-            Gateway(self.bench, "live", more_keys=(E2B_KEY,), **pool_args()))
+            Gateway(self.bench, "live", more_keys=(E2B_KEY,), extra=BIG_OUTPUT_CAPS, **pool_args()))
         http = await gateway.connect()
         stack.push_async_callback(http.close)
         ids = {}
