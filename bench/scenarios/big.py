@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.harness import Bench
 from bench.measure import Series, log, sample_rounds
-from bench.scenarios.live import LABELS, Live
+from bench.scenarios.live import LABELS, RELAY_METHODS, Live
 
 MiB = 1 << 20
 FLOOD_CHUNKS = 20
@@ -39,7 +39,6 @@ CODES = {
 #: What each must deliver: stdout characters, or characters of text/html.
 MIN_CHARS = {"flood": FLOOD_CHUNKS * MiB, "html": TABLE_ROWS * 60}
 TITLES = {"flood": "20 MiB stream flood relayed", "html": "10 MB HTML table relayed"}
-METHODS = ("rest", "ndjson", "ws", "jupyter_ws", "raw", "kg", "kg_quickack")
 
 
 def delivered(kind: str, result: Any) -> int:
@@ -65,7 +64,7 @@ async def run(bench: Bench, live: Live) -> None:
     for kind in ("flood", "html"):
         log(f"{TITLES[kind]}: {n} interleaved rounds")
         methods = {name: functools.partial(checked, kind, live.methods[name])
-                   for name in METHODS if name in live.methods}
+                   for name in RELAY_METHODS if name in live.methods}
         series = {name: Series(name, LABELS[name]) for name in methods}
         await sample_rounds(methods, series, n=n, warmup=warmup, budget=budget)
         bench.results[f"big_{kind}"] = {name: s.to_dict() for name, s in series.items()}

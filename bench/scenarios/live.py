@@ -42,6 +42,8 @@ LABELS = {
 }
 
 
+#: The methods that relay big outputs (the E2B SDK is measured on round trips only: its results are its own objects).
+RELAY_METHODS = ("rest", "ndjson", "ws", "jupyter_ws", "raw", "kg", "kg_quickack")
 #: Output caps that let the big-output scenarios through whole (32 MiB per output, 64 MiB per execution).
 BIG_OUTPUT_CAPS = ["--SandboxManager.max_output_bytes=33554432", "--SandboxManager.max_execution_output_bytes=67108864"]
 
