@@ -65,6 +65,7 @@ from gateway.provisioners.docker_events import ContainerEvents
 from gateway.provisioners.isolation import CONTAINER_DIR, GVISOR, HOME, ISOLATIONS, RUNC, Isolation, isolation_named
 from gateway.provisioners.kernel_network import KernelNetwork, KernelNetworkError
 from gateway.provisioners.mounts import mounting_problem
+from gateway.provisioners.runsc import RunscError, RunscSandbox
 from gateway.provisioners.usage import Usage
 from gateway.provisioners.sockets import (
     Identity,
@@ -295,27 +296,32 @@ class DockerEngine:
         """Run a blocking docker SDK call on the engine's own threads."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
-    async def kill_exec(self, exec_id: str) -> None:
-        """SIGKILL an exec's process if it still runs (Docker has no API for it; a stopped process dies too).
+    async def open_init(self, container_id: str) -> int | None:
+        """An ``O_PATH`` descriptor of the running container's init in /proc (checked to be it
+        after it was opened: no reused pid), or None if the container does not run."""
+        state = await self.state(container_id)
+        if state is None or not state["Running"]:
+            return None
+        pid = int(state["Pid"])
+        try:
+            process = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        state = await self.state(container_id)
+        if state is None or not state["Running"] or int(state["Pid"]) != pid:
+            os.close(process)
+            return None
+        return process
 
-        Through a pidfd, opened before checking again that the exec runs with that pid: the
-        signal can only reach that very process, never one that reused its pid.
-        """
-        info = await self.call(self.client.api.exec_inspect, exec_id)
-        if not info.get("Running") or not info.get("Pid"):
-            return
+    async def runsc_sandbox(self, container_id: str) -> RunscSandbox:
+        """runsc's handle on a gVisor container, found through its Sentry (the container's init on the host)."""
+        process = await self.open_init(container_id)
+        if process is None:
+            raise RunscError("the sandbox's container stopped")
         try:
-            pidfd = os.pidfd_open(int(info["Pid"]))
-        except ProcessLookupError:
-            return
-        try:
-            again = await self.call(self.client.api.exec_inspect, exec_id)
-            if again.get("Running") and again.get("Pid") == info["Pid"]:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            return RunscSandbox.of(container_id, process, runsc=self.runsc)
         finally:
-            os.close(pidfd)
+            os.close(process)
 
     async def image_present(self) -> bool:
         import docker.errors
@@ -546,8 +552,8 @@ class DockerProvisioner(KernelProvisionerBase):
         "--platform=ptrace --network=none --host-uds=all (deploy/host/ensure-docker.sh --runsc does it)."
     ).tag(config=True)
     runsc_command = Unicode(
-        "runsc", help="The runsc program the gateway runs to list and signal the kernels of contexts inside gVisor "
-        "sandboxes (its state directory is the one the engine's runtime gave the sandbox)."
+        "runsc", help="The runsc program the gateway runs to list and signal what is exec'd inside gVisor sandboxes "
+        "(contexts' kernels, commands, tools; its state directory is the one the engine's runtime gave the sandbox)."
     ).tag(config=True)
 
     @default("image")

@@ -215,17 +215,8 @@ class DockerContextProvisioner(KernelProvisionerBase):
 
     async def _container_init(self, container: str) -> int:
         """An ``O_PATH`` descriptor of the container's init in /proc (checked to be it: no reused pid)."""
-        state = await self.engine.state(container)
-        if state is None or not state["Running"]:
-            raise SocketRefused("the sandbox's container stopped")
-        pid = int(state["Pid"])
-        try:
-            process = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            raise SocketRefused("the sandbox's container stopped") from None
-        state = await self.engine.state(container)
-        if state is None or not state["Running"] or int(state["Pid"]) != pid:
-            os.close(process)
+        process = await self.engine.open_init(container)
+        if process is None:
             raise SocketRefused("the sandbox's container stopped")
         return process
 

@@ -1,9 +1,10 @@
-"""The processes inside a gVisor sandbox, as runsc lists and signals them (for contexts, exec'd kernels).
+"""The processes inside a gVisor sandbox, as runsc lists and signals them (exec'd kernels, commands, tools).
 
     sandbox = await RunscSandbox.of(container_id, sentry, runsc="runsc")   # sentry: O_PATH fd of its /proc
     processes = await sandbox.processes()          # in-sandbox pid -> SandboxProcess(pid, ppid, uid)
     await sandbox.signal(pid, signal.SIGINT)       # that process, inside that sandbox only
-    await sandbox.kill_tree(pid)                   # it and every process below it
+    await sandbox.signal_tree(pid, signal.SIGTERM) # it and every process below it, the deepest first
+    await sandbox.kill_tree(pid)                   # all of them stopped, then killed: none runs a next step
 
 Why: a process ``docker exec`` starts in a gVisor sandbox lives inside the Sentry (gVisor's
 kernel). What the host sees of it is ``runsc-exec``, runsc's own process (root), which waits for
@@ -24,11 +25,16 @@ import dataclasses
 import os
 import re
 import signal
+from collections.abc import Iterable
 
 #: A container id as Docker makes them (runsc is never handed anything else as one).
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 #: Seconds a runsc call may take (it answers in tens of milliseconds; the host may be loaded).
 CALL_TIMEOUT = 20.0
+#: runsc calls signalling a tree at once.
+PARALLEL_CALLS = 8
+#: Times a tree being killed is listed again for what it forked meanwhile (a fork bomb is held by the pids limit).
+MAX_LISTINGS = 8
 
 
 class RunscError(RuntimeError):
@@ -132,10 +138,40 @@ class RunscSandbox:
             raise
         return True
 
-    async def kill_tree(self, pid: int) -> None:
-        """SIGKILL ``pid`` and what runs below it (found first: orphans are adopted by the sandbox's init)."""
+    async def signal_tree(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to ``pid`` and every process below it, the deepest first (the process itself last)."""
         processes = await self.processes()
-        if pid not in processes:
-            return
-        for member in below(processes, pid):
-            await self.signal(member, signal.SIGKILL)
+        if pid in processes:
+            for member in reversed(below(processes, pid)):  # (one at a time: in that order)
+                await self.signal(member, signum)
+
+    async def kill_tree(self, pid: int) -> None:
+        """SIGKILL ``pid`` and what runs below it: every one of them stopped first, then all killed.
+
+        Killed one by one, a shell whose child died before it could still run its next step
+        (``sleep 300; echo never > never.txt``). Stopped, none runs again: the tree is listed
+        again until no process appeared below it (one forked between a listing and its parent's
+        stop), then each gets its SIGKILL. Found while their parents live: orphans are adopted by
+        the sandbox's init.
+        """
+        stopped: list[int] = []
+        for _ in range(MAX_LISTINGS):
+            processes = await self.processes()
+            if pid not in processes and not stopped:
+                return
+            new = [member for member in below(processes, pid) if member not in stopped]
+            if not new:
+                break
+            await self._each(new, signal.SIGSTOP)
+            stopped += new
+        await self._each(stopped, signal.SIGKILL)
+
+    async def _each(self, pids: Iterable[int], signum: int) -> None:
+        """``signal`` each of ``pids``, a few runsc calls at a time, in no order (a big tree is stopped in a few rounds)."""
+        slots = asyncio.Semaphore(PARALLEL_CALLS)
+
+        async def one(pid: int) -> None:
+            async with slots:
+                await self.signal(pid, signum)
+
+        await asyncio.gather(*(one(pid) for pid in pids))

@@ -16,8 +16,8 @@ and a tool can never stall the gateway:
   exec's hijacked socket read and written with the loop's ``sock_*`` calls; the Docker calls
   that start it go to the engine's own executor);
 - every read and write waits at most ``timeout`` seconds for the tool (``ToolStalled``), and
-  closing a tool that has not finished kills it (the exec's process, by pidfd) and closes its
-  connection;
+  closing a tool that has not finished kills it and what it started (``gateway.provisioners.execs``:
+  under gVisor inside the sandbox, by the pid the exec announced first) and closes its connection;
 - at most ``max_per_sandbox`` tools run in one sandbox at once; more wait that long for a turn
   (``TooManyOperations``), so one sandbox stalling its own tools holds only its own slots.
 
@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import signal
 import socket
 import ssl
 import struct
@@ -51,6 +53,8 @@ from typing import Any
 
 from gateway.errors import EngineUnavailable, SandboxNotRunning, TooManyOperations
 from gateway.provisioners.base import local_env, workdir_of
+from gateway.provisioners.execs import PID_LINE_BYTES, announced_pid, announcing, signal_exec
+from gateway.provisioners.isolation import GVISOR
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.model import Sandbox
 
@@ -66,6 +70,19 @@ MAX_STDERR = 8192
 IO_TIMEOUT = 60.0
 #: Tools that may run in one sandbox at once.
 MAX_PER_SANDBOX = 8
+#: Seconds a tool under gVisor killed before its output was read has to show its pid (written at its start).
+ANNOUNCEMENT_WAIT = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DockerExec:
+    """A started ``docker exec``: its hijacked connection (kept alive by it), its id, its container's."""
+
+    raw: Any
+    exec_id: str
+    container_id: str
+    #: Under gVisor: its first line of stdout is its pid in the sandbox, the one to signal.
+    announcing: bool = False
 
 
 class ToolStalled(TimeoutError):
@@ -239,22 +256,18 @@ class SandboxCommands:
     async def _start_docker(self, sandbox: Sandbox, tool: str, timeout: float) -> SandboxProcess:
         command = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in CONTAINER_TOOL_ENV.items()),
                    "/usr/bin/python3", "-I", "-S", "-c", self.source(tool)]
-        raw, exec_id, container_id = await self._exec(sandbox, command, CONTAINER_WORKDIR)
-        return DockerProcess(raw, timeout, container_id=container_id, exec_id=exec_id, engine=self.launcher.engine)
+        started = await self.docker_exec(sandbox, command, CONTAINER_WORKDIR)
+        return DockerProcess(started.raw, timeout, container_id=started.container_id, exec_id=started.exec_id,
+                             engine=self.launcher.engine, announcing=started.announcing)
 
-    async def docker_exec(self, sandbox: Sandbox, argv: list[str], workdir: str) -> tuple[Any, str]:
-        """Start ``argv`` in the sandbox's container: the exec's hijacked connection (stdin in,
-        multiplexed stdout/stderr frames out) and the exec's id.
+    async def docker_exec(self, sandbox: Sandbox, argv: list[str], workdir: str) -> DockerExec:
+        """Start ``argv`` in the sandbox's container (its hijacked connection: stdin in, multiplexed
+        stdout/stderr frames out). No user: the exec runs as the container's own user, the one the
+        kernel runs as. Under gVisor its first line of stdout is its pid in the sandbox (``announcing``).
 
         ``argv`` starts with none of the container's environment (which holds the sandbox's ``env``
         and its kernel's connection), only ``CONTAINER_TOOL_ENV``: give it its own with ``env -i``.
         """
-        raw, exec_id, _ = await self._exec(sandbox, argv, workdir)
-        return raw, exec_id
-
-    async def _exec(self, sandbox: Sandbox, argv: list[str], workdir: str) -> tuple[Any, str, str]:
-        """``docker_exec`` plus the container's id. No user: the exec runs as the container's own
-        user, the one the kernel runs as."""
         import docker.errors
         import requests.exceptions
 
@@ -274,6 +287,9 @@ class SandboxCommands:
                     or labels.get(LABEL_INSTANCE) != engine.instance_id):
                 raise not_running
             container_id = str(attrs["Id"])
+            gvisor = attrs["HostConfig"].get("Runtime") == engine.docker_runtimes[GVISOR]
+            if gvisor:
+                argv = announcing(argv)
             # The exec's first program starts with the container's environment: unset all of it
             # (Docker removes a variable named without a value), so even ``env`` sees none of it.
             names = {entry.partition("=")[0] for entry in attrs["Config"].get("Env") or []}
@@ -294,7 +310,7 @@ class SandboxCommands:
                 raise not_running from None
             log.warning("sandbox %s: the Docker engine could not start a process: %s", sandbox.id, exc)
             raise EngineUnavailable("the Docker engine could not start the operation in the sandbox") from None
-        return raw, exec_id, container_id
+        return DockerExec(raw, exec_id, container_id, announcing=gvisor)
 
     async def _still_running(self, container_id: str) -> bool:
         try:
@@ -369,7 +385,8 @@ class DockerProcess(SandboxProcess):
     The socket is non-blocking and driven by the event loop; no thread ever waits on a tool.
     """
 
-    def __init__(self, raw: Any, timeout: float, *, container_id: str, exec_id: str, engine: Any) -> None:
+    def __init__(self, raw: Any, timeout: float, *, container_id: str, exec_id: str, engine: Any,
+                 announcing: bool = False) -> None:
         super().__init__(timeout)
         self.raw = raw  # keeps the HTTP response (and so the connection) alive
         sock = getattr(raw, "_sock", raw)
@@ -381,6 +398,10 @@ class DockerProcess(SandboxProcess):
         self.container_id = container_id
         self.exec_id = exec_id
         self.engine = engine
+        #: Under gVisor: the tool's pid inside the sandbox (what is killed there), from the exec's
+        #: first line of stdout (collected here until it is read).
+        self.sandbox_pid: int | None = None
+        self._announcement: bytearray | None = bytearray() if announcing else None
         self.loop = asyncio.get_running_loop()
         self._stdin_open = True
         self._pending = bytearray()
@@ -407,6 +428,27 @@ class DockerProcess(SandboxProcess):
                 pass
 
     async def _receive(self) -> bytes:
+        if self._announcement is not None:
+            rest = await self._read_announcement()
+            if rest:
+                return rest
+        return await self._stdout()
+
+    async def _read_announcement(self) -> bytes:
+        """Under gVisor: the exec's first line of stdout is the tool's pid in the sandbox; what follows is the tool's."""
+        assert self._announcement is not None
+        while b"\n" not in self._announcement and len(self._announcement) < PID_LINE_BYTES:
+            chunk = await self._stdout()
+            if not chunk:
+                break
+            self._announcement += chunk
+        line, _, rest = bytes(self._announcement).partition(b"\n")
+        self._announcement = None
+        self.sandbox_pid = announced_pid(line)
+        return rest
+
+    async def _stdout(self) -> bytes:
+        """The next piece of stdout (``b""`` at its end), collecting stderr on the way."""
         while True:
             header = await self._exactly(8)
             if len(header) < 8:
@@ -438,10 +480,15 @@ class DockerProcess(SandboxProcess):
         return await container_running(self.engine, self.container_id)
 
     async def _stop(self) -> None:
+        if self._announcement is not None and not self.finished:
+            # Killed before its output was read (its input stalled): its pid is waiting there.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(ANNOUNCEMENT_WAIT):
+                    self._buffer += await self._read_announcement()
         _close_quietly(self.raw, self.sock)
         if not self.finished:  # it may be stopped, or stuck: closing its connection alone may leave it
             try:
-                await self.engine.kill_exec(self.exec_id)
+                await signal_exec(self.engine, self.exec_id, signal.SIGKILL, sandbox_pid=self.sandbox_pid)
             except Exception:
                 log.warning("could not kill the tool exec %s", self.exec_id[:12], exc_info=True)
 

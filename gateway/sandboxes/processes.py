@@ -33,8 +33,8 @@ from typing import Any
 
 from gateway.errors import InvalidRequest, NotFound, SandboxNotRunning
 from gateway.provisioners.base import local_env, workdir_of
-from gateway.provisioners.usage import process_tree
-from gateway.sandboxes.commands import CONTAINER_WORKDIR, SandboxCommands
+from gateway.provisioners.execs import PID_LINE_BYTES, announced_pid, signal_exec
+from gateway.sandboxes.commands import CONTAINER_WORKDIR, DockerExec, SandboxCommands
 from gateway.sandboxes.model import Sandbox
 from gateway.tasks import wait_tasks
 
@@ -47,6 +47,8 @@ CONTAINER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 MAX_BEHIND = 4096
 #: Most commands running in one sandbox at once.
 MAX_COMMANDS = 64
+#: Seconds a command under gVisor may take to announce its pid in the sandbox (the host may be loaded).
+ANNOUNCE_TIMEOUT = 30.0
 
 Event = tuple[str, Any]
 
@@ -122,7 +124,7 @@ class Command:
         await self.channel.close_stdin()
 
     async def signal(self, signum: int) -> None:
-        self.channel.signal(signum)
+        await self.channel.signal(signum)
 
 
 class CommandChannel:
@@ -143,7 +145,8 @@ class CommandChannel:
     async def close_stdin(self) -> None:
         raise NotImplementedError
 
-    def signal(self, signum: int) -> None:
+    async def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command's whole process tree (a SIGKILL: all stopped, then killed)."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -191,7 +194,10 @@ class LocalChannel(CommandChannel):
         if self.process.stdin is not None and not self.process.stdin.is_closing():
             self.process.stdin.close()
 
-    def signal(self, signum: int) -> None:
+    async def signal(self, signum: int) -> None:
+        self._signal(signum)
+
+    def _signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)  # its own session: the whole group
 
@@ -199,41 +205,88 @@ class LocalChannel(CommandChannel):
         for task in self._reads.values():
             task.cancel()
         if self.process.returncode is None:
-            self.signal(signal.SIGKILL)
+            self._signal(signal.SIGKILL)
         await self.process.wait()
 
 
 class ContainerChannel(CommandChannel):
-    """A ``docker exec``'s hijacked connection, read and written with asyncio."""
+    """A ``docker exec``'s hijacked connection, read and written with asyncio.
 
-    def __init__(self, raw: Any, exec_id: str, engine: Any, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, host_pid: int, pid: int) -> None:
-        self.raw = raw  # keeps the HTTP response (and so the connection) alive
-        self.exec_id = exec_id
+    Its ``pid`` is the one the sandbox sees: under runc the last of the host process's ``NSpid``;
+    under gVisor the one the exec announced first (``gateway.provisioners.execs``), which is
+    also how it is signalled there.
+    """
+
+    def __init__(self, started: DockerExec, engine: Any, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, host_pid: int) -> None:
+        self.raw = started.raw  # keeps the HTTP response (and so the connection) alive
+        self.exec_id = started.exec_id
         self.engine = engine
         self.reader = reader
         self.writer = writer
         self.host_pid = host_pid
-        self.pid = pid
+        self.pid = sandbox_pid(host_pid)
+        #: Under gVisor: the command's pid inside the sandbox, the one signalled there.
+        self.gvisor_pid: int | None = None
+        #: What came before or with the announcement, handed out first.
+        self._early: list[Event] = []
         self._stdin_open = True
 
     @classmethod
-    async def open(cls, raw: Any, exec_id: str, engine: Any) -> ContainerChannel:
-        sock = getattr(raw, "_sock", raw)
+    async def open(cls, started: DockerExec, engine: Any) -> ContainerChannel:
+        sock = getattr(started.raw, "_sock", started.raw)
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock)
         host_pid = 0
         for _ in range(100):  # (the exec's process may still be starting as its connection is handed over)
-            inspected = await engine.call(engine.client.api.exec_inspect, exec_id)
+            inspected = await engine.call(engine.client.api.exec_inspect, started.exec_id)
             host_pid = int(inspected.get("Pid") or 0)
             if host_pid:
                 break
             await asyncio.sleep(0.02)
         if not host_pid:
             raise SandboxNotRunning("the command did not start in the sandbox's container")
-        return cls(raw, exec_id, engine, reader, writer, host_pid, sandbox_pid(host_pid))
+        channel = cls(started, engine, reader, writer, host_pid)
+        if started.announcing:
+            try:
+                await channel._read_announcement()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await signal_exec(engine, started.exec_id, signal.SIGKILL)
+                await channel.close()
+                raise
+        return channel
+
+    async def _read_announcement(self) -> None:
+        """The command's pid in the sandbox, from its first line of stdout; what else came is kept."""
+        line = b""
+        try:
+            async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+                while b"\n" not in line and len(line) < PID_LINE_BYTES:
+                    event = await self._frame()
+                    if event is None:
+                        break
+                    if event[0] == "stdout":
+                        line += event[1]
+                    else:
+                        self._early.append(event)
+        except TimeoutError:
+            raise SandboxNotRunning(f"the command did not start in the sandbox within {ANNOUNCE_TIMEOUT:g} s") from None
+        first, _, rest = line.partition(b"\n")
+        pid = announced_pid(first)
+        if pid is None:
+            raise SandboxNotRunning("the command did not start in the sandbox's container")
+        self.pid = self.gvisor_pid = pid
+        if rest:
+            self._early.append(("stdout", rest))
 
     async def read(self) -> Event | None:
+        if self._early:
+            return self._early.pop(0)
+        return await self._frame()
+
+    async def _frame(self) -> Event | None:
+        """The next frame of output with something in it; None at the end."""
         while True:
             try:
                 header = await self.reader.readexactly(8)
@@ -265,19 +318,8 @@ class ContainerChannel(CommandChannel):
             with contextlib.suppress(OSError):
                 self.writer.write_eof()
 
-    def signal(self, signum: int) -> None:
-        if not self.host_pid:
-            return
-        tree = process_tree(self.host_pid)
-        if signum == signal.SIGKILL:
-            # Everything stopped first: killed one by one, a shell whose child died before it
-            # could still run its next step (``sleep 300; echo never > never.txt``).
-            for pid in tree:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGSTOP)
-        for pid in reversed(tree):  # (the deepest first, the command itself last)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
+    async def signal(self, signum: int) -> None:
+        await signal_exec(self.engine, self.exec_id, signum, sandbox_pid=self.gvisor_pid)
 
     async def close(self) -> None:
         self.writer.close()
@@ -330,8 +372,8 @@ class SandboxProcesses:
         if sandbox.provisioner == "docker":
             workdir = f"{CONTAINER_WORKDIR}/{cwd}" if cwd else CONTAINER_WORKDIR
             assigned = [f"{name}={value}" for name, value in {**CONTAINER_ENV, **env}.items()]
-            raw, exec_id = await self.commands.docker_exec(sandbox, ["env", "-i", *assigned, *argv], workdir)
-            return await ContainerChannel.open(raw, exec_id, self.commands.launcher.engine)
+            started = await self.commands.docker_exec(sandbox, ["env", "-i", *assigned, *argv], workdir)
+            return await ContainerChannel.open(started, self.commands.launcher.engine)
         if sandbox.provisioner == "local":
             workdir_path = workdir_of(self.commands.launcher.sandbox_dir(sandbox.runtime_id))
             if not workdir_path.is_dir():
@@ -367,8 +409,16 @@ class SandboxProcesses:
 
     def _expire(self, command: Command) -> None:
         command.error = "the command was killed at the end of its timeout"
-        channel = command.channel
-        channel.signal(signal.SIGKILL)
+        task = asyncio.create_task(self._kill(command), name=f"expire-{command.sandbox_id}-{command.pid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _kill(self, command: Command) -> None:
+        try:
+            await command.signal(signal.SIGKILL)
+        except Exception:
+            log.warning("sandbox %s: could not kill command %d at its timeout", command.sandbox_id, command.pid,
+                        exc_info=True)
 
     def list(self, sandbox_id: str) -> list[Command]:
         return list(self._running.get(sandbox_id, {}).values())

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.gateways import InProcessGateway, create, run
-from tests.provisioned import docker_or_fail
+from tests.provisioned import RUNTIMES, docker_or_fail
 from tests.waiting import until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(400)]
@@ -102,6 +102,20 @@ async def paused(client: httpx.AsyncClient, sandbox_id: str) -> int:
     return int((await run(client, sandbox_id, "print(_paused())"))["stdout"])
 
 
+async def a_stopped_tool_times_out(alice: httpx.AsyncClient, sid: str) -> None:
+    """An upload whose tool the sandbox stops (``WATCH``) ends with a 504 after ``tool_timeout``
+    (3 s), and the tool is killed: no stopped one is left."""
+    release = asyncio.Event()
+    stalled = asyncio.create_task(held_upload(alice, sid, "stalled.txt", release))
+    await until(lambda: paused(alice, sid), lambda n: n == 1, what="a stopped tool", timeout=120)
+    release.set()
+    response = await stalled
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "file_operation_timeout"
+    assert "did not answer the file operation within 3 s" in response.json()["error"]["message"]
+    await until(lambda: paused(alice, sid), lambda n: n == 0, what="the stopped tool killed")
+
+
 async def an_ordinary_session(bob: httpx.AsyncClient) -> None:
     """What another user does meanwhile: each step must simply work."""
     sid = (await create(bob))["id"]
@@ -138,15 +152,7 @@ async def test_a_sandbox_stopping_its_tools_stalls_only_itself(gateway: InProces
         # A tool stopped for good: the request ends with a clear error, and the tool is killed.
         gateway.app.files.tool_timeout = 3.0
         await run(alice, sid, "_stopping.set()")
-        release = asyncio.Event()
-        stalled = asyncio.create_task(held_upload(alice, sid, "stalled.txt", release))
-        await until(lambda: paused(alice, sid), lambda n: n == 1, what="a stopped tool", timeout=120)
-        release.set()
-        response = await stalled
-        assert response.status_code == 504, response.text
-        assert response.json()["error"]["code"] == "file_operation_timeout"
-        assert "did not answer the file operation within 3 s" in response.json()["error"]["message"]
-        await until(lambda: paused(alice, sid), lambda n: n == 0, what="the stopped tool killed")
+        await a_stopped_tool_times_out(alice, sid)
         # The same while the body is still arriving: the gateway's writes stall, and the client
         # still gets the answer (once its body is sent), not a dropped connection.
         stalled_write = await alice.put(f"/api/v1/sandboxes/{sid}/files/stalled-write.bin", content=b"w" * (64 << 20),
@@ -170,3 +176,25 @@ async def test_a_sandbox_stopping_its_tools_stalls_only_itself(gateway: InProces
         for process in seen:
             assert not any("LD_PRELOAD" in e or "/home/sandbox/bin" in e for e in process["environ"]), process
             assert not any("libpng16" in library for library in process["libraries"]), process
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_stopped_tool_is_killed_at_its_timeout(tmp_path: Any, runtime: str) -> None:
+    """Under either runtime the killed tool is gone from the sandbox (under gVisor, killing the
+    exec's host process, runsc's, would leave it there: it is killed inside)."""
+    docker_or_fail().close()
+    async with InProcessGateway(tmp_path / "data", f"--runtime={runtime}", "--SandboxFiles.tool_timeout=3",
+                                provisioner="docker") as gateway, gateway.client("alice") as alice:
+        sid = (await create(alice))["id"]
+        assert (await run(alice, sid, WATCH))["status"] == "completed"
+        await a_stopped_tool_times_out(alice, sid)
+        # Stopped while the gateway still writes to it (none of its output read yet): killed too.
+        stalled_write = await alice.put(f"/api/v1/sandboxes/{sid}/files/stalled-write.bin", content=b"w" * (64 << 20),
+                                        timeout=600)
+        assert stalled_write.status_code == 504, stalled_write.text
+        await until(lambda: paused(alice, sid), lambda n: n == 0, what="the stopped tool killed")
+        alive = "print(sum(1 for p in _stopped if os.path.exists(f'/proc/{p}') and "\
+                "open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z'))"
+        assert (await run(alice, sid, "_stopping.clear()\n" + alive))["stdout"] == "0\n"
+        names = [e["name"] for e in (await alice.get(f"/api/v1/sandboxes/{sid}/files")).json()["entries"]]
+        assert "stalled.txt" not in names and "stalled-write.bin" not in names, names

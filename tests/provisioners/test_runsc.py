@@ -4,6 +4,7 @@ against gVisor sandboxes in tests/e2e/test_gvisor_features.py and test_socket_re
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,41 @@ async def test_a_missing_runsc_is_a_runsc_error() -> None:
     sandbox = RunscSandbox("a" * 64, "/var/run/x", runsc="/nonexistent/runsc")
     with pytest.raises(RunscError, match="cannot run /nonexistent/runsc"):
         await sandbox.processes()
+
+
+class ScriptedRunsc(RunscSandbox):
+    """runsc answering ``ps`` from a script of tables (one per listing) and recording each ``kill``."""
+
+    def __init__(self, tables: list[str]) -> None:
+        super().__init__("a" * 64, "/var/run/x")
+        self.tables = tables
+        self.kills: list[tuple[int, int]] = []
+
+    async def _run(self, *args: str) -> str:
+        if args[0] == "ps":
+            return self.tables.pop(0) if len(self.tables) > 1 else self.tables[0]
+        assert args[0] == "kill" and args[1].startswith("--pid=") and args[2] == self.container_id
+        self.kills.append((int(args[1].removeprefix("--pid=")), int(args[3])))
+        return ""
+
+
+async def test_a_tree_is_stopped_whole_then_killed_even_what_it_forked_meanwhile() -> None:
+    """Killed one by one, a shell whose child died first could run its next step: every process
+    is stopped first (the tree listed again: 14 was forked after the first listing), then killed."""
+    runsc = ScriptedRunsc([TABLE, TABLE + "1000      14        13        0         ?         14:16     0s        sleep\n"])
+    await runsc.kill_tree(9)
+    stops = [pid for pid, signum in runsc.kills if signum == signal.SIGSTOP]
+    kills = [pid for pid, signum in runsc.kills if signum == signal.SIGKILL]
+    assert sorted(stops) == sorted(kills) == [9, 12, 13, 14]
+    assert runsc.kills.index((14, signal.SIGSTOP)) < min(runsc.kills.index((pid, signal.SIGKILL)) for pid in kills)
+    assert all(signum == signal.SIGSTOP for _, signum in runsc.kills[:4])  # (nothing outside the tree: not 1, 7)
+
+
+async def test_other_signals_reach_the_tree_deepest_first_and_a_gone_process_nothing() -> None:
+    runsc = ScriptedRunsc([TABLE])
+    await runsc.signal_tree(9, signal.SIGTERM)
+    assert runsc.kills == [(13, signal.SIGTERM), (12, signal.SIGTERM), (9, signal.SIGTERM)]
+    runsc.kills.clear()
+    await runsc.kill_tree(42)
+    await runsc.signal_tree(42, signal.SIGTERM)
+    assert runsc.kills == []

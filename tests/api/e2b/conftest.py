@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,14 +28,20 @@ MAX_SEND_BUFFER = 1 << 20
 E2B_KEYS = {"alice": "e2b_" + "a1" * 20, "bob": "e2b_" + "b2" * 20}
 
 
-@pytest.fixture(scope="session")
-def e2b_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def e2b_gateway_process(data_dir: Path, *args: str) -> GatewayProcess:
+    """A started E2B tests' gateway (docker sandboxes, alice's and bob's E2B keys), with ``args``."""
     docker_or_fail().close()
     keys = ",".join([KEY_PAIRS, *(f"{user}:{key}" for user, key in E2B_KEYS.items())])
-    gateway = GatewayProcess(tmp_path_factory.mktemp("e2b-gateway"), f"--max-file-bytes={MAX_FILE_BYTES}",
-                             f"--max-send-buffer-bytes={MAX_SEND_BUFFER}",
+    gateway = GatewayProcess(data_dir, f"--max-file-bytes={MAX_FILE_BYTES}",
+                             f"--max-send-buffer-bytes={MAX_SEND_BUFFER}", *args,
                              provisioner="docker", env={"GATEWAY_API_KEYS": keys})
     asyncio.run(gateway.start())
+    return gateway
+
+
+@pytest.fixture(scope="session")
+def e2b_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    gateway = e2b_gateway_process(tmp_path_factory.mktemp("e2b-gateway"))
     saved = {name: os.environ.get(name) for name in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")}
     os.environ.update(E2B_API_URL=f"{gateway.url}/e2b", E2B_SANDBOX_URL=f"{gateway.url}/e2b/sandbox",
                       E2B_API_KEY=E2B_KEYS["alice"])
@@ -45,6 +52,19 @@ def e2b_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayPro
         else:
             os.environ[name] = value
     asyncio.run(gateway.stop())
+
+
+@pytest.fixture(scope="session")
+def e2b_gvisor_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A second such gateway, whose sandboxes run under gVisor (reached with ``gateway_options``)."""
+    gateway = e2b_gateway_process(tmp_path_factory.mktemp("e2b-gvisor-gateway"), "--runtime=gvisor")
+    yield gateway
+    asyncio.run(gateway.stop())
+
+
+def gateway_options(gateway: GatewayProcess) -> dict[str, str]:
+    """The SDK's options (``Sandbox.create(**...)``) for alice on ``gateway`` rather than the default one."""
+    return {"api_url": f"{gateway.url}/e2b", "sandbox_url": f"{gateway.url}/e2b/sandbox", "api_key": E2B_KEYS["alice"]}
 
 
 @pytest.fixture

@@ -3,18 +3,22 @@
 Commands run in the sandbox's container as its unprivileged user, with its limits and a minimal
 environment (never the kernel's connection key); output streams while they run; they can be
 killed, listed, fed stdin and reconnected to; their ``timeout`` kills them, as envd's does.
+Killing and timeouts are proven under both runtimes (runc and gVisor, ``sandbox_of_each_runtime``):
+the command's whole tree is gone from inside the sandbox, and a shell runs no next step.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from e2b import CommandExitException, SandboxException, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
+from tests.api.e2b.conftest import gateway_options
 from tests.gateways import GatewayProcess
+from tests.provisioned import RUNTIMES
 
 pytestmark = pytest.mark.docker
 
@@ -24,6 +28,45 @@ def sandbox(e2b_gateway: GatewayProcess) -> Iterator[Sandbox]:
     created = Sandbox.create(timeout=600, envs={"SANDBOX_WIDE": "everywhere"})
     yield created
     created.kill()
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def sandbox_of_each_runtime(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """``sandbox`` (runc), then one on a gateway whose sandboxes run under gVisor."""
+    if request.param == "runc":
+        yield request.getfixturevalue("sandbox")
+        return
+    created = Sandbox.create(timeout=600, **gateway_options(request.getfixturevalue("e2b_gvisor_gateway")))
+    yield created
+    created.kill()
+
+
+#: Prints the processes (not zombies) of the sandbox whose command line holds argv[1] ("_" for " ").
+RUNNING = """
+import os, sys
+wanted = sys.argv[1].replace("_", " ")
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode(errors="replace")
+        state = next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("State:"))
+    except (OSError, StopIteration):
+        continue
+    if wanted in argv and state != "Z":
+        print(pid, state, argv)
+"""
+
+
+def live(sandbox: Sandbox, words: str) -> list[str]:
+    """The sandbox's own view of its live processes running ``words`` (as a command, or in one)."""
+    sandbox.files.write("running.py", RUNNING)
+    return sandbox.commands.run(f"python3 running.py {words.replace(' ', '_')}").stdout.splitlines()
+
+
+def until(condition: Callable[[], object], what: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
 
 
 def test_run_with_envs_cwd_and_callbacks(sandbox: Sandbox) -> None:
@@ -65,26 +108,33 @@ def test_background_command_streams_live(sandbox: Sandbox) -> None:
     assert seen == ["ready\n", "done\n"] and handle.wait().exit_code == 0
 
 
-def test_list_kill_stdin_and_connect(sandbox: Sandbox) -> None:
-    sleeper = sandbox.commands.run("sleep 300", background=True)
+def test_list_kill_stdin_and_connect(sandbox_of_each_runtime: Sandbox) -> None:
+    sandbox = sandbox_of_each_runtime
+    sleeper = sandbox.commands.run("sleep 300; echo never > killed.txt", background=True)
     reader = sandbox.commands.run("read line; echo got $line; read again; echo then $again", background=True,
                                   stdin=True)
     running = {p.pid: p for p in sandbox.commands.list()}
     assert {sleeper.pid, reader.pid} <= set(running)
-    assert running[sleeper.pid].args == ["-l", "-c", "sleep 300"]
+    assert running[sleeper.pid].args == ["-l", "-c", "sleep 300; echo never > killed.txt"]
     sandbox.commands.send_stdin(reader.pid, "one\n")
     reader.disconnect()  # the command goes on; connect() picks it up again
     again = sandbox.commands.connect(reader.pid)
     sandbox.commands.send_stdin(reader.pid, "two\n")
     assert again.wait().stdout.endswith("then two\n")
+    # Its pid is the one the sandbox sees: the shell running it (sleep below it).
+    assert sandbox.commands.run(f"cat /proc/{sleeper.pid}/comm").stdout == "bash\n"
+    until(lambda: live(sandbox, "sleep 300"), "the command's sleep did not start")
     assert sandbox.commands.kill(sleeper.pid) is True
     with pytest.raises(CommandExitException):
         sleeper.wait()
     assert sleeper.pid not in {p.pid for p in sandbox.commands.list()}
     assert sandbox.commands.kill(sleeper.pid) is False  # gone, as in E2B
+    until(lambda: not live(sandbox, "sleep 300"), "the killed command runs on inside the sandbox")
+    assert not sandbox.files.exists("killed.txt")  # (nothing of it is left to write it)
 
 
-def test_timeout_kills_the_command(sandbox: Sandbox) -> None:
+def test_timeout_kills_the_command(sandbox_of_each_runtime: Sandbox) -> None:
+    sandbox = sandbox_of_each_runtime
     handle = sandbox.commands.run("sleep 300; echo never > never.txt", background=True, timeout=5)
     assert handle.pid in {p.pid for p in sandbox.commands.list()}  # it started
     with pytest.raises((TimeoutException, CommandExitException)):
@@ -93,7 +143,8 @@ def test_timeout_kills_the_command(sandbox: Sandbox) -> None:
     while handle.pid in {p.pid for p in sandbox.commands.list()}:  # (killed at the same deadline, server-side)
         assert time.monotonic() < deadline, "the command outlived its timeout"
         time.sleep(0.2)
-    assert not sandbox.files.exists("never.txt")
+    until(lambda: not live(sandbox, "sleep 300"), "the timed-out command runs on inside the sandbox")
+    assert not sandbox.files.exists("never.txt")  # (nothing of it is left to write it)
     with pytest.raises(TimeoutException):
         sandbox.commands.run("sleep 300", timeout=2)
 
