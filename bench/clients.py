@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -51,17 +52,18 @@ class HttpConnection:
         except OSError:
             pass
 
-    async def request(self, method: str, path: str, body: Any = None,
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                      on_chunk: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
+        """One request and its whole response; ``on_chunk`` sees each chunk of a chunked body on arrival."""
         data = b"" if body is None else json.dumps(body).encode()
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", f"Content-Length: {len(data)}"]
         if body is not None:
             lines.append("Content-Type: application/json")
         lines += [f"{k}: {v}" for k, v in {**self.headers, **(headers or {})}.items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
-        return await asyncio.wait_for(self._response(), TIMEOUT)
+        return await asyncio.wait_for(self._response(on_chunk), TIMEOUT)
 
-    async def _response(self) -> tuple[int, bytes]:
+    async def _response(self, on_chunk: Callable[[bytes], None] | None) -> tuple[int, bytes]:
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         status = int(status_line.split()[1])
@@ -78,6 +80,8 @@ class HttpConnection:
                 if size == 0:
                     break
                 parts.append(chunk[:-2])
+                if on_chunk is not None:
+                    on_chunk(parts[-1])
             return status, b"".join(parts)
         length = int(headers.get("content-length", "0"))
         return status, await self.reader.readexactly(length) if length else b""
@@ -112,11 +116,13 @@ async def rest_execute(http: HttpConnection, sandbox_id: str, code: str,
     return check_completed(execution, expect)
 
 
-async def ndjson_execute(http: HttpConnection, sandbox_id: str, code: str,
-                         expect: str | None = "2") -> dict[str, Any]:
+async def ndjson_execute(http: HttpConnection, sandbox_id: str, code: str, expect: str | None = "2",
+                         timeout: float | None = None,
+                         on_chunk: Callable[[bytes], None] | None = None) -> dict[str, Any]:
     """The same with ``Accept: application/x-ndjson``: read every line to the final Execution."""
-    status, data = await http.request("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", {"code": code},
-                                      headers={"Accept": "application/x-ndjson"})
+    body: dict[str, Any] = {"code": code} if timeout is None else {"code": code, "timeout": timeout}
+    status, data = await http.request("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", body,
+                                      headers={"Accept": "application/x-ndjson"}, on_chunk=on_chunk)
     if status != 200:
         raise HttpError(f"ndjson execute: {status} {data[:300]!r}")
     last = json.loads(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])

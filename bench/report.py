@@ -174,6 +174,7 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(Row("memory", "idle sandboxes that fit in RAM (estimate)",
                         f"≈ {int(total / per_sandbox)}", "—",
                         f"{total / 2**30:.1f} GiB / {per_sandbox / 2**20:.1f} MiB each"))
+    rows.extend(under_load_rows(results.get("under_load")))
     rows.extend(pause_rows(results.get("pause")))
     rows.extend(isolation_rows(results.get("isolation")))
     return rows
@@ -225,6 +226,25 @@ def isolation_rows(isolation: dict[str, Any] | None) -> list[Row]:
         rows.append(Row("gVisor: idle sandbox memory", "container working set, runc",
                         f"{runc / 2**20:.1f} MiB", "—", "baseline"))
     return rows
+
+
+def under_load_rows(under_load: dict[str, Any] | None) -> list[Row]:
+    """``1+1`` while N sandboxes stream against nothing else running (issue 15 sets no bound: reported)."""
+    if not under_load or not under_load["loaded"].get("n"):
+        return []
+    loaded, unloaded, phases = under_load["loaded"], under_load["unloaded"], under_load["phases"]
+    title = f"1+1 while {under_load['streamers']} sandboxes stream"
+    row = latency_row(title, loaded, vs(loaded, unloaded, "unloaded"))
+    loads = [load for phase in phases for load in phase["load"]]
+    row.target = "p99 against unloaded"
+    row.verdict = f"{ratio(loaded['p99'], unloaded['p99'])} at load {min(loads):.1f}–{max(loads):.1f}"
+    cpu = {kind: [phase["gateway_cpu"] for phase in phases if phase["kind"] == kind]
+           for kind in ("loaded", "unloaded")}
+    mean = {kind: sum(values) / max(len(values), 1) * 100 for kind, values in cpu.items()}
+    streamed = f"each streamer {under_load['lines_per_second']:.1f} lines/s"
+    return [row, latency_row(title, unloaded, "baseline"),
+            Row(title, "gateway CPU while sampling, loaded / unloaded",
+                f"{mean['loaded']:.0f}% / {mean['unloaded']:.0f}%", "—", streamed)]
 
 
 def pause_rows(pause: dict[str, Any] | None) -> list[Row]:

@@ -26,10 +26,10 @@ from typing import Any
 from bench import report
 from bench.harness import REPO, Bench, dump_json, ensure_kg_venv, meminfo_kib
 from bench.measure import loadavg, log
-from bench.scenarios import big, first_result, isolation, pause, png, roundtrip, scale
+from bench.scenarios import big, first_result, isolation, pause, png, roundtrip, scale, under_load
 from bench.scenarios.live import Live
 
-SCENARIOS = ("roundtrip", "png", "big", "first_result", "scale", "pause", "isolation")
+SCENARIOS = ("roundtrip", "png", "big", "first_result", "scale", "under_load", "pause", "isolation")
 RESULTS = REPO / "bench" / "results"
 
 
@@ -63,6 +63,8 @@ async def run(bench: Bench) -> None:
         await guarded(bench, "first_result", first_result.run(bench))
     if "scale" in wanted:
         await guarded(bench, "scale", scale.run(bench))
+    if "under_load" in wanted:
+        await guarded(bench, "under_load", under_load.run(bench))
     if "pause" in wanted:
         await guarded(bench, "pause", pause.run(bench))
     if "isolation" in wanted:
