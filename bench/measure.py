@@ -115,6 +115,14 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{seconds * 1e6:.0f} µs"
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, all cores, from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def loadavg() -> tuple[float, float, float]:
     with open("/proc/loadavg") as f:
         one, five, fifteen = f.read().split()[:3]

@@ -238,13 +238,17 @@ def under_load_rows(under_load: dict[str, Any] | None) -> list[Row]:
     loads = [load for phase in phases for load in phase["load"]]
     row.target = "p99 against unloaded"
     row.verdict = f"{ratio(loaded['p99'], unloaded['p99'])} at load {min(loads):.1f}–{max(loads):.1f}"
-    cpu = {kind: [phase["gateway_cpu"] for phase in phases if phase["kind"] == kind]
-           for kind in ("loaded", "unloaded")}
-    mean = {kind: sum(values) / max(len(values), 1) * 100 for kind, values in cpu.items()}
+
+    def mean(key: str, kind: str) -> str:
+        values = [phase[key] for phase in phases if phase["kind"] == kind]
+        return f"{sum(values) / max(len(values), 1) * 100:.0f}%"
+
     streamed = f"each streamer {under_load['lines_per_second']:.1f} lines/s"
     return [row, latency_row(title, unloaded, "baseline"),
-            Row(title, "gateway CPU while sampling, loaded / unloaded",
-                f"{mean['loaded']:.0f}% / {mean['unloaded']:.0f}%", "—", streamed)]
+            Row(title, "gateway CPU (of a core) / machine busy (of all), loaded",
+                f"{mean('gateway_cpu', 'loaded')} / {mean('machine_busy', 'loaded')}", "—", streamed),
+            Row(title, "gateway CPU (of a core) / machine busy (of all), unloaded",
+                f"{mean('gateway_cpu', 'unloaded')} / {mean('machine_busy', 'unloaded')}", "—", "—")]
 
 
 def pause_rows(pause: dict[str, Any] | None) -> list[Row]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import clients
 from bench.harness import REPO, Bench, Gateway, cpu_seconds
-from bench.measure import Series, fmt_seconds, loadavg, log, timed
+from bench.measure import Series, cpu_jiffies, fmt_seconds, loadavg, log, timed
 from bench.scenarios.live import pool_args
 from bench.scenarios.scale import _create, _delete, bounded
 
@@ -117,18 +117,24 @@ class Phases:
         await clients.rest_execute(self.http, self.measured, CODE, "2")
 
     async def sample(self, kind: str, stop: asyncio.Future[Any] | None = None) -> None:
-        """``1+1`` back to back for the window (or until ``stop`` is done), with the phase's load and CPU."""
+        """``1+1`` back to back for the window (or until ``stop`` is done), with the phase's load and CPU:
+        the gateway's (of one core) and the machine's (busy share of all cores)."""
         series, count = self.series[kind], len(self.series[kind].samples)
-        load, cpu, began = loadavg()[0], cpu_seconds(self.gateway.pid), time.monotonic()
+        load, cpu, machine = loadavg()[0], cpu_seconds(self.gateway.pid), cpu_jiffies()
+        began = time.monotonic()
         deadline = began + self.window
         while time.monotonic() < deadline and not (stop is not None and stop.done()):
             await timed(series, self.once)
-        wall = time.monotonic() - began
-        phase: dict[str, Any] = {"kind": kind, "seconds": wall, "samples": len(series.samples) - count,
-                 "load": [load, loadavg()[0]], "gateway_cpu": (cpu_seconds(self.gateway.pid) - cpu) / wall}
+        wall, busy = time.monotonic() - began, [b - a for a, b in zip(machine, cpu_jiffies())]
+        mine = Series(kind, kind, series.samples[count:])
+        phase: dict[str, Any] = {
+            "kind": kind, "seconds": wall, "samples": len(mine.samples), "p50": mine.p50, "p99": mine.p99,
+            "load": [load, loadavg()[0]], "gateway_cpu": (cpu_seconds(self.gateway.pid) - cpu) / wall,
+            "machine_busy": busy[0] / max(busy[1], 1)}
         self.phases.append(phase)
-        log(f"  {kind:8s} {phase['samples']:5d} samples in {wall:4.1f} s, gateway CPU "
-            f"{phase['gateway_cpu'] * 100:3.0f}%, load {load:.2f} -> {phase['load'][1]:.2f}")
+        log(f"  {kind:8s} {phase['samples']:5d} samples in {wall:4.1f} s: p50 {fmt_seconds(mine.p50)}, p99 "
+            f"{fmt_seconds(mine.p99)}; gateway CPU {phase['gateway_cpu'] * 100:3.0f}%, machine "
+            f"{phase['machine_busy'] * 100:3.0f}% busy, load {load:.2f} -> {phase['load'][1]:.2f}")
 
     async def loaded(self) -> None:
         child = await asyncio.create_subprocess_exec(
