@@ -50,6 +50,15 @@ while _n < {{lines}} and time.monotonic() < _end:
 _n
 """
 CODE = "1+1"
+#: Run untimed in every sandbox first: its kernel's threads take the bench's niceness (``nice -n 15
+#: make bench``), as the gateway and the clients have it, so that the streamers' kernels do not
+#: outrank the gateway for CPU. Raising one's own niceness needs no privilege.
+RENICE = """
+import os
+for _t in os.listdir('/proc/self/task'):
+    os.setpriority(os.PRIO_PROCESS, int(_t), max({nice}, os.getpriority(os.PRIO_PROCESS, int(_t))))
+os.getpriority(os.PRIO_PROCESS, 0)
+"""
 
 
 def streamer_code(seconds: float) -> str:
@@ -187,9 +196,9 @@ async def run(bench: Bench) -> None:
                 raise RuntimeError(f"{len(failures)} sandbox(es) did not start, first: {failures[0]}")
             measured, streamers = ids[0], ids[1:]
             phases = Phases(gateway, http, measured, streamers, seconds, window)
+            await bounded(4, [_prepare(gateway, sandbox_id) for sandbox_id in ids])
             for _ in range(warmup):
                 await phases.once()
-            await bounded(4, [_warm(gateway, sandbox_id) for sandbox_id in streamers])
             log(f"under load: {rounds} rounds of {window:g} s loaded ({count} sandboxes streaming "
                 f"{LINE} B lines at ~{RATE:g}/s for {seconds:g} s) and {window:g} s unloaded, ABBA")
             for i in range(rounds):
@@ -211,11 +220,11 @@ async def run(bench: Bench) -> None:
     log(f"  each streamer printed {out['lines_per_second']:.1f} lines/s")
 
 
-async def _warm(gateway: Gateway, sandbox_id: str) -> None:
-    """One untimed ``1+1`` in a streamer, so its first stream does not pay for a cold kernel."""
+async def _prepare(gateway: Gateway, sandbox_id: str) -> None:
+    """The bench's niceness for the sandbox's kernel (``RENICE``); a first, untimed execution besides."""
     http = await gateway.connect()
     try:
-        await clients.rest_execute(http, sandbox_id, CODE)
+        await clients.rest_execute(http, sandbox_id, RENICE.format(nice=os.nice(0)), str(os.nice(0)))
     finally:
         await http.close()
 
