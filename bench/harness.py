@@ -384,6 +384,15 @@ def container_memory(container_id: str) -> dict[str, int]:
             "rss": stat.get("total_rss", 0)}
 
 
+def container_cpu_seconds(container_id: str) -> float:
+    """CPU time every process of a container has used so far (its cgroup's count)."""
+    v1 = Path("/sys/fs/cgroup/cpuacct/docker") / container_id / "cpuacct.usage"
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
+    stat = Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat").read_text()
+    return int(dict(line.split() for line in stat.splitlines())["usage_usec"]) / 1e6
+
+
 def shim_pss_kib(container_pid: int) -> int:
     """PSS of the container's ``containerd-shim`` (its init's parent): host memory each container costs."""
     status = Path(f"/proc/{container_pid}/status").read_text()

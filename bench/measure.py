@@ -115,6 +115,11 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{seconds * 1e6:.0f} µs"
 
 
+def fmt_shares(shares: dict[str, float]) -> str:
+    """``{"gateway": 0.21}`` -> ``gateway 21%``: CPU used per second, as a share of one core."""
+    return ", ".join(f"{name} {share * 100:.0f}%" for name, share in shares.items())
+
+
 def cpu_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, all cores, from ``/proc/stat``."""
     with open("/proc/stat") as f:

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from bench.measure import fmt_seconds
+from bench.measure import fmt_seconds, fmt_shares
 
 #: Targets of issues 6 and 15, on a 2-core machine.
 POOLED_P50 = 0.050
@@ -239,16 +239,17 @@ def under_load_rows(under_load: dict[str, Any] | None) -> list[Row]:
     row.target = "p99 against unloaded"
     row.verdict = f"{ratio(loaded['p99'], unloaded['p99'])} at load {min(loads):.1f}–{max(loads):.1f}"
 
-    def mean(key: str, kind: str) -> str:
-        values = [phase[key] for phase in phases if phase["kind"] == kind]
-        return f"{sum(values) / max(len(values), 1) * 100:.0f}%"
+    def cpu(kind: str) -> str:
+        """Each party's mean CPU over the phases of ``kind`` (share of one core), and the machine's."""
+        mine = [phase for phase in phases if phase["kind"] == kind]
+        parties = {name: sum(phase["cpu"][name] for phase in mine) / len(mine) for name in mine[0]["cpu"]}
+        busy = sum(phase["machine_busy"] for phase in mine) / len(mine)
+        return f"{fmt_shares(parties)}; machine {busy:.0%}"
 
-    streamed = f"each streamer {under_load['lines_per_second']:.1f} lines/s"
+    streamed = f"streamers: {under_load['lines_per_second']:.1f} lines/s each"
     return [row, latency_row(title, unloaded, "baseline"),
-            Row(title, "gateway CPU (of a core) / machine busy (of all), loaded",
-                f"{mean('gateway_cpu', 'loaded')} / {mean('machine_busy', 'loaded')}", "—", streamed),
-            Row(title, "gateway CPU (of a core) / machine busy (of all), unloaded",
-                f"{mean('gateway_cpu', 'unloaded')} / {mean('machine_busy', 'unloaded')}", "—", "—")]
+            Row(title, "CPU while loaded (share of one core)", "—", "—", cpu("loaded"), streamed),
+            Row(title, "CPU while unloaded (share of one core)", "—", "—", cpu("unloaded"))]
 
 
 def pause_rows(pause: dict[str, Any] | None) -> list[Row]:

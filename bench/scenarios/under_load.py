@@ -29,8 +29,8 @@ import time
 from typing import Any
 
 from bench import clients
-from bench.harness import REPO, Bench, Gateway, cpu_seconds
-from bench.measure import Series, cpu_jiffies, fmt_seconds, loadavg, log, timed
+from bench.harness import REPO, Bench, Gateway, container_cpu_seconds, cpu_seconds
+from bench.measure import Series, cpu_jiffies, fmt_seconds, fmt_shares, loadavg, log, timed
 from bench.scenarios.live import pool_args
 from bench.scenarios.scale import _create, _delete, bounded
 
@@ -117,6 +117,7 @@ class Phases:
                  seconds: float, window: float) -> None:
         self.gateway, self.http, self.measured, self.streamers = gateway, http, measured, streamers
         self.seconds, self.window = seconds, window
+        self.containers = [gateway.bench.docker.containers.get(f"code-gateway-{sid}").id for sid in streamers]
         self.series = {"loaded": Series("loaded", f"REST execute, {len(streamers)} others streaming"),
                        "unloaded": Series("unloaded", "REST execute, nothing else running")}
         self.phases: list[dict[str, Any]] = []
@@ -125,11 +126,18 @@ class Phases:
     async def once(self) -> None:
         await clients.rest_execute(self.http, self.measured, CODE, "2")
 
-    async def sample(self, kind: str, stop: asyncio.Future[Any] | None = None) -> None:
-        """``1+1`` back to back for the window (or until ``stop`` is done), with the phase's load and CPU:
-        the gateway's (of one core) and the machine's (busy share of all cores)."""
+    def cpu(self, watcher: int | None) -> dict[str, float]:
+        """CPU seconds so far of the gateway, the streamers' containers and the process watching them."""
+        used = {"gateway": cpu_seconds(self.gateway.pid),
+                "streamers": sum(container_cpu_seconds(c) for c in self.containers)}
+        return {**used, "watcher": cpu_seconds(watcher)} if watcher else used
+
+    async def sample(self, kind: str, stop: asyncio.Future[Any] | None = None,
+                     watcher: int | None = None) -> None:
+        """``1+1`` back to back for the window (or until ``stop`` is done), with the phase's load and CPU
+        use: each party's (share of one core) and the machine's (busy share of all its cores)."""
         series, count = self.series[kind], len(self.series[kind].samples)
-        load, cpu, machine = loadavg()[0], cpu_seconds(self.gateway.pid), cpu_jiffies()
+        load, cpu, machine = loadavg()[0], self.cpu(watcher), cpu_jiffies()
         began = time.monotonic()
         deadline = began + self.window
         while time.monotonic() < deadline and not (stop is not None and stop.done()):
@@ -138,12 +146,12 @@ class Phases:
         mine = Series(kind, kind, series.samples[count:])
         phase: dict[str, Any] = {
             "kind": kind, "seconds": wall, "samples": len(mine.samples), "p50": mine.p50, "p99": mine.p99,
-            "load": [load, loadavg()[0]], "gateway_cpu": (cpu_seconds(self.gateway.pid) - cpu) / wall,
-            "machine_busy": busy[0] / max(busy[1], 1)}
+            "load": [load, loadavg()[0]], "machine_busy": busy[0] / max(busy[1], 1),
+            "cpu": {name: (seconds - cpu[name]) / wall for name, seconds in self.cpu(watcher).items()}}
         self.phases.append(phase)
         log(f"  {kind:8s} {phase['samples']:5d} samples in {wall:4.1f} s: p50 {fmt_seconds(mine.p50)}, p99 "
-            f"{fmt_seconds(mine.p99)}; gateway CPU {phase['gateway_cpu'] * 100:3.0f}%, machine "
-            f"{phase['machine_busy'] * 100:3.0f}% busy, load {load:.2f} -> {phase['load'][1]:.2f}")
+            f"{fmt_seconds(mine.p99)}; CPU {fmt_shares(phase['cpu'])}, machine {phase['machine_busy']:.0%} "
+            f"busy, load {load:.2f} -> {phase['load'][1]:.2f}")
 
     async def loaded(self) -> None:
         child = await asyncio.create_subprocess_exec(
@@ -164,7 +172,7 @@ class Phases:
                 raise RuntimeError(f"a stream ended before all {len(self.streamers)} streamed: {first}")
             ending = asyncio.ensure_future(event())
             try:
-                await self.sample("loaded", stop=ending)
+                await self.sample("loaded", stop=ending, watcher=child.pid)
                 while (await ending)["event"] != "done":
                     ending = asyncio.ensure_future(event())
                 done = ending.result()
