@@ -2,8 +2,9 @@
 output, against the same with nothing else running, measured in the same run.
 
 One gateway (pool off) holds the measured sandbox and N streamers (``BENCH_STREAMERS``, default 50;
-5 with ``--quick``). After warm-up executions (thrown away), rounds alternate two phases, in ABBA
-order so that a drift in the machine's load hits both alike:
+5 with ``--quick``). After a warm-up (executions of ``1+1`` and a short stream of every streamer,
+thrown away), rounds alternate two phases, in ABBA order so that a drift in the machine's load hits
+both alike:
 
 - *loaded*: every streamer runs one execution printing 1 KiB lines, each flushed (a stream message
   each), every ``INTERVAL`` seconds: ~20 lines/s for ``WINDOW + MARGIN`` seconds, at most ``RATE``
@@ -26,6 +27,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import clients
@@ -40,6 +42,8 @@ RATE = 1 / INTERVAL
 WINDOW = 20
 #: Streamers run this much longer than the window: it opens only once the last of them has started.
 MARGIN = 5.0
+#: The unmeasured stream of every streamer before the first round (more than its start takes).
+WARM_SECONDS = 8.0
 STREAMER = f"""
 import time
 _line, _end, _n = 'x' * {LINE - 1}, time.monotonic() + {{seconds}}, 0
@@ -154,14 +158,25 @@ class Phases:
             f"busy, load {load:.2f} -> {phase['load'][1]:.2f}")
 
     async def loaded(self) -> None:
+        self.lines.extend(await self.stream(self.seconds,
+                                            lambda ending, pid: self.sample("loaded", ending, pid)))
+
+    async def warm(self) -> None:
+        """Every streamer streams briefly, unmeasured: a sandbox's first stream pays for setting it up."""
+        await self.stream(WARM_SECONDS, lambda ending, pid: asyncio.wait([ending]))
+
+    async def stream(self, seconds: float,
+                     during: Callable[[asyncio.Future[Any], int], Awaitable[Any]]) -> list[int]:
+        """Every streamer streams for ``seconds``; ``during(ending, watcher_pid)`` once all of them stream
+        (``ending``: done when the first stream ends). Returns each stream's line count."""
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.scenarios.under_load", str(self.gateway.port), Gateway.KEY,
-            str(self.seconds), *self.streamers, stdout=asyncio.subprocess.PIPE, cwd=str(REPO))
+            str(seconds), *self.streamers, stdout=asyncio.subprocess.PIPE, cwd=str(REPO))
         assert child.stdout is not None
         stdout = child.stdout
 
         async def event() -> dict[str, Any]:
-            line = await asyncio.wait_for(stdout.readline(), self.seconds + 120)
+            line = await asyncio.wait_for(stdout.readline(), seconds + 120)
             if not line:
                 raise RuntimeError(f"the streaming process exited ({await child.wait()}) early")
             return json.loads(line)  # type: ignore[no-any-return]
@@ -172,7 +187,7 @@ class Phases:
                 raise RuntimeError(f"a stream ended before all {len(self.streamers)} streamed: {first}")
             ending = asyncio.ensure_future(event())
             try:
-                await self.sample("loaded", stop=ending, watcher=child.pid)
+                await during(ending, child.pid)
                 while (await ending)["event"] != "done":
                     ending = asyncio.ensure_future(event())
                 done = ending.result()
@@ -180,8 +195,8 @@ class Phases:
                 ending.cancel()
             if done["errors"]:
                 raise RuntimeError(f"{len(done['errors'])} streamer(s) failed, first: {done['errors'][0]}")
-            self.lines.extend(done["lines"])
             await child.wait()
+            return done["lines"]  # type: ignore[no-any-return]
         finally:
             if child.returncode is None:
                 child.kill()
@@ -207,6 +222,7 @@ async def run(bench: Bench) -> None:
             await bounded(4, [_prepare(gateway, sandbox_id) for sandbox_id in ids])
             for _ in range(warmup):
                 await phases.once()
+            await phases.warm()
             log(f"under load: {rounds} rounds of {window:g} s loaded ({count} sandboxes streaming "
                 f"{LINE} B lines at ~{RATE:g}/s for {seconds:g} s) and {window:g} s unloaded, ABBA")
             for i in range(rounds):
