@@ -196,6 +196,8 @@ class Phases:
 
 async def run(bench: Bench) -> None:
     count = int(os.environ.get("BENCH_STREAMERS") or bench.n(50, 5))
+    if count < 1:
+        raise ValueError(f"BENCH_STREAMERS must be at least 1, not {count}")
     rounds, warmup, window = bench.n(3, 1), bench.n(30, 5), bench.n(WINDOW, 5)
     seconds = window + MARGIN
     async with Gateway(bench, "under_load", **pool_args()) as gateway:
