@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,6 +79,8 @@ class KernelConnection:
         self._shell: SocketReader | None = None
         self._iopub: SocketReader | None = None
         self._gone: KernelGone | None = None
+        #: When the kernel last sent anything (``time.monotonic()``), refused messages too.
+        self.last_heard = time.monotonic()
 
     async def open(self, timeout: float) -> None:
         """Start the channels and wait until the kernel answers on shell *and* iopub.
@@ -192,6 +195,10 @@ class KernelConnection:
         finally:
             self._waiting.pop(msg_id, None)
 
+    def silent_for(self, seconds: float) -> bool:
+        """Whether the kernel sent nothing at all (not even messages refused) in the last ``seconds``."""
+        return time.monotonic() - self.last_heard >= seconds
+
     def fail(self, reason: str) -> None:
         """Mark the kernel gone: wake every waiting request and refuse new ones."""
         self._gone = KernelGone(reason)
@@ -212,6 +219,7 @@ class KernelConnection:
         iopub = channel_name == "iopub"
 
         def receive(frames: list[bytes]) -> None:
+            self.last_heard = time.monotonic()
             message = gate.admit(channel_name, frames)
             if message is None:
                 return

@@ -16,8 +16,9 @@ also takes whatever of its own arrives before that request's idle. ``kernel_info
 
 A kernel's iopub PUB socket drops what a reader does not take in time (a flood from a thread of
 the user's): after the reply, an idle status that was dropped would hold the execution until its
-deadline. So once the reply is in, ``idle_grace`` seconds of iopub silence end it too, with a note
-that output may have been lost (as nbclient's ``iopub_timeout`` does).
+deadline. So once the reply is in, ``idle_grace`` seconds of kernel silence (nothing received at
+all, messages the gate refuses included) end it too, with a note that output may have been lost
+(as nbclient's ``iopub_timeout`` does).
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class _Progress:
     gone: KernelGone | None = None
     #: The reply came but no idle status followed it (the kernel's PUB socket dropped it).
     idle_lost: bool = False
+    #: The kernel announced the execution's input (or sent output): its code runs now and hears
+    #: SIGINT. (Not yet at its busy status: ipykernel takes a SIGINT during the handling before the
+    #: code as the end of the request, and sends no reply at all.)
+    started: bool = False
+    #: An interrupt asked for before the kernel started the execution, to send once it has.
+    interrupt_pending: bool = False
 
     @property
     def done(self) -> bool:
@@ -92,6 +99,21 @@ class Executor:
         self.interrupt_grace = interrupt_grace
         self.late_output = late_output
         self.idle_grace = idle_grace
+        #: How the execution running now is going (None between executions).
+        self._progress: _Progress | None = None
+
+    def defer_interrupt(self) -> bool:
+        """Hold an interrupt of the running execution until the kernel has started it; False if it has.
+
+        ipykernel ignores SIGINT outside the handling of a request: an interrupt sent while the
+        execute_request still waits in the kernel's queue (right after the execution was sent,
+        or behind a Jupyter client's own execution) would be lost and the code would run on.
+        """
+        progress = self._progress
+        if progress is None or progress.started or progress.done:
+            return False
+        progress.interrupt_pending = True
+        return True
 
     async def run(self, execution: Execution, feed: ExecutionFeed | None = None,
                   cancel_requested: Callable[[], bool] = lambda: False) -> bool:
@@ -99,7 +121,7 @@ class Executor:
         collector = OutputCollector(
             max_output_bytes=self.caps.max_output_bytes, max_total_bytes=self.caps.max_total_bytes
         )
-        progress = _Progress()
+        progress = self._progress = _Progress()
         execution.outputs = collector.outputs  # shared, so a running execution shows its outputs so far
         execution.settle = collector.settle
         execution.status = ExecutionStatus.RUNNING
@@ -122,6 +144,8 @@ class Executor:
                     await self._settle(replies, progress, collector, feed, loop.time() + self.interrupt_grace)
         except KernelGone as gone:  # the kernel was already gone when we tried to send
             progress.gone = gone
+        finally:
+            self._progress = None
         collector.settle()
         execution.settle = None
         execution.truncated = collector.truncated
@@ -142,10 +166,15 @@ class Executor:
                             async with asyncio.timeout(self.idle_grace):
                                 channel, msg = await replies.get()
                         except TimeoutError:
+                            if not self.connection.silent_for(self.idle_grace):
+                                continue  # busy with other messages (say, a flood the gate refuses)
                             progress.idle_lost = True
                             self._publish(collector.lost(), feed)
                             break
                     self._handle(channel, msg, progress, collector, feed)
+                    if progress.interrupt_pending and progress.started and not progress.done:
+                        progress.interrupt_pending = False
+                        await self.interrupt()
         except TimeoutError:
             return False
         return True
@@ -181,6 +210,7 @@ class Executor:
             progress.idle = progress.idle or msg["content"]["execution_state"] == "idle"
             return
         else:
+            progress.started = True  # its execute_input (or already output)
             events = collector.apply(msg)
         Executor._publish(events, feed)
 

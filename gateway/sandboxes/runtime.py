@@ -197,6 +197,8 @@ class SandboxRuntime:
             raise SandboxBusy(f"cannot interrupt sandbox {self.sandbox_id} while its kernel is restarting")
         if self.current is not None:
             self._cancel_requested = True
+            if self.executor is not None and self.executor.defer_interrupt():
+                return  # sent once the kernel has started the execution
         await self.km.interrupt_kernel()
 
     def rebind(self, sandbox: Sandbox, on_exit: Callable[[str], None]) -> None:

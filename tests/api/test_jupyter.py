@@ -330,6 +330,23 @@ async def test_a_newer_socket_of_a_session_replaces_one_still_in_its_handshake(g
         assert (await restart).status_code == 200
 
 
+async def kill_once_heard(client: Any, socket: Any, kernel_id: str, wanted: str, each: float = 10) -> list[str]:
+    """Send ``os._exit(1)`` until the kernel dies; the iopub execution states until ``wanted``.
+
+    A request sent before the socket reached a restarted kernel is never answered: if nothing
+    was heard after ``each`` seconds and the kernel still idles, it is sent again (never while
+    the kernel is dying or restarting: a second death would count as another restart).
+    """
+    async with asyncio.timeout(90):
+        while True:
+            await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
+            try:
+                return await statuses_until(socket, wanted, within=each)
+            except TimeoutError:
+                if (await client.get(f"/api/kernels/{kernel_id}")).json()["execution_state"] != "idle":
+                    return await statuses_until(socket, wanted, within=60)
+
+
 async def test_a_kernel_that_keeps_dying_is_left_dead_after_the_restart_limit(tmp_path: Any) -> None:
     """As Jupyter Server's restarter: ``jupyter_restart_limit`` restarts in a row, then ``status: dead``."""
     async with InProcessGateway(tmp_path / "data", "--SandboxManager.jupyter_restart_limit=2") as gateway, \
@@ -340,8 +357,7 @@ async def test_a_kernel_that_keeps_dying_is_left_dead_after_the_restart_limit(tm
                 async with asyncio.timeout(60):
                     while (await client.get(f"/api/kernels/{kernel['id']}")).json()["execution_state"] != "idle":
                         await asyncio.sleep(0.05)
-                await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
-                states = await statuses_until(socket, "restarting" if death < 2 else "dead", within=30)
+                states = await kill_once_heard(client, socket, kernel["id"], "restarting" if death < 2 else "dead")
                 assert ("dead" in states) == (death == 2), (death, states)
         model = (await client.get(f"/api/kernels/{kernel['id']}")).json()
         assert model["execution_state"] == "dead"
@@ -400,6 +416,33 @@ async def test_a_new_socket_hears_the_kernel_even_when_its_state_looks_busy(gate
     await staling
     assert first["channel"] == "iopub" and first["msg_type"] == "status"
     assert first["parent_header"]["msg_type"] == "kernel_info_request"
+
+
+async def test_an_interrupt_sent_before_the_kernel_started_the_execution_stops_it_once_started(
+        gateway: InProcessGateway, kernel: dict[str, Any]) -> None:
+    """An execution waits in the kernel's queue while a Jupyter client's cell runs; interrupting it
+    then is held until the kernel starts it (a SIGINT at once would stop the other cell, and ipykernel
+    ignores SIGINT between requests: the execution would run on to its end)."""
+    sid = kernel["id"]
+    async with websockets.connect(channels_url(gateway, sid), additional_headers=TOKEN) as socket, \
+            gateway.client("alice") as alice:
+        other = execute_request("import time; time.sleep(3); 'slept'")
+        await socket.send(json.dumps(other))
+        async with asyncio.timeout(30):
+            while (msg := json.loads(await socket.recv()))["msg_type"] != "execute_input":
+                pass
+        ours = asyncio.create_task(alice.post(f"/api/v1/sandboxes/{sid}/execute",
+                                              json={"code": "import time; time.sleep(60)", "timeout": 120}))
+        async with asyncio.timeout(30):
+            while [e["status"] for e in (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]] \
+                    != ["running"]:
+                await asyncio.sleep(0.02)
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/interrupt")).status_code == 200
+        got = await replies_to(socket, other["header"]["msg_id"])
+        execution = (await asyncio.wait_for(ours, 60)).json()
+    assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["'slept'"]
+    assert execution["status"] == "cancelled", execution
+    assert execution["error"]["ename"] == "KeyboardInterrupt"
 
 
 FIGURE_AS_VALUE = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 1))\nax.plot([1, 0])\nfig"
