@@ -167,8 +167,8 @@ class Store(abc.ABC):
             offset += len(records)
 
     @abc.abstractmethod
-    async def list_unfinished_executions(self) -> list[Record]:
-        """Executions still ``queued`` or ``running`` (left so by a gateway that stopped)."""
+    async def list_unfinished_executions(self, sandbox_id: str | None = None) -> list[Record]:
+        """Executions still ``queued`` or ``running`` (left so by a gateway that stopped), of one sandbox if given."""
 
     # -- events (the outbox) ---------------------------------------------------------------------
 
@@ -192,10 +192,55 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def set_webhook_cursor(self, url: str, event_id: int) -> Written: ...
 
+    # -- replicas and leases (``gateway.sandboxes.leases``) ----------------------------------------
+
+    @abc.abstractmethod
+    def beat(self, replica_id: str, address: str, ttl: float) -> Awaitable[bool]:
+        """The replica's heartbeat: alive for ``ttl`` more seconds of the database's clock, reachable at
+        ``address``. True if it was still alive before (False: its leases may have been taken meanwhile)."""
+
+    @abc.abstractmethod
+    def stop_beating(self, replica_id: str) -> Written:
+        """The replica is not alive from now on: its leases are free for others to claim."""
+
+    @abc.abstractmethod
+    async def list_replicas(self) -> list[Record]:
+        """Every replica ever seen: ``id``, ``address``, ``started_at``, ``alive``, ``expires_in`` (seconds)."""
+
+    @abc.abstractmethod
+    def claim_lease(self, sandbox_id: str, holder: str) -> Awaitable[bool]:
+        """Make ``holder`` the holder of the sandbox's lease, unless another replica that is alive holds it.
+        One conditional statement; True if ``holder`` holds it now."""
+
+    @abc.abstractmethod
+    def drop_lease(self, sandbox_id: str, holder: str) -> Written:
+        """Give up the lease, if ``holder`` holds it."""
+
+    @abc.abstractmethod
+    async def get_lease(self, sandbox_id: str) -> Record | None:
+        """``holder``, its ``address``, whether it is ``alive`` and its heartbeat's ``expires_in``; None if unleased."""
+
+    @abc.abstractmethod
+    async def leases_of(self, holder: str) -> list[str]:
+        """The ids of the sandboxes whose lease ``holder`` holds."""
+
+    @abc.abstractmethod
+    async def runtime_ids_in_use(self) -> set[str]:
+        """The runtime ids (``kernel.runtime_id``) live sandboxes run under other than their own ids (a
+        paused sandbox resumed on a warm-pool kernel runs under that kernel's id)."""
+
+    @abc.abstractmethod
+    async def unheld_sandboxes(self, statuses: Sequence[str]) -> list[Record]:
+        """Records of the sandboxes in ``statuses`` that no replica alive holds (unleased, or the holder is gone)."""
+
     # -- API keys --------------------------------------------------------------------------------
 
     @abc.abstractmethod
     def add_api_key(self, user: str, key_hash: str) -> Written: ...
+
+    @abc.abstractmethod
+    def revoke_api_keys(self, *, key_hash: str | None = None, user: str | None = None) -> Awaitable[int]:
+        """Remove the key with this hash, or every key of ``user``; how many were removed."""
 
     @abc.abstractmethod
     async def find_api_key(self, key_hash: str) -> str | None:

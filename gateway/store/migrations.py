@@ -6,13 +6,11 @@ across processes: SQLite's write lock, a PostgreSQL advisory lock, so replicas s
 do not race). A database newer than this gateway is refused rather than misread.
 
 To change the schema, append a ``Migration`` with the next version and statements for both
-dialects, and never edit one that has shipped. For example, sandbox leases::
+dialects, and never edit one that has shipped. Version 3 shows the form::
 
-    Migration(3, "sandbox leases",
-              sqlite=("CREATE TABLE leases (sandbox_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
-                      "expires_at REAL NOT NULL)",),
-              postgresql=("CREATE TABLE leases (sandbox_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
-                          "expires_at DOUBLE PRECISION NOT NULL)",))
+    Migration(3, "replicas' heartbeats and sandbox leases",
+              sqlite=("CREATE TABLE leases (sandbox_id TEXT PRIMARY KEY, holder TEXT NOT NULL, ...)", ...),
+              postgresql=(...))
 
 Versions 1 and 2 are the schema SQLite databases had before migrations existed (their
 statements are idempotent, so such a database is simply recorded as up to date). Ordering differs by dialect:
@@ -87,6 +85,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE execution_starts (execution_id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
             "at DOUBLE PRECISION NOT NULL)",
             "CREATE INDEX execution_starts_by_owner ON execution_starts (owner, at)",
+        ),
+    ),
+    Migration(
+        3, "replicas' heartbeats and sandbox leases",
+        sqlite=(
+            "CREATE TABLE replicas (id TEXT PRIMARY KEY, address TEXT NOT NULL, started_at TEXT NOT NULL, "
+            "expires_at REAL NOT NULL)",
+            "CREATE TABLE leases (sandbox_id TEXT PRIMARY KEY, holder TEXT NOT NULL, since TEXT NOT NULL)",
+            "CREATE INDEX leases_by_holder ON leases (holder)",
+        ),
+        postgresql=(
+            "CREATE TABLE replicas (id TEXT PRIMARY KEY, address TEXT NOT NULL, started_at TEXT NOT NULL, "
+            "expires_at DOUBLE PRECISION NOT NULL)",
+            "CREATE TABLE leases (sandbox_id TEXT PRIMARY KEY, holder TEXT NOT NULL, since TEXT NOT NULL)",
+            "CREATE INDEX leases_by_holder ON leases (holder)",
         ),
     ),
 )

@@ -29,7 +29,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from gateway import timestamps
 from gateway.errors import StoreUnavailable
-from gateway.store import codec, migrations
+from gateway.store import codec, migrations, statements
 from gateway.store.base import Record
 from gateway.store.sql import SQLStore
 from gateway.store.writes import Outcome, Statement, Write, prepare
@@ -42,9 +42,10 @@ RECORD_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                asyncpg.InternalClientError, asyncpg.exceptions.OperatorInterventionError,
                asyncpg.exceptions.InsufficientResourcesError)
-#: Advisory lock keys: one for migrations, and the namespace of the per-owner quota locks.
+#: Advisory lock keys: one for migrations, the namespace of the per-owner quota locks, and the outbox's.
 MIGRATIONS_LOCK = 0x636F6465  # "code"
 OWNER_LOCKS = 0x6F776E72  # "ownr"
+EVENTS_LOCK = 0x65766E74  # "evnt"
 #: Results larger than this (characters) are decoded on the store's thread, not the loop.
 DECODE_OFF_LOOP = 1 << 16
 
@@ -65,6 +66,7 @@ def row_count(status: str) -> int:
 class PostgresStore(SQLStore):
     kind = "postgresql"
     order = "seq"
+    now = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 4,
                  command_timeout: float = 30.0, max_backoff: float = 5.0,
@@ -113,6 +115,9 @@ class PostgresStore(SQLStore):
         assert self._pool is not None, "store is not open"
         return self._pool.acquire(timeout=self.command_timeout)
 
+    def record_text(self, *path: str) -> str:
+        return f"(CAST(record AS json) #>> '{{{','.join(path)}}}')"
+
     def record_number(self, field: str) -> str:
         return f"CAST(CAST(record AS json) -> 'resources' ->> '{field}' AS DOUBLE PRECISION)"
 
@@ -124,15 +129,21 @@ class PostgresStore(SQLStore):
     async def _commit(self, batch: list[Write]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._codec, prepare, batch, RECORD_ERRORS)
+        numbers_events = any(sql.startswith(statements.INSERT_EVENT) for item in prepared
+                             if not isinstance(item, BaseException) for sql, _ in item)
         async with self._acquire() as conn:
             try:
                 async with conn.transaction():
+                    if numbers_events:
+                        await _number_events_in_commit_order(conn)
                     return [item if isinstance(item, BaseException) else await _apply(conn, item)
                             for item in prepared]
             except RECORD_ERRORS:
                 pass  # a write at fault aborted the transaction: again, each write in a savepoint
             outcomes: list[Outcome] = []
             async with conn.transaction():
+                if numbers_events:
+                    await _number_events_in_commit_order(conn)
                 for item in prepared:
                     if isinstance(item, BaseException):
                         outcomes.append(item)
@@ -169,9 +180,22 @@ class PostgresStore(SQLStore):
         return described
 
 
-async def _apply(conn: PoolConnectionProxy[Any], statements: list[Statement]) -> int:
+async def _number_events_in_commit_order(conn: PoolConnectionProxy[Any]) -> None:
+    """Serialize the transactions that write events, across every gateway sharing the database.
+
+    An event's ``seq`` is taken when it is inserted, not when its transaction commits: two
+    transactions could commit in the other order, and a reader resuming after the higher number
+    (an SSE client's ``Last-Event-ID``, a webhook cursor) would skip the lower one for ever.
+    Holding one lock from before the first event's insert until the commit makes the numbers
+    follow commit order. It is taken first in the transaction, before any per-owner quota lock,
+    so two writers never wait for each other's locks in opposite orders.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+
+
+async def _apply(conn: PoolConnectionProxy[Any], write: list[Statement]) -> int:
     count = 0
-    for sql, params in statements:
+    for sql, params in write:
         count = row_count(await conn.execute(numbered(sql), *params))
     return count
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Collection, Hashable, Sequence
 from typing import Any
 
 from gateway import timestamps
-from gateway.store import codec, migrations, statements
+from gateway.store import codec, leasing, migrations, statements
 from gateway.store.base import Budget, Record, Store, Written
 from gateway.store.writes import AsJSON, Outcome, Statement, Write, WriteQueue
 
@@ -57,6 +57,8 @@ def sandbox_filter(owner: str | None, statuses: list[str] | None) -> tuple[str, 
 class SQLStore(Store):
     #: The SQL expression that orders a table's rows as they were first inserted.
     order = "rowid"
+    #: The database's clock, in epoch seconds (leases are judged by it, never by a replica's own clock).
+    now = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, *, max_backoff: float = 5.0, close_timeout: float = 10.0) -> None:
         self.close_timeout = close_timeout
@@ -143,6 +145,10 @@ class SQLStore(Store):
         """SQL reading ``resources.<field>`` of a sandbox's JSON ``record`` as a number (SQLite's JSON1)."""
         return f"json_extract(record, '$.resources.{field}')"
 
+    def record_text(self, *path: str) -> str:
+        """SQL reading the string at ``path`` of a sandbox's JSON ``record`` (NULL if there is none)."""
+        return f"json_extract(record, '$.{'.'.join(path)}')"
+
     def put_sandbox_within(self, record: Record, budgets: Sequence[Budget], *,
                            events: Sequence[Record] = ()) -> Awaitable[bool]:
         within = statements.sandbox_within(record, budgets, events, self.record_number)
@@ -212,10 +218,13 @@ class SQLStore(Store):
             (sandbox_id, NO_LIMIT if limit is None else limit, offset),
         )
 
-    async def list_unfinished_executions(self) -> list[Record]:
-        return await self._records(
-            f"SELECT record FROM executions WHERE status IN (?, ?) ORDER BY {self.order}", UNFINISHED
-        )
+    async def list_unfinished_executions(self, sandbox_id: str | None = None) -> list[Record]:
+        if sandbox_id is None:
+            return await self._records(
+                f"SELECT record FROM executions WHERE status IN (?, ?) ORDER BY {self.order}", UNFINISHED
+            )
+        return await self._records(f"SELECT record FROM executions WHERE sandbox_id = ? AND status IN (?, ?) "
+                                   f"ORDER BY {self.order}", (sandbox_id, *UNFINISHED))
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -242,11 +251,57 @@ class SQLStore(Store):
                              "ON CONFLICT (url) DO UPDATE SET seq = excluded.seq", (url, event_id))],
                            key=("webhook", url))
 
+    # -- replicas and leases -----------------------------------------------------------------------
+
+    def beat(self, replica_id: str, address: str, ttl: float) -> Awaitable[bool]:
+        renewed = self._write([leasing.renew_if_alive(self.now, replica_id, address, ttl)])
+        self._write([leasing.beat(self.now, replica_id, address, ttl)])  # (the same transaction)
+        return _counted(renewed)
+
+    def stop_beating(self, replica_id: str) -> Written:
+        return self._write([leasing.stop(replica_id)])
+
+    async def list_replicas(self) -> list[Record]:
+        rows = await self._rows(leasing.replicas(self.now))
+        return [{"id": id_, "address": address, "started_at": started, "alive": bool(alive),
+                 "expires_in": float(left)} for id_, address, started, alive, left in rows]
+
+    def claim_lease(self, sandbox_id: str, holder: str) -> Awaitable[bool]:
+        return _whether(self._write([leasing.claim(self.now, sandbox_id, holder)]))
+
+    def drop_lease(self, sandbox_id: str, holder: str) -> Written:
+        return self._write([leasing.drop(sandbox_id, holder)])
+
+    async def get_lease(self, sandbox_id: str) -> Record | None:
+        rows = await self._rows(leasing.lease(self.now), (sandbox_id,))
+        if not rows:
+            return None
+        holder, address, alive, left = rows[0]
+        return {"holder": holder, "address": address, "alive": bool(alive), "expires_in": float(left)}
+
+    async def leases_of(self, holder: str) -> list[str]:
+        return [str(row[0]) for row in await self._rows(leasing.held_by(), (holder,))]
+
+    async def runtime_ids_in_use(self) -> set[str]:
+        runtime_id = self.record_text("kernel", "runtime_id")
+        rows = await self._rows(f"SELECT {runtime_id} FROM sandboxes WHERE status <> 'terminated' "
+                                f"AND {runtime_id} IS NOT NULL AND {runtime_id} <> id")
+        return {str(row[0]) for row in rows}
+
+    async def unheld_sandboxes(self, statuses: Sequence[str]) -> list[Record]:
+        return await self._records(leasing.unheld(self.now, len(statuses), self.order), tuple(statuses))
+
     # -- API keys ----------------------------------------------------------------------------------
 
     def add_api_key(self, user: str, key_hash: str) -> Written:
         return self._write([('INSERT INTO api_keys (key_hash, "user", created_at) VALUES (?, ?, ?)',
                              (key_hash, user, timestamps.to_iso(timestamps.now())))])
+
+    def revoke_api_keys(self, *, key_hash: str | None = None, user: str | None = None) -> Awaitable[int]:
+        if key_hash is None and user is None:
+            raise ValueError("revoke which keys? give a key or a user")
+        where, params = ("key_hash = ?", (key_hash,)) if key_hash is not None else ('"user" = ?', (user,))
+        return self._write([(f"DELETE FROM api_keys WHERE {where}", params)])
 
     async def find_api_key(self, key_hash: str) -> str | None:
         rows = await self._rows('SELECT "user" FROM api_keys WHERE key_hash = ?', (key_hash,))
@@ -255,6 +310,24 @@ class SQLStore(Store):
     async def count_api_keys(self) -> int:
         rows = await self._rows("SELECT COUNT(*) FROM api_keys")
         return int(rows[0][0])
+
+
+def _whether(written: asyncio.Future[int]) -> asyncio.Future[bool]:
+    """Whether a conditional write wrote, as a future (so a caller may also leave it un-awaited)."""
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(done: asyncio.Future[int]) -> None:
+        if answer.done():
+            return
+        if done.cancelled():
+            answer.cancel()
+        elif done.exception() is not None:
+            answer.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            answer.set_result(bool(done.result()))
+
+    written.add_done_callback(settle)
+    return answer
 
 
 async def _counted(written: Awaitable[int]) -> bool:

@@ -11,6 +11,7 @@ from gateway.events.model import SANDBOX_CREATED, SANDBOX_PAUSED, event
 from gateway.store.base import Budget
 from gateway.store.sql import SQLStore
 from tests.stores import Backend
+from tests.waiting import until
 
 LIVE = ("creating", "running", "failed", "terminating")
 
@@ -102,3 +103,44 @@ async def test_webhook_cursors(store: SQLStore) -> None:
     await store.set_webhook_cursor("http://127.0.0.1:1/hook", 5)
     await store.set_webhook_cursor("http://127.0.0.1:1/hook", 9)
     assert await store.webhook_cursor("http://127.0.0.1:1/hook") == 9
+
+
+async def test_events_are_numbered_in_commit_order_across_replicas(postgres_url: str) -> None:
+    """An event's number is taken at its insert: a replica whose transaction numbered an event and then
+    stalls before committing must not let another replica's later event commit first (a reader resuming
+    after that one would skip the stalled one for ever). The other replica's event waits for it."""
+    import asyncpg
+
+    from gateway.store.postgres import PostgresStore
+
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await first.open()
+    await second.open()
+    blocker = await asyncpg.connect(postgres_url)
+    try:
+        await first.put_sandbox(sandbox("x"))
+        stall = blocker.transaction()
+        await stall.start()
+        await blocker.execute("SELECT 1 FROM sandboxes WHERE id = 'x' FOR UPDATE")
+        # One batch of the first replica's: an event numbered, then a write that waits for x's row.
+        numbered = first.put_sandbox(sandbox("y"), events=[event(SANDBOX_CREATED, "y", "alice")])
+        stalled = first.put_sandbox(sandbox("x", status="paused"))
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type IN ('Lock', 'advisory') AND pid <> $1"
+
+        async def waiters() -> int:
+            return int(await blocker.fetchval(waiting, blocker.get_server_pid()))
+
+        await until(waiters, lambda n: n >= 1, what="the first replica's transaction to wait for the row")
+        later = second.put_sandbox(sandbox("z"), events=[event(SANDBOX_CREATED, "z", "bob")])
+        await until(waiters, lambda n: n >= 2, what="the second replica's event to wait for the first's commit")
+        # Nothing committed, so nothing a reader could skip (read here: the stores would wait for their writes).
+        assert await blocker.fetchval("SELECT count(*) FROM events") == 0
+        await stall.rollback()
+        await asyncio.gather(numbered, stalled, later)
+        events = await second.list_events(after=0)
+        assert [e["sandbox_id"] for e in events] == ["y", "z"]
+        assert int(events[0]["id"]) < int(events[1]["id"])
+    finally:
+        await blocker.close()
+        await first.close()
+        await second.close()
