@@ -18,9 +18,11 @@ import copy
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from tornado.netutil import bind_sockets
 from traitlets import CaselessStrEnum, Float, Int, List, TraitError, Unicode, default, validate
@@ -38,6 +40,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.provisioners.docker import DockerProvisioner
 from gateway.provisioners.kubernetes import KubernetesProvisioner
 from gateway.provisioners.launcher import KernelLauncher, check_runtime_dir, default_runtime_dir
+from gateway.replica import Replica, ReplicaInUse
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.isolation import IsolationPolicy
 from gateway.sandboxes.limits import ResourcePolicy
@@ -45,6 +48,7 @@ from gateway.events.log import EventLog
 from gateway.events.webhooks import WebhookSender
 from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
+from gateway.sandboxes.leases import WEBHOOKS_LEASE, LeaseKeeper
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.processes import SandboxProcesses
 from gateway.sandboxes.pool import WarmPool
@@ -55,6 +59,7 @@ from gateway.store import urls
 from gateway.store.base import Store
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
 
 #: Seconds open requests get to finish their answers at shutdown.
 CLOSE_CONNECTIONS_WITHIN = 10.0
@@ -64,6 +69,10 @@ ALIASES = {
     "port": "GatewayApp.port",
     "data-dir": "GatewayApp.data_dir",
     "store-url": "GatewayApp.store_url",
+    "replica-id": "GatewayApp.replica_id",
+    "replica-address": "GatewayApp.replica_address",
+    "paused-dir": "GatewayApp.paused_dir",
+    "lease-timeout": "LeaseKeeper.timeout",
     "runtime-dir": "GatewayApp.runtime_dir",
     "config": "GatewayApp.config_file",
     "keepalive": "GatewayApp.keepalive",
@@ -133,26 +142,39 @@ class ConfiguredApp(Application):
 class KeysApp(ConfiguredApp):
     name = "code-gateway keys"
     description = ("Manage API keys: `code-gateway keys create USER [--format e2b]` prints a new key for USER, "
-                   "once (--format e2b: an e2b_... key, for the E2B SDKs; it works on our API too).")
-    timeout = Float(30.0, help="Seconds to wait for the store to take the key.").tag(config=True)
+                   "once (--format e2b: an e2b_... key, for the E2B SDKs; it works on our API too). "
+                   "`code-gateway keys revoke KEY` removes that key, `code-gateway keys revoke --user USER` every "
+                   "key of USER: every gateway sharing the store refuses them within --KeyRing.cache_seconds.")
+    timeout = Float(30.0, help="Seconds to wait for the store to take the change.").tag(config=True)
     key_format = CaselessStrEnum(list(KEY_FORMATS), default_value="gateway",
                                  help="The key's form: gateway (cig_...) or e2b (e2b_ + 40 hex digits).").tag(config=True)
+    user = Unicode("", help="keys revoke: the user whose keys are all revoked.").tag(config=True)
     aliases = {"data-dir": "KeysApp.data_dir", "store-url": "KeysApp.store_url", "config": "KeysApp.config_file",
-               "format": "KeysApp.key_format"}
+               "format": "KeysApp.key_format", "user": "KeysApp.user"}
+    USAGE = ("usage: code-gateway keys create USER [--format gateway|e2b]\n"
+             "       code-gateway keys revoke KEY | --user USER")
 
     def start(self) -> None:
-        if len(self.extra_args) != 2 or self.extra_args[0] != "create":
-            sys.exit("usage: code-gateway keys create USER [--format gateway|e2b]")
-        print(asyncio.run(self._create(self.extra_args[1])))
+        match self.extra_args:
+            case ["create", user]:
+                print(asyncio.run(self._with_keyring(lambda keys: keys.create(user, str(self.key_format)))))
+            case ["revoke", key] if not self.user:
+                removed = asyncio.run(self._with_keyring(lambda keys: keys.revoke(key=key)))
+                sys.exit(0 if removed else "no such key in the store (keys given in --api-keys are configuration)")
+            case ["revoke"] if self.user:
+                removed = asyncio.run(self._with_keyring(lambda keys: keys.revoke(user=self.user)))
+                print(f"revoked {removed} key{'s' if removed != 1 else ''} of {self.user}")
+            case _:
+                sys.exit(self.USAGE)
 
-    async def _create(self, user: str) -> str:
+    async def _with_keyring(self, change: Callable[[KeyRing], Awaitable[T]]) -> T:
         store = self.open_store()
         await store.open()
         try:
             async with asyncio.timeout(self.timeout):
-                return await KeyRing(store=store, parent=self).create(user, str(self.key_format))
+                return await change(KeyRing(store=store, parent=self))
         except TimeoutError:
-            sys.exit(f"the key could not be stored within {self.timeout:g} s: {store.problem}")
+            sys.exit(f"the store did not take the change within {self.timeout:g} s: {store.problem}")
         finally:
             await store.close()
 
@@ -176,6 +198,19 @@ class GatewayApp(ConfiguredApp):
     allow_origins = List(
         Unicode(), help="Browser origins (besides the gateway's own) allowed on WebSockets; '*' for any."
     ).tag(config=True)
+    replica_id = Unicode(
+        "", help="This replica's id among the gateways sharing a store (default: a UUID made once and kept in "
+        "the data directory). It names the holder of its sandboxes' leases and labels its containers."
+    ).tag(config=True)
+    paused_dir = Unicode(
+        "", help="Where paused sandboxes keep their files and variables (default: <data-dir>/paused). Replicas "
+        "sharing a store should share it too (a shared filesystem): then any of them resumes any paused sandbox, "
+        "also after the one that paused it is gone."
+    ).tag(config=True)
+    replica_address = Unicode(
+        "", help="The URL other replicas forward requests for this replica's sandboxes to, e.g. "
+        "http://10.0.0.5:8888 (default: http://<--ip>:<port>, or this host's name when --ip is a wildcard)."
+    ).tag(config=True)
 
     aliases = ALIASES
     flags = {
@@ -186,7 +221,7 @@ class GatewayApp(ConfiguredApp):
     }
     classes = [KernelLauncher, DockerProvisioner, KubernetesProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
                IsolationPolicy, LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, EventLog, WebhookSender, KeyRing,
-               E2BTemplates]
+               E2BTemplates, LeaseKeeper]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -208,7 +243,10 @@ class GatewayApp(ConfiguredApp):
         if self.subapp is not None:
             self.subapp.start()
             return
-        asyncio.run(self.serve())
+        try:
+            asyncio.run(self.serve())
+        except ReplicaInUse as exc:
+            sys.exit(f"code-gateway: {exc}")
 
     async def serve(self) -> None:
         stop = asyncio.Event()
@@ -232,13 +270,25 @@ class GatewayApp(ConfiguredApp):
     async def startup(self) -> None:
         self._stopped = False
         logging.basicConfig(level=cast(int, self.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # (older names of the replica id, from when it only labelled containers)
+        self.replica = Replica.claim(self.data_dir, id_=self.replica_id or DockerProvisioner(parent=self).instance_id
+                                     or KubernetesProvisioner(parent=self).instance_id)
+        # Bound first: the address goes into the store with the first heartbeat. Connections wait in
+        # the backlog until the gateway serves.
+        try:
+            sockets = bind_sockets(self.port, address=self.ip)
+        except BaseException:
+            self.replica.release()
+            raise
+        self.bound_port = sockets[0].getsockname()[1]
+        self.replica.address = self.replica_address or self.default_address()
         self.store = self.open_store()
         await self.store.open()
         self.keyring = KeyRing(store=self.store, parent=self)
         await self.keyring.start()
         self.policy = ResourcePolicy(parent=self)
         self.metrics = GatewayMetrics()
-        self.launcher = KernelLauncher(self.runtime_dir, metrics=self.metrics, parent=self)
+        self.launcher = KernelLauncher(self.runtime_dir, metrics=self.metrics, instance_id=self.replica.id, parent=self)
         await self.launcher.start()
         isolation = IsolationPolicy(parent=self)
         problem = self._default_isolation_problem(isolation)
@@ -247,17 +297,21 @@ class GatewayApp(ConfiguredApp):
             await self.store.close()
             raise RuntimeError(problem)
         commands = SandboxCommands(self.launcher)
-        snapshots = SandboxSnapshots(commands=commands, root=os.path.join(self.data_dir, "paused"),
+        snapshots = SandboxSnapshots(commands=commands, root=self.paused_dir or os.path.join(self.data_dir, "paused"),
                                      kernels_dir=self.launcher.kernels_dir, parent=self)
         self.events = EventLog(store=self.store, parent=self)
         self.events.start()
         # Before the sandboxes start: what their recovery changes is delivered too.
-        self.webhooks = WebhookSender(store=self.store, events=self.events, metrics=self.metrics, parent=self)
+        leases = LeaseKeeper(store=self.store, replica=self.replica, parent=self)
+        # One replica delivers the webhooks: the holder of the "webhooks" lease (another takes it if it dies).
+        self.webhooks = WebhookSender(store=self.store, events=self.events, metrics=self.metrics, parent=self,
+                                      leader=lambda: leases.claim(WEBHOOKS_LEASE), leader_interval=leases.period)
         await self.webhooks.start()
         self.sandboxes = SandboxManager(store=self.store, launcher=self.launcher, policy=self.policy,
                                         lifetimes=LifetimePolicy(parent=self), snapshots=snapshots,
                                         quotas=UserQuotas(store=self.store, parent=self), events=self.events,
-                                        metrics=self.metrics, isolation=isolation, parent=self)
+                                        metrics=self.metrics, isolation=isolation, parent=self,
+                                        leases=leases)
         await self.sandboxes.start()
         self.files = SandboxFiles(sandboxes=self.sandboxes, commands=commands, parent=self)
         self.processes = SandboxProcesses(commands)
@@ -268,11 +322,9 @@ class GatewayApp(ConfiguredApp):
                                 mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes,
                                 e2b_templates=E2BTemplates(parent=self), processes=self.processes)
         self.server = NoDelayHTTPServer(self.web_app, max_body_size=self.max_body_size)
-        sockets = bind_sockets(self.port, address=self.ip)
         self.server.add_sockets(sockets)
-        self.bound_port = sockets[0].getsockname()[1]
-        log.info("Code Interpreter Gateway %s on http://%s:%d (provisioner: %s)",
-                 __version__, self.ip, self.bound_port, self.launcher.resolved)
+        log.info("Code Interpreter Gateway %s on http://%s:%d (provisioner: %s, replica %s at %s)",
+                 __version__, self.ip, self.bound_port, self.launcher.resolved, self.replica.id, self.replica.address)
         if self.keyring.generated_key:
             print(
                 "\nNo API key is configured, so this run made one for the user 'admin':\n"
@@ -315,7 +367,13 @@ class GatewayApp(ConfiguredApp):
             log.warning("connections still open %g s after shutdown began; closing the store anyway",
                         CLOSE_CONNECTIONS_WITHIN)
         await self.store.close()
+        self.replica.release()
         log.info("gateway stopped")
+
+    def default_address(self) -> str:
+        """Where other replicas reach this one when --replica-address is not given."""
+        host = socket.gethostname() if self.ip in ("", "0.0.0.0", "::") else self.ip
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.bound_port}"
 
 
 def main() -> None:

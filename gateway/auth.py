@@ -5,21 +5,31 @@
     user = await keyring.authenticate(key)    # the user, or None
 
 Keys come from ``api_keys`` (``GATEWAY_API_KEYS="alice:KEY1,bob:KEY2"``) and from the store, where
-``code-gateway keys create USER`` puts them. Only SHA-256 hashes are kept and compared: API keys are
-long random strings, so a plain hash is enough, and a database leak reveals no usable key.
+``code-gateway keys create USER`` puts them and ``code-gateway keys revoke`` removes them. Only SHA-256
+hashes are kept and compared: API keys are long random strings, so a plain hash is enough, and a
+database leak reveals no usable key.
+
+A key found in the store is trusted for ``cache_seconds`` before the store is asked again, so a
+key created or revoked through any replica sharing the store is honoured by all of them within
+that time (a key never seen is always looked up). If the store cannot answer, a key seen before
+keeps working: an outage does not lock everyone out.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import time
 from typing import Any
 
-from traitlets import Unicode
+from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, StoreUnavailable
 from gateway.store.base import Store
+
+log = logging.getLogger(__name__)
 
 
 def hash_key(key: str) -> str:
@@ -53,10 +63,18 @@ class KeyRing(LoggingConfigurable):
         "", help="Comma-separated user:key pairs, e.g. 'alice:KEY1,bob:KEY2'. The user 'admin' sees everything."
     ).tag(config=True)
 
+    cache_seconds = Float(
+        5.0, help="Seconds a key found in the store is trusted before asking the store again: a key revoked "
+        "(code-gateway keys revoke) stops working on every replica within this time."
+    ).tag(config=True)
+
     def __init__(self, *, store: Store, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
+        #: The configured keys (and a generated one): configuration, never revoked.
         self._known: dict[str, str] = parse_key_pairs(self.api_keys)
+        #: Keys found in the store: hash -> (user, when it was found, by the monotonic clock).
+        self._found: dict[str, tuple[str, float]] = {}
         #: Set when no key was configured and one was made up for this run.
         self.generated_key: str | None = None
 
@@ -71,11 +89,23 @@ class KeyRing(LoggingConfigurable):
             return None
         digest = hash_key(key)
         user = self._known.get(digest)
-        if user is None:
-            # Keys made by `code-gateway keys create` while we run are found here, then cached.
+        if user is not None:
+            return user
+        found = self._found.get(digest)
+        now = time.monotonic()
+        if found is not None and now - found[1] < self.cache_seconds:
+            return found[0]
+        try:
             user = await self.store.find_api_key(digest)
-            if user is not None:
-                self._known[digest] = user
+        except StoreUnavailable:
+            if found is None:
+                raise
+            log.warning("the store cannot say whether a key of %s is still valid; trusting it meanwhile", found[0])
+            return found[0]
+        if user is None:
+            self._found.pop(digest, None)  # revoked (or never was)
+        else:
+            self._found[digest] = (user, now)
         return user
 
     async def create(self, user: str, key_format: str = "gateway") -> str:
@@ -85,3 +115,11 @@ class KeyRing(LoggingConfigurable):
         key = new_key(key_format)
         await self.store.add_api_key(user, hash_key(key))
         return key
+
+    async def revoke(self, *, key: str | None = None, user: str | None = None) -> int:
+        """Remove from the store one key, or every key of ``user``; how many went. Every replica refuses
+        them within ``cache_seconds`` (keys of ``api_keys`` are configuration: change that instead)."""
+        removed = await self.store.revoke_api_keys(key_hash=hash_key(key) if key else None, user=user)
+        for digest in [d for d, (owner, _) in self._found.items() if (key and d == hash_key(key)) or owner == user]:
+            del self._found[digest]
+        return removed

@@ -202,3 +202,22 @@ class ShuttingDown(GatewayError):
 
     status = 503
     code = "shutting_down"
+
+
+class SandboxHeldElsewhere(GatewayError):
+    """Another replica holds the sandbox's runtime: the API forwards the request to ``address``.
+
+    Seen by a client only when forwarding was not possible (the request had been forwarded
+    already, or the holder could not be reached and its lease has not lapsed yet): try again.
+    """
+
+    status = 503
+    code = "sandbox_elsewhere"
+    retry_after = 1
+
+    def __init__(self, sandbox_id: str, replica_id: str, address: str, message: str | None = None) -> None:
+        super().__init__(message or f"sandbox {sandbox_id} is held by another replica of this gateway "
+                         f"({replica_id}); try again")
+        self.sandbox_id = sandbox_id
+        self.replica_id = replica_id
+        self.address = address

@@ -40,6 +40,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
+from gateway.api.forwarding import served_elsewhere
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, SandboxNotRunning, SessionReplaced, Unauthorized
 from gateway.execution.messages import MALFORMED, BadMessage
@@ -249,6 +250,8 @@ class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
 
     async def get(self, kernel_id: str) -> None:
         check_websocket(self, self.allow_origins)
+        if await served_elsewhere(self, self.sandboxes, kernel_id):
+            return  # (another replica holds the kernel: the socket is joined to one there)
         context = await self.sandboxes.find_context(kernel_id, self.current_user.username)
         if context is not None:  # one of the sandbox's other kernels (the same checks, its own key)
             if context.failed:

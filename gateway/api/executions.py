@@ -130,11 +130,17 @@ class SandboxExecutionsHandler(SandboxAPIHandler):
 
 
 class ExecutionHandler(SandboxAPIHandler):
+    async def routed_sandbox(self) -> str | None:
+        return await self.sandboxes.sandbox_of_execution(self.path_args[0])
+
     async def get(self, execution_id: str) -> None:
         self.write_json((await self.sandboxes.get_execution(execution_id, self.user)).to_public())
 
 
 class ExecutionEventsHandler(StreamingHandler):
+    async def routed_sandbox(self) -> str | None:
+        return await self.sandboxes.sandbox_of_execution(self.path_args[0])  # (where its live feed is)
+
     async def get(self, execution_id: str) -> None:
         try:
             after = int(self.get_argument("after", "0"))

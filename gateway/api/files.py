@@ -64,8 +64,8 @@ class FileHandler(FilesAPIHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        if self.request.method != "PUT":
-            return
+        if self._finished or self.request.method != "PUT":
+            return  # (forwarded: the holder streams the upload into its sandbox)
         sandbox_id, path = self.path_args
         limit = self.files.max_file_bytes
         declared = self.request.headers.get("Content-Length")

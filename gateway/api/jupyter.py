@@ -24,6 +24,7 @@ import jupyter_server
 from jsonschema import Draft202012Validator
 
 from gateway.api.base import APIHandler
+from gateway.api.forwarding import HolderRouting
 from gateway.api.schemas import CREATE_SANDBOX
 from gateway.errors import NotFound, SandboxNotFound
 from gateway.provisioners.launcher import KernelLauncher
@@ -168,7 +169,7 @@ class KernelsHandler(JupyterHandler):
         self.write_json(self.context_model(self.sandboxes.contexts.get(sandbox.id, made["id"])), status=201)
 
 
-class KernelHandler(JupyterHandler):
+class KernelHandler(HolderRouting, JupyterHandler):
     async def get(self, kernel_id: str) -> None:
         context = await self.sandboxes.find_context(kernel_id, self.user)
         if context is not None:
@@ -189,7 +190,7 @@ class KernelHandler(JupyterHandler):
         self.finish()
 
 
-class KernelActionHandler(JupyterHandler):
+class KernelActionHandler(HolderRouting, JupyterHandler):
     async def post(self, kernel_id: str, action: str) -> None:
         context = await self.sandboxes.find_context(kernel_id, self.user)
         if context is None:

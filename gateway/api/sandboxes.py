@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway.api import schemas
 from gateway.api.base import APIHandler
+from gateway.api.forwarding import HolderRouting
 from gateway.errors import InvalidRequest
 from gateway.execution.notebook import run_seed, seed_cells
 from gateway.sandboxes.manager import SandboxManager
@@ -15,7 +16,10 @@ from gateway.sandboxes.model import SandboxStatus
 STATUSES = [str(status) for status in SandboxStatus]
 
 
-class SandboxAPIHandler(APIHandler):
+class SandboxAPIHandler(HolderRouting, APIHandler):
+    """A handler over the sandbox manager; a request for one sandbox (the route's first group) that
+    another replica holds is forwarded to it (``gateway.api.forwarding``)."""
+
     def initialize(self, sandboxes: SandboxManager, **base: Any) -> None:  # type: ignore[override]
         super().initialize(**base)
         self.sandboxes = sandboxes

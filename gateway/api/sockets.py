@@ -42,6 +42,7 @@ from gateway.api.base import (
     origin_allowed,
 )
 from gateway.api.executions import check_code
+from gateway.api.forwarding import served_elsewhere
 from gateway.jsonbytes import dumps
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
@@ -90,6 +91,8 @@ class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
 
     async def get(self, sandbox_id: str) -> None:
         check_websocket(self, self.allow_origins)
+        if await served_elsewhere(self, self.sandboxes, sandbox_id):
+            return  # (another replica holds it: the socket is joined to one there)
         await self.sandboxes.get(sandbox_id, self.current_user)  # 404 before the upgrade, like any route
         self.sandbox_id = sandbox_id
         await super().get(sandbox_id)

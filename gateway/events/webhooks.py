@@ -22,6 +22,8 @@ import hashlib
 import hmac
 import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -56,11 +58,17 @@ class WebhookSender(LoggingConfigurable):
     timeout = Float(10.0, help="Seconds a receiver has to answer one event.").tag(config=True)
     max_backoff = Float(300.0, help="Longest wait (s) between two attempts to deliver an event.").tag(config=True)
 
-    def __init__(self, *, store: Store, events: EventLog, metrics: GatewayMetrics, **kwargs: Any) -> None:
+    def __init__(self, *, store: Store, events: EventLog, metrics: GatewayMetrics,
+                 leader: Callable[[], Awaitable[bool]] | None = None, leader_interval: float = 2.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.events = events
         self.metrics = metrics
+        #: Among replicas sharing the store, whether this one is the one delivering (asked at most
+        #: every ``leader_interval`` s): the others stand by, and one takes over when it dies.
+        self.leader = leader
+        self.leader_interval = leader_interval
         self._tasks: list[asyncio.Task[None]] = []
         #: Per URL: the last event taken (for /health).
         self.delivered: dict[str, int] = {}
@@ -84,11 +92,32 @@ class WebhookSender(LoggingConfigurable):
         return {"urls": len(self.urls), "delivered_up_to": dict(self.delivered)}
 
     async def _deliver(self, url: str, cursor: int) -> None:
-        async for record in self.events.follow(after=cursor, owner=None):
-            assert record is not None
-            await self._send_until_taken(url, record)
-            self.delivered[url] = int(record["id"])
-            await self.store.set_webhook_cursor(url, int(record["id"]))
+        while True:
+            if not await self._leading():
+                await asyncio.sleep(self.leader_interval)
+                continue
+            # (where the replica that delivered last stopped; an event it sent without moving the
+            # cursor comes again: delivery is at least once)
+            cursor = await self.store.webhook_cursor(url) or cursor
+            checked = time.monotonic()
+            async for record in self.events.follow(after=cursor, owner=None):
+                assert record is not None
+                if time.monotonic() - checked >= self.leader_interval:
+                    if not await self._leading():
+                        break  # another replica delivers from here on
+                    checked = time.monotonic()
+                await self._send_until_taken(url, record)
+                self.delivered[url] = cursor = int(record["id"])
+                await self.store.set_webhook_cursor(url, cursor)
+
+    async def _leading(self) -> bool:
+        if self.leader is None:
+            return True
+        try:
+            return await self.leader()
+        except Exception:  # (a store outage: whoever leads keeps its claim; try again later)
+            log.warning("webhook: could not learn which replica delivers", exc_info=True)
+            return False
 
     async def _send_until_taken(self, url: str, record: Record) -> None:
         body = body_of(record)

@@ -3,7 +3,7 @@
     code-gateway --provisioner=docker --image=code-gateway/python:0.1.0
 
 ``KernelLauncher`` starts one ``DockerEngine`` per gateway (the docker client, the one event
-stream, the gateway's instance label) and names ``code-gateway-docker`` in the kernelspec, so
+stream, the replica's instance label) and names ``code-gateway-docker`` in the kernelspec, so
 jupyter_client creates a ``DockerProvisioner`` per kernel, which finds the engine through its
 parents (kernel manager -> launcher).
 
@@ -105,8 +105,14 @@ def default_image() -> str:
 
 
 def instance_id_for(runtime_dir: str | os.PathLike[str]) -> str:
-    """A stable id for the gateway owning ``runtime_dir``: the same gateway re-finds its containers."""
+    """A stable id for an engine outside a gateway (no replica id): the same runtime dir, the same id."""
     return hashlib.sha1(os.path.abspath(runtime_dir).encode()).hexdigest()[:12]
+
+
+def replica_id_of(parent: Any) -> str:
+    """The id of the replica an engine serves (its launcher's ``instance_id``: the gateway's ``--replica-id``,
+    which ``DockerProvisioner.instance_id`` sets when that is not given); "" outside a gateway."""
+    return str(getattr(parent, "instance_id", "") or "")
 
 
 def container_name(sandbox_id: str) -> str:
@@ -162,12 +168,16 @@ class DockerEngine:
         self.cpus = 0
         self.events: ContainerEvents | None = None
         self._facts: dict[str, ContainerFacts] = {}
+        #: Containers of other replicas this one re-attached (it took their sandboxes over): their
+        #: events matter here too.
+        self._adopted: set[str] = set()
         self._waiters: dict[str, set[asyncio.Future[int]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
     def configured(cls, parent: Any, runtime_dir: str | os.PathLike[str]) -> DockerEngine:
-        """An engine set up as the operator configured ``DockerProvisioner`` for ``parent``."""
+        """An engine set up as the operator configured ``DockerProvisioner`` for ``parent``; its containers
+        labelled with the replica's id (``replica_id_of``)."""
         settings = DockerProvisioner(parent=parent)
         network = None
         if settings.transport == "tcp":
@@ -175,7 +185,7 @@ class DockerEngine:
                                     peers=settings.kernel_peers, firewall=settings.host_firewall)
         return cls(
             base_url=settings.docker_host,
-            instance_id=settings.instance_id or instance_id_for(runtime_dir),
+            instance_id=replica_id_of(parent) or settings.instance_id or instance_id_for(runtime_dir),
             image=settings.image,
             kernel_network=network,
             docker_runtimes={RUNC: settings.runc_runtime, GVISOR: settings.gvisor_runtime},
@@ -214,7 +224,9 @@ class DockerEngine:
             warnings.append(message)
         self.events = ContainerEvents(
             await self.call(self._client),
-            {"label": f"{LABEL_INSTANCE}={self.instance_id}"},
+            # Every gateway's containers: a container this replica takes over keeps the label of the one
+            # that started it (labels cannot change). ``handle_event`` keeps what concerns us.
+            {"label": LABEL_SANDBOX},
             loop=asyncio.get_running_loop(),
             on_event=self.handle_event,
             on_reconnect=self.recheck,
@@ -362,20 +374,15 @@ class DockerEngine:
     def labels(self, sandbox: Any) -> dict[str, str]:
         return {LABEL_SANDBOX: sandbox.id, LABEL_OWNER: sandbox.owner, LABEL_INSTANCE: self.instance_id}
 
-    async def remove_orphans(self, known_ids: set[str]) -> list[str]:
-        """Remove our containers (by instance label) whose sandbox is not in ``known_ids``."""
-        containers = await self.call(
-            self.client.api.containers, all=True, filters={"label": f"{LABEL_INSTANCE}={self.instance_id}"}
-        )
-        removed = []
-        for container in containers:
-            sandbox_id = (container.get("Labels") or {}).get(LABEL_SANDBOX, "")
-            if sandbox_id in known_ids:
-                continue
-            log.warning("sandbox %s: removing orphaned container %s", sandbox_id or "?", container["Id"][:12])
-            await self.remove(container["Id"])
-            removed.append(container["Id"])
-        return removed
+    async def containers(self) -> list[tuple[str, str, str]]:
+        """(container id, sandbox id, instance) of every gateway container on the engine, running or not."""
+        found = await self.call(self.client.api.containers, all=True, filters={"label": LABEL_SANDBOX})
+        return [(c["Id"], (c.get("Labels") or {}).get(LABEL_SANDBOX, ""), (c.get("Labels") or {}).get(LABEL_INSTANCE, ""))
+                for c in found]
+
+    def adopt(self, container_id: str) -> None:
+        """A container another replica started is this one's now: follow its events."""
+        self._adopted.add(container_id)
 
     async def remove(self, container_id: str) -> None:
         import docker.errors
@@ -395,6 +402,7 @@ class DockerEngine:
 
     def forget(self, container_id: str) -> None:
         self._facts.pop(container_id, None)
+        self._adopted.discard(container_id)
 
     async def wait(self, container_id: str) -> int:
         """The exit code once the container stopped (``GONE`` if removed); costs no thread."""
@@ -449,6 +457,9 @@ class DockerEngine:
         container_id = actor.get("ID") or event.get("id") or ""
         action = event.get("Action") or event.get("status") or ""
         attributes = actor.get("Attributes") or {}
+        if not (attributes.get(LABEL_INSTANCE) == self.instance_id or container_id in self._adopted
+                or container_id in self._waiters or container_id in self._facts):
+            return  # another gateway's container (or another replica's, not taken over by this one)
         if action == "destroy":
             facts = self._facts.pop(container_id, None)
             self._resolve(container_id, GONE if facts is None or facts.exit_code is None else facts.exit_code)
@@ -508,8 +519,8 @@ class DockerProvisioner(KernelProvisionerBase):
         "", help="Docker engine URL (e.g. unix:///var/run/docker.sock); default: DOCKER_HOST or the local socket."
     ).tag(config=True)
     instance_id = Unicode(
-        "", help="Label value marking this gateway's containers (default: derived from the runtime directory, "
-        "so a restarted gateway finds its containers again). Gateways sharing an engine need distinct ids."
+        "", help="The replica id (an older name for --replica-id, used when that is not given): the label value "
+        "marking the containers this gateway starts."
     ).tag(config=True)
     network = Unicode(
         "bridge", help="Docker network for sandboxes that asked for network access (only where "
@@ -939,6 +950,9 @@ class DockerProvisioner(KernelProvisionerBase):
             sockets=identities_to_record(sockets_of(self.parent).identities),
             transport="tcp" if self._network is not None else "ipc",
             kernel_network=self._network.name if self._network is not None else None,
+            # Its sockets are reached through a link in sandbox_dir (ipc) or an address (tcp): another
+            # replica can reach them too.
+            relocatable=True,
         )
         return info
 
@@ -952,6 +966,7 @@ class DockerProvisioner(KernelProvisionerBase):
         if self.container_id is None or self.sandbox_dir is None:
             self.container_id = None
             return
+        self.engine.adopt(self.container_id)
         if provisioner_info.get("transport") == "tcp":
             await self._reattach_tcp(str(provisioner_info.get("kernel_network") or ""))
             return

@@ -47,7 +47,7 @@ from gateway.errors import SandboxStartFailed
 from gateway.provisioners import transport
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners.docker import BOOTSTRAP, CONNECTION_ENV, CONTAINER_CONNECTION_FILE, GONE, default_image
-from gateway.provisioners.docker import instance_id_for
+from gateway.provisioners.docker import instance_id_for, replica_id_of
 from gateway.provisioners.pods import (
     LABEL_INSTANCE,
     LABEL_SANDBOX,
@@ -195,11 +195,13 @@ class KubernetesEngine:
 
     @classmethod
     def configured(cls, parent: Any, runtime_dir: str | os.PathLike[str]) -> KubernetesEngine:
-        """An engine set up as the operator configured ``KubernetesProvisioner`` for ``parent``."""
+        """An engine set up as the operator configured ``KubernetesProvisioner`` for ``parent``; its pods
+        labelled with the replica's id (``replica_id_of``: ``KubernetesProvisioner.instance_id`` sets it when
+        ``--replica-id`` is not given)."""
         options = KubernetesProvisioner(parent=parent)
         settings = PodSettings(
             namespace=options.namespace, image=options.image,
-            instance_id=options.instance_id or instance_id_for(runtime_dir),
+            instance_id=replica_id_of(parent) or options.instance_id or instance_id_for(runtime_dir),
             runtime_class=options.runtime_class, image_pull_policy=options.image_pull_policy,
             pod_options=dict(options.pod_options),
         )
@@ -403,6 +405,22 @@ class KubernetesEngine:
             del self._facts[facts.name]
         self._facts.setdefault(facts.name, facts)
         return self._facts[facts.name]
+
+    async def containers(self) -> list[tuple[str, str, str]]:
+        """(pod name, sandbox id, instance) of this instance's pods: what the gateway's orphan sweep
+        (``gateway.sandboxes.orphans``) looks at. (Only this instance's: the watch and the API calls
+        are scoped to its label.)"""
+        assert self.api is not None
+        pods, _ = await self.api.list_pods()
+        found = []
+        for pod in pods:
+            metadata = pod.get("metadata") or {}
+            labels = metadata.get("labels") or {}
+            found.append((str(metadata.get("name")), labels.get(LABEL_SANDBOX, ""), labels.get(LABEL_INSTANCE, "")))
+        return found
+
+    async def remove(self, name: str) -> None:
+        await self.delete(name)
 
     async def remove_orphans(self, known_ids: set[str]) -> list[str]:
         """Delete this instance's pods whose sandbox is not in ``known_ids``."""

@@ -25,9 +25,10 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq.asyncio
+from jupyter_client.connect import KernelConnectionInfo
 from prometheus_client import Counter
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
@@ -44,6 +45,15 @@ from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners.mounts import unmount_under
 from gateway.provisioners.sockets import KernelSockets, SocketRefused
 from gateway.provisioners.transport import ConnectedSockets
+
+@dataclasses.dataclass(frozen=True)
+class LeftKernel:
+    """A kernel found on the engine: which sandbox it is, which replica started it, how to remove it."""
+
+    sandbox_id: str
+    instance: str
+    ref: str
+
 
 #: Our names for provisioners -> their entry point names.
 PROVISIONERS = {"local": "code-gateway-local", "docker": "code-gateway-docker",
@@ -101,6 +111,22 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def relocated(kernel: dict[str, Any], sandbox_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A recorded kernel's connection and provisioner info, moved into ``sandbox_dir`` if its provisioner
+    allows it (``relocatable``: docker, whose sockets this host reaches through a link of its own).
+
+    Another replica re-attaching a kernel (it took the sandbox over) keeps it under its own runtime
+    directory, which the replica that started it may clean up when it comes back.
+    """
+    connection, info = dict(kernel["connection"]), dict(kernel["provisioner"])
+    old = info.get("sandbox_dir")
+    if info.get("relocatable") and old and old != sandbox_dir:
+        info["sandbox_dir"] = sandbox_dir
+        if isinstance(connection.get("ip"), str) and connection["ip"].startswith(old + "/"):
+            connection["ip"] = sandbox_dir + connection["ip"][len(old):]
+    return connection, info
 
 
 class SandboxKernelManager(AsyncIOLoopKernelManager):
@@ -181,9 +207,12 @@ class KernelLauncher(LoggingConfigurable):
     def _kernels_dir_default(self) -> str:
         return default_kernels_dir()
 
-    def __init__(self, runtime_dir: str, *, metrics: GatewayMetrics | None = None, **kwargs: Any) -> None:
+    def __init__(self, runtime_dir: str, *, metrics: GatewayMetrics | None = None, instance_id: str = "",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runtime_dir = Path(runtime_dir)
+        #: This replica's id: it labels the kernels it starts (docker: ``code-gateway.instance``).
+        self.instance_id = instance_id
         self.metrics = metrics or GatewayMetrics()
         self.context = zmq.asyncio.Context.instance()
         # A bounded receive queue, so a kernel publishing faster than the gateway reads (a flood
@@ -354,12 +383,13 @@ class KernelLauncher(LoggingConfigurable):
         # pending-state bookkeeping reuses one "ready" future for the shutdown and the start of a
         # later relaunch, and the start fails with InvalidStateError.
         km._attempted_start = True
-        km.load_connection_info(sandbox.kernel["connection"])
+        connection, info = relocated(sandbox.kernel, str(self.sandbox_dir(sandbox.runtime_id)))
+        km.load_connection_info(cast(KernelConnectionInfo, connection))
         km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
             sandbox.runtime_id, km.kernel_spec, parent=km
         )
         try:
-            await km.provisioner.load_provisioner_info(sandbox.kernel["provisioner"])
+            await km.provisioner.load_provisioner_info(info)
         except SocketRefused as refused:
             self.log.warning("sandbox %s: not re-attaching to its kernel: %s", sandbox.id, refused)
             await self.dispose(km)
@@ -369,14 +399,26 @@ class KernelLauncher(LoggingConfigurable):
             return None
         return km
 
-    async def remove_orphans(self, known_ids: set[str]) -> None:
-        """Remove kernels (docker: containers with our instance label) and sandbox dirs of no known runtime id."""
+    async def left_kernels(self) -> list[LeftKernel]:
+        """Every sandbox kernel the engine has, running or stopped, of any gateway (docker: labelled containers)."""
+        if self.engine is None:
+            return []
+        return [LeftKernel(sandbox_id, instance, container_id)
+                for container_id, sandbox_id, instance in await self.engine.containers()]
+
+    async def remove_left(self, kernel: LeftKernel) -> None:
+        """Remove a kernel that ``left_kernels`` found (its sandbox is over, or never was)."""
         if self.engine is not None:
-            await self.engine.remove_orphans(known_ids)
-        if self.runtime_dir.is_dir():
-            for directory in self.runtime_dir.iterdir():
-                if directory.name not in known_ids and directory.is_dir() and not directory.is_symlink():
-                    self._remove_dir(directory)
+            await self.engine.remove(kernel.ref)
+
+    def sandbox_dirs(self) -> list[str]:
+        """The sandbox ids that have a directory in this gateway's runtime directory."""
+        if not self.runtime_dir.is_dir():
+            return []
+        return [d.name for d in self.runtime_dir.iterdir() if d.is_dir() and not d.is_symlink()]
+
+    def remove_sandbox_dir(self, sandbox_id: str) -> None:
+        self._remove_dir(self.sandbox_dir(sandbox_id))
 
     async def stop(self) -> None:
         """Release what kernels shared (the docker client and event stream); kernels are left as they are."""

@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
@@ -39,6 +40,7 @@ from gateway.errors import (
     InvalidRequest,
     QuotaExceeded,
     SandboxBusy,
+    SandboxHeldElsewhere,
     SandboxNotFound,
     SandboxNotRunning,
     SandboxPaused,
@@ -55,13 +57,16 @@ from gateway.execution.model import Execution, ExecutionStatus, execution_error
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.provisioners.usage import Usage
+from gateway.replica import Replica
 from gateway.sandboxes.contexts import Context, DefaultContext, SandboxContexts, default_context, normalize_language
 from gateway.sandboxes.isolation import IsolationPolicy
 from gateway.sandboxes.kernels import KernelRegistry
+from gateway.sandboxes.leases import WEBHOOKS_LEASE, Holder, LeaseKeeper, preferred
 from gateway.sandboxes.lifetimes import LifetimePolicy
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.locks import LifecycleLocks
-from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, Sandbox, SandboxStatus
+from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, ENDED, Sandbox, SandboxStatus
+from gateway.sandboxes.orphans import clear_orphans
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.quotas import UserQuotas
 from gateway.sandboxes.reaper import EXPIRED, IDLE, SandboxReaper
@@ -106,6 +111,17 @@ def stop_waits_for(
 
 LIVE = [str(SandboxStatus.CREATING), str(SandboxStatus.RUNNING), str(SandboxStatus.FAILED),
         str(SandboxStatus.TERMINATING)]
+#: Sandboxes some replica must hold: the live ones, and the paused (their saved state is looked after).
+HELD = [*LIVE, str(SandboxStatus.PAUSED)]
+#: Why the executions a sandbox had in flight failed when it was taken back: its own gateway
+#: restarted, or the replica that held it died and this one took it over.
+TAKEN_BACK = {
+    "gateway_restarted": ("GatewayRestarted", "the gateway stopped before this execution finished"),
+    "replica_lost": ("ReplicaLost", "the gateway replica running this sandbox stopped before this execution "
+                     "finished; another replica took the sandbox over (its kernel and variables are kept)"),
+}
+#: Seconds between two looks for containers that replicas which died left behind.
+ORPHAN_INTERVAL = 60.0
 #: What a sandbox taken from the warm pool gets from the request that claimed it.
 REQUESTED_FIELDS = ("owner", "resources", "env", "metadata", "expires_at", "idle_timeout", "on_idle", "auto_resume",
                     "template", "access_token")
@@ -175,15 +191,29 @@ class SandboxManager(LoggingConfigurable):
     keep_on_shutdown = Bool(
         False, help="Leave sandbox kernels running when the gateway stops, to re-attach at the next start."
     ).tag(config=True)
+    hand_over_on_shutdown = Bool(
+        True, help="When other replicas sharing the store are alive at shutdown, leave the sandboxes running and "
+        "free their leases, so those replicas take them over at once (instead of ending them)."
+    ).tag(config=True)
 
     def __init__(self, *, store: Store, launcher: KernelLauncher, policy: ResourcePolicy,
                  lifetimes: LifetimePolicy | None = None, snapshots: SandboxSnapshots | None = None,
                  quotas: UserQuotas | None = None, events: EventLog | None = None,
                  metrics: GatewayMetrics | None = None, isolation: IsolationPolicy | None = None,
-                 **kwargs: Any) -> None:
+                 leases: LeaseKeeper | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.isolation = isolation or IsolationPolicy(parent=self)
+        #: This replica's leases: which sandboxes it runs, and who runs the others.
+        self.leases = leases or LeaseKeeper(store=store, replica=Replica(str(uuid.uuid4())), parent=self)
+        self.leases.lapsed = self._let_go
+        #: Sandboxes being taken over (their leases claimed, their kernels being re-attached).
+        self._taking: dict[str, asyncio.Task[None]] = {}
+        #: Unheld sandboxes this replica is not the first choice for, seen at the last look.
+        self._passed_over: set[str] = set()
+        #: Paused sandboxes of gone replicas whose saved state is not here (warned about once).
+        self._unreachable: set[str] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.metrics = metrics or GatewayMetrics()
         self.launcher = launcher
         self.policy = policy
@@ -241,28 +271,54 @@ class SandboxManager(LoggingConfigurable):
     # -- lifecycle of the manager ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Re-attach to kernels that outlived the last gateway process; end the records of the rest."""
-        busy: set[str] = set()
-        for record in await self.store.list_unfinished_executions():
-            execution = Execution.from_record(record)
-            busy.add(execution.sandbox_id)  # (the store may still say queued: that is written first)
-            execution.status = ExecutionStatus.FAILED
-            execution.finished_at = execution.finished_at or timestamps.now()
-            execution.error = execution_error(
-                "gateway_restarted", "GatewayRestarted", "the gateway stopped before this execution finished"
-            )
-            sandbox_record = await self.store.get_sandbox(execution.sandbox_id)
-            await self._put_execution(execution, sandbox_record["owner"] if sandbox_record else "")
-        for record in await self.store.list_sandboxes(statuses=LIVE):
-            await self._recover(Sandbox.from_record(record), busy=record["id"] in busy)
-        await self._recover_paused()
-        await self.launcher.remove_orphans({self._sandboxes[sid].runtime_id for sid in self._runtimes})
+        """Take back what this replica held when it last ran, and what no replica alive holds (their kernels
+        re-attached, or their records ended); clear what nobody holds any more; then serve."""
+        await self.leases.start()
+        for sandbox_id in sorted(await self.leases.held() - {WEBHOOKS_LEASE}):
+            record = await self.store.get_sandbox(sandbox_id)
+            if record is None or record["status"] in ENDED:
+                await self.leases.drop(sandbox_id)
+            else:
+                await self._take_back(Sandbox.from_record(record), "gateway_restarted")
+        await self._take_over_unheld()
+        await self._taken()
+        await clear_orphans(store=self.store, leases=self.leases, launcher=self.launcher, snapshots=self.snapshots,
+                            held=self._held_ids(), paused=self._paused_here(), dead_only=False)
         self.pool.start()
         self.reaper.start()
+        self._sweeper = asyncio.create_task(self._watch_leases(), name="lease-sweep")
         if self.usage_interval > 0:
             self._spawn(self._sample_usage(), name="sample-usage")
 
-    async def _recover(self, sandbox: Sandbox, *, busy: bool = False) -> None:
+    def _held_ids(self) -> set[str]:
+        """The ids of the sandboxes this replica holds, and the runtime ids their kernels run under."""
+        return {*self._sandboxes, *(s.runtime_id for s in self._sandboxes.values())}
+
+    def _paused_here(self) -> set[str]:
+        return {s.id for s in self._sandboxes.values() if s.status == SandboxStatus.PAUSED}
+
+    async def _take_back(self, sandbox: Sandbox, reason: str) -> None:
+        """Run here a sandbox whose lease this replica holds but whose runtime it has not: re-attach its
+        kernel (or end its record if the kernel is gone), and fail the executions it had in flight (``reason``:
+        ``gateway_restarted``, or ``replica_lost`` when another replica held it)."""
+        unfinished = await self.store.list_unfinished_executions(sandbox.id)
+        for record in unfinished:
+            execution = Execution.from_record(record)
+            execution.status = ExecutionStatus.FAILED
+            execution.finished_at = execution.finished_at or timestamps.now()
+            execution.error = execution_error(reason, *TAKEN_BACK[reason])
+            await self._put_execution(execution, sandbox.owner)
+        if sandbox.status == SandboxStatus.PAUSED:
+            if self.snapshots is None or not self.snapshots.exists(sandbox.id):
+                log.error("sandbox %s: paused, but its saved state is not on this gateway's disk", sandbox.id)
+                await self._end(sandbox, "snapshot_lost")
+            else:
+                self._sandboxes[sandbox.id] = sandbox
+            return
+        # (the store may still say queued of the one that ran: that is written first)
+        await self._recover(sandbox, busy=bool(unfinished), reason=reason)
+
+    async def _recover(self, sandbox: Sandbox, *, busy: bool = False, reason: str = "gateway_restarted") -> None:
         if sandbox.expires_at is None:  # recorded before sandboxes had lifetimes
             sandbox.expires_at = self.lifetimes.expiry(None)
         km = None
@@ -272,36 +328,154 @@ class SandboxManager(LoggingConfigurable):
             except Exception:
                 log.exception("sandbox %s: could not re-attach to its kernel", sandbox.id)
         if km is None:
-            await self._end(sandbox, "gateway_restarted")
+            await self._end(sandbox, reason)
             return
-        if busy:
-            # The kernel may still run code for the gateway that died: nobody waits for that any
-            # more, and until it ends the kernel cannot answer the kernel_info that _connect awaits.
-            try:
-                await km.interrupt_kernel()
-            except Exception:
-                log.warning("sandbox %s: could not interrupt the re-attached kernel", sandbox.id, exc_info=True)
+        # The kernel may still run code for a gateway that is gone (``busy``: its record said so; a
+        # replica that stopped may have recorded it ended without stopping it): nobody waits for that
+        # any more, and until it ends the kernel cannot answer the kernel_info that _connect awaits.
+        # (An idle kernel ignores the interrupt.)
+        try:
+            await km.interrupt_kernel()
+        except Exception:
+            log.warning("sandbox %s: could not interrupt the re-attached kernel%s", sandbox.id,
+                        " (it was running code)" if busy else "", exc_info=True)
         try:
             runtime = await self._connect(sandbox, km)
+            moved = sandbox.kernel.get("provisioner", {}).get("sandbox_dir") != str(self.launcher.sandbox_dir(sandbox.runtime_id))
+            if moved:  # (taken over: its kernel is reached from this replica's directory now)
+                sandbox.kernel = await self.launcher.record(km)
         except Exception:
             log.exception("sandbox %s: re-attached kernel does not answer", sandbox.id)
-            await self._end(sandbox, "gateway_restarted")
+            await self._end(sandbox, reason)
             return
         self._sandboxes[sandbox.id] = sandbox
         self._adopt(sandbox.id, runtime)
+        if moved:
+            await self.store.put_sandbox(sandbox.to_record())
         log.info("sandbox %s: re-attached to its kernel", sandbox.id)
 
-    async def _recover_paused(self) -> None:
-        """Paused sandboxes wait on the disk across restarts; saved states nobody owns are removed."""
-        for record in await self.store.list_sandboxes(statuses=[str(SandboxStatus.PAUSED)]):
-            sandbox = Sandbox.from_record(record)
-            if self.snapshots is None or not self.snapshots.exists(sandbox.id):
-                log.error("sandbox %s: paused, but its saved state is gone from the gateway's disk", sandbox.id)
-                await self._end(sandbox, "snapshot_lost")
-                continue
-            self._sandboxes[sandbox.id] = sandbox
-        if self.snapshots is not None:
-            self.snapshots.keep_only({s.id for s in self._sandboxes.values() if s.status == SandboxStatus.PAUSED})
+    # -- leases: who runs which sandbox --------------------------------------------------------------
+
+    async def _take_over_unheld(self) -> None:
+        """Take over the sandboxes nobody alive holds (their replica died, or stopped and let them go):
+        each replica takes those it is the first choice for at once, any other after one more look."""
+        unheld = [r for r in await self.store.unheld_sandboxes(HELD) if r["id"] not in self._sandboxes]
+        passed, self._passed_over = self._passed_over, set()
+        if not unheld:
+            return
+        live = await self.leases.live_replicas() or [self.leases.me]
+        for record in unheld:
+            sandbox_id = record["id"]
+            if preferred(sandbox_id, live) == self.leases.me or sandbox_id in passed:
+                self._take_over_soon(sandbox_id)
+            else:
+                self._passed_over.add(sandbox_id)  # its first choice has one look to take it
+
+    def _take_over_soon(self, sandbox_id: str) -> asyncio.Task[None]:
+        task = self._taking.get(sandbox_id)
+        if task is None:
+            task = self._spawn(self._take_over(sandbox_id), name=f"take-over-{sandbox_id}")
+            self._taking[sandbox_id] = task
+            task.add_done_callback(lambda _: self._taking.pop(sandbox_id, None))
+        return task
+
+    async def _taken(self) -> None:
+        """Wait for every take-over under way."""
+        await asyncio.gather(*list(self._taking.values()), return_exceptions=True)
+
+    async def _take_over(self, sandbox_id: str) -> None:
+        """Claim an unheld sandbox and run it here; nothing if another replica claimed it first, or if it is
+        paused and its saved state is not on this replica's disk (its replica may come back with it)."""
+        previous = await self.store.get_lease(sandbox_id)
+        record = await self.store.get_sandbox(sandbox_id)
+        if self._out_of_reach(record, previous):
+            return
+        if not await self.leases.claim(sandbox_id):
+            return
+        record = await self.store.get_sandbox(sandbox_id)
+        if record is None or record["status"] in ENDED:
+            await self.leases.drop(sandbox_id)
+            return
+        if previous is not None and previous["holder"] != self.leases.me:
+            log.warning("sandbox %s: taking it over from replica %s, which is gone", sandbox_id, previous["holder"])
+            await self._take_back(Sandbox.from_record(record), "replica_lost")
+        else:
+            await self._take_back(Sandbox.from_record(record), "gateway_restarted")
+
+    def _out_of_reach(self, record: dict[str, Any] | None, lease: dict[str, Any] | None) -> bool:
+        """A paused sandbox of another replica whose saved state is not here (the paused directory is not
+        shared): taking it over would lose its state, so it waits for that replica to come back."""
+        if record is None or record["status"] != SandboxStatus.PAUSED or lease is None:
+            return False
+        if lease["holder"] == self.leases.me or (self.snapshots is not None and self.snapshots.exists(record["id"])):
+            return False
+        if record["id"] not in self._unreachable:
+            self._unreachable.add(record["id"])
+            log.warning("sandbox %s: paused by replica %s, which is gone, and its saved state is not on this "
+                        "replica's disk; it waits for that replica", record["id"], lease["holder"])
+        return True
+
+    async def _watch_leases(self) -> None:
+        """Every lease period, take over what replicas that died held; now and then, clear what they left."""
+        cleared = time.monotonic()
+        while True:
+            await asyncio.sleep(self.leases.period)
+            try:
+                await self._take_over_unheld()
+                if time.monotonic() - cleared >= ORPHAN_INTERVAL:
+                    cleared = time.monotonic()
+                    await clear_orphans(store=self.store, leases=self.leases, launcher=self.launcher,
+                                        snapshots=self.snapshots, held=self._held_ids(), dead_only=True)
+            except Exception:  # (a store outage, say: the next look tries again)
+                log.warning("replica %s: could not look for sandboxes to take over", self.leases.me, exc_info=True)
+
+    async def _let_go(self) -> None:
+        """Our heartbeat had lapsed: stop running the sandboxes another replica took meanwhile (their
+        kernels are its now: they are left running, and nothing more is written for them here)."""
+        held = await self.leases.held()
+        for sandbox_id in [s for s in self._sandboxes if s not in held and s not in self._taking]:
+            log.warning("sandbox %s: another replica took it over while this one's heartbeat had lapsed", sandbox_id)
+            self._sandboxes.pop(sandbox_id, None)
+            runtime = self._release(sandbox_id)
+            if runtime is not None:
+                await runtime.close(stop_kernel=False, reason="replica_lost")
+
+    async def placement(self, sandbox_id: str) -> Holder | None:
+        """Where a request for the sandbox is served: None for here, else the replica holding it (the API
+        forwards the request to it). A sandbox whose holder is gone is taken over first, then served here."""
+        if sandbox_id in self._sandboxes:
+            return None  # (the usual case: no I/O)
+        taking = self._taking.get(sandbox_id)
+        if taking is None:
+            lease = await self.store.get_lease(sandbox_id)
+            if lease is not None and lease["holder"] != self.leases.me and lease["alive"]:
+                return Holder(lease["holder"], lease["address"], True, lease["expires_in"])
+            if lease is not None and lease["holder"] == self.leases.me:
+                return None
+            record = await self.store.get_sandbox(sandbox_id)
+            if record is None or record["status"] not in HELD:
+                return None
+            if self._out_of_reach(record, lease):
+                assert lease is not None
+                raise SandboxHeldElsewhere(sandbox_id, lease["holder"], lease["address"], (
+                    f"sandbox {sandbox_id} is paused, and its saved state is on the disk of replica "
+                    f"{lease['holder']}, which is not running; it can be resumed once that replica runs again "
+                    "(replicas that share --paused-dir resume each other's sandboxes)"))
+            taking = self._take_over_soon(sandbox_id)  # unleased, or its holder is gone
+        await asyncio.shield(taking)
+        if sandbox_id in self._sandboxes:
+            return None
+        holder = await self.leases.holder(sandbox_id)  # another replica won the race to take it
+        return holder if holder is not None and holder.alive else None
+
+    async def _here(self, sandbox: Sandbox) -> Sandbox:
+        """``sandbox`` as this replica runs it; ``SandboxHeldElsewhere`` if another replica does."""
+        if sandbox.id in self._sandboxes or sandbox.status in ENDED:
+            return self._sandboxes.get(sandbox.id, sandbox)
+        holder = await self.placement(sandbox.id)
+        if holder is not None:
+            raise SandboxHeldElsewhere(sandbox.id, holder.replica_id, holder.address)
+        return self._sandboxes.get(sandbox.id, sandbox)
 
     async def stop(self) -> None:
         """Stop every sandbox (or leave the kernels running if ``keep_on_shutdown``), whatever is under way;
@@ -310,35 +484,65 @@ class SandboxManager(LoggingConfigurable):
         No new work is accepted; the pool and the kernels being started stop (their kernels
         too); each sandbox is closed, which ends its running and queued executions, whose
         records their tasks then write. Every step is bounded (``STOP_WITHIN``), so this ends.
+
+        When other replicas are alive (and ``hand_over_on_shutdown``), the sandboxes are left running for
+        them instead, and this replica's leases freed: they take the sandboxes over within a lease period.
         """
         self._stopping = True
-        kept = set(self._runtimes) if self.keep_on_shutdown else set()
+        if self._sweeper is not None:
+            await stop_tasks([self._sweeper], within=STOP_WITHIN, what="lease watch")
         await self.reaper.stop()
         await self.pool.stop()
         await stop_tasks(list(self._starts), within=STOP_WITHIN, what="sandbox starts")
-        try:  # creates, resumes and restarts end (their kernels adopted, or not): then all are closed
+        try:  # creates, resumes, restarts and take-overs end (their kernels adopted, or not): then all are closed
             async with asyncio.timeout(STOP_WITHIN):
                 await self._no_operations.wait()
+                await self._taken()
         except TimeoutError:
             log.error("%d sandbox operations still under way %g s into the shutdown", self._operations, STOP_WITHIN)
+        hand_over = self.hand_over_on_shutdown and await self._others_alive()
+        if hand_over:
+            log.info("replica %s: leaving %d sandboxes to the other replicas", self.leases.me, len(self._sandboxes))
+        elif not self.keep_on_shutdown:
+            await self._take_over_left()
+        keep = self.keep_on_shutdown or hand_over
+        kept = set(self._runtimes) if keep else set()
         if self._activity_timer is not None:
             self._activity_timer.cancel()
         # Written, not awaited: if the store is failing, its close() waits for them a bounded time.
         self._record_activity()
-        await asyncio.gather(*(self._stop_sandbox(sandbox_id) for sandbox_id in list(self._runtimes)))
+        await self._stop_all(keep=keep)
+        if hand_over:
+            await self._stop_beating(release=True)
+            # The others may have been stopping at the same moment, each leaving its sandboxes to the
+            # rest: the one that finds itself last once it let go ends what they all left.
+            if not self.keep_on_shutdown and not await self._others_alive():
+                log.info("replica %s: the other replicas stopped too: ending what they left", self.leases.me)
+                await self._take_over_left()
+                kept = set()
+                await self._stop_all(keep=False)
         # Their executions ended with them; their tasks store them and say so (done), then every task stops.
         ending = [running.done for running in self._running.values() if not running.done.done()]
         if ending:
             await asyncio.wait(ending, timeout=STOP_WITHIN)
         await stop_tasks(list(self._tasks), within=STOP_WITHIN, what="sandbox manager")
-        # A last sweep: a container whose creation was under way when its start was cancelled.
+        if not hand_over:
+            await self._stop_beating(release=False)
+        # A last sweep: a container whose creation was under way when its start was cancelled (never
+        # one a live record runs under: those handed over or kept stay).
         try:
             async with asyncio.timeout(STOP_WITHIN):
-                await self.launcher.remove_orphans(kept | set(self._sandboxes))
+                await clear_orphans(store=self.store, leases=self.leases, launcher=self.launcher, snapshots=None,
+                                    held=kept | set(self._sandboxes) | await self.store.runtime_ids_in_use(),
+                                    dead_only=False)
         except Exception:
             log.exception("could not remove what stopped sandboxes left behind")
 
-    async def _stop_sandbox(self, sandbox_id: str) -> None:
+    async def _stop_all(self, *, keep: bool) -> None:
+        """Close every runtime: ``keep``: leave the kernels running, else stop them and end the sandboxes."""
+        await asyncio.gather(*(self._stop_sandbox(sandbox_id, keep=keep) for sandbox_id in list(self._runtimes)))
+
+    async def _stop_sandbox(self, sandbox_id: str, *, keep: bool) -> None:
         runtime = self._release(sandbox_id)
         sandbox = self._sandboxes.pop(sandbox_id)
         try:
@@ -349,12 +553,12 @@ class SandboxManager(LoggingConfigurable):
         if runtime is not None:
             try:
                 async with asyncio.timeout(STOP_WITHIN):
-                    await runtime.close(stop_kernel=not self.keep_on_shutdown, reason="gateway_shutdown")
+                    await runtime.close(stop_kernel=not keep, reason="gateway_shutdown")
             except Exception:
                 log.exception("sandbox %s: error while stopping", sandbox_id)
-                if not self.keep_on_shutdown:  # say, a restart held it: stop its kernel anyway
+                if not keep:  # say, a restart held it: stop its kernel anyway
                     await self._dispose_kernel(runtime)
-        if not self.keep_on_shutdown:
+        if not keep:
             try:  # not for ever: a failing store holds the record, and its close() tries it once more
                 async with asyncio.timeout(self.store_shutdown_wait):
                     await self._end(sandbox, "gateway_shutdown")
@@ -367,6 +571,34 @@ class SandboxManager(LoggingConfigurable):
                 await self.launcher.dispose(runtime.km)
         except Exception:
             log.exception("sandbox %s: could not stop its kernel", runtime.sandbox_id)
+
+    async def _take_over_left(self) -> None:
+        """The last replica stopping ends what the others left it (replicas that stopped just before
+        handed their sandboxes over, and this one may not have looked yet): else their containers would
+        run on with nobody holding them."""
+        try:
+            async with asyncio.timeout(STOP_WITHIN):
+                for record in await self.store.unheld_sandboxes(LIVE):
+                    if record["id"] not in self._sandboxes:
+                        self._take_over_soon(record["id"])
+                await self._taken()
+        except Exception:  # (a failing store, a slow engine: whoever starts next takes them over)
+            log.warning("replica %s: could not take over what other replicas left", self.leases.me, exc_info=True)
+
+    async def _stop_beating(self, *, release: bool) -> None:
+        try:
+            async with asyncio.timeout(STOP_WITHIN):
+                await self.leases.stop(release=release)
+        except Exception:  # (a failing store: the heartbeat lapses by itself)
+            log.warning("replica %s: could not end its heartbeat", self.leases.me, exc_info=True)
+
+    async def _others_alive(self) -> bool:
+        try:
+            async with asyncio.timeout(STOP_WITHIN):
+                return any(r != self.leases.me for r in await self.leases.live_replicas())
+        except Exception:  # the store cannot say: as if alone
+            log.warning("replica %s: could not learn whether other replicas run", self.leases.me, exc_info=True)
+            return False
 
     def _adopt(self, sandbox_id: str, runtime: SandboxRuntime) -> None:
         self._runtimes[sandbox_id] = runtime
@@ -480,7 +712,7 @@ class SandboxManager(LoggingConfigurable):
         if taken is not None and await self._take_pooled(taken, sandbox):
             self.metrics.sandbox_starts.labels(source="pool").observe(time.monotonic() - began)
             return taken[0]
-        await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after)  # the slot is ours
+        await self._put_leased(sandbox, retry_after=retry_after)  # the slot is ours
         self._sandboxes[sandbox.id] = sandbox
         try:
             runtime = await self._start_runtime(sandbox)
@@ -523,8 +755,8 @@ class SandboxManager(LoggingConfigurable):
             setattr(pooled, field, getattr(request, field))
         pooled.created_at = pooled.last_active_at = timestamps.now()
         try:
-            await self.quotas.put_sandbox(pooled.to_record(), retry_after=self._soonest_end_of(request.owner),
-                                          events=[self._event(pooled, events.SANDBOX_CREATED, source="pool")])
+            await self._put_leased(pooled, retry_after=self._soonest_end_of(request.owner),
+                                   events=[self._event(pooled, events.SANDBOX_CREATED, source="pool")])
             self.events.written()
         except BaseException:  # another request took the user's last slot meanwhile
             await self._dispose_pooled(taken)
@@ -533,6 +765,16 @@ class SandboxManager(LoggingConfigurable):
         self._adopt(pooled.id, runtime)
         log.info("sandbox %s: running for %s (from the warm pool)", pooled.id, request.owner)
         return True
+
+    async def _put_leased(self, sandbox: Sandbox, *, retry_after: Any, events: list[dict[str, Any]] | None = None) -> None:
+        """Write a new sandbox's record within its owner's quotas, with its lease (one transaction: no
+        replica ever sees it unheld); nothing of either if the quotas refuse it."""
+        self.leases.claim_new(sandbox.id)
+        try:
+            await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after, events=events)
+        except BaseException:
+            self.leases.drop(sandbox.id)
+            raise
 
     async def _start_pooled(self) -> tuple[Sandbox, SandboxRuntime]:
         sandbox = Sandbox(owner="", resources=self.pool.profile, provisioner=self.launcher.resolved,
@@ -633,7 +875,7 @@ class SandboxManager(LoggingConfigurable):
         return await self.store.count_sandboxes(owner=None if user == self.admin_user else user, statuses=statuses)
 
     async def terminate(self, sandbox_id: str, user: str) -> Sandbox:
-        sandbox = await self.get(sandbox_id, user)
+        sandbox = await self._here(await self.get(sandbox_id, user))
         self.store.check_available()
         await self._terminate(sandbox, "deleted")
         log.info("sandbox %s: terminated by %s", sandbox_id, user)
@@ -719,7 +961,7 @@ class SandboxManager(LoggingConfigurable):
         terms = self.lifetimes.resolve(
             {"lifetime": lifetime, "idle_timeout": idle_timeout, "on_idle": on_idle, "auto_resume": auto_resume}
         )
-        sandbox = await self.get(sandbox_id, user)
+        sandbox = await self._here(await self.get(sandbox_id, user))
         if sandbox.status in (SandboxStatus.TERMINATING, SandboxStatus.TERMINATED):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}: it cannot be changed")
         self.store.check_available()
@@ -745,6 +987,7 @@ class SandboxManager(LoggingConfigurable):
         sandbox.snapshot = None
         ended = [self._event(sandbox, events.SANDBOX_FAILED, reason=reason)] if failed else []
         await self._put(sandbox, events.SANDBOX_TERMINATED, also=ended, reason=reason)
+        self.leases.drop(sandbox.id)  # (written after the record: never a live record without a lease)
         if self.snapshots is not None:
             self.snapshots.remove(sandbox.id)  # after the record: a crash in between leaves an orphan, not a hole
 
@@ -800,7 +1043,7 @@ class SandboxManager(LoggingConfigurable):
         """
         if settle and not locked:
             await self._settled(sandbox_id)
-        sandbox = await self.get(sandbox_id, user)
+        sandbox = await self._here(await self.get(sandbox_id, user))
         if sandbox.status == SandboxStatus.PAUSED:
             if not wake:
                 raise SandboxPaused(f"sandbox {sandbox_id} is paused: nothing runs in it")
@@ -845,7 +1088,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def pause(self, sandbox_id: str, user: str) -> Sandbox:
         """Save the sandbox's files and variables to the gateway's disk and stop its container."""
-        sandbox = await self.get(sandbox_id, user)
+        sandbox = await self._here(await self.get(sandbox_id, user))
         async with self.locks.hold(sandbox_id, "pausing"):
             await self._pause(sandbox, None)
         return sandbox
@@ -899,7 +1142,7 @@ class SandboxManager(LoggingConfigurable):
 
     async def resume(self, sandbox_id: str, user: str) -> Sandbox:
         """A paused sandbox running again, its files and variables restored (``restore`` says what came back)."""
-        sandbox = await self.get(sandbox_id, user)
+        sandbox = await self._here(await self.get(sandbox_id, user))
         async with self.locks.hold(sandbox_id, "resuming"):
             if sandbox.status == SandboxStatus.PAUSED:
                 await self._resume(sandbox)
@@ -1242,6 +1485,16 @@ class SandboxManager(LoggingConfigurable):
 
     def running(self, execution_id: str) -> RunningExecution | None:
         return self._running.get(execution_id)
+
+    async def sandbox_of_execution(self, execution_id: str) -> str | None:
+        """The sandbox whose holder serves requests for this execution while it is in flight (its live
+        feed is there); None when any replica can answer: it runs here, it has ended, or there is none."""
+        if execution_id in self._running:
+            return None
+        record = await self.store.get_execution(execution_id)
+        if record is None or record["status"] not in ("queued", "running"):
+            return None
+        return str(record["sandbox_id"])
 
     async def get_execution(self, execution_id: str, user: str) -> Execution:
         running = self._running.get(execution_id)

@@ -112,15 +112,16 @@ class SandboxSnapshots(LoggingConfigurable):
         for path in (self.directory(sandbox_id), self.root / f"{sandbox_id}.partial"):
             shutil.rmtree(path, ignore_errors=True)
 
-    def keep_only(self, sandbox_ids: set[str]) -> None:
-        """Remove every saved state but those of ``sandbox_ids`` (half-saved ones included)."""
-        for entry in self.root.iterdir():
-            if entry.name not in sandbox_ids:
-                log.info("removing saved state %s: no paused sandbox has it", entry.name)
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+    def entries(self) -> list[str]:
+        """The names under the root: sandbox ids (saved states) and ``<id>.partial`` (states being saved)."""
+        return [entry.name for entry in self.root.iterdir()]
+
+    def remove_entry(self, name: str) -> None:
+        entry = self.root / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
     def disk_bytes(self) -> int:
         """What all saved states take on the host's disk."""

@@ -1,7 +1,8 @@
-"""Authentication: Bearer keys from the environment and from `code-gateway keys create`."""
+"""Authentication: Bearer keys from the environment and from `code-gateway keys create` / `revoke`."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from typing import Any
@@ -68,3 +69,36 @@ async def test_without_any_key_an_admin_key_is_generated_and_printed(tmp_path: A
             assert (await client.get("/api/v1/sandboxes")).status_code == 401
     finally:
         await app.shutdown()
+
+
+def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "keys", *args], capture_output=True, text=True)
+
+
+async def test_keys_created_or_revoked_through_the_store_are_honoured_by_every_replica(tmp_path: Any,
+                                                                                     postgres_url: str) -> None:
+    from tests.waiting import until
+
+    store = f"--store-url={postgres_url}"
+    async with InProcessGateway(tmp_path / "a", store, "--KeyRing.cache_seconds=1") as a, \
+            InProcessGateway(tmp_path / "b", store, "--KeyRing.cache_seconds=1") as b:
+        first, second = [await a.app.keyring.create("carol") for _ in range(2)]  # made on replica a
+
+        async def status(replica: InProcessGateway, key: str) -> int:
+            async with httpx.AsyncClient(base_url=replica.url, headers={"Authorization": f"Bearer {key}"}) as c:
+                return (await c.get("/api/v1/usage")).status_code
+
+        for key in (first, second):
+            for replica in (a, b):
+                assert await status(replica, key) == 200
+        # (in a thread: the gateways run on this event loop)
+        revoked = await asyncio.to_thread(keys_cli, "revoke", first, store)
+        assert revoked.returncode == 0, revoked.stderr
+        for replica in (a, b):  # within the cache time, everywhere; the other key of carol's still works
+            await until(lambda: status(replica, first), lambda code: code == 401, what="the revoked key refused")
+            assert await status(replica, second) == 200
+        assert await b.app.keyring.revoke(key=first) == 0  # (gone already)
+        everything = await asyncio.to_thread(keys_cli, "revoke", "--user", "carol", store)
+        assert everything.returncode == 0 and everything.stdout.strip() == "revoked 1 key of carol", everything.stderr
+        for replica in (a, b):
+            await until(lambda: status(replica, second), lambda code: code == 401, what="carol's keys refused")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX, default_image, instance_id_for
-from gateway.provisioners.launcher import default_runtime_dir
+from gateway.provisioners.docker import LABEL_INSTANCE, LABEL_SANDBOX, default_image
+from gateway.replica import persisted_id
 from tests.gateways import GatewayProcess, InProcessGateway
 from tests.gateways import create, run
 from tests.provisioned import container_of, containers_labelled
@@ -30,7 +31,8 @@ async def process(tmp_path: Any, docker_client: Any) -> Any:
 
 
 def instance_of(data_dir: Any) -> str:
-    return instance_id_for(default_runtime_dir(str(data_dir)))
+    """The replica id a gateway on ``data_dir`` labels its containers with (kept in the data directory)."""
+    return persisted_id(Path(data_dir))
 
 
 async def test_state_survives_a_sigkilled_gateway(process: GatewayProcess, docker_client: Any, tmp_path: Any) -> None:

@@ -25,6 +25,7 @@ from gateway import timestamps
 from gateway.api.e2b.base import CLIENT_ID, ENVD_VERSION, E2BHandler, NotSupported
 from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.e2b.usage import cpu_count, cpu_percent, disk_used, memory_used
+from gateway.api.forwarding import HolderRouting
 from gateway.errors import InvalidRequest, NotFound, SandboxNotFound
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
@@ -83,7 +84,7 @@ def detail_body(sandbox: Sandbox) -> dict[str, Any]:
             "allowInternetAccess": sandbox.resources.network, "domain": None}
 
 
-class ControlHandler(E2BHandler):
+class ControlHandler(HolderRouting, E2BHandler):
     def initialize(self, sandboxes: SandboxManager, templates: E2BTemplates, **base: Any) -> None:  # type: ignore[override]
         super().initialize(**base)
         self.sandboxes = sandboxes

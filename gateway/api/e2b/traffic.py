@@ -70,7 +70,14 @@ class SandboxTrafficHandler(E2BErrors, SandboxAPIHandler):
     #: Whether the request may reach a sandbox that is paused (health checks must not resume it).
     wakes = True
 
+    async def routed_sandbox(self) -> str | None:
+        sandbox_id = self.request.headers.get("E2b-Sandbox-Id", "").strip()
+        return sandbox_id if SANDBOX_ID.fullmatch(sandbox_id) else None
+
     async def prepare(self) -> None:
+        await super().prepare()  # (another replica holding the sandbox serves it: the request went there)
+        if self._finished:
+            return
         sandbox_id = self.request.headers.get("E2b-Sandbox-Id", "").strip()
         if not SANDBOX_ID.fullmatch(sandbox_id):
             raise SandboxGone(sandbox_id or "(none: the E2b-Sandbox-Id header is missing)")
