@@ -4,6 +4,7 @@ kernels and state intact."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ async def test_a_replica_that_stops_leaves_its_sandboxes_to_the_others(tmp_path:
     async with replica(tmp_path / "b", postgres_url) as b, b.client() as on_b:
         async with replica(tmp_path / "a", postgres_url) as a, a.client() as on_a:
             sid = (await create(on_a))["id"]
+            untouched = (await create(on_a))["id"]  # nothing asks b for it before b stops too
             assert (await run(on_a, sid, "x = 41"))["status"] == "completed"
             container = container_of(docker_client, sid).id
         # a stopped: b was alive, so a left the sandbox running and freed its lease; b takes it over
@@ -81,8 +83,10 @@ async def test_a_replica_that_stops_leaves_its_sandboxes_to_the_others(tmp_path:
         assert (await run(on_b, sid, "x + 1"))["result"] == {"text/plain": "42"}
         assert container_of(docker_client, sid).id == container
         assert (await on_b.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "running"
-    # b was alone when it stopped: it ended the sandbox, as a single gateway does.
-    assert containers_labelled(docker_client, f"{LABEL_SANDBOX}={sid}") == []
+    # b was alone when it stopped: it ended the sandboxes, as a single gateway does — also the one a
+    # left it that it may not have looked at yet (else its container would run on, held by nobody).
+    for ended in (sid, untouched):
+        assert containers_labelled(docker_client, f"{LABEL_SANDBOX}={ended}") == []
 
 
 async def test_a_sandbox_whose_holder_is_gone_is_taken_over_on_the_next_request(tmp_path: Path, postgres_url: str) -> None:
@@ -106,3 +110,21 @@ async def test_a_sandbox_whose_holder_is_gone_is_taken_over_on_the_next_request(
         executions = (await on_b.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]
         assert [e["status"] for e in executions][-1] == "completed"
         assert all(e["status"] not in ("queued", "running") for e in executions)
+
+
+async def test_replicas_stopping_together_leave_no_container_behind(tmp_path: Path, docker_client: Any,
+                                                                    postgres_url: str) -> None:
+    a, b = replica(tmp_path / "a", postgres_url), replica(tmp_path / "b", postgres_url)
+    await a.__aenter__()
+    try:
+        await b.__aenter__()
+    except BaseException:
+        await a.__aexit__(None, None, None)
+        raise
+    async with a.client() as on_a, b.client() as on_b:
+        made = [(await create(on_a))["id"], (await create(on_b))["id"]]
+    # Each may see the other alive and leave its sandboxes to it; whichever finds itself last once it
+    # let go ends them all.
+    await asyncio.gather(a.__aexit__(None, None, None), b.__aexit__(None, None, None))
+    for sid in made:
+        assert containers_labelled(docker_client, f"{LABEL_SANDBOX}={sid}") == []
