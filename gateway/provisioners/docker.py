@@ -950,9 +950,10 @@ class DockerProvisioner(KernelProvisionerBase):
             sockets=identities_to_record(sockets_of(self.parent).identities),
             transport="tcp" if self._network is not None else "ipc",
             kernel_network=self._network.name if self._network is not None else None,
-            # Its sockets are reached through a link in sandbox_dir (ipc) or an address (tcp): another
-            # replica can reach them too.
-            relocatable=True,
+            # Another replica taking the sandbox over may reach it from a directory of its own: runc's
+            # sockets are found through /proc, tcp's at an address. gVisor's are in a tmpfs mounted in
+            # *this* sandbox_dir, bound into the container: that directory is the way in.
+            relocatable=self._network is not None or self.isolation_name != GVISOR,
         )
         return info
 
