@@ -280,6 +280,15 @@ class GatewayApp(ConfiguredApp):
         except BaseException:
             self.replica.release()
             raise
+        try:
+            await self._start_serving(sockets)
+        except BaseException:  # (what started is stopped by the step that failed; these are ours)
+            for sock in sockets:
+                sock.close()
+            self.replica.release()
+            raise
+
+    async def _start_serving(self, sockets: list[socket.socket]) -> None:
         self.bound_port = sockets[0].getsockname()[1]
         self.replica.address = self.replica_address or self.default_address()
         self.store = self.open_store()
