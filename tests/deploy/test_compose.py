@@ -5,8 +5,8 @@ The images are this checkout's (``deploy/image/build.sh``: the gateway, and a lo
 the official postgres:15 image running Debian's PostgreSQL 15, as no registry is reachable here);
 they are rebuilt only when their inputs change. The replicas share the database (what one wrote,
 the other reads), each runs its sandboxes on the tcp transport from inside its container, and
-stopping the project leaves no sandbox container behind. Any replica serving any sandbox needs
-leases between replicas (#13.2), not yet on main.
+stopping the project leaves no sandbox container behind (the replicas stopping together hand their
+sandboxes to each other, and the last one ends them).
 """
 
 from __future__ import annotations
