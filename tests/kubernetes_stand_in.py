@@ -6,8 +6,8 @@
         cluster.created            # the pod manifests the gateway posted, as it posted them
         await cluster.delete_pod("code-gateway-<id>")   # kubectl delete pod, as an operator would
 
-It speaks the part of the REST API the gateway uses (pods: list, watch, get, create, delete;
-network policies: create, replace), over real HTTP, so the gateway's kubernetes_asyncio client
+It speaks the part of the REST API the gateway uses (pods: list, watch, get, create, delete,
+by equality and existence label selectors; network policies: create, replace), over real HTTP, so the gateway's kubernetes_asyncio client
 runs unchanged, and it runs each pod's container as a Docker container built from the pod's spec
 (image, command, environment, user, read-only root, dropped capabilities, no privilege
 escalation, memory-backed emptyDirs with their sizes, CPU and memory limits) on an internal
@@ -40,10 +40,21 @@ def now() -> str:
 
 
 def selected(pod: dict[str, Any], selector: str) -> bool:
+    """Whether the pod's labels match a label selector's equality and existence terms
+    (``key=value``, ``key==value``, ``key!=value``, ``key``, ``!key``; no set terms)."""
     labels = pod["metadata"].get("labels") or {}
-    for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
+    for term in filter(None, (term.strip() for term in selector.split(","))):
+        if "!=" in term:
+            key, _, value = term.partition("!=")
+            matches = labels.get(key) != value
+        elif "=" in term:
+            key, _, value = term.partition("=")
+            matches = labels.get(key) == value.removeprefix("=")
+        elif term.startswith("!"):
+            matches = term[1:] not in labels
+        else:
+            matches = term in labels
+        if not matches:
             return False
     return True
 

@@ -5,8 +5,12 @@
 
 ``KernelLauncher`` starts one ``KubernetesEngine`` per gateway: the API client (in-cluster
 service account, or a kubeconfig), the sandbox namespace's network policies (applied at start)
-and one watch on this gateway's pods (by its instance label), from which every readiness and
-every death is learnt — nothing polls. jupyter_client creates a ``KubernetesProvisioner`` per
+and one watch on every gateway pod of the namespace (those with an instance label, whichever
+replica started them), from which every readiness and every death is learnt — nothing polls.
+Replicas sharing a store see each other's pods: one taking over a sandbox (its lease) finds the
+pod and hears of its death, and the orphan sweep (``containers``/``remove``, through
+``gateway.sandboxes.orphans``) sees a dead replica's warm-pool pods. Pods are created with this
+replica's own instance label, which says who started them. jupyter_client creates a ``KubernetesProvisioner`` per
 kernel, which finds the engine through its parents, as the docker provisioner does.
 
 - **Start**: the pod (``gateway.provisioners.pods.pod_manifest``) runs the kernel through the
@@ -20,8 +24,8 @@ kernel, which finds the engine through its parents, as the docker provisioner do
   group, as a signal would). Other signals delete the pod.
 - **Deaths** (``exit_reason``): ``OOMKilled`` is ``out_of_memory``; evicted, preempted, deleted
   by anyone but us, or its node gone is ``sandbox_died``; else ``kernel_died``.
-- **Re-attach** finds the pod by its labels (sandbox and instance) and reaches its IP again;
-  ``remove_orphans`` deletes this instance's pods of no known sandbox.
+- **Re-attach** (after a restart, or taking over another replica's sandbox) finds the pod by its
+  sandbox label and reaches its IP again.
 
 Not here (yet): files, tools and pause/resume (they need ``pods/exec``), usage figures, and
 lowering a warm-pool pod's limits on claim (pods keep the pool profile's).
@@ -70,7 +74,7 @@ class PodApi(Protocol):
     """The calls the engine makes on the cluster (``ClusterApi``; a recorded one in unit tests)."""
 
     async def list_pods(self) -> tuple[list[dict[str, Any]], str]:
-        """This instance's pods (API JSON) and the list's resourceVersion."""
+        """The namespace's gateway pods, of every instance (API JSON), and the list's resourceVersion."""
 
     def watch(self, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(event type, pod JSON) from ``resource_version`` on, until the server ends the watch."""
@@ -99,19 +103,20 @@ def status_of(exc: BaseException) -> int | None:
 
 
 class ClusterApi:
-    """``PodApi`` over kubernetes_asyncio, for one namespace and one instance label."""
+    """``PodApi`` over kubernetes_asyncio, for one namespace's gateway pods (of any instance)."""
 
-    def __init__(self, api_client: Any, namespace: str, instance_id: str) -> None:
+    def __init__(self, api_client: Any, namespace: str) -> None:
         from kubernetes_asyncio import client
 
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self.namespace = namespace
-        self.selector = f"{LABEL_INSTANCE}={instance_id}"
+        #: An existence selector: every replica's pods (and no other pods of the namespace).
+        self.selector = LABEL_INSTANCE
 
     @classmethod
-    async def connect(cls, *, kubeconfig: str, context: str, namespace: str, instance_id: str) -> ClusterApi:
+    async def connect(cls, *, kubeconfig: str, context: str, namespace: str) -> ClusterApi:
         """In a pod: its service account (unless a kubeconfig is named); elsewhere: the kubeconfig."""
         from kubernetes_asyncio import client, config
 
@@ -121,7 +126,7 @@ class ClusterApi:
                                           client_configuration=configuration)
         else:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient(configuration), namespace, instance_id)
+        return cls(client.ApiClient(configuration), namespace)
 
     def _json(self, obj: Any) -> dict[str, Any]:
         data: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
@@ -211,7 +216,7 @@ class KubernetesEngine:
 
         def connect() -> Any:
             return ClusterApi.connect(kubeconfig=options.kubeconfig, context=options.context,
-                                      namespace=options.namespace, instance_id=settings.instance_id)
+                                      namespace=options.namespace)
 
         return cls(connect=connect, settings=settings, policies=policies)
 
@@ -407,9 +412,9 @@ class KubernetesEngine:
         return self._facts[facts.name]
 
     async def containers(self) -> list[tuple[str, str, str]]:
-        """(pod name, sandbox id, instance) of this instance's pods: what the gateway's orphan sweep
-        (``gateway.sandboxes.orphans``) looks at. (Only this instance's: the watch and the API calls
-        are scoped to its label.)"""
+        """(pod name, sandbox id, instance) of every gateway pod of the namespace, whichever replica
+        started it: what the gateway's orphan sweep (``gateway.sandboxes.orphans``) looks at (it
+        decides by the instance and the store which of them may go)."""
         assert self.api is not None
         pods, _ = await self.api.list_pods()
         found = []
@@ -421,21 +426,6 @@ class KubernetesEngine:
 
     async def remove(self, name: str) -> None:
         await self.delete(name)
-
-    async def remove_orphans(self, known_ids: set[str]) -> list[str]:
-        """Delete this instance's pods whose sandbox is not in ``known_ids``."""
-        assert self.api is not None
-        pods, _ = await self.api.list_pods()
-        removed = []
-        for pod in pods:
-            metadata = pod.get("metadata") or {}
-            sandbox_id = (metadata.get("labels") or {}).get(LABEL_SANDBOX, "")
-            if sandbox_id in known_ids:
-                continue
-            log.warning("sandbox %s: removing orphaned pod %s", sandbox_id or "?", metadata.get("name"))
-            await self.delete(str(metadata.get("name")))
-            removed.append(str(metadata.get("name")))
-        return removed
 
 
 def started_or_failed(facts: PodFacts | None) -> PodFacts | None:

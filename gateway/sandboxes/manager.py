@@ -120,8 +120,6 @@ TAKEN_BACK = {
     "replica_lost": ("ReplicaLost", "the gateway replica running this sandbox stopped before this execution "
                      "finished; another replica took the sandbox over (its kernel and variables are kept)"),
 }
-#: Seconds between two looks for containers that replicas which died left behind.
-ORPHAN_INTERVAL = 60.0
 #: What a sandbox taken from the warm pool gets from the request that claimed it.
 REQUESTED_FIELDS = ("owner", "resources", "env", "metadata", "expires_at", "idle_timeout", "on_idle", "auto_resume",
                     "template", "access_token")
@@ -190,6 +188,10 @@ class SandboxManager(LoggingConfigurable):
     ).tag(config=True)
     keep_on_shutdown = Bool(
         False, help="Leave sandbox kernels running when the gateway stops, to re-attach at the next start."
+    ).tag(config=True)
+    orphan_interval = Float(
+        60.0, help="Seconds between two looks for containers (pods) that replicas which died left behind, such as "
+        "their warm pools' (sandboxes they held are taken over instead, within a lease period)."
     ).tag(config=True)
     hand_over_on_shutdown = Bool(
         True, help="When other replicas sharing the store are alive at shutdown, leave the sandboxes running and "
@@ -422,7 +424,7 @@ class SandboxManager(LoggingConfigurable):
             await asyncio.sleep(self.leases.period)
             try:
                 await self._take_over_unheld()
-                if time.monotonic() - cleared >= ORPHAN_INTERVAL:
+                if time.monotonic() - cleared >= self.orphan_interval:
                     cleared = time.monotonic()
                     await clear_orphans(store=self.store, leases=self.leases, launcher=self.launcher,
                                         snapshots=self.snapshots, held=self._held_ids(), dead_only=True)

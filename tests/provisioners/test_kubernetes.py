@@ -243,5 +243,12 @@ async def test_reattach_finds_the_pod_by_its_labels_and_orphans_go(engine: Kuber
     found = await engine.find("kept")
     assert isinstance(found, PodFacts) and found.name == "code-gateway-kept" and found.ip == "10.0.0.5"
     assert await engine.find("nobody") is None
-    assert await engine.remove_orphans({"kept"}) == ["code-gateway-orphan"]
-    assert list(cluster.pods) == ["code-gateway-kept"]
+    other = a_pod("code-gateway-theirs", "theirs")
+    other["metadata"]["labels"][LABEL_INSTANCE] = "another-replica"
+    await engine.create(other)
+    # What the orphan sweep decides on: every gateway pod of the namespace, with who started it.
+    assert sorted(await engine.containers()) == [("code-gateway-kept", "kept", "gw"),
+                                                 ("code-gateway-orphan", "orphan", "gw"),
+                                                 ("code-gateway-theirs", "theirs", "another-replica")]
+    await engine.remove("code-gateway-orphan")
+    assert sorted(cluster.pods) == ["code-gateway-kept", "code-gateway-theirs"]
