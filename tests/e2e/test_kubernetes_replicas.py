@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from gateway.provisioners.pods import LABEL_INSTANCE, LABEL_SANDBOX
 from tests.api.test_pool import NEVER_SATURATED
+from tests.e2e.test_scale_out import lease_holder
 from tests.gateways import GatewayProcess, create, run
 from tests.kubernetes_stand_in import KubernetesStandIn
 from tests.waiting import pool_state, until, until_status
@@ -42,15 +42,6 @@ def replica(cluster: KubernetesStandIn, data_dir: Path, replica_id: str, postgre
     return GatewayProcess(data_dir, f"--replica-id={replica_id}", f"--store-url={postgres_url}",
                           f"--lease-timeout={LEASE_TIMEOUT:g}", f"--KubernetesProvisioner.kubeconfig={cluster.kubeconfig}",
                           "--SandboxManager.orphan_interval=1", *args, provisioner="kubernetes")
-
-
-async def lease_holder(postgres_url: str, sandbox_id: str) -> str | None:
-    connection = await asyncpg.connect(postgres_url)
-    try:
-        holder: str | None = await connection.fetchval("SELECT holder FROM leases WHERE sandbox_id = $1", sandbox_id)
-        return holder
-    finally:
-        await connection.close()
 
 
 def pods_of(cluster: KubernetesStandIn, instance: str) -> dict[str, str]:
