@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,7 +38,7 @@ def gateway_container(objects: Objects) -> dict[str, Any]:
 
 def container_env(objects: Objects, secrets: dict[str, str], fields: dict[str, str]) -> dict[str, str]:
     """The gateway container's environment: secret keys from ``secrets`` (else the Secret's own
-    values, checked to exist), downward-API fields from ``fields``."""
+    values, checked to exist), downward-API fields from ``fields``, ``$(VAR)`` references expanded."""
     secret = objects[("Secret", "code-gateway", "code-gateway")]
     env = {}
     for entry in gateway_container(objects)["env"]:
@@ -48,6 +49,7 @@ def container_env(objects: Objects, secrets: dict[str, str], fields: dict[str, s
             env[entry["name"]] = secrets.get(ref["key"], secret["stringData"][ref["key"]])
         elif "fieldRef" in source:
             env[entry["name"]] = fields[source["fieldRef"]["fieldPath"]]
-        else:
-            env[entry["name"]] = entry["value"]
+        else:  # $(NAME) of a variable defined before it is expanded, as the kubelet does
+            env[entry["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                        lambda match: env.get(match[1], match[0]), entry["value"])
     return env

@@ -11,6 +11,7 @@ itself needs an API server (it asks for the API's resource list first), so it is
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.provisioners.kubernetes import KubernetesProvisioner
 from gateway.provisioners.pods import LABEL_SANDBOX
 from gateway.provisioners.transport import PORT_RANGE
+from gateway.replica import Replica
+from gateway.sandboxes.manager import SandboxManager
 from tests.deploy.kubernetes_schema import problems
 from tests.deploy.manifests import DEPLOY, Objects, container_env, gateway_container, rendered
 
@@ -45,12 +48,12 @@ def one(objects: Objects, kind: str, name: str = "code-gateway",
 def test_every_file_is_rendered_and_every_object_fits_the_api_schema(
         objects: Objects) -> None:
     listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
-    # All but the autoscaler, which waits for several replicas to be possible (#13.2).
-    assert sorted([*listed, AUTOSCALER]) == sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert AUTOSCALER in listed
+    assert sorted(listed) == sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
     assert {kind for kind, _, _ in objects} == {
         "Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment", "Service",
-        "PodDisruptionBudget", "NetworkPolicy"}
-    for obj in [*objects.values(), autoscaler()]:
+        "PodDisruptionBudget", "NetworkPolicy", "HorizontalPodAutoscaler"}
+    for obj in objects.values():
         assert problems(obj) == [], obj["metadata"]["name"]
 
 
@@ -66,22 +69,32 @@ def test_the_schema_check_finds_what_a_server_would_refuse() -> None:
 
 
 def test_the_deployment_configures_the_gateway_as_it_reads_its_options(
-        objects: Objects, monkeypatch: pytest.MonkeyPatch) -> None:
+        objects: Objects, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     deployment = one(objects, "Deployment")
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     container = gateway_container(objects)
     secret = one(objects, "Secret")
-    for name, value in container_env(objects, {}, {}).items():
+    fields = {"metadata.name": "code-gateway-5d8c7b9f4-x2k7q", "status.podIP": "10.1.2.3"}
+    for name, value in container_env(objects, {}, fields).items():
         monkeypatch.setenv(name, value)
     app = GatewayApp()
     app.initialize(list(container["args"]))
     assert (app.ip, app.port, app.store_url) == ("0.0.0.0", 8888, secret["stringData"]["store-url"])
     assert app.config.KernelLauncher.provisioner == "kubernetes"
     options = KubernetesProvisioner(parent=app)
-    assert options.instance_id == "code-gateway-0"  # fixed: the next gateway pod re-attaches these sandboxes
-    assert app.config.SandboxManager.keep_on_shutdown and deployment["spec"]["replicas"] == 1  # one per database until #13.2
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two at once
+    # Every pod is a replica of its own (its name), reached by the others at its pod IP.
+    assert app.replica_id == fields["metadata.name"] and not options.instance_id
+    Replica.claim(tmp_path, id_=app.replica_id).release()  # (raises for an id a replica may not have)
+    assert app.replica_address == "http://10.1.2.3:8888"
+    assert deployment["spec"]["replicas"] == 3
+    # A new replica is ready before an old one stops (and hands its sandboxes over); even the last
+    # one stopping leaves the sandbox pods for the next to take over.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert app.config.SandboxManager.keep_on_shutdown
+    hand_over = SandboxManager.class_traits()["hand_over_on_shutdown"]
+    assert hand_over.default_value is True and "hand_over_on_shutdown" not in app.config.SandboxManager
     assert options.namespace == "code-gateway-sandboxes"
     # The sandbox pods admit only pods with these labels (and the gateway's namespace, from its token).
     assert dict(options.gateway_labels).items() <= pod["metadata"]["labels"].items()
@@ -99,8 +112,11 @@ def test_the_deployment_configures_the_gateway_as_it_reads_its_options(
 
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert one(objects, "Service")["spec"]["selector"] == selector
-    assert one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
-    hpa = autoscaler()["spec"]
+    budget = one(objects, "PodDisruptionBudget")["spec"]
+    assert budget["selector"]["matchLabels"] == selector
+    assert budget["maxUnavailable"] == 1  # drains take one of the 3 at a time
+    hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
+    assert hpa == autoscaler()["spec"] and hpa["minReplicas"] == deployment["spec"]["replicas"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "code-gateway"}
     [metric] = hpa["metrics"]
     # A series the gateway exports, by its name and labels (as /metrics renders it).
