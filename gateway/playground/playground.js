@@ -310,37 +310,45 @@ async function selected() {
   await Promise.all([refreshHistory(), refreshFiles()]);
 }
 
-async function refreshHistory() {
-  const list = $("history");
-  list.replaceChildren();
-  if (!$("sandbox").value) return;
+// The lists are replaced whole once their answer is in, and only by the latest refresh: two
+// refreshes at once (an execution ending while an upload finishes) would each clear the list
+// and then both append to it.
+const refreshes = { history: 0, files: 0 };
+
+async function refreshList(name, fetchItems) {
+  const generation = ++refreshes[name];
+  let items = [];
   try {
+    if ($("sandbox").value) items = await fetchItems();
+  } catch (error) { status(error.message, true); }
+  if (generation === refreshes[name]) $(name).replaceChildren(...items);
+}
+
+async function refreshHistory() {
+  await refreshList("history", async () => {
     const { executions } = await json("GET", `${sandboxPath()}/executions?limit=1000`);
-    for (const execution of executions) {
+    return executions.map((execution) => {
       const item = element("li", `status-${execution.status}`, `${execution.code.split("\n")[0].slice(0, 48)} — ${execution.status}`);
       item.title = "show this execution and put its code in the editor";
       item.addEventListener("click", () => { $("code").value = execution.code; showExecution(execution); });
-      list.appendChild(item);
-    }
-  } catch (error) { status(error.message, true); }
+      return item;
+    });
+  });
 }
 
 async function refreshFiles() {
-  const list = $("files");
-  list.replaceChildren();
-  if (!$("sandbox").value) return;
-  try {
+  await refreshList("files", async () => {
     const { entries } = await json("GET", `${sandboxPath()}/files`);
-    for (const entry of entries) {
+    return entries.map((entry) => {
       const item = element("li", "", `${entry.name} (${entry.type === "file" ? `${entry.size} B` : entry.type})`);
       if (entry.type === "file") {
         const button = element("button", "", "download");
         button.addEventListener("click", () => download(`${sandboxPath()}/files/${entry.path.split("/").map(encodeURIComponent).join("/")}`, entry.name));
         item.appendChild(button);
       }
-      list.appendChild(item);
-    }
-  } catch (error) { status(error.message, true); }
+      return item;
+    });
+  });
 }
 
 async function download(path, name) {
