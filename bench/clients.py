@@ -39,6 +39,8 @@ class HttpConnection:
         self.writer = writer
         self.port = port
         self.headers = headers
+        #: The last answer said ``Connection: close`` (a replica forwarding a request does): reconnect.
+        self.closing = False
 
     @classmethod
     async def open(cls, port: int, headers: dict[str, str] | None = None) -> HttpConnection:
@@ -55,6 +57,10 @@ class HttpConnection:
     async def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                       on_chunk: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
         """One request and its whole response; ``on_chunk`` sees each chunk of a chunked body on arrival."""
+        if self.closing:
+            await self.close()
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 24)
+            self.closing = False
         data = b"" if body is None else json.dumps(body).encode()
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", f"Content-Length: {len(data)}"]
         if body is not None:
@@ -72,6 +78,7 @@ class HttpConnection:
             if ":" in line:
                 key, _, value = line.partition(":")
                 headers[key.strip().lower()] = value.strip()
+        self.closing = headers.get("connection", "").lower() == "close"
         if headers.get("transfer-encoding", "").lower() == "chunked":
             parts = []
             while True:

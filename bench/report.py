@@ -177,6 +177,7 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
     rows.extend(under_load_rows(results.get("under_load")))
     rows.extend(pause_rows(results.get("pause")))
     rows.extend(isolation_rows(results.get("isolation")))
+    rows.extend(replica_rows(results.get("replicas")))
     return rows
 
 
@@ -250,6 +251,35 @@ def under_load_rows(under_load: dict[str, Any] | None) -> list[Row]:
     return [row, latency_row(title, unloaded, "baseline"),
             Row(title, "CPU while loaded (share of one core)", "—", "—", cpu("loaded"), streamed),
             Row(title, "CPU while unloaded (share of one core)", "—", "—", cpu("unloaded"))]
+
+
+def replica_rows(replicas: dict[str, Any] | None) -> list[Row]:
+    """Creates and executions per second through one replica (the baseline) and three; the failover time."""
+    if not replicas:
+        return []
+    rows = []
+    one = replicas.get("create_1") or {}
+    for size in (1, 3):
+        made = replicas.get(f"create_{size}")
+        if made:
+            rows.append(Row(f"{replicas['sandboxes']} cold creates, 4 at a time", f"{size} replica(s)",
+                            f"{made['per_second']:.2f}/s", "—",
+                            "baseline" if size == 1 else f"{ratio(made['per_second'], one.get('per_second'))} 1 replica"))
+    title = f"{replicas.get('sandboxes')} sandboxes × {replicas.get('executions')} executions at once"
+    base = replicas.get("execute_1") or {}
+    for name in ("execute_1", "execute_3", "execute_3_forwarded"):
+        series = replicas.get(name)
+        if series:
+            rows.append(latency_row(title, series, "baseline" if name == "execute_1" else vs(series, base, "1 replica")))
+            rows.append(Row(title, f"throughput, {series['label']}", f"{series['throughput']:.0f}/s", "—",
+                            "baseline" if name == "execute_1"
+                            else f"{ratio(series['throughput'], base.get('throughput'))} 1 replica"))
+    failover = replicas.get("failover")
+    if failover and failover.get("n"):
+        rows.append(Row("failover", failover["label"] + errors_note(failover), fmt_seconds(failover["p50"]),
+                        fmt_seconds(failover["p99"]),
+                        f"{ratio(failover['p50'], failover['lease_timeout'])} the lease timeout"))
+    return rows
 
 
 def pause_rows(pause: dict[str, Any] | None) -> list[Row]:

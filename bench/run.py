@@ -26,10 +26,10 @@ from typing import Any
 from bench import report
 from bench.harness import REPO, Bench, dump_json, ensure_kg_venv, meminfo_kib
 from bench.measure import loadavg, log
-from bench.scenarios import big, first_result, isolation, pause, png, roundtrip, scale, under_load
+from bench.scenarios import big, first_result, isolation, pause, png, replicas, roundtrip, scale, under_load
 from bench.scenarios.live import Live
 
-SCENARIOS = ("roundtrip", "png", "big", "first_result", "scale", "under_load", "pause", "isolation")
+SCENARIOS = ("roundtrip", "png", "big", "first_result", "scale", "under_load", "pause", "isolation", "replicas")
 RESULTS = REPO / "bench" / "results"
 
 
@@ -69,6 +69,8 @@ async def run(bench: Bench) -> None:
         await guarded(bench, "pause", pause.run(bench))
     if "isolation" in wanted:
         await guarded(bench, "isolation", isolation.run(bench))
+    if "replicas" in wanted:
+        await guarded(bench, "replicas", replicas.run(bench))
 
 
 async def guarded(bench: Bench, name: str, coro: Any) -> None:
