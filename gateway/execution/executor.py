@@ -18,7 +18,9 @@ A kernel's iopub PUB socket drops what a reader does not take in time (a flood f
 the user's): after the reply, an idle status that was dropped would hold the execution until its
 deadline. So once the reply is in, ``idle_grace`` seconds of kernel silence (nothing received at
 all, messages the gate refuses included) end it too, with a note that output may have been lost
-(as nbclient's ``iopub_timeout`` does).
+(as nbclient's ``iopub_timeout`` does). The other way round too: an idle without a reply (ipykernel
+sends none when an interrupt lands in its own handling of the request) ends the execution after
+``idle_grace`` — ``cancelled`` if it was interrupted on request, else ``failed`` (``KernelError``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class _Progress:
     gone: KernelGone | None = None
     #: The reply came but no idle status followed it (the kernel's PUB socket dropped it).
     idle_lost: bool = False
+    #: The idle came but no reply (ipykernel sends none when a SIGINT lands in its own handling
+    #: of the request, before the code ran).
+    reply_lost: bool = False
     #: The kernel announced the execution's input (or sent output): its code runs now and hears
     #: SIGINT. (Not yet at its busy status: ipykernel takes a SIGINT during the handling before the
     #: code as the end of the request, and sends no reply at all.)
@@ -79,7 +84,7 @@ class _Progress:
 
     @property
     def done(self) -> bool:
-        return self.gone is not None or self.idle_lost or (self.idle and self.reply is not None)
+        return self.gone is not None or self.idle_lost or self.reply_lost or (self.idle and self.reply is not None)
 
 
 class Executor:
@@ -159,17 +164,20 @@ class Executor:
         try:
             async with asyncio.timeout_at(deadline):
                 while not progress.done:
-                    if progress.reply is None:
+                    if progress.reply is None and not progress.idle:
                         channel, msg = await replies.get()
-                    else:
+                    else:  # one of the two came: the other is due at once (they take different sockets)
                         try:
                             async with asyncio.timeout(self.idle_grace):
                                 channel, msg = await replies.get()
                         except TimeoutError:
                             if not self.connection.silent_for(self.idle_grace):
                                 continue  # busy with other messages (say, a flood the gate refuses)
-                            progress.idle_lost = True
-                            self._publish(collector.lost(), feed)
+                            if progress.reply is None:
+                                progress.reply_lost = True
+                            else:
+                                progress.idle_lost = True
+                                self._publish(collector.lost(), feed)
                             break
                     self._handle(channel, msg, progress, collector, feed)
                     if progress.interrupt_pending and progress.started and not progress.done:
@@ -235,6 +243,11 @@ class Executor:
             execution.error = execution_error(
                 "timeout", "TimeoutError",
                 f"execution exceeded its {execution.timeout:g} s timeout and was interrupted",
+            )
+        elif progress.reply_lost and not cancelled:
+            execution.status = ExecutionStatus.FAILED
+            execution.error = execution_error(
+                "exception", "KernelError", "the kernel finished the execution without sending its reply"
             )
         elif reply.get("status") == "ok":
             execution.status = ExecutionStatus.COMPLETED

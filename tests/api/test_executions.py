@@ -119,6 +119,27 @@ async def test_a_lost_idle_status_ends_the_execution_after_the_grace_and_says_so
         assert (await run(alice, sid, "print('again')"))["stdout"] == "again\n"
 
 
+async def test_an_idle_without_a_reply_ends_the_execution_after_the_grace(tmp_path: Any) -> None:
+    """ipykernel sends no reply when a SIGINT lands in its handling of a request before the code
+    runs: the execution must end after ``idle_grace``, not wait for its timeout."""
+    async with InProcessGateway(tmp_path / "data", "--SandboxManager.idle_grace=1") as gateway, \
+            gateway.client() as alice:
+        sid = (await create(alice))["id"]
+        # This request's execute_reply is never sent (the next one's is: the method is put back).
+        unanswered = ("kernel = get_ipython().kernel\n_send = kernel.session.send\n"
+                      "def _drop_reply(stream, msg_or_type, *args, **kwargs):\n"
+                      "    kind = msg_or_type if isinstance(msg_or_type, str) else msg_or_type['header']['msg_type']\n"
+                      "    if kind == 'execute_reply':\n"
+                      "        kernel.session.send = _send\n"
+                      "        return None\n"
+                      "    return _send(stream, msg_or_type, *args, **kwargs)\n"
+                      "kernel.session.send = _drop_reply\nprint('ran')")
+        lost = await run(alice, sid, unanswered, timeout=300)
+        assert lost["status"] == "failed" and lost["stdout"] == "ran\n", lost
+        assert lost["error"]["ename"] == "KernelError" and "without sending its reply" in lost["error"]["evalue"]
+        assert (await run(alice, sid, "6 * 7"))["result"] == {"text/plain": "42"}
+
+
 async def test_kernel_death_fails_the_execution_and_restart_recovers(
     alice: httpx.AsyncClient, sandbox: dict[str, Any]
 ) -> None:
