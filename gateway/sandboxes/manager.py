@@ -165,7 +165,9 @@ class SandboxManager(LoggingConfigurable):
     ).tag(config=True)
     idle_grace = Float(
         10.0, help="Seconds of kernel silence after an execution's reply that end it even without the kernel's "
-        "idle status (its iopub socket dropped it in a flood); the execution notes that output may be lost."
+        "idle status (its iopub socket dropped it in a flood; the execution notes that output may be lost), "
+        "and after its idle status without a reply (ipykernel sends none when an interrupt lands before the "
+        "code: the execution ends cancelled if interrupted, else failed)."
     ).tag(config=True)
     restart_jupyter_kernels = Bool(
         True, help="Restart a kernel started through the Jupyter kernel API (/api/kernels) as soon as it "
