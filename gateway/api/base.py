@@ -31,6 +31,7 @@ from jsonschema import Draft202012Validator
 from tornado import web
 
 from gateway import jsonbytes
+from gateway.api.streams import write_large
 from gateway.auth import KeyRing
 from gateway.errors import (
     GatewayError,
@@ -240,7 +241,7 @@ class APIHandler(JSONErrors, web.RequestHandler):
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(jsonbytes.dumps(data))
+        write_large(self, jsonbytes.dumps(data))
 
 
 async def authenticate(keyring: KeyRing, token: str) -> str:

@@ -18,7 +18,7 @@ from gateway.api import schemas
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW, BehindWatch, end_stream, too_slow_message
 from gateway.api.base import MAX_OFFSET, error_body
 from gateway.api.sandboxes import SandboxAPIHandler
-from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, negotiate
+from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, negotiate, write_event
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution
@@ -69,10 +69,9 @@ class StreamingHandler(SandboxAPIHandler):
                     break
                 # Awaiting each flush is the backpressure: a slow client slows only its own stream.
                 if event is None:
-                    self.write(encoder.keepalive)
+                    await write_event(self, encoder.keepalive)
                 else:
-                    self.write(encoder.encode({**event, "execution_id": execution_id}))
-                await self.flush()
+                    await write_event(self, encoder.encode({**event, "execution_id": execution_id}))
         except StreamClosedError:
             return  # on_connection_close has seen to it
         finally:

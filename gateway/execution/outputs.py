@@ -110,7 +110,8 @@ class OutputCollector:
         """Join the stream text waiting into the last output (replaced, not changed: see ``Execution.to_record``)."""
         if self._tail:
             last = self._outputs[-1]
-            self._outputs[-1] = {**last, "text": last["text"] + "".join(self._tail)}
+            self._tail.insert(0, last["text"])  # one join: each character copied once
+            self._outputs[-1] = {**last, "text": "".join(self._tail)}
             self._tail.clear()
 
     def apply(self, msg: dict[str, Any]) -> list[dict[str, Any]]:

@@ -191,3 +191,46 @@ async def test_reattach_to_an_ended_execution_gives_the_final_event(alice: httpx
     assert len(blocks) == 1 and blocks[0].startswith("event: execution\n")
     final = json.loads(blocks[0].split("\n")[1][len("data: "):])
     assert final["execution"]["id"] == done["id"] and final["execution"]["outputs"] == done["outputs"]
+
+
+#: Outputs over ``gateway.api.streams.LARGE``, which leave in slices without being copied again:
+#: a stream of three distinct 700 KiB chunks (one output, joined) and a 1.2 MB display whose
+#: size is not a multiple of the slice, each byte checked.
+LARGE_CODE = (
+    "import sys\nfrom IPython.display import display\n"
+    "for c in 'abc':\n    sys.stdout.write(c * (700 << 10) + '\\n'); sys.stdout.flush()\n"
+    "display({'text/plain': ''.join(chr(48 + i % 75) for i in range(1_200_001))}, raw=True)\n"
+    "'é' * 300_000"
+)
+LARGE_TEXT = "".join(c * (700 << 10) + "\n" for c in "abc")
+LARGE_PLAIN = "".join(chr(48 + i % 75) for i in range(1_200_001))
+
+
+def check_large(execution: dict[str, Any]) -> None:
+    assert execution["status"] == "completed", execution["error"]
+    assert execution["stdout"] == LARGE_TEXT
+    assert [o["output_type"] for o in execution["outputs"]] == ["stream", "display_data", "execute_result"]
+    assert execution["outputs"][1]["data"]["text/plain"] == LARGE_PLAIN
+    assert execution["result"] == {"text/plain": repr("é" * 300_000)}
+
+
+async def test_large_outputs_arrive_whole_by_every_http_method(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    response = await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": LARGE_CODE})
+    assert int(response.headers["Content-Length"]) == len(response.content)  # (httpx also checks it)
+    check_large(response.json())
+    fetched = await alice.get(f"/api/v1/executions/{response.json()['id']}")
+    assert fetched.json() == response.json()
+
+    events = [e for _, e in await ndjson_events(alice, sandbox["id"], {"code": LARGE_CODE})]
+    outputs = [e["output"] for e in events if e["type"] == "output"]
+    assert "".join(o["text"] for o in outputs if o["output_type"] == "stream") == LARGE_TEXT
+    assert [o["data"]["text/plain"] for o in outputs if o["output_type"] == "display_data"] == [LARGE_PLAIN]
+    assert events[-1]["type"] == "execution"
+    check_large(events[-1]["execution"])
+
+    async with alice.stream("POST", f"/api/v1/sandboxes/{sandbox['id']}/execute", json={"code": LARGE_CODE},
+                            headers={"Accept": "text/event-stream"}) as streamed:
+        blocks = [b for b in (await streamed.aread()).decode().split("\n\n") if b.strip()]
+    final = blocks[-1].split("\n")
+    assert final[0] == "event: execution"
+    check_large(json.loads(final[1].removeprefix("data: "))["execution"])
