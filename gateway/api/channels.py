@@ -33,6 +33,7 @@ from jupyter_core.utils import ensure_async
 from jupyter_server.auth.identity import IdentityProvider, User
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+import orjson
 from tornado.websocket import WebSocketClosedError
 from traitlets import Bool, default
 import zmq
@@ -43,7 +44,7 @@ from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_a
 from gateway.api.forwarding import served_elsewhere
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, SandboxNotRunning, SessionReplaced, Unauthorized
-from gateway.execution.messages import MALFORMED, BadMessage
+from gateway.execution.messages import MALFORMED, BadMessage, Message
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
 
@@ -179,16 +180,53 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         """
         channel = stream if isinstance(stream, str) else str(getattr(stream, "channel", "?"))
         gate = self.kernel_manager.messages
-        if gate.admit(channel, outgoing_msg) is None:
+        message = gate.admit(channel, outgoing_msg)
+        if message is None:
             return
         if channel == "iopub" and self._heard is not None:
             self._heard.set()
         try:
-            super().handle_outgoing_message(stream, outgoing_msg)
+            text = None if self.subprotocol == V1_PROTOCOL else self._relayed_json(channel, message)
+            if text is None:
+                super().handle_outgoing_message(stream, outgoing_msg)
+            else:
+                self.write_message(text)
         except WebSocketClosedError:
             pass  # the client left; the connection is being closed
         except Exception as exc:
             gate.drop(channel, BadMessage(MALFORMED, f"not relayable ({exc!r})"))
+
+
+    def _relayed_json(self, channel: str, message: Message) -> bytes | None:
+        """The message as jupyter_server writes it in the default JSON protocol, or None to leave
+        it to jupyter_server (it has binary buffers, is an error it rewrites, or is not plain JSON).
+
+        jupyter_server checks its signature again (the gate did), parses every part with the
+        standard library, turns its dates into datetimes and back and encodes it all again: a
+        2 MiB PNG crossed that twice. Here the header and parent header are the gate's, and the
+        metadata and content are relayed as the kernel encoded them once orjson has read them
+        (so they are JSON objects, and the text is valid UTF-8).
+        """
+        parts = message.parts
+        if len(parts) != 5 or self.channels.get(channel) is None or self.channels[channel].closed():
+            return None
+        if channel == "iopub" and message.msg_type == "error" and not getattr(
+                self.multi_kernel_manager, "allow_tracebacks", True):
+            return None
+        try:
+            if not (isinstance(orjson.loads(parts[3]), dict) and isinstance(orjson.loads(parts[4]), dict)):
+                return None
+            return orjson.dumps({
+                "header": message.header, "msg_id": message.header.get("msg_id"), "msg_type": message.msg_type,
+                "parent_header": message.parent_header, "metadata": orjson.Fragment(parts[3]),
+                "content": orjson.Fragment(parts[4]), "buffers": [], "channel": channel,
+            })
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # NaN, huge integers, ...: the slow way
+            return None
+
+
+#: jupyter_server's binary subprotocol, which it relays without decoding.
+V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 
 
 class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):

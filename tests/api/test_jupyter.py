@@ -125,7 +125,9 @@ async def test_a_bash_kernel_is_a_context_in_a_sandbox_of_its_own(gateway: InPro
 async def test_channels_default_json_protocol(gateway: InProcessGateway, kernel: dict[str, Any]) -> None:
     async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
         assert socket.subprotocol is None
-        request = execute_request("x = 41\nprint('hello')\nx + 1")
+        request = execute_request("from IPython.display import display\n"
+                                  "display({'text/plain': 'é ✓'}, metadata={'k': [1, None]}, raw=True)\n"
+                                  "x = 41\nprint('hello')\nx + 1")
         await socket.send(json.dumps(request))
         got = await replies_to(socket, request["header"]["msg_id"])
     streams = [m["content"]["text"] for m in got if m["msg_type"] == "stream"]
@@ -133,6 +135,15 @@ async def test_channels_default_json_protocol(gateway: InProcessGateway, kernel:
     reply = next(m for m in got if m["msg_type"] == "execute_reply")
     assert streams == ["hello\n"] and results == ["42"]
     assert reply["content"]["status"] == "ok" and reply["channel"] == "shell"
+    # Each message has the fields jupyter_server's own relay gives it (the gateway writes them itself).
+    for m in got:
+        assert set(m) == {"header", "msg_id", "msg_type", "parent_header", "metadata", "content", "buffers",
+                          "channel"}, m
+        assert m["msg_id"] == m["header"]["msg_id"] and m["msg_type"] == m["header"]["msg_type"]
+        assert m["buffers"] == [] and m["parent_header"]["msg_id"] == request["header"]["msg_id"]
+    display = next(m for m in got if m["msg_type"] == "display_data")
+    assert display["content"]["data"] == {"text/plain": "é ✓"} and display["content"]["metadata"] == {"k": [1, None]}
+    assert display["channel"] == "iopub"
 
 
 async def test_channels_v1_protocol(gateway: InProcessGateway, kernel: dict[str, Any]) -> None:
