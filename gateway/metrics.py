@@ -1,11 +1,13 @@
 """Prometheus metrics of one gateway process, in a registry of its own (several apps may share a process).
 
     metrics = GatewayMetrics()
-    metrics.executions.labels(status="completed").inc()
+    metrics.execution_finished("completed", 0.012)
     text = metrics.render()        # what GET /metrics serves
 
 Gauges that mirror live state (sandboxes, pool) are read when scraped, from the callables
-given to ``watch``, so nothing has to keep them in step.
+given to ``watch``, so nothing has to keep them in step. What every execution and request
+records goes through ``execution_finished`` and ``request_served``, which keep each labelled
+child once found (``labels()`` costs a lock and a sorted copy of the labels every call).
 """
 
 from __future__ import annotations
@@ -68,6 +70,24 @@ class GatewayMetrics:
         )
         self._saved_bytes = Gauge("code_gateway_paused_bytes",
                                   "Gateway disk taken by the saved state of paused sandboxes", registry=self.registry)
+        self._finished: dict[str, Any] = {}
+        self._served: dict[tuple[str, int], Any] = {}
+
+    def execution_finished(self, status: str, seconds: float | None) -> None:
+        """Count an execution that ended with ``status``, and its duration (None: it never started)."""
+        counter = self._finished.get(status)
+        if counter is None:
+            counter = self._finished[status] = self.executions.labels(status=status)
+        counter.inc()
+        if seconds is not None:
+            self.execution_seconds.observe(seconds)
+
+    def request_served(self, method: str, status: int, seconds: float) -> None:
+        """Record an HTTP request answered with ``status`` after ``seconds``."""
+        histogram = self._served.get((method, status))
+        if histogram is None:
+            histogram = self._served[(method, status)] = self.requests.labels(method=method, status=str(status))
+        histogram.observe(seconds)
 
     def watch(self, *, live: Callable[[], int], busy: Callable[[], int], pool_ready: Callable[[], int]) -> None:
         """Read these at every scrape."""

@@ -27,10 +27,10 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_plus, urlparse
 
-from jsonschema import Draft202012Validator
 from tornado import web
 
 from gateway import jsonbytes
+from gateway.api.schemas import BodyValidator
 from gateway.api.streams import write_large
 from gateway.auth import KeyRing
 from gateway.errors import (
@@ -210,7 +210,7 @@ class APIHandler(JSONErrors, web.RequestHandler):
 
     # -- bodies ----------------------------------------------------------------------------------
 
-    def json_body(self, validator: Draft202012Validator | None = None, *, allow_empty: bool = False) -> dict[str, Any]:
+    def json_body(self, validator: BodyValidator | None = None, *, allow_empty: bool = False) -> dict[str, Any]:
         """The request's JSON object, checked against ``validator`` (400 naming the bad field)."""
         if not self.request.body.strip():
             if allow_empty:

@@ -77,7 +77,7 @@ def request_logger(metrics: GatewayMetrics) -> Callable[[web.RequestHandler], No
     def log_request(handler: web.RequestHandler) -> None:
         status = handler.get_status()
         seconds = handler.request.request_time()
-        metrics.requests.labels(method=handler.request.method, status=str(status)).observe(seconds)
+        metrics.request_served(handler.request.method or "", status, seconds)
         # Like Jupyter Server: successes at debug (one INFO line per execution is a real cost at
         # thousands of executions a second), client errors as warnings, server errors as errors.
         level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR

@@ -21,11 +21,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import jupyter_server
-from jsonschema import Draft202012Validator
 
 from gateway.api.base import APIHandler
 from gateway.api.forwarding import HolderRouting
-from gateway.api.schemas import CREATE_SANDBOX
+from gateway.api.schemas import CREATE_SANDBOX, BodyValidator
 from gateway.errors import NotFound, SandboxNotFound
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.contexts import KERNELSPEC_LANGUAGES, LANGUAGES, Context, full_image
@@ -40,7 +39,7 @@ START_KERNEL_SCHEMA: dict[str, Any] = {
         "env": CREATE_SANDBOX["properties"]["env"],
     },
 }
-START_KERNEL = Draft202012Validator(START_KERNEL_SCHEMA)
+START_KERNEL = BodyValidator(START_KERNEL_SCHEMA)
 
 #: ``metadata`` key of a sandbox started for a context's kernel: the kernelspec (its own kernel is not listed).
 STARTED_FOR = "kernelspec"

@@ -27,7 +27,6 @@ import logging
 import re
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from tornado import websocket
 
 from gateway.api import schemas
@@ -43,7 +42,7 @@ from gateway.api.base import (
 )
 from gateway.api.executions import check_code
 from gateway.api.forwarding import served_elsewhere
-from gateway.jsonbytes import dumps
+from gateway.jsonbytes import dumps, loads
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
 from gateway.execution.feed import FeedCursor
@@ -51,19 +50,23 @@ from gateway.sandboxes.manager import RunningExecution, SandboxManager
 
 log = logging.getLogger(__name__)
 
-SOCKET_MESSAGE = Draft202012Validator(
+#: An execute message: an execute request's body with the message's ``type`` and ``id``.
+EXECUTE_MESSAGE: dict[str, Any] = {
+    **schemas.EXECUTE,
+    "required": [*schemas.EXECUTE["required"], "type"],
+    "properties": {**schemas.EXECUTE["properties"], "type": {"const": "execute"},
+                   "id": {"type": ["string", "integer"]}},
+}
+SOCKET_MESSAGE = schemas.BodyValidator(
     {
         "type": "object",
         "required": ["type"],
         "properties": {"type": {"enum": ["execute", "interrupt"]}, "id": {"type": ["string", "integer"]}},
         "if": {"properties": {"type": {"const": "execute"}}},
-        "then": {
-            **schemas.EXECUTE,
-            "properties": {**schemas.EXECUTE["properties"], "type": {"const": "execute"},
-                           "id": {"type": ["string", "integer"]}},
-        },
+        "then": EXECUTE_MESSAGE,
         "else": {"additionalProperties": False, "properties": {"type": {}, "id": {}}},
-    }
+    },
+    quick=EXECUTE_MESSAGE,  # (whatever it accepts, the whole schema accepts: it is the "then" branch)
 )
 
 
@@ -213,8 +216,8 @@ def message_id(message: str | bytes) -> str | int | None:
 
 def _parse(message: str | bytes) -> dict[str, Any]:
     try:
-        request = json.loads(message)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        request = loads(message)
+    except ValueError as exc:  # bad JSON or bad UTF-8
         raise InvalidJSON(f"the message is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
         raise InvalidJSON("a message must be a JSON object")

@@ -1421,9 +1421,8 @@ class SandboxManager(LoggingConfigurable):
             execution.finished_at = timestamps.now()
             execution.error = execution_error("internal_error", "GatewayError", "the gateway failed to run this code")
         finally:
-            self.metrics.executions.labels(status=str(execution.status)).inc()
-            if execution.duration_ms is not None:
-                self.metrics.execution_seconds.observe(execution.duration_ms / 1000)
+            duration_ms = execution.duration_ms
+            self.metrics.execution_finished(str(execution.status), None if duration_ms is None else duration_ms / 1000)
             sandbox.touch()
             sandbox.execution_count += 1
             try:
