@@ -42,6 +42,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
 from gateway.api.forwarding import served_elsewhere
+from gateway.api.streams import UncopiedFrames
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, SandboxNotRunning, SessionReplaced, Unauthorized
 from gateway.execution.messages import MALFORMED, BadMessage, Message
@@ -229,7 +230,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 
 
-class KernelChannelsHandler(JSONErrors, KernelWebsocketHandler):
+class KernelChannelsHandler(JSONErrors, UncopiedFrames, KernelWebsocketHandler):
     def initialize(self, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
                    max_send_buffer: int = DEFAULT_SEND_BUFFER, **_: Any) -> None:
         self.sandboxes = sandboxes

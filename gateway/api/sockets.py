@@ -42,6 +42,7 @@ from gateway.api.base import (
 )
 from gateway.api.executions import check_code
 from gateway.api.forwarding import served_elsewhere
+from gateway.api.streams import UncopiedFrames
 from gateway.jsonbytes import dumps, loads
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
@@ -70,7 +71,7 @@ SOCKET_MESSAGE = schemas.BodyValidator(
 )
 
 
-class SandboxSocketHandler(JSONErrors, websocket.WebSocketHandler):
+class SandboxSocketHandler(JSONErrors, UncopiedFrames):
     def initialize(self, keyring: KeyRing, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
                    max_send_buffer: int = DEFAULT_SEND_BUFFER, **_: Any) -> None:
         self.keyring = keyring

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.api.test_streaming import DISPLAY_CODE, LIVE_CODE, assert_display_events
+from tests.api.test_streaming import (DISPLAY_CODE, LARGE_CODE, LARGE_PLAIN, LARGE_TEXT, LIVE_CODE,
+                                     assert_display_events, check_large)
 from tests.gateways import KEYS, InProcessGateway, create
 from tests.waiting import HOLD, executions_of, release, until, wait_finished
 
@@ -44,6 +45,17 @@ async def test_executes_run_in_order_with_tagged_events(gateway: InProcessGatewa
     assert events[3]["output"]["text"] == "hi\n"
     assert events[-1]["execution"]["result"]["text/plain"] == "42"
     assert events[-1]["execution_id"] == events[-1]["execution"]["id"]
+
+
+async def test_large_outputs_arrive_whole(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
+    # Frames over gateway.api.streams.LARGE leave with their payload unjoined to their header.
+    async with connect(gateway, sandbox["id"], max_size=None) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "big", "code": LARGE_CODE}))
+        events = await receive_until_done(socket, 1)
+    outputs = [e["output"] for e in events if e["type"] == "output"]
+    assert "".join(o["text"] for o in outputs if o["output_type"] == "stream") == LARGE_TEXT
+    assert [o["data"]["text/plain"] for o in outputs if o["output_type"] == "display_data"] == [LARGE_PLAIN]
+    check_large(events[-1]["execution"])
 
 
 async def test_output_arrives_live(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
