@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -237,6 +237,14 @@ class KernelConnection:
         return receive
 
 
+#: pyzmq's socket methods below its Python layer, which makes each ``ZMQ_EVENTS`` answer an enum
+#: (and ``& POLLIN`` a Python-level flag operation) and asks ``RCVMORE`` through itself for every
+#: frame: a few microseconds a message, on every message of every kernel.
+_get = zmq.backend.Socket.get
+_recv = zmq.backend.Socket.recv
+_EVENTS, _POLLIN, _RCVMORE, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE), int(zmq.NOBLOCK)
+
+
 class SocketReader:
     """Reads a ZMQ socket straight from the event loop's selector.
 
@@ -263,11 +271,15 @@ class SocketReader:
     def drain(self) -> None:
         if self._stopped:
             return
+        socket = self.socket
         try:
             for _ in range(self.batch):
-                if not int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                if not cast(int, _get(socket, _EVENTS)) & _POLLIN:
                     return
-                self.receive(self.socket.recv_multipart(zmq.NOBLOCK))
+                frames = [_recv(socket, _NOBLOCK)]
+                while _get(socket, _RCVMORE):  # (the rest of a multipart message is there already)
+                    frames.append(_recv(socket, _NOBLOCK))
+                self.receive(frames)
             self.loop.call_soon(self.drain)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EAGAIN and not self.socket.closed:

@@ -100,10 +100,11 @@ class Execution:
             "finished_at": timestamps.to_iso(self.finished_at),
         }
 
-    def to_public(self) -> dict[str, Any]:
-        """The record plus the conveniences derived from the outputs."""
+    def to_public(self, record: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The record (``record``: made by ``to_record`` since the last change) plus the conveniences
+        derived from the outputs."""
         return {
-            **self.to_record(),
+            **(record if record is not None else self.to_record()),
             "stdout": self.stream_text("stdout"),
             "stderr": self.stream_text("stderr"),
             "result": self.result,

@@ -1292,10 +1292,12 @@ class SandboxManager(LoggingConfigurable):
                 raise
             self._spawn(self._run(sandbox, runtime, running, env), name=f"execution-{execution.id}")
             return running
-        stored = self.store.put_execution(execution.to_record())
-        # The run starts while the record commits (the store keeps their order), so the commit
-        # costs the round trip nothing; the caller learns of the execution once it is durable.
+        # The run starts while the record commits (the store keeps their order: this write is queued
+        # before the task can run), so the commit costs the round trip nothing; the caller learns of
+        # the execution once it is durable. The task first, so its first step (the code sent to the
+        # kernel) comes before the store's writer starts (its hand-over to the store's thread).
         self._spawn(self._run(sandbox, runtime, running, env), name=f"execution-{execution.id}")
+        stored = self.store.put_execution(execution.to_record())
         self._running[execution.id] = running
         await stored
         return running
@@ -1425,17 +1427,19 @@ class SandboxManager(LoggingConfigurable):
             self.metrics.execution_finished(str(execution.status), None if duration_ms is None else duration_ms / 1000)
             sandbox.touch()
             sandbox.execution_count += 1
+            record: dict[str, Any] | None = None  # (made once for the store and the public form: it is final)
             try:
                 try:
                     # The result is told to no one before it is durable; until then (through a store
                     # outage, if need be) reads find the execution here, in _running.
-                    await self._put_execution(execution, sandbox.owner)
+                    record = execution.to_record()
+                    await self._put_execution(execution, sandbox.owner, record)
                 except Exception:  # the database refused the record itself (a bug); the client still gets its result
                     log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
                 self._record_activity_soon(sandbox)
             finally:  # even if that write is cancelled (a stop running out of time): nobody waits forever
                 self._forget(running)
-                running.final = execution.to_public()
+                running.final = execution.to_public(record)
                 feed.close({"type": "execution", "execution": running.final})
                 if not running.done.done():
                     running.done.set_result(execution)
@@ -1452,11 +1456,12 @@ class SandboxManager(LoggingConfigurable):
         self.events.written()
         return written
 
-    def _put_execution(self, execution: Execution, owner: str) -> Any:
-        """Store a finished execution with its ``execution.finished`` event (``owner``: its sandbox's)."""
+    def _put_execution(self, execution: Execution, owner: str, record: dict[str, Any] | None = None) -> Any:
+        """Store a finished execution (``record``: its ``to_record()``, if made already) with its
+        ``execution.finished`` event (``owner``: its sandbox's)."""
         finished = events.event(events.EXECUTION_FINISHED, execution.sandbox_id, owner, execution_id=execution.id,
                                 status=str(execution.status), duration_ms=execution.duration_ms)
-        written = self.store.put_execution(execution.to_record(), events=[finished])
+        written = self.store.put_execution(record if record is not None else execution.to_record(), events=[finished])
         self.events.written()
         return written
 
