@@ -24,15 +24,58 @@ from typing import Any
 
 import orjson
 
-#: Dict keys that are not strings (ints, floats, ...) are written as ``json`` writes them.
-_OPTIONS = orjson.OPT_NON_STR_KEYS
+#: Dict keys that are not strings (ints, floats, ...) are written as ``json`` writes them;
+#: subclasses of builtins go to ``_default`` (so an ``Encoded`` list is written as it is known).
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
 _fallback = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+class Encoded(list[Any]):
+    """A list that is encoded once, however many documents hold it (a finished execution's
+    outputs: in its stored record, its response, its streams' final events).
+
+    Its JSON is made on first use and then written as it is; it must not change after that.
+    The standard library's encoder (the fallback) sees a plain list.
+    """
+
+    _json: bytes | None = None
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = dumps(list(self))
+        return self._json
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Encoded):
+        return orjson.Fragment(value.json)
+    # Other subclasses are written as orjson writes their base.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def orjson_dumps(value: Any) -> bytes:
+    """``value`` as orjson writes it (``Encoded`` lists as they are); ``TypeError`` where orjson refuses it."""
+    return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
+def orjson_line(value: Any) -> bytes:
+    """The same with a newline at the end (written by orjson, not by copying its output again)."""
+    return orjson.dumps(value, default=_default, option=_OPTIONS | orjson.OPT_APPEND_NEWLINE)
 
 
 def dumps(value: Any) -> bytes:
     """``value`` as compact JSON in UTF-8."""
     try:
-        return orjson.dumps(value, option=_OPTIONS)
+        return orjson_dumps(value)
     except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a huge integer, deep nesting, ...
         return _fallback(value).encode()
 

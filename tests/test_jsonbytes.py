@@ -46,3 +46,33 @@ def test_nan_is_written_as_null() -> None:
 def test_bad_json_is_a_value_error(data: Any) -> None:
     with pytest.raises(ValueError):
         jsonbytes.loads(data)
+
+
+@pytest.mark.parametrize("outputs, around", [
+    ([{"output_type": "stream", "name": "stdout", "text": "x" * 100_000}, {"data": {"text/plain": "é"}}], "plain"),
+    ([{"output_type": "stream", "name": "stdout", "text": "a\ud800b"}], "plain"),    # the outputs need the stdlib
+    ([{"output_type": "stream", "name": "stdout", "text": "ok"}], "b\udc80"),        # the rest of it does
+])
+def test_an_encoded_list_is_written_once_as_it_is_known(outputs: list[Any], around: str) -> None:
+    encoded = jsonbytes.Encoded(outputs)
+    record = {"outputs": encoded, "code": around}
+    assert json.loads(jsonbytes.dumps(record)) == json.loads(json.dumps({"outputs": outputs, "code": around}))
+    made = encoded.json
+    public = {**record, "stdout": "x", "again": [encoded]}
+    assert json.loads(jsonbytes.dumps(public)) == json.loads(json.dumps({**public, "outputs": outputs,
+                                                                          "again": [outputs]}))
+    assert json.loads(jsonbytes.orjson_line({"e": encoded})) == {"e": json.loads(json.dumps(outputs))}
+    assert encoded.json is made  # encoded once, whatever holds it
+
+
+def test_subclasses_of_builtins_are_written_as_their_base() -> None:
+    import enum
+
+    class Status(enum.StrEnum):
+        DONE = "done"
+
+    class Tagged(dict[str, Any]):
+        pass
+
+    value = {"status": Status.DONE, "tagged": Tagged(a=1), "n": type("N", (int,), {})(3)}
+    assert json.loads(jsonbytes.dumps(value)) == {"status": "done", "tagged": {"a": 1}, "n": 3}

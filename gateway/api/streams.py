@@ -23,10 +23,9 @@ from asyncio import Future
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from tornado import web, websocket
 
-from gateway.jsonbytes import dumps
+from gateway.jsonbytes import dumps, orjson_line
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -40,8 +39,8 @@ class EventEncoder:
 
 
 def _ndjson(event: dict[str, Any]) -> bytes:
-    try:  # the newline written by orjson, not by copying its output once more
-        return orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+    try:
+        return orjson_line(event)
     except TypeError:  # what orjson refuses (see gateway.jsonbytes)
         return dumps(event) + b"\n"
 

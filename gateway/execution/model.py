@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import timestamps
+from gateway.jsonbytes import Encoded
 
 
 class ExecutionStatus(enum.StrEnum):
@@ -50,6 +51,8 @@ class Execution:
     finished_at: datetime | None = None
     #: While it runs: brings ``outputs`` up to date (its collector joins stream text only when asked).
     settle: Callable[[], None] | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: Once it has ended: its outputs as every record of it holds them, encoded once (see ``to_record``).
+    _encoded: Encoded | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def finished(self) -> bool:
@@ -82,14 +85,16 @@ class Execution:
     def to_record(self) -> dict[str, Any]:
         """What the store keeps (encoded later, on the store's thread: nothing in it may change afterwards).
 
-        Outputs are replaced, never changed in place, so a copy of the list is a snapshot.
+        Outputs are replaced, never changed in place, so a copy of the list is a snapshot. Once
+        the execution has ended, every record holds the same snapshot, an ``Encoded`` list: its
+        JSON is made once for the stored record, the response and each stream's final event.
         """
         return {
             "id": self.id,
             "sandbox_id": self.sandbox_id,
             "code": self.code,
             "status": str(self.status),
-            "outputs": list(self.settled_outputs()),
+            "outputs": self._snapshot(),
             "error": self.error,
             "execution_count": self.execution_count,
             "truncated": self.truncated,
@@ -99,6 +104,16 @@ class Execution:
             "started_at": timestamps.to_iso(self.started_at),
             "finished_at": timestamps.to_iso(self.finished_at),
         }
+
+    def _snapshot(self) -> list[dict[str, Any]]:
+        outputs = self.settled_outputs()
+        if not self.finished or self.settle is not None:  # still running: a new snapshot each time
+            return list(outputs)
+        encoded = self._encoded
+        # (a new one if the outputs changed since: an execution's outputs replaced after its end)
+        if encoded is None or len(encoded) != len(outputs) or any(a is not b for a, b in zip(encoded, outputs)):
+            encoded = self._encoded = Encoded(outputs)
+        return encoded
 
     def to_public(self, record: dict[str, Any] | None = None) -> dict[str, Any]:
         """The record (``record``: made by ``to_record`` since the last change) plus the conveniences

@@ -18,7 +18,6 @@ import json
 import time
 from typing import Any
 
-import orjson
 
 from gateway import jsonbytes
 from gateway.store.base import Record
@@ -32,7 +31,7 @@ _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 def encode(value: Any) -> str:
     """``value`` as compact JSON (text: SQLite's ``json_extract`` reads TEXT, not BLOBs)."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        return jsonbytes.orjson_dumps(value).decode()
     except TypeError:  # orjson.JSONEncodeError: what orjson refuses, the stdlib writes
         return sliced(value)
 
