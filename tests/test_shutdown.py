@@ -178,7 +178,7 @@ async def test_pool_stop_ends_even_when_a_start_swallows_its_cancellation() -> N
     async def dispose(pooled: Any) -> None:
         disposed.append(pooled)
 
-    pool = WarmPool(start=start, dispose=dispose, saturated=lambda: False, profile=ResourceLimits(), size=1)
+    pool = WarmPool(start=start, dispose=dispose, saturated=lambda: None, profile=ResourceLimits(), size=1)
     pool.start()
     await started.wait()
     async with asyncio.timeout(10):

@@ -794,10 +794,15 @@ class SandboxManager(LoggingConfigurable):
         except Exception:
             log.exception("sandbox %s: could not stop a pooled sandbox", pooled[0].id)
 
-    def saturated(self) -> bool:
-        """Whether background work (refilling the pool) should wait: all cores busy."""
+    def saturated(self) -> str | None:
+        """Why background work (refilling the pool) should wait now, or None: kernels being started
+        for requests (the pool refills behind them, never competing with them), or all cores busy."""
+        if self._starts:
+            return "sandboxes are being started for requests"
         cores = os.cpu_count() or 1
-        return self.busy() >= cores or os.getloadavg()[0] >= cores * self.pool.max_load_per_core
+        if self.busy() >= cores or os.getloadavg()[0] >= cores * self.pool.max_load_per_core:
+            return "the machine is saturated"
+        return None
 
     async def _start_runtime(self, sandbox: Sandbox) -> SandboxRuntime:
         """Launch the kernel, connect to it, and record how to re-attach; nothing is left behind on failure.
@@ -807,7 +812,7 @@ class SandboxManager(LoggingConfigurable):
         self._refuse_when_stopping()
         start = asyncio.create_task(self._launch(sandbox), name=f"sandbox-start-{sandbox.id}")
         self._starts.add(start)
-        start.add_done_callback(self._starts.discard)
+        start.add_done_callback(self._start_ended)
         try:
             return await start
         except asyncio.CancelledError:
@@ -815,6 +820,11 @@ class SandboxManager(LoggingConfigurable):
             if self._stopping and start.cancelled() and caller is not None and not caller.cancelling():
                 raise ShuttingDown("the gateway is shutting down; the sandbox was not started") from None
             raise
+
+    def _start_ended(self, start: asyncio.Task[SandboxRuntime]) -> None:
+        self._starts.discard(start)
+        if not self._starts:
+            self.pool.recheck()  # it may have waited for the starts to end
 
     def _refuse_when_stopping(self) -> None:
         if self._stopping:

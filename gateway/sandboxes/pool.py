@@ -11,8 +11,9 @@ the pool when it asks for no network, the pool's isolation, disk size and figure
 most the pool's CPU, memory and pids (those are lowered on the running container when claimed;
 where the isolation fixes the process limit at start, gVisor's, exactly the pool's pids).
 
-Refilling never starves live work: one sandbox starts at a time, not while the machine is
-saturated, and after a failed start the pool waits (1 s, doubling to ``max_backoff``) so a broken
+Refilling never starves live work: one sandbox starts at a time, not while sandboxes are being
+started for requests (a burst of creates takes the pool's sandboxes, then the pool refills behind
+it, as soon as the last of them is up), not while the machine is saturated, and after a failed start the pool waits (1 s, doubling to ``max_backoff``) so a broken
 image cannot loop hot.
 """
 
@@ -38,6 +39,9 @@ Pooled = tuple[Sandbox, SandboxRuntime]
 
 #: Seconds the refill task and each disposal get to end at stop (a kernel being started is stopped again).
 STOP_WITHIN = 20.0
+#: Seconds between looks at what keeps the pool waiting (the load average moves by itself; the end
+#: of the starts for requests wakes the pool at once through ``recheck``).
+RECHECK_EVERY = 1.0
 
 
 def fits(requested: ResourceLimits, profile: ResourceLimits, figure_formats: list[str], *,
@@ -65,7 +69,7 @@ class WarmPool(LoggingConfigurable):
         *,
         start: Callable[[], Coroutine[Any, Any, Pooled]],
         dispose: Callable[[Pooled], Coroutine[Any, Any, None]],
-        saturated: Callable[[], bool],
+        saturated: Callable[[], str | None],
         profile: ResourceLimits,
         isolation: str | None = None,
         exact_pids: bool = False,
@@ -81,6 +85,8 @@ class WarmPool(LoggingConfigurable):
         self.profile = profile
         self._ready: deque[Pooled] = deque()
         self._wanted = asyncio.Event()
+        #: Set when what made the pool wait may have changed (``recheck``).
+        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.starting = False
@@ -103,6 +109,7 @@ class WarmPool(LoggingConfigurable):
         """
         self._stopping = True
         self._wanted.set()
+        self._changed.set()
         if self._task is not None:
             await stop_tasks([self._task], within=STOP_WITHIN, what="warm pool")
             self._task = None
@@ -125,6 +132,19 @@ class WarmPool(LoggingConfigurable):
         self.missed += 1
         return None
 
+    def recheck(self) -> None:
+        """What kept the pool waiting may be over (the last start for a request ended): look again now."""
+        self._changed.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` or until ``recheck`` (or ``stop``)."""
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
     def _discard(self, pooled: Pooled) -> None:
         task = asyncio.create_task(self._dispose(pooled), name=f"warm-pool-dispose-{pooled[0].id}")
         self._disposals.add(task)
@@ -144,9 +164,10 @@ class WarmPool(LoggingConfigurable):
                 self._wanted.clear()
                 await self._wanted.wait()
                 continue
-            if self._saturated():
-                self.paused = "the machine is saturated"
-                await asyncio.sleep(1.0)
+            waiting_for = self._saturated()
+            if waiting_for:
+                self.paused = waiting_for
+                await self._pause(RECHECK_EVERY)
                 continue
             self.paused = None
             self.starting = True

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.sandboxes.model import ResourceLimits, Sandbox, SandboxStatus
+from gateway.sandboxes import pool as pool_module
 from gateway.sandboxes.pool import WarmPool, fits
 from tests.waiting import until
 
@@ -33,7 +34,7 @@ def make_pool(start: Any, size: int = 2) -> tuple[WarmPool, list[Any]]:
     async def dispose(pooled: Any) -> None:
         disposed.append(pooled)
 
-    return WarmPool(start=start, dispose=dispose, saturated=lambda: False, profile=PROFILE, size=size), disposed
+    return WarmPool(start=start, dispose=dispose, saturated=lambda: None, profile=PROFILE, size=size), disposed
 
 
 async def test_fills_claims_once_and_refills() -> None:
@@ -83,10 +84,10 @@ async def test_saturation_pauses_refilling_until_it_ends() -> None:
     checks = 0
     attempts = 0
 
-    def is_saturated() -> bool:
+    def is_saturated() -> str | None:
         nonlocal checks
         checks += 1
-        return saturated
+        return "the machine is saturated" if saturated else None
 
     async def start() -> Any:
         nonlocal attempts
@@ -100,5 +101,32 @@ async def test_saturation_pauses_refilling_until_it_ends() -> None:
     assert pool.describe()["paused"] == "the machine is saturated" and attempts == 0
     saturated = False
     state = await until(pool.describe, lambda s: s["ready"] == 1, what="the pool to fill once no longer saturated")
+    assert state["paused"] is None and attempts == 1
+    await pool.stop()
+
+
+async def test_refills_behind_starts_for_requests_as_soon_as_they_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While sandboxes start for requests the pool waits; the end of the last one wakes it (no poll)."""
+    monkeypatch.setattr(pool_module, "RECHECK_EVERY", 3600.0)  # only ``recheck`` can wake it in this test
+    starting_for_requests = True
+    attempts = 0
+
+    async def start() -> Any:
+        nonlocal attempts
+        assert not starting_for_requests, "must not compete with the starts for requests"
+        attempts += 1
+        return Sandbox(owner="", resources=PROFILE, provisioner="fake", status=SandboxStatus.RUNNING), object()
+
+    def waiting_for() -> str | None:
+        return "sandboxes are being started for requests" if starting_for_requests else None
+
+    pool = WarmPool(start=start, dispose=lambda p: asyncio.sleep(0), saturated=waiting_for, profile=PROFILE, size=1)
+    pool.start()
+    await until(pool.describe, lambda s: s["paused"] == "sandboxes are being started for requests",
+                what="the pool to wait for the starts")
+    assert attempts == 0
+    starting_for_requests = False
+    pool.recheck()
+    state = await until(pool.describe, lambda s: s["ready"] == 1, what="the pool to refill once they ended")
     assert state["paused"] is None and attempts == 1
     await pool.stop()
