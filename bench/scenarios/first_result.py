@@ -13,6 +13,10 @@ The burst: ``BURST`` concurrent ``POST /sandboxes`` against a gateway with a war
 each create's latency, how many came from the pool, and how long the pool took to be full again
 after the burst. Bounded: every create has ``BURST_TIMEOUT``; all the burst's sandboxes are
 deleted (and the gateway's containers removed) afterwards, also on failure.
+
+The gateways with a pool run without the load-average guard of refilling (``NO_LOAD_GUARD``):
+the load of a shared machine is mostly others', and would keep the pool from ever refilling; the
+refill still waits for the starts for requests, which is what the burst shows.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from bench.harness import Bench, ChildExited, Gateway, RawKernels
 from bench.measure import Series, log
 
 POOL_SIZE = 2
+#: For the gateways with a pool: its refill waits for the starts for requests but not for the load
+#: average, which on a shared machine is mostly others' (the operator's guard, tested elsewhere).
+NO_LOAD_GUARD = ["--WarmPool.max_load_per_core=1000"]
 #: Sandboxes created at once in the burst.
 BURST = 50
 #: Seconds each create of the burst may take (then it counts as a failure).
@@ -112,7 +119,7 @@ async def run_pooled(bench: Bench, out: dict[str, Any], n: int, budget: float) -
     pooled = Series("pooled", "first result, pool warm")
     out["pooled"] = {"available": False}
     try:
-        gateway = Gateway(bench, "pool", pool_size=POOL_SIZE)
+        gateway = Gateway(bench, "pool", pool_size=POOL_SIZE, extra=NO_LOAD_GUARD)
         await gateway.__aenter__()
     except ChildExited as exc:
         if "pool" in exc.tail.lower():
@@ -176,7 +183,7 @@ async def run_burst(bench: Bench, out: dict[str, Any], count: int) -> None:
     log(f"burst: {count} concurrent POST /sandboxes (--pool-size={POOL_SIZE}, the pool full before)")
     result: dict[str, Any] = {"sandboxes": count, "pool_size": POOL_SIZE}
     out["burst"] = result
-    async with Gateway(bench, "burst", pool_size=POOL_SIZE) as gateway:
+    async with Gateway(bench, "burst", pool_size=POOL_SIZE, extra=NO_LOAD_GUARD) as gateway:
         if await pool_full(gateway, 120) is None:
             result["error"] = "the pool did not fill within 120 s"
             log(f"  {result['error']}")
