@@ -19,6 +19,15 @@ import sys
 if sys.path and sys.path[0] == "":
     del sys.path[0]
 
+# The sandbox image imports ipykernel lean, as its ipykernel_launcher does (kernels/launcher/);
+# another image's ipykernel starts as it is.
+try:
+    import code_gateway_lean  # noqa: E402
+except ImportError:
+    pass
+else:
+    code_gateway_lean.kernel_app_class()
+
 import zmq  # noqa: E402
 from ipykernel.heartbeat import Heartbeat  # noqa: E402
 from ipykernel.kernelapp import IPKernelApp  # noqa: E402
