@@ -10,7 +10,7 @@ silent, a keepalive goes out so proxies don't cut the connection.
 Large bodies leave without being copied again (``write_large``, ``write_event``): Tornado joins a
 response's headers to its body, and frames each streamed chunk by concatenation, two copies of
 every byte of a 20 MiB output (a third of the gateway's time relaying one). Here a body is handed
-to the connection as slices of itself: the headers and each slice's framing are small copies.
+to the connection as it is: only the headers and the framing are written apart from it.
 WebSocket handlers get the same by deriving from ``UncopiedFrames``.
 """
 
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tornado import web, websocket
+from tornado.http1connection import HTTP1Connection
 
 from gateway.jsonbytes import dumps, orjson_line
 
@@ -90,11 +91,12 @@ def write_large(handler: web.RequestHandler, body: bytes) -> None:
 
 
 async def write_event(handler: web.RequestHandler, data: bytes) -> None:
-    """Write one event of a chunked stream and flush it, returning once it is flushed whole.
+    """Write one event of a stream and flush it, returning once it is flushed whole (awaiting
+    this is the backpressure, as awaiting ``flush`` is).
 
-    A large event is written in slices, each its own chunk of the response (chunk boundaries
-    mean nothing to the content), so framing copies a slice at a time; each slice's write is
-    awaited, so awaiting this is the backpressure, as awaiting ``flush`` is.
+    A large event of a chunked response is framed here, its size line and end written around
+    it, the payload itself handed to the connection's stream as it is (Tornado's framing joins
+    them: two copies). Without chunking (an HTTP/1.0 client) it is written in slices.
     """
     if len(data) < LARGE:
         handler.write(data)
@@ -103,6 +105,12 @@ async def write_event(handler: web.RequestHandler, data: bytes) -> None:
     await handler.flush()  # the headers, if they are not out yet
     connection = handler.request.connection
     assert connection is not None
+    if isinstance(connection, HTTP1Connection) and getattr(connection, "_chunking_output", False):
+        stream = connection.stream
+        stream.write(b"%x\r\n" % len(data))
+        stream.write(data)
+        await stream.write(b"\r\n")  # (resolves once everything before it is written too)
+        return
     view = memoryview(data)
     for start in range(0, len(view), SLICE):
         await connection.write(view[start:start + SLICE])  # type: ignore[arg-type]  # (any buffer is framed)
