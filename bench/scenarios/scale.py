@@ -9,12 +9,21 @@
 3. All N sandboxes at once, each running 20 executions back to back over its own keep-alive
    connection: latency of every execution, throughput, errors (any non-completed execution, or a
    wrong result: each sandbox counts its executions in a variable, so a lost or reordered one shows).
-4. The same load on N raw container kernels driven by jupyter_client in this process: the baseline.
+4. Density: more idle sandboxes on the same gateway, up to ``BENCH_DENSITY`` in all (default 300;
+   20 with ``--quick``), as many as the host's available memory allows with a reserve left, and
+   created within ``DENSITY_SECONDS``. Each runs ``1+1`` once; then every container's working set
+   (mean, p50, max), the gateway's RSS per sandbox and the host's ``MemAvailable`` drop per
+   sandbox are measured with all of them up: what that many sandboxes really cost, not an
+   extrapolation. All are deleted (and the harness removes whatever container the gateway left).
+5. The same load as 3 on N raw container kernels driven by jupyter_client in this process: the
+   baseline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import statistics
 import time
 from typing import Any
 
@@ -24,6 +33,11 @@ from bench.measure import Series, log
 
 COUNTER = "n = globals().get('n', 0) + 1\nn"
 START_CONCURRENCY = 4
+#: The density phase stops creating sandboxes after this long, and leaves this much memory free.
+DENSITY_SECONDS = 420.0
+DENSITY_RESERVE_KIB = 4 * 2**20
+#: Host memory one more idle sandbox is assumed to take before any is measured (KiB).
+DENSITY_GUESS_KIB = 64 * 1024
 
 
 async def bounded(concurrency: int, coros: list[Any]) -> list[Any]:
@@ -49,6 +63,8 @@ def container_costs(bench: Bench, instance: str) -> dict[str, Any]:
         shim.append(shim_pss_kib(int(container.attrs["State"]["Pid"])) * 1024)
     count = len(working) or 1
     return {"containers": len(working), "working_set_mean": sum(working) / count,
+            "working_set_p50": statistics.median(working) if working else 0,
+            "working_set_max": max(working, default=0),
             "rss_mean": sum(rss) / count, "shim_pss_mean": sum(shim) / count}
 
 
@@ -125,9 +141,13 @@ async def run(bench: Bench) -> None:
         log(f"  {len(series.samples)} ok, {series.errors} errors in {wall:.1f} s: "
             f"{len(series.samples) / wall:.0f} executions/s, p50 {series.p50}, p99 {series.p99}"
             + (f"; first error: {series.first_error}" if series.errors else ""))
-        log(f"  gateway RSS after: {rss_after / 1024:.1f} MiB; deleting the sandboxes")
-        await bounded(8, [_delete(gateway, sid) for sid in ids])
-        await http.close()
+        log(f"  gateway RSS after: {rss_after / 1024:.1f} MiB")
+        try:
+            await density(bench, gateway, http, ids, rss_0, out)
+        finally:
+            log(f"  deleting the {len(ids)} sandboxes")
+            await bounded(8, [_delete(gateway, sid) for sid in ids])
+            await http.close()
 
     log(f"scale baseline: {count} raw container kernels x {executions} executions, all at once "
         "(jupyter_client)")
@@ -154,6 +174,60 @@ async def run(bench: Bench) -> None:
         await bounded(8, [raw.stop(kid) for kid, _ in kernels])
 
     out["mem_total_kib"] = meminfo_kib("MemTotal")
+
+
+async def density(bench: Bench, gateway: Gateway, http: clients.HttpConnection, ids: list[str], rss_0: int,
+                  out: dict[str, Any]) -> None:
+    """Idle sandboxes added to ``ids`` up to the density target; their measured cost in ``out["density"]``."""
+    wanted = int(os.environ.get("BENCH_DENSITY") or bench.n(300, 20))
+    if wanted < 1:
+        raise ValueError(f"BENCH_DENSITY must be at least 1, not {wanted}")
+    available_0 = meminfo_kib("MemAvailable")
+    measured = out["containers"]["working_set_mean"] + out["containers"]["shim_pss_mean"]
+    each_kib = max(DENSITY_GUESS_KIB, int(1.5 * measured / 1024 + out["gateway_rss"]["per_sandbox_kib"]))
+    budget = len(ids) + max(0, (available_0 - DENSITY_RESERVE_KIB) // each_kib)
+    target = min(wanted, budget)
+    log(f"scale, density: up to {wanted} idle sandboxes (the memory budget allows {budget}: "
+        f"{available_0 / 2**20:.1f} GiB available, {DENSITY_RESERVE_KIB / 2**20:.0f} GiB kept free, "
+        f"{each_kib / 1024:.0f} MiB each); {len(ids)} already up")
+    began = time.perf_counter()
+    deadline = time.monotonic() + DENSITY_SECONDS
+    errors: list[BaseException] = []
+    gate = asyncio.Semaphore(START_CONCURRENCY)
+
+    async def one() -> None:
+        async with gate:
+            if time.monotonic() > deadline or errors:
+                return
+            try:
+                sandbox = await _create(gateway)
+                ids.append(sandbox["id"])
+                await clients.rest_execute(http, sandbox["id"], "1+1")
+            except Exception as exc:  # the first error stops the phase: measure what is up
+                errors.append(exc)
+
+    await asyncio.gather(*(one() for _ in range(max(0, target - len(ids)))))
+    seconds = time.perf_counter() - began
+    if errors:
+        log(f"  stopped at {len(ids)} sandboxes by an error: {type(errors[0]).__name__}: {errors[0]}")
+    elif len(ids) < target:
+        log(f"  stopped at {len(ids)} sandboxes: {DENSITY_SECONDS:g} s spent")
+    await asyncio.sleep(3)
+    rss = rss_kib(gateway.pid)
+    containers = container_costs(bench, gateway.instance)
+    available = meminfo_kib("MemAvailable")
+    added = max(len(ids) - out["containers"]["containers"], 1)
+    result = {"wanted": wanted, "budget": budget, "sandboxes": len(ids), "seconds": seconds,
+              "error": f"{type(errors[0]).__name__}: {errors[0]}" if errors else None,
+              "containers": containers, "gateway_rss_kib": rss,
+              "gateway_rss_per_sandbox_kib": (rss - rss_0) / max(len(ids), 1),
+              "host_available_drop_per_added_kib": (available_0 - available) / added}
+    out["density"] = result
+    log(f"  {len(ids)} idle sandboxes up ({seconds:.0f} s to add {added}): container working set "
+        f"{containers['working_set_mean'] / 2**20:.1f} MiB mean, {containers['working_set_p50'] / 2**20:.1f} p50, "
+        f"{containers['working_set_max'] / 2**20:.1f} max; shim {containers['shim_pss_mean'] / 2**20:.1f} MiB; "
+        f"gateway RSS {rss / 1024:.0f} MiB = {result['gateway_rss_per_sandbox_kib']:.0f} KiB per sandbox; "
+        f"host MemAvailable {result['host_available_drop_per_added_kib'] / 1024:.1f} MiB less per added sandbox")
 
 
 async def _create(gateway: Gateway) -> dict[str, Any]:
