@@ -143,7 +143,7 @@ async def run(bench: Bench) -> None:
             + (f"; first error: {series.first_error}" if series.errors else ""))
         log(f"  gateway RSS after: {rss_after / 1024:.1f} MiB")
         try:
-            await density(bench, gateway, http, ids, rss_0, out)
+            await density(bench, gateway, ids, rss_0, out)
         finally:
             log(f"  deleting the {len(ids)} sandboxes")
             await bounded(8, [_delete(gateway, sid) for sid in ids])
@@ -176,8 +176,7 @@ async def run(bench: Bench) -> None:
     out["mem_total_kib"] = meminfo_kib("MemTotal")
 
 
-async def density(bench: Bench, gateway: Gateway, http: clients.HttpConnection, ids: list[str], rss_0: int,
-                  out: dict[str, Any]) -> None:
+async def density(bench: Bench, gateway: Gateway, ids: list[str], rss_0: int, out: dict[str, Any]) -> None:
     """Idle sandboxes added to ``ids`` up to the density target; their measured cost in ``out["density"]``."""
     wanted = int(os.environ.get("BENCH_DENSITY") or bench.n(300, 20))
     if wanted < 1:
@@ -199,12 +198,15 @@ async def density(bench: Bench, gateway: Gateway, http: clients.HttpConnection, 
         async with gate:
             if time.monotonic() > deadline or errors:
                 return
+            connection = await gateway.connect()  # one each: a connection serves one request at a time
             try:
-                sandbox = await _create(gateway)
+                sandbox = await clients.create_sandbox(connection)
                 ids.append(sandbox["id"])
-                await clients.rest_execute(http, sandbox["id"], "1+1")
+                await clients.rest_execute(connection, sandbox["id"], "1+1")
             except Exception as exc:  # the first error stops the phase: measure what is up
                 errors.append(exc)
+            finally:
+                await connection.close()
 
     await asyncio.gather(*(one() for _ in range(max(0, target - len(ids)))))
     seconds = time.perf_counter() - began
