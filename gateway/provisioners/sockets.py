@@ -28,6 +28,7 @@ on its own whenever a connection drops, so checking once is not enough. Here:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import stat
@@ -49,6 +50,16 @@ _retired: list[tuple[float, list[int]]] = []
 
 #: Seconds a just-bound socket may take to be owned by the kernel's uid before it is refused.
 OWNER_SETTLE = 2.0
+#: First pause (s) between looks at a socket directory while waiting for the kernel to bind, doubling to:
+FIRST_PAUSE = 0.005
+#: Longest pause between looks at a socket directory while waiting for the kernel to bind (s).
+#: Where inotify is there, a change in the directory ends a pause at once: this only bounds the
+#: wait if an event is missed.
+MAX_PAUSE = 0.05
+
+# inotify(7): names created, moved in, or changed (a socket chowned to the kernel's uid: gVisor).
+_IN_ATTRIB, _IN_MOVED_TO, _IN_CREATE = 0x4, 0x80, 0x100
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 
 
 class SocketRefused(RuntimeError):
@@ -118,6 +129,62 @@ def _retire(fds: Iterable[int]) -> None:
         _retired.append((now + GRACE, fds))
 
 
+class DirectoryChanges:
+    """Wakes a waiter when names appear or change in one directory (inotify, read on the event loop).
+
+    Only a wake-up: what changed is looked at by ``attach``, through a descriptor, as before.
+    ``watch`` returns None where inotify is not available; then the waiter polls.
+    """
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.fd = fd
+        self.loop = loop
+        self.changed = asyncio.Event()
+        loop.add_reader(fd, self._read)
+
+    @classmethod
+    def watch(cls, directory: int, loop: asyncio.AbstractEventLoop) -> DirectoryChanges | None:
+        """Watch the directory open at descriptor ``directory`` (an ``O_PATH`` one will do)."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                return None
+            # By the descriptor's /proc link: the very directory reached without following symlinks.
+            if libc.inotify_add_watch(fd, f"/proc/self/fd/{directory}".encode(),
+                                      _IN_CREATE | _IN_MOVED_TO | _IN_ATTRIB) < 0:
+                os.close(fd)
+                return None
+        except (AttributeError, OSError):
+            return None
+        return cls(fd, loop)
+
+    def _read(self) -> None:
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        except OSError:  # the watch is gone: wake the waiter, which polls from then on
+            self.loop.remove_reader(self.fd)
+        self.changed.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until a change since the last ``clear`` or ``seconds``, whichever comes first."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.changed.wait()
+        except TimeoutError:
+            pass
+
+    def clear(self) -> None:
+        self.changed.clear()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+
+
 class KernelSockets:
     """The verified sockets of one kernel (across its restarts), held by descriptor, and the links to them."""
 
@@ -168,30 +235,43 @@ class KernelSockets:
 
     async def attach_when_bound(self, directory: Callable[[], int], prefix: Path, ports: Iterable[int], *,
                                 owner: int) -> dict[int, Identity]:
-        """``attach`` as soon as the kernel has bound all its sockets (the caller bounds the wait).
+        """``attach`` as soon as the kernel has bound all its sockets (the caller bounds the wait):
+        woken by each change in the directory (inotify), else looking again after a pause.
 
         ``directory`` opens the socket directory afresh for each try; it raises ``SocketRefused``
         once the kernel is gone, which ends the wait.
         """
         ports = list(ports)
-        pause = 0.005
+        pause = FIRST_PAUSE
         loop = asyncio.get_running_loop()
         unowned_since: float | None = None
-        while True:
-            fd = directory()
-            try:
-                return self.attach(fd, prefix, ports, owner=owner)
-            except SocketNotBound:
-                pass
-            except SocketNotOwned:
-                # Waited out briefly (nothing is connected meanwhile), refused if it stays so.
-                unowned_since = loop.time() if unowned_since is None else unowned_since
-                if loop.time() - unowned_since > OWNER_SETTLE:
-                    raise
-            finally:
-                os.close(fd)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        changes: DirectoryChanges | None = None
+        try:
+            while True:
+                fd = directory()
+                try:
+                    if changes is None:
+                        changes = DirectoryChanges.watch(fd, loop)
+                    if changes is not None:
+                        changes.clear()  # (before looking: a change while we look ends the next wait)
+                    return self.attach(fd, prefix, ports, owner=owner)
+                except SocketNotBound:
+                    pass
+                except SocketNotOwned:
+                    # Waited out briefly (nothing is connected meanwhile), refused if it stays so.
+                    unowned_since = loop.time() if unowned_since is None else unowned_since
+                    if loop.time() - unowned_since > OWNER_SETTLE:
+                        raise
+                finally:
+                    os.close(fd)
+                if changes is not None:
+                    await changes.wait(pause)
+                else:
+                    await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE)
+        finally:
+            if changes is not None:
+                changes.close()
 
     def detach(self) -> None:
         """Remove the links (no connect reaches the sockets by them again), then retire the descriptors."""

@@ -5,6 +5,7 @@ The attacks through real sandboxes are in tests/e2e/test_socket_redirects.py.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Iterator
@@ -152,3 +153,28 @@ async def test_sandboxes_leave_no_descriptor_behind(tmp_path: Path, monkeypatch:
             assert (await alice.delete(f"/api/v1/sandboxes/{sid}")).status_code == 204
         module._retire([])
         assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+async def test_waiting_for_the_sockets_is_woken_by_their_binding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No poll needed: the pauses are an hour here, so only the directory's change can end the wait."""
+    monkeypatch.setattr(module, "FIRST_PAUSE", 3600.0)
+    monkeypatch.setattr(module, "MAX_PAUSE", 3600.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    sockets = KernelSockets()
+    waiting = asyncio.ensure_future(
+        sockets.attach_when_bound(lambda: directory_fd(run), tmp_path / "sock" / "k", PORTS, owner=os.getuid()))
+    await asyncio.sleep(0)  # (it looked once, found nothing bound, and waits)
+    assert not waiting.done()
+    servers = [listening(run / f"k-{port}") for port in PORTS]
+    try:
+        async with asyncio.timeout(30):
+            identities = await waiting
+        assert set(identities) == set(PORTS)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(tmp_path / "sock" / "k-1"))
+        assert accepted(servers[0])
+    finally:
+        sockets.detach()
+        for server in servers:
+            server.close()
