@@ -14,6 +14,12 @@ stored. The log is bounded because what the execution holds is (``OutputCollecto
 every event to the execution's cap), and it keeps only the latest ``update_display`` of each
 display id: an earlier one that a new one supersedes leaves a hole (skipped by followers, still
 counted as a position, so a client re-attaching at event N means the same N as before).
+
+Stream text that arrives while no follower has taken the last event yet joins that event when it
+is stream text of the same name (up to ``MERGE_BYTES``), as a notebook joins it: a flood of
+small prints reaches a client that is behind in a few large events instead of a write per print.
+Nothing is reordered, and positions mean the same for every follower (an event is joined to only
+until a follower has taken it, and then it is final).
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class PrefixSums:
         self._tree.append(value + self.prefix(n - 1) - self.prefix(n - low))
         self.total += value
 
+    def value(self, index: int) -> int:
+        return self._values[index]
+
     def set(self, index: int, value: int) -> None:
         delta = value - self._values[index]
         self._values[index] = value
@@ -69,9 +78,27 @@ class PrefixSums:
         return total
 
 
+#: Stream text joined into one event at most (more starts another).
+MERGE_BYTES = 1 << 20
+
+
+def _stream_name(event: dict[str, Any]) -> str | None:
+    """The stream of an ``output`` event that is stream text (None for any other event)."""
+    output = event.get("output")
+    if (event.get("type") == "output" and "display_id" not in event and isinstance(output, dict)
+            and output.get("output_type") == "stream" and isinstance(output.get("text"), str)):
+        return str(output.get("name"))
+    return None
+
+
 class ExecutionFeed:
     def __init__(self) -> None:
         self._events: list[dict[str, Any] | None] = []
+        #: Stream text for the last event, not joined into it yet (no follower took it so far).
+        self._open: list[str] = []
+        self._open_bytes = 0
+        #: Positions below this were taken by a follower (final: nothing joins them any more).
+        self._taken = 0
         self._sizes = PrefixSums()
         #: display id -> position of its latest update_display.
         self._latest_update: dict[str, int] = {}
@@ -102,8 +129,48 @@ class ExecutionFeed:
                 self._events[earlier] = None
                 self._sizes.set(earlier, 0)
             self._latest_update[event["display_id"]] = len(self._events)
-        self._append(event)
+        if not self._join(event):
+            self._append(event)
         self._wake()
+
+    def _join(self, event: dict[str, Any]) -> bool:
+        """Join stream text to the last event if it is stream text of the same name no follower has taken."""
+        name = _stream_name(event)
+        last = len(self._events) - 1
+        if name is None or last < self._taken or self._events[last] is None:
+            return False
+        previous = self._events[last]
+        assert previous is not None
+        text = event["output"]["text"]
+        if _stream_name(previous) != name:
+            return False
+        held = self._open_bytes if self._open else len(previous["output"]["text"])
+        if held + len(text) > MERGE_BYTES:
+            return False
+        if not self._open:
+            self._open.append(previous["output"]["text"])
+            self._open_bytes = len(self._open[0])
+        self._open.append(text)
+        self._open_bytes += len(text)
+        self._sizes.set(last, self._sizes.value(last) + len(text))
+        return True
+
+    def _take(self, position: int) -> dict[str, Any] | None:
+        """The event at ``position`` for a follower (from then on final)."""
+        if position >= self._taken:
+            self._taken = position + 1
+            if position == len(self._events) - 1:
+                self._seal()
+        return self._events[position]
+
+    def _seal(self) -> None:
+        """Join the stream text waiting into the last event (replaced: a follower may hold the old one)."""
+        if self._open:
+            last = len(self._events) - 1
+            event = self._events[last]
+            assert event is not None
+            self._events[last] = {**event, "output": {**event["output"], "text": "".join(self._open)}}
+            self._open, self._open_bytes = [], 0
 
     def close(self, final_event: dict[str, Any] | None = None) -> None:
         """Publish the last event (if any) and end every follower's iteration after it."""
@@ -113,6 +180,7 @@ class ExecutionFeed:
         self._wake()
 
     def _append(self, event: dict[str, Any]) -> None:
+        self._seal()  # the last event is final now
         self._events.append(event)
         self._sizes.append(event_size(event))
 
@@ -150,7 +218,7 @@ class FeedCursor:
         while True:
             changed = feed._changed
             while self.position < len(feed._events):
-                event = feed._events[self.position]
+                event = feed._take(self.position)
                 self.position += 1
                 if event is not None:
                     yield event

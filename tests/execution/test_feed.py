@@ -6,7 +6,7 @@ import asyncio
 import random
 from typing import Any
 
-from gateway.execution.feed import ExecutionFeed, PrefixSums, event_size
+from gateway.execution.feed import MERGE_BYTES, ExecutionFeed, PrefixSums, event_size
 
 
 async def collect(feed: ExecutionFeed, delay: float = 0) -> list[int]:
@@ -80,3 +80,54 @@ def test_prefix_sums_stay_right_as_sizes_change() -> None:
             sums.append(values[-1])
         n = rng.randrange(len(values) + 1)
         assert sums.prefix(n) == sum(values[:n]) and sums.total == sum(values)
+
+
+def stream(text: str, name: str = "stdout") -> dict[str, Any]:
+    return {"type": "output", "output": {"output_type": "stream", "name": name, "text": text}}
+
+
+async def texts(feed: ExecutionFeed, start: int = 0) -> list[tuple[str, str]]:
+    return [(e["output"].get("name", "?"), e["output"].get("text", "")) async for e in feed.follow(start)
+            if e is not None and e["type"] == "output"]
+
+
+async def test_stream_text_no_follower_took_yet_joins_the_last_event_in_order() -> None:
+    feed = ExecutionFeed()
+    for n in range(1000):
+        feed.publish(stream(f"{n}\n"))
+    feed.publish(stream("oops\n", "stderr"))
+    feed.publish(stream("more\n"))
+    feed.publish({"type": "output", "output": {"output_type": "display_data", "data": {}, "metadata": {}}})
+    feed.publish(stream("last\n"))
+    feed.close({"type": "execution"})
+    everything = "".join(f"{n}\n" for n in range(1000))
+    assert await texts(feed) == [("stdout", everything), ("stderr", "oops\n"), ("stdout", "more\n"),
+                                 ("?", ""), ("stdout", "last\n")]
+    assert len(feed) == 6  # positions: the same for a follower re-attaching later
+    assert await texts(feed, 2) == [("stdout", "more\n"), ("?", ""), ("stdout", "last\n")]
+    assert feed.held_bytes == sum(event_size(e) for e in feed._events if e is not None)
+
+
+async def test_an_event_a_follower_took_is_final_and_joins_are_bounded() -> None:
+    feed = ExecutionFeed()
+    cursor = feed.cursor()
+    feed.publish(stream("a"))
+    first = [e async for e in _until_caught_up(cursor)]
+    feed.publish(stream("b"))  # the follower has "a": "b" is an event of its own
+    feed.publish(stream("c"))
+    assert [e["output"]["text"] for e in first] == ["a"]
+    big = "x" * (MERGE_BYTES - 1)
+    feed.publish(stream(big))  # over the bound with "bc": another event
+    feed.publish(stream("y"))  # fits beside it: joined
+    feed.close()
+    assert [e["output"]["text"] for e in [e async for e in cursor.follow()]] == ["bc", big + "y"]
+    late = feed.cursor()
+    assert [e["output"]["text"] async for e in late.follow()] == ["a", "bc", big + "y"]
+
+
+async def _until_caught_up(cursor: Any) -> Any:
+    while cursor.position < len(cursor.feed):
+        async for event in cursor.follow(idle=0.01):
+            if event is None:
+                return
+            yield event
