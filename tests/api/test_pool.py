@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -74,3 +75,23 @@ async def test_refilling_waits_while_every_core_is_busy(tmp_path: Any, monkeypat
         assert [(await execution)["status"] for execution in held] == ["completed", "completed"]
         refilled = await pool_state(alice, ready=1)  # a core is free again
         assert refilled["paused"] is None and refilled["claimed"] == 2
+
+
+async def test_refilling_waits_behind_cold_starts_for_requests(tmp_path: Any) -> None:
+    """A request that takes the pooled sandbox while another starts cold: the pool refills after it, not beside it."""
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1", NEVER_SATURATED) as gateway, \
+            gateway.client() as alice:
+        manager = gateway.app.sandboxes
+        await pool_state(alice, ready=1)
+        cold = asyncio.ensure_future(create(alice, resources={"memory_mb": 1024}))  # does not fit the pool
+        await until(manager.saturated, lambda why: why == "sandboxes are being started for requests",
+                    what="the cold start to be under way", interval=0.005)
+        await create(alice)  # takes the pooled one while the cold one still starts
+        # (a claim is a store write; a cold start is a container and a kernel: still under way)
+        assert not cold.done(), "the cold start ended before the pooled create: nothing to see"
+        # The refill looked when the claim woke it, before that create was answered: it waits.
+        state = manager.pool.describe()
+        assert state["paused"] == "sandboxes are being started for requests" and not state["starting"]
+        await cold
+        refilled = await pool_state(alice, ready=1)  # behind it, woken by its end
+        assert refilled["paused"] is None and refilled["claimed"] == 1
