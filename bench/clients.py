@@ -9,7 +9,10 @@
 
 Every WebSocket client is ``websockets`` (asyncio, compression off); HTTP is a raw HTTP/1.1
 keep-alive connection over asyncio streams (asyncio sets TCP_NODELAY), so no client library's
-overhead weighs on one method more than another.
+overhead weighs on one method more than another. Every answer is parsed with orjson, as
+jupyter_client (the raw baseline) parses the kernel's messages when orjson is installed: the
+servers are compared, not two JSON parsers. Requests stay the standard library's (small; a
+WebSocket text frame needs ``str``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import websockets
 
 TIMEOUT = 120.0
@@ -97,7 +101,7 @@ class HttpConnection:
         status, data = await self.request(method, path, body)
         if status != expect:
             raise HttpError(f"{method} {path}: {status} {data[:300]!r}")
-        return json.loads(data) if data else None
+        return orjson.loads(data) if data else None
 
 
 def check_completed(execution: dict[str, Any], expect: str | None) -> dict[str, Any]:
@@ -132,7 +136,7 @@ async def ndjson_execute(http: HttpConnection, sandbox_id: str, code: str, expec
                                       headers={"Accept": "application/x-ndjson"}, on_chunk=on_chunk)
     if status != 200:
         raise HttpError(f"ndjson execute: {status} {data[:300]!r}")
-    last = json.loads(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    last = orjson.loads(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
     if last.get("type") != "execution":
         raise HttpError(f"stream ended with {last.get('type')}")
     return check_completed(last["execution"], expect)
@@ -148,7 +152,7 @@ async def ws_execute(socket: Any, code: str, expect: str | None = "2") -> dict[s
     request_id = uuid.uuid4().hex
     await socket.send(json.dumps({"type": "execute", "id": request_id, "code": code}))
     while True:
-        event = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        event = orjson.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
         if event.get("id") != request_id:
             continue
         if event["type"] == "error":
@@ -190,7 +194,7 @@ async def channels_execute(socket: Any, code: str, session: str, expect: str | N
     await socket.send(json.dumps(request))
     got, reply, idle = [], None, False
     while reply is None or not idle:
-        msg = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        msg = orjson.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
         if ack_at_once:
             quickack(socket)
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
