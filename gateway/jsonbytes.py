@@ -30,25 +30,127 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
 _fallback = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
-class Encoded(list[Any]):
-    """A list that is encoded once, however many documents hold it (a finished execution's
-    outputs: in its stored record, its response, its streams' final events).
+#: A piece of a document written in pieces (``pieces``): bytes, or a view into an encoded list's JSON.
+Buffer = bytes | memoryview
+#: Values at least this large (bytes of JSON, characters of a string) are pieces of their own.
+LARGE = 1 << 18
 
-    Its JSON is made on first use and then written as it is; it must not change after that.
-    The standard library's encoder (the fallback) sees a plain list.
-    """
+
+class EncodedObject(dict[str, Any]):
+    """A dict encoded once, however many documents hold it (a display output: in its live event
+    and in its execution's outputs). Its JSON is made on first use; it must not change after that."""
 
     _json: bytes | None = None
 
     @property
     def json(self) -> bytes:
         if self._json is None:
-            self._json = dumps(list(self))
+            self._json = dumps(dict(self))
         return self._json
 
 
+class Encoded(list[Any]):
+    """A list that is encoded once, however many documents hold it (a finished execution's
+    outputs: in its stored record, its response, its streams' final events).
+
+    Its JSON is made on first use and then written as it is; it must not change after that.
+    A document that also holds the text of its last output, a stream (an execution's
+    ``stdout``, a flood's whole text), writes that text as a view of this JSON (``text_json``),
+    not encoded again. The standard library's encoder (the fallback) sees a plain list.
+    """
+
+    _json: bytes | None = None
+    #: Whether orjson wrote it (else the standard library did: see ``dumps``).
+    _by_orjson = False
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            try:
+                self._json = orjson_dumps(list(self))
+                self._by_orjson = True
+            except TypeError:
+                self._json = _fallback(list(self)).encode()
+        return self._json
+
+    def text_json(self, text: str) -> list[Buffer] | None:
+        """``text`` as a JSON string in pieces (a view of ``json``), if it is the text of this
+        list's last output, a stream output; else None.
+
+        Where that output starts is the length of those before it (each encoded again, as
+        orjson wrote it in the list; ``EncodedObject``s as they are)."""
+        last = self[-1] if self else None
+        if type(last) is not dict or list(last) != ["output_type", "name", "text"] or last["text"] != text:
+            return None
+        encoded = self.json
+        if not self._by_orjson or not isinstance(last["name"], str):
+            return None
+        start = 1
+        for item in self[:-1]:
+            if isinstance(item, EncodedObject):
+                start += len(item.json) + 1
+                continue
+            if type(item) is dict and sum(len(v) for v in item.values() if isinstance(v, str)) >= LARGE:
+                return None  # (a large stream before it: not encoded again for this)
+            start += len(orjson_dumps(item)) + 1
+        prefix = b'{"output_type":"stream","name":' + orjson_dumps(last["name"]) + b',"text":"'
+        if encoded[start:start + len(prefix)] != prefix or not encoded.endswith(b'"}]'):
+            return None
+        return [b'"', memoryview(encoded)[start + len(prefix):len(encoded) - 3], b'"']
+
+
+def pieces(value: Any) -> list[Buffer]:
+    """``value``'s JSON (as ``dumps`` writes it) in pieces, never joined: what is already encoded
+    (``Encoded``, ``EncodedObject``) as it is, a large string encoded on its own (or, beside an
+    ``Encoded`` list ending with it as a stream's text, as a view of that), the rest in runs between them.
+
+    orjson writing one large document spends its time growing its buffer (for a 20 MiB flood's
+    response, with ``stdout`` after its outputs, ten times what encoding the fields costs); a
+    writer hands the pieces to the connection one after another."""
+    parts = _large_parts(value, None)
+    if parts is None:
+        return [dumps(value)]
+    merged: list[Buffer] = []
+    run: list[Buffer] = []
+    for part in parts:
+        if len(part) < LARGE:
+            run.append(part)
+            continue
+        if run:
+            merged.append(b"".join(run))
+            run = []
+        merged.append(part)
+    if run:
+        merged.append(b"".join(run))
+    return merged
+
+
+def _large_parts(value: Any, beside: Encoded | None) -> list[Buffer] | None:
+    """The pieces of ``value`` if it holds something large (``beside``: an encoded list in the
+    same object, which may hold a large string's text); None to encode it whole."""
+    if isinstance(value, (Encoded, EncodedObject)):
+        return [value.json] if len(value.json) >= LARGE else None
+    if isinstance(value, str):
+        if len(value) < LARGE:
+            return None
+        return (beside.text_json(value) if beside is not None else None) or [dumps(value)]
+    if type(value) is not dict or any(type(key) is not str for key in value):
+        return None
+    encoded = next((item for item in value.values() if isinstance(item, Encoded)), None)
+    found = [_large_parts(item, encoded) for item in value.values()]
+    if not any(found):
+        return None
+    parts: list[Buffer] = []
+    for (key, item), large in zip(value.items(), found):
+        parts.append(b"{" if not parts else b",")
+        parts.append(dumps(key) + b":")
+        parts.extend(large if large is not None else [dumps(item)])
+    parts.append(b"}")
+    return parts
+
+
 def _default(value: Any) -> Any:
-    if isinstance(value, Encoded):
+    if isinstance(value, (Encoded, EncodedObject)):
         return orjson.Fragment(value.json)
     # Other subclasses are written as orjson writes their base.
     if isinstance(value, str):

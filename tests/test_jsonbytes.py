@@ -76,3 +76,62 @@ def test_subclasses_of_builtins_are_written_as_their_base() -> None:
 
     value = {"status": Status.DONE, "tagged": Tagged(a=1), "n": type("N", (int,), {})(3)}
     assert json.loads(jsonbytes.dumps(value)) == {"status": "done", "tagged": {"a": 1}, "n": 3}
+
+
+BIG = jsonbytes.LARGE
+
+
+def stream(name: str, text: str) -> dict[str, Any]:
+    return {"output_type": "stream", "name": name, "text": text}
+
+
+def joined(parts: list[jsonbytes.Buffer]) -> bytes:
+    return b"".join(bytes(part) for part in parts)
+
+
+PNG = {"output_type": "display_data", "data": {"image/png": "iVBOR" * BIG}, "metadata": {}}
+
+
+@pytest.mark.parametrize("outputs, viewed", [
+    ([stream("stdout", "x" * BIG)], True),
+    ([PNG, stream("stderr", "e\n"), {"output_type": "error", "ename": "E", "evalue": "v", "traceback": []},
+      stream("stdout", "é\"\\\n\x01" * BIG)], True),
+    ([stream("stdout", "a" * BIG), stream("stderr", "e\n"), stream("stdout", "é" * BIG)], False),
+    ([stream("stdout", "a\ud800" * BIG)], False),   # the stdlib's escapes
+    ([stream("stdout", "x" * BIG), PNG], False),
+])
+def test_a_document_in_pieces_means_what_it_means_whole(outputs: list[Any], viewed: bool) -> None:
+    """An execution's public form (outputs encoded, stdout/stderr beside them) in pieces: the
+    same JSON value as the stdlib writes; stdout, when it is the last output's text, as a view
+    of the outputs' JSON, not encoded again."""
+    encoded = jsonbytes.Encoded(jsonbytes.EncodedObject(o) if o["output_type"] != "stream" else o for o in outputs)
+    texts = {name: "".join(o["text"] for o in outputs if o.get("name") == name) for name in ("stdout", "stderr")}
+    public = {"id": "e1", "outputs": encoded, **texts, "result": None, "other": "y" * BIG}
+    parts = jsonbytes.pieces(public)
+    assert json.loads(joined(parts)) == json.loads(json.dumps({**public, "outputs": outputs}))
+    assert any(isinstance(part, memoryview) and part.obj is encoded.json for part in parts) == viewed
+    event = {"type": "execution", "execution": public, "execution_id": "e1"}
+    assert json.loads(joined(jsonbytes.pieces(event))) == json.loads(json.dumps({**event, "execution": {
+        **public, "outputs": outputs}}))
+
+
+def test_a_string_that_is_not_the_outputs_text_is_encoded_itself() -> None:
+    encoded = jsonbytes.Encoded([stream("stdout", "x" * BIG), stream("stdout", "y" * BIG)])
+    for text in ("y" * BIG + "x" * BIG, "y" * (BIG - 1) + "z", "x" * BIG):
+        assert json.loads(joined(jsonbytes.pieces({"outputs": encoded, "stdout": text}))) == {
+            "outputs": json.loads(encoded.json), "stdout": text}
+
+
+def test_small_documents_are_one_piece() -> None:
+    value = {"outputs": jsonbytes.Encoded([stream("stdout", "2")]), "stdout": "2", "n": {1: "int key"}}
+    assert jsonbytes.pieces(value) == [jsonbytes.dumps(value)]
+    assert len(jsonbytes.pieces({"a": "x" * BIG, "b": 1, "c": "d"})) == 3  # what is around it in one run each
+
+
+def test_an_encoded_object_is_encoded_once() -> None:
+    output = jsonbytes.EncodedObject({"output_type": "display_data", "data": {"image/png": "A" * BIG}, "metadata": {}})
+    event = {"type": "output", "output": output, "execution_id": "e1"}
+    parts = jsonbytes.pieces(event)
+    assert output.json in parts  # as it is, for its live event
+    assert jsonbytes.Encoded([output]).json == b"[" + output.json + b"]"  # and in the record
+    assert json.loads(jsonbytes.dumps(event)) == json.loads(joined(parts)) == json.loads(json.dumps(event))

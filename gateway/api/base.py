@@ -241,7 +241,7 @@ class APIHandler(JSONErrors, web.RequestHandler):
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
-        write_large(self, jsonbytes.dumps(data))
+        write_large(self, jsonbytes.pieces(data))  # (a large one in pieces, never joined)
 
 
 async def authenticate(keyring: KeyRing, token: str) -> str:

@@ -71,7 +71,7 @@ class StreamingHandler(SandboxAPIHandler):
                 if event is None:
                     await write_event(self, encoder.keepalive)
                 else:
-                    await write_event(self, encoder.encode({**event, "execution_id": execution_id}))
+                    await write_event(self, encoder.pieces({**event, "execution_id": execution_id}))
         except StreamClosedError:
             return  # on_connection_close has seen to it
         finally:

@@ -43,7 +43,7 @@ from gateway.api.base import (
 from gateway.api.executions import check_code
 from gateway.api.forwarding import served_elsewhere
 from gateway.api.streams import UncopiedFrames
-from gateway.jsonbytes import dumps, loads
+from gateway.jsonbytes import loads, pieces
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
 from gateway.execution.feed import FeedCursor
@@ -172,7 +172,7 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
 
     async def _send(self, event: dict[str, Any]) -> None:
         try:
-            await self.write_message(dumps(event))  # bytes, sent as a text frame (binary=False)
+            await self.write_pieces(pieces(event))  # bytes, sent as a text frame
         except websocket.WebSocketClosedError:
             pass
 

@@ -25,8 +25,9 @@ from typing import Any
 
 from tornado import web, websocket
 from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
 
-from gateway.jsonbytes import dumps, orjson_line
+from gateway.jsonbytes import LARGE, Buffer, dumps, orjson_line, pieces
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -37,6 +38,8 @@ class EventEncoder:
     media_type: str
     encode: Callable[[dict[str, Any]], bytes]
     keepalive: bytes
+    #: The same in pieces, never joined (``jsonbytes.pieces``): what ``write_event`` takes.
+    pieces: Callable[[dict[str, Any]], list[Buffer]]
 
 
 def _ndjson(event: dict[str, Any]) -> bytes:
@@ -50,9 +53,17 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + dumps(event) + b"\n\n"
 
 
+def _ndjson_pieces(event: dict[str, Any]) -> list[Buffer]:
+    return [*pieces(event), b"\n"]
+
+
+def _sse_pieces(event: dict[str, Any]) -> list[Buffer]:
+    return [b"event: " + str(event["type"]).encode() + b"\ndata: ", *pieces(event), b"\n\n"]
+
+
 ENCODERS = {
-    NDJSON: EventEncoder(NDJSON, _ndjson, b'{"type": "keepalive"}\n'),
-    SSE: EventEncoder(SSE, _sse, b": keepalive\n\n"),
+    NDJSON: EventEncoder(NDJSON, _ndjson, b'{"type": "keepalive"}\n', _ndjson_pieces),
+    SSE: EventEncoder(SSE, _sse, b": keepalive\n\n", _sse_pieces),
 }
 
 
@@ -67,39 +78,44 @@ def negotiate(accept: str) -> EventEncoder | None:
     return None
 
 
-#: Bodies at least this large skip Tornado's copies; smaller ones go the usual way (one write).
-LARGE = 1 << 18
 #: Slices of a large chunked body: each one's framing copies this much at most.
 SLICE = 1 << 18
 
 
-def write_large(handler: web.RequestHandler, body: bytes) -> None:
+def write_large(handler: web.RequestHandler, body: bytes | list[Buffer]) -> None:
     """Finish ``handler`` with ``body`` (the status and headers set), never copying a large one.
 
-    Its length is sent as ``Content-Length``, the headers go out first, then the body as it is.
-    (No ``Etag`` on such a body: Tornado would hash all of it for one.)
+    Its length (of all its pieces, if it is a list: ``jsonbytes.pieces``) is sent as
+    ``Content-Length``, the headers go out first, then each piece as it is. (No ``Etag`` on such
+    a body: Tornado would hash all of it for one.)
     """
-    if len(body) < LARGE:
-        handler.finish(body)
+    parts = [body] if isinstance(body, bytes) else body
+    size = sum(len(part) for part in parts)
+    if size < LARGE:
+        handler.finish(b"".join(parts))
         return
-    handler.set_header("Content-Length", len(body))
+    handler.set_header("Content-Length", size)
     handler.flush()
     connection = handler.request.connection
     assert connection is not None
-    connection.write(body)  # with a Content-Length, Tornado frames nothing: the bytes themselves
+    for part in parts:
+        connection.write(part)  # type: ignore[arg-type]  # with a Content-Length, Tornado frames nothing: the bytes themselves
     handler.finish()
 
 
-async def write_event(handler: web.RequestHandler, data: bytes) -> None:
+async def write_event(handler: web.RequestHandler, data: bytes | list[Buffer]) -> None:
     """Write one event of a stream and flush it, returning once it is flushed whole (awaiting
     this is the backpressure, as awaiting ``flush`` is).
 
     A large event of a chunked response is framed here, its size line and end written around
     it, the payload itself handed to the connection's stream as it is (Tornado's framing joins
-    them: two copies). Without chunking (an HTTP/1.0 client) it is written in slices.
+    them: two copies). Without chunking (an HTTP/1.0 client) it is written in slices. ``data``
+    may be pieces (``jsonbytes.pieces``): written one after another, never joined.
     """
-    if len(data) < LARGE:
-        handler.write(data)
+    parts = [data] if isinstance(data, bytes) else data
+    size = sum(len(part) for part in parts)
+    if size < LARGE:
+        handler.write(b"".join(parts))
         await handler.flush()
         return
     await handler.flush()  # the headers, if they are not out yet
@@ -107,13 +123,15 @@ async def write_event(handler: web.RequestHandler, data: bytes) -> None:
     assert connection is not None
     if isinstance(connection, HTTP1Connection) and getattr(connection, "_chunking_output", False):
         stream = connection.stream
-        stream.write(b"%x\r\n" % len(data))
-        stream.write(data)
+        stream.write(b"%x\r\n" % size)
+        for part in parts:
+            stream.write(part)
         await stream.write(b"\r\n")  # (resolves once everything before it is written too)
         return
-    view = memoryview(data)
-    for start in range(0, len(view), SLICE):
-        await connection.write(view[start:start + SLICE])  # type: ignore[arg-type]  # (any buffer is framed)
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), SLICE):
+            await connection.write(view[start:start + SLICE])  # type: ignore[arg-type]  # (any buffer is framed)
 
 
 class UncopiedFrames(websocket.WebSocketHandler):
@@ -126,6 +144,28 @@ class UncopiedFrames(websocket.WebSocketHandler):
         if isinstance(protocol, websocket.WebSocketProtocol13) and not protocol.mask_outgoing:
             protocol._write_frame = types.MethodType(_write_uncopied, protocol)  # type: ignore[method-assign]
         return protocol
+
+    def write_pieces(self, parts: list[Buffer]) -> Future[None]:
+        """Send one text message given in pieces (``jsonbytes.pieces``): a large uncompressed one
+        as one frame, its header then each piece, never joined (else as ``write_message`` does)."""
+        protocol = self.ws_connection
+        size = sum(len(part) for part in parts)
+        if (size < LARGE or not isinstance(protocol, websocket.WebSocketProtocol13) or protocol.mask_outgoing
+                or protocol._compressor is not None or protocol.stream is None):
+            return self.write_message(b"".join(parts))
+        if protocol.is_closing():
+            raise websocket.WebSocketClosedError()
+        protocol._message_bytes_out += size
+        header = struct.pack("!BBQ", protocol.FIN | 0x1, 127, size)  # a text frame, unmasked
+        protocol._wire_bytes_out += len(header) + size
+        stream = protocol.stream
+        try:
+            stream.write(header)
+            for part in parts[:-1]:
+                stream.write(part)
+            return stream.write(parts[-1])
+        except StreamClosedError:
+            raise websocket.WebSocketClosedError() from None
 
 
 def _write_uncopied(protocol: websocket.WebSocketProtocol13, fin: bool, opcode: int, data: bytes,

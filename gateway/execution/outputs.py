@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.jsonbytes import EncodedObject
+
 OUTPUT_MESSAGES = frozenset({"stream", "display_data", "execute_result", "error", "update_display_data"})
 
 
@@ -130,6 +132,8 @@ class OutputCollector:
         output, size = self._fit(output_from_msg(msg))
         if not self._charge(size + self.event_cost + len(display_id or "")):
             return events + self._drop_rest()
+        if output["output_type"] != "stream":  # (stream text is joined later: encoded then)
+            output = EncodedObject(output)  # encoded once for its live event and its execution's record
         self._append(output, display_id)
         if display_id:  # so a live client knows which output a later update_display replaces
             return events + [{"type": "output", "output": output, "display_id": display_id}]
