@@ -95,10 +95,16 @@ class JupyterHandler(APIHandler):
 
     def kernel_model(self, sandbox: Sandbox) -> dict[str, Any]:
         km = self.sandboxes.kernel_of(sandbox.id)
-        # (a kernel restarted after its death is "restarting", as in Jupyter Server, not "dead")
-        alive = km is not None and (sandbox.status == SandboxStatus.RUNNING
-                                    or self.sandboxes.kernel_restarting(sandbox.id))
-        state = km.execution_state if alive else "idle" if sandbox.status == SandboxStatus.PAUSED else "dead"
+        # A kernel restarted after its death is "restarting", as in Jupyter Server, not "dead"; and it
+        # stays "restarting" until the gateway's own connection reached the fresh kernel and the
+        # sandbox runs again: a Jupyter socket may reach that kernel first (its idles would say
+        # "idle" while the sandbox is still failed, and a death then would fail the restart).
+        if km is not None and self.sandboxes.kernel_restarting(sandbox.id):
+            state = "restarting"
+        elif km is not None and sandbox.status == SandboxStatus.RUNNING:
+            state = km.execution_state
+        else:
+            state = "idle" if sandbox.status == SandboxStatus.PAUSED else "dead"
         return {
             "id": sandbox.id,
             "name": self.launcher.kernel_name,

@@ -1037,15 +1037,24 @@ class SandboxManager(LoggingConfigurable):
             if runtime is None or self._runtimes.get(sandbox.id) is not runtime or sandbox.status != SandboxStatus.FAILED:
                 self.autorestarts.restarted(sandbox.id)  # restarted (or deleted: then forgotten) meanwhile
                 return
-            log.info("sandbox %s: restarting its Jupyter kernel, which died (%s; restart %d in a row)", sandbox.id,
-                     sandbox.status_reason, self.autorestarts.in_row(sandbox.id))
-            try:
-                await self._restart(sandbox.id, sandbox.owner)
-            except Exception:  # (logged and recorded as restart_failed by _restart)
-                self.autorestarts.forget(sandbox.id)
-                self.kernels.announce(sandbox.id, "dead")
+            while True:
+                log.info("sandbox %s: restarting its Jupyter kernel, which died (%s; restart %d in a row)",
+                         sandbox.id, sandbox.status_reason, self.autorestarts.in_row(sandbox.id))
+                try:
+                    await self._restart(sandbox.id, sandbox.owner)
+                except Exception:  # (logged and recorded as restart_failed by _restart)
+                    # The fresh kernel may die before the restart is over (a Jupyter socket reached it
+                    # first and ran what kills it again): as for Jupyter's restarter, another death in
+                    # the row, restarted while the row allows.
+                    if (sandbox.status_reason == "restart_failed" and self._runtimes.get(sandbox.id) is runtime
+                            and self.autorestarts.spend(sandbox.id)):
+                        self.kernels.announce(sandbox.id, "restart")
+                        continue
+                    self.autorestarts.forget(sandbox.id)
+                    self.kernels.announce(sandbox.id, "dead")
+                    return
+                self.autorestarts.restarted(sandbox.id)
                 return
-            self.autorestarts.restarted(sandbox.id)
 
     async def _runtime(self, sandbox_id: str, user: str, *, allow_failed: bool = False, wake: bool = True,
                        settle: bool = True, locked: bool = False) -> tuple[Sandbox, SandboxRuntime]:

@@ -15,6 +15,7 @@ from jupyter_server.services.kernels.connection.base import (
     serialize_msg_to_ws_v1,
 )
 
+from gateway.execution.connection import KernelConnection
 from tests.api.test_errors import assert_error
 from tests.gateways import KEYS, InProcessGateway
 
@@ -219,17 +220,68 @@ async def results_once_answered(socket: Any, code: str, within: float = 120, eac
                 return results
 
 
+async def state_once(client: Any, kernel_id: str, wanted: str, within: float = 60) -> dict[str, Any]:
+    """The kernel model once its ``execution_state`` is ``wanted`` (the test fails after ``within`` seconds)."""
+    async with asyncio.timeout(within):
+        while (model := (await client.get(f"/api/kernels/{kernel_id}", headers=TOKEN)).json())["execution_state"] != wanted:
+            await asyncio.sleep(0.05)
+    return model
+
+
+def held_restarts(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The gateway's kernel restarts held, once its own connection reached the fresh kernel, until the event is set.
+
+    What a loaded machine does to them at random: a Jupyter socket reaches the fresh kernel (and
+    is answered) before the gateway's restart is over.
+    """
+    release = asyncio.Event()
+    opened = KernelConnection.open
+
+    async def open_held(connection: KernelConnection, timeout: float) -> None:
+        await opened(connection, timeout)
+        await release.wait()
+
+    monkeypatch.setattr(KernelConnection, "open", open_held)
+    return release
+
+
 async def test_a_dying_jupyter_kernel_says_restarting_and_comes_back(gateway: InProcessGateway,
-                                                                     kernel: dict[str, Any]) -> None:
-    """As Jupyter Server does for its kernels: ``status: restarting`` on iopub at once, then a fresh kernel."""
-    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+                                                                     kernel: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Jupyter Server does for its kernels: ``status: restarting`` on iopub at once, then a fresh kernel.
+
+    The kernel model says ``restarting`` until the restart is over, also once a socket heard the
+    fresh kernel (never ``idle`` beside a sandbox still ``failed``).
+    """
+    release = held_restarts(monkeypatch)
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket, \
+            gateway.client(None) as client:
         await socket.send(json.dumps(execute_request("x = 1\nimport os\nos._exit(1)")))
         assert "restarting" in await statuses_until(socket, "restarting")
         # The same socket reaches the new kernel (its sockets are the old ones' addresses); state is gone.
         assert await results_once_answered(socket, "'x' in globals()") == ["False"]
-    async with gateway.client(None) as client:
-        model = (await client.get(f"/api/kernels/{kernel['id']}", headers=TOKEN)).json()
-        assert model["execution_state"] == "idle"
+        assert (await client.get(f"/api/kernels/{kernel['id']}", headers=TOKEN)).json()["execution_state"] == "restarting"
+        release.set()
+        await state_once(client, kernel["id"], "idle")
+        sandbox = (await client.get(f"/api/v1/sandboxes/{kernel['id']}", headers=TOKEN)).json()
+        assert sandbox["status"] == "running" and sandbox["status_reason"] is None
+
+
+async def test_a_jupyter_kernel_that_dies_before_its_restart_is_over_is_restarted_again(
+        gateway: InProcessGateway, kernel: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket that reached the fresh kernel first may kill it again: another death in the row, as
+    for Jupyter's restarter (not a failed restart, the kernel left dead)."""
+    release = held_restarts(monkeypatch)
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket, \
+            gateway.client(None) as client:
+        await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
+        assert "restarting" in await statuses_until(socket, "restarting")
+        assert await results_once_answered(socket, "1 + 1") == ["2"]  # (the restart is held: not over)
+        await socket.send(json.dumps(execute_request("import os; os._exit(1)")))
+        assert "dead" not in await statuses_until(socket, "restarting")
+        release.set()
+        assert await results_once_answered(socket, "6 * 7") == ["42"]
+        await state_once(client, kernel["id"], "idle")
         sandbox = (await client.get(f"/api/v1/sandboxes/{kernel['id']}", headers=TOKEN)).json()
         assert sandbox["status"] == "running" and sandbox["status_reason"] is None
 
@@ -365,9 +417,7 @@ async def test_a_kernel_that_keeps_dying_is_left_dead_after_the_restart_limit(tm
         kernel = (await client.post("/api/kernels", json={"name": "python3"})).json()
         async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
             for death in range(3):  # each right after the restarted kernel answers: one row
-                async with asyncio.timeout(60):
-                    while (await client.get(f"/api/kernels/{kernel['id']}")).json()["execution_state"] != "idle":
-                        await asyncio.sleep(0.05)
+                await state_once(client, kernel["id"], "idle")  # (the restart is over: a death now is the next)
                 states = await kill_once_heard(client, socket, kernel["id"], "restarting" if death < 2 else "dead")
                 assert ("dead" in states) == (death == 2), (death, states)
         model = (await client.get(f"/api/kernels/{kernel['id']}")).json()
