@@ -16,6 +16,7 @@ WebSocket handlers get the same by deriving from ``UncopiedFrames``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import struct
 import types
@@ -163,9 +164,19 @@ class UncopiedFrames(websocket.WebSocketHandler):
             stream.write(header)
             for part in parts[:-1]:
                 stream.write(part)
-            return stream.write(parts[-1])
+            written = stream.write(parts[-1])
         except StreamClosedError:
             raise websocket.WebSocketClosedError() from None
+
+        async def closed_as_websocket() -> None:
+            # A client gone while the frame is on its way fails the stream's future: raised as
+            # write_message raises it (WebSocketClosedError), which the senders expect.
+            try:
+                await written
+            except StreamClosedError:
+                raise websocket.WebSocketClosedError() from None
+
+        return asyncio.ensure_future(closed_as_websocket())
 
 
 def _write_uncopied(protocol: websocket.WebSocketProtocol13, fin: bool, opcode: int, data: bytes,
