@@ -248,6 +248,8 @@ class SandboxManager(LoggingConfigurable):
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Kernels being started for a sandbox (create, pool): stop cancels them.
         self._starts: set[asyncio.Task[SandboxRuntime]] = set()
+        #: Since when the pool has waited behind ``_starts`` (see ``saturated``).
+        self._held_by_starts_since: float | None = None
         self._stopping = False
         #: Creates, resumes and restarts under way (they may be adopting a kernel); see ``stop_waits_for``.
         self._operations = 0
@@ -796,12 +798,19 @@ class SandboxManager(LoggingConfigurable):
 
     def saturated(self) -> str | None:
         """Why background work (refilling the pool) should wait now, or None: kernels being started
-        for requests (the pool refills behind them, never competing with them), or all cores busy."""
+        for requests (the pool refills behind them, not competing with them, but waits at most
+        ``WarmPool.max_wait_behind_starts`` in a row: starts that keep overlapping would hold it
+        for ever), or all cores busy."""
         if self._starts:
-            return "sandboxes are being started for requests"
+            now = time.monotonic()
+            if self._held_by_starts_since is None:
+                self._held_by_starts_since = now
+            if now - self._held_by_starts_since < self.pool.max_wait_behind_starts:
+                return "sandboxes are being started for requests"
         cores = os.cpu_count() or 1
         if self.busy() >= cores or os.getloadavg()[0] >= cores * self.pool.max_load_per_core:
             return "the machine is saturated"
+        self._held_by_starts_since = None  # the pool goes ahead: its next wait counts afresh
         return None
 
     async def _start_runtime(self, sandbox: Sandbox) -> SandboxRuntime:
@@ -824,6 +833,7 @@ class SandboxManager(LoggingConfigurable):
     def _start_ended(self, start: asyncio.Task[SandboxRuntime]) -> None:
         self._starts.discard(start)
         if not self._starts:
+            self._held_by_starts_since = None
             self.pool.recheck()  # it may have waited for the starts to end
 
     def _refuse_when_stopping(self) -> None:

@@ -63,6 +63,10 @@ class WarmPool(LoggingConfigurable):
         1.5, help="Refilling pauses while the 1-minute load average per CPU core is at least this."
     ).tag(config=True)
     max_backoff = Float(60.0, help="Longest wait (s) after failed starts before trying again.").tag(config=True)
+    max_wait_behind_starts = Float(
+        10.0, help="Longest wait (s) behind sandboxes being started for requests before the pool starts "
+                   "one anyway: under a steady stream of overlapping starts it would otherwise never refill."
+    ).tag(config=True)
 
     def __init__(
         self,

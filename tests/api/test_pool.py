@@ -95,3 +95,22 @@ async def test_refilling_waits_behind_cold_starts_for_requests(tmp_path: Any) ->
         await cold
         refilled = await pool_state(alice, ready=1)  # behind it, woken by its end
         assert refilled["paused"] is None and refilled["claimed"] == 1
+
+
+async def test_refilling_waits_behind_request_starts_only_so_long(tmp_path: Any) -> None:
+    """Starts for requests that keep overlapping (one never-ending start stands for them here) hold
+    the refill at most ``--WarmPool.max_wait_behind_starts``: the pool refills anyway, not never."""
+    async with InProcessGateway(tmp_path / "data", "--pool-size=1", NEVER_SATURATED,
+                                "--WarmPool.max_wait_behind_starts=2") as gateway, gateway.client() as alice:
+        manager = gateway.app.sandboxes
+        await pool_state(alice, ready=1)
+        endless = asyncio.ensure_future(asyncio.Event().wait())
+        manager._starts.add(endless)  # type: ignore[arg-type]  # a start that is always under way
+        try:
+            assert manager.saturated() == "sandboxes are being started for requests"
+            await create(alice)  # takes the pooled one
+            refilled = await pool_state(alice, ready=1)  # after the wait's bound, though the start goes on
+            assert refilled["claimed"] == 1 and not endless.done()
+        finally:
+            manager._starts.discard(endless)  # type: ignore[arg-type]
+            endless.cancel()
