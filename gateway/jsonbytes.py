@@ -169,11 +169,6 @@ def orjson_dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=_OPTIONS)
 
 
-def orjson_line(value: Any) -> bytes:
-    """The same with a newline at the end (written by orjson, not by copying its output again)."""
-    return orjson.dumps(value, default=_default, option=_OPTIONS | orjson.OPT_APPEND_NEWLINE)
-
-
 def dumps(value: Any) -> bytes:
     """``value`` as compact JSON in UTF-8."""
     try:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway import jsonbytes
+from gateway.api.streams import ENCODERS, NDJSON
 
 
 @pytest.mark.parametrize("value", [
@@ -61,7 +62,7 @@ def test_an_encoded_list_is_written_once_as_it_is_known(outputs: list[Any], arou
     public = {**record, "stdout": "x", "again": [encoded]}
     assert json.loads(jsonbytes.dumps(public)) == json.loads(json.dumps({**public, "outputs": outputs,
                                                                           "again": [outputs]}))
-    assert json.loads(jsonbytes.orjson_line({"e": encoded})) == {"e": json.loads(json.dumps(outputs))}
+    assert json.loads(ENCODERS[NDJSON].encode({"e": encoded})) == {"e": json.loads(json.dumps(outputs))}
     assert encoded.json is made  # encoded once, whatever holds it
 
 

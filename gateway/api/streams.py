@@ -28,7 +28,7 @@ from tornado import web, websocket
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
-from gateway.jsonbytes import LARGE, Buffer, dumps, orjson_line, pieces
+from gateway.jsonbytes import LARGE, Buffer, pieces
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -37,21 +37,13 @@ SSE = "text/event-stream"
 @dataclasses.dataclass(frozen=True)
 class EventEncoder:
     media_type: str
-    encode: Callable[[dict[str, Any]], bytes]
     keepalive: bytes
-    #: The same in pieces, never joined (``jsonbytes.pieces``): what ``write_event`` takes.
+    #: An event in pieces, never joined (``jsonbytes.pieces``): what ``write_event`` takes.
     pieces: Callable[[dict[str, Any]], list[Buffer]]
 
-
-def _ndjson(event: dict[str, Any]) -> bytes:
-    try:
-        return orjson_line(event)
-    except TypeError:  # what orjson refuses (see gateway.jsonbytes)
-        return dumps(event) + b"\n"
-
-
-def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + str(event["type"]).encode() + b"\ndata: " + dumps(event) + b"\n\n"
+    def encode(self, event: dict[str, Any]) -> bytes:
+        """The same event as one buffer (a small one, as the error that ends a stream)."""
+        return b"".join(self.pieces(event))
 
 
 def _ndjson_pieces(event: dict[str, Any]) -> list[Buffer]:
@@ -63,8 +55,8 @@ def _sse_pieces(event: dict[str, Any]) -> list[Buffer]:
 
 
 ENCODERS = {
-    NDJSON: EventEncoder(NDJSON, _ndjson, b'{"type": "keepalive"}\n', _ndjson_pieces),
-    SSE: EventEncoder(SSE, _sse, b": keepalive\n\n", _sse_pieces),
+    NDJSON: EventEncoder(NDJSON, b'{"type": "keepalive"}\n', _ndjson_pieces),
+    SSE: EventEncoder(SSE, b": keepalive\n\n", _sse_pieces),
 }
 
 
