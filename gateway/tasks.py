@@ -15,10 +15,21 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+async def done_within(awaitable: Awaitable[Any], seconds: float) -> bool:
+    """Whether ``awaitable`` (say an event's ``wait()``) finished within ``seconds``; it is given
+    up after that. ``asyncio.timeout``, not ``wait_for``: that can swallow a cancellation."""
+    try:
+        async with asyncio.timeout(seconds):
+            await awaitable
+    except TimeoutError:
+        return False
+    return True
 
 
 async def stop_tasks(tasks: Iterable[asyncio.Future[Any]], *, within: float, what: str) -> None:

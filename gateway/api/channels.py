@@ -48,6 +48,7 @@ from gateway.errors import SandboxNotFound, SandboxNotRunning, SessionReplaced, 
 from gateway.execution.messages import MALFORMED, BadMessage, Message
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
+from gateway.tasks import done_within
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
                 while not heard.is_set() and self.kernel_id in self.multi_kernel_manager and self.channels:
                     if self.kernel_manager.execution_state != "busy":
                         self.session.send(shell, "kernel_info_request")
-                    try:
-                        async with asyncio.timeout(0.5):  # (wait_for can swallow a cancellation)
-                            await heard.wait()
-                    except TimeoutError:
-                        pass
+                    await done_within(heard.wait(), 0.5)
         except TimeoutError:
             if self.kernel_manager.execution_state != "busy":  # (a busy kernel may well be silent)
                 log.warning("kernel %s: no iopub message for a new socket in %g s", self.kernel_id,

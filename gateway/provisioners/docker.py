@@ -74,7 +74,7 @@ from gateway.provisioners.sockets import (
     identities_to_record,
     sockets_of,
 )
-from gateway.tasks import stop_tasks
+from gateway.tasks import done_within, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -853,12 +853,7 @@ class DockerProvisioner(KernelProvisionerBase):
     async def _stops_within(self, seconds: float) -> bool:
         """Whether the container stops within ``seconds`` (a kernel that died while starting: under
         gVisor its container outlives it a moment, while the Sentry exits)."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await done_within(self.wait(), seconds)
 
     async def wait(self) -> int | None:
         if self.container_id is None:

@@ -61,6 +61,7 @@ from gateway.provisioners.pods import (
     pod_manifest,
 )
 from gateway.provisioners.usage import Usage
+from gateway.tasks import done_within
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +243,7 @@ class KubernetesEngine:
                                f"({exc}); check the kubeconfig or service account and its Role") from exc
         self._task = asyncio.get_running_loop().create_task(self._watch())
         warnings = []
-        try:
-            async with asyncio.timeout(10.0):  # (wait_for can swallow a cancellation)
-                await self._listed.wait()
-        except TimeoutError:
+        if not await done_within(self._listed.wait(), 10.0):
             warnings.append("the pod watch is not connected: pod starts and deaths are noticed late")
         log.info("kubernetes engine ready (namespace %s, instance %s, image %s)",
                  self.settings.namespace, self.instance_id, self.image)

@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from gateway.tasks import done_within
+
 log = logging.getLogger(__name__)
 
 #: (st_dev, st_ino) of a socket: which socket it is, whatever its name.
@@ -171,11 +173,7 @@ class DirectoryChanges:
 
     async def wait(self, seconds: float) -> None:
         """Until a change since the last ``clear`` or ``seconds``, whichever comes first."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self.changed.wait()
-        except TimeoutError:
-            pass
+        await done_within(self.changed.wait(), seconds)
 
     def clear(self) -> None:
         self.changed.clear()

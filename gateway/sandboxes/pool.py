@@ -31,7 +31,7 @@ from traitlets.config import LoggingConfigurable
 
 from gateway.sandboxes.model import DEFAULT_FIGURE_FORMATS, ResourceLimits, Sandbox, SandboxStatus
 from gateway.sandboxes.runtime import SandboxRuntime
-from gateway.tasks import stop_tasks, wait_tasks
+from gateway.tasks import done_within, stop_tasks, wait_tasks
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,7 @@ class WarmPool(LoggingConfigurable):
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds`` or until ``recheck`` (or ``stop``)."""
         self._changed.clear()
-        try:
-            async with asyncio.timeout(seconds):
-                await self._changed.wait()
-        except TimeoutError:
-            pass
+        await done_within(self._changed.wait(), seconds)
 
     def _discard(self, pooled: Pooled) -> None:
         task = asyncio.create_task(self._dispose(pooled), name=f"warm-pool-dispose-{pooled[0].id}")
