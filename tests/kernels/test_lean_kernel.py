@@ -35,8 +35,13 @@ async def reply_to(client: Any, msg_id: str, channel: str = "shell") -> dict[str
 
 
 async def run(client: Any, code: str) -> tuple[str, list[dict[str, Any]]]:
-    """Runs ``code``: (its stdout, its other outputs); fails on an error unless the code raises on purpose."""
-    msg_id = client.execute(code)
+    """Runs ``code``: (its stdout, its other outputs).
+
+    As the gateway runs code (gateway/execution/connection.py): without ``stop_on_error``, which
+    would have the kernel abort what comes in shortly after an error (the traceback step's next
+    run, on a busy machine).
+    """
+    msg_id = client.execute(code, stop_on_error=False)
     text, outputs = [], []
     while True:
         msg = await client.get_iopub_msg(timeout=TIMEOUT)
@@ -48,7 +53,8 @@ async def run(client: Any, code: str) -> tuple[str, list[dict[str, Any]]]:
             outputs.append({"type": msg["msg_type"], **msg["content"]})
         elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
-    await reply_to(client, msg_id)
+    reply = await reply_to(client, msg_id)
+    assert reply["content"]["status"] != "aborted", f"the kernel aborted {code!r}"
     return "".join(text), outputs
 
 
