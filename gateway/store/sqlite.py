@@ -5,10 +5,19 @@
 
 The schema is ``gateway.store.migrations``, brought up to date at ``open()``. A writer thread
 owns one connection: each batch of writes (``gateway.store.writes``) is encoded and committed
-there in one ``BEGIN IMMEDIATE`` transaction, WAL checkpoints included, so the event loop never
-waits on the disk, on the busy timeout or on encoding. A reader thread owns
-another connection and decodes what it reads. In WAL mode readers never block the writer, and
-other processes (``code-gateway keys create``) may write while the gateway runs.
+there in one ``BEGIN IMMEDIATE`` transaction, so the event loop never waits on the disk, on the
+busy timeout or on encoding. A reader thread owns another connection and decodes what it reads.
+In WAL mode readers never block the writer, and other processes (``code-gateway keys create``)
+may write while the gateway runs.
+
+WAL checkpoints (copying committed pages into the database file, then syncing it) are the writer
+thread's next job once about ``checkpoint_pages`` pages were committed since the last one, not
+part of a commit: SQLite's own automatic checkpoint runs inside the commit that crosses its
+threshold, and a commit holding a big output (a 2 MiB plot is 700 pages) would then also read
+the WAL back, write the file and wait for its sync before the execution that made it could be
+answered. Commits that come meanwhile wait for the checkpoint as they would have, and the next
+one starts the WAL file over (a checkpoint beside commits, on another connection, would rarely
+catch up with them, and the WAL would grow).
 
 Durability: a commit is in the WAL file when it returns, so it survives the gateway process
 being killed; with ``synchronous=NORMAL`` an OS crash or power cut may lose the last commits
@@ -18,6 +27,7 @@ being killed; with ``synchronous=NORMAL`` an OS crash or power cut may lose the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -33,6 +43,8 @@ from gateway.store.writes import Outcome, Statement, Write, prepare
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 #: Errors that are one write's own (a constraint, a value SQLite cannot bind, JSON it cannot
 #: encode): that write fails alone. Any other error fails the batch, which is retried.
 RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError,
@@ -43,15 +55,25 @@ class SQLiteStore(SQLStore):
     kind = "sqlite"
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0, synchronous: str = "NORMAL",
-                 max_backoff: float = 5.0, close_timeout: float = 10.0) -> None:
+                 max_backoff: float = 5.0, close_timeout: float = 10.0, checkpoint_pages: int = 1000) -> None:
         super().__init__(max_backoff=max_backoff, close_timeout=close_timeout)
         self.path = path
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
+        #: Pages committed (an estimate from the bytes written) after which a checkpoint is due
+        #: (SQLite's default automatic checkpoint threshold).
+        self.checkpoint_pages = checkpoint_pages
+        #: Checkpoints run so far, and the last one's answer: (busy, frames in the WAL, frames copied).
+        self.checkpoints = 0
+        self.last_checkpoint: tuple[int, int, int] | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._db: sqlite3.Connection | None = None
         self._reads: sqlite3.Connection | None = None
+        # (writer thread only)
+        self._page_size = 4096
+        self._pages_since_checkpoint = 0
+        self._checkpoint_queued = False
 
     @staticmethod
     async def _on(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
@@ -83,6 +105,8 @@ class SQLiteStore(SQLStore):
 
     def _open_writer(self) -> None:
         self._db = self._connect_here()
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # a job of its own (see the module)
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         self._db.execute(migrations.CREATE_TABLE)
         while True:  # one transaction per migration, under the write lock (other processes wait)
             self._db.execute("BEGIN IMMEDIATE")
@@ -136,7 +160,37 @@ class SQLiteStore(SQLStore):
                 except sqlite3.Error:
                     pass  # the error that got us here is the one to report
             raise
+        self._count_pages(prepared)
         return outcomes
+
+    def _count_pages(self, prepared: list[list[Statement] | BaseException]) -> None:
+        """Add what a commit wrote (its values' bytes in pages, and a page per statement for the
+        row's and index's own pages); ask for a checkpoint once enough has gathered."""
+        written = 0
+        for statements in prepared:
+            if isinstance(statements, BaseException):
+                continue
+            for _, params in statements:
+                written += self._page_size + sum(len(p) for p in params if isinstance(p, (str, bytes)))
+        self._pages_since_checkpoint += written // self._page_size
+        if self._pages_since_checkpoint >= self.checkpoint_pages and not self._checkpoint_queued:
+            self._checkpoint_queued = True  # (behind this commit: its waiters hear of it first)
+            self._writer.submit(self._checkpoint_here)
+
+    def _checkpoint_here(self) -> None:
+        """Copy what the WAL holds into the database file, as far as readers allow (never waits on them)."""
+        self._checkpoint_queued = False
+        self._pages_since_checkpoint = 0
+        db = self._db
+        if db is None:
+            return
+        try:
+            busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        except sqlite3.Error as exc:  # (the next one tries again; commits go on meanwhile)
+            log.warning("WAL checkpoint failed: %s", exc)
+            return
+        self.checkpoints += 1
+        self.last_checkpoint = (int(busy), int(frames), int(copied))
 
     @staticmethod
     def _apply(db: sqlite3.Connection, statements: list[Statement]) -> Outcome:

@@ -1,9 +1,11 @@
 """SQLiteStore's own cases (the semantics both stores share are in test_stores.py): a locked
-database stalls neither the loop nor a write; a database from before migrations is adopted."""
+database stalls neither the loop nor a write; a database from before migrations is adopted;
+WAL checkpoints run beside commits."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from typing import Any
 
@@ -77,3 +79,33 @@ async def test_a_database_from_before_migrations_is_adopted_as_version_1(tmp_pat
         assert (await store.get_sandbox("s"))["owner"] == "a"
     finally:
         await store.close()
+
+
+async def test_checkpoints_run_beside_commits_and_keep_the_wal_small(tmp_path: Any) -> None:
+    """Commits leave WAL checkpoints to a job of their own, after them (a commit holding a big output
+    neither reads the WAL back nor waits for a sync), which keeps the WAL to about its threshold:
+    40 outputs of 256 KiB (10 MiB in all) never grow it past a few of them."""
+    path = str(tmp_path / "g.db")
+    store = SQLiteStore(path, checkpoint_pages=200)  # 800 KiB
+    await store.open()
+    try:
+        writer = store._db
+        assert writer is not None
+        assert await store._on(store._writer, lambda: writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+        text = "x" * (256 * 1024)
+        largest = 0
+        for i in range(40):
+            await store.put_execution({"id": f"e{i}", "sandbox_id": "s", "status": "completed",
+                                       "outputs": [{"output_type": "stream", "name": "stdout", "text": text}]})
+            largest = max(largest, os.path.getsize(path + "-wal"))
+        await until(lambda: store.checkpoints >= 10, what="checkpoints")
+        assert store.last_checkpoint is not None and store.last_checkpoint[0] == 0, "a passive checkpoint never waits"
+        assert largest < 4 * 1024 * 1024, f"the WAL grew to {largest} bytes"
+        for i in (0, 39):
+            assert (await store.get_execution(f"e{i}"))["outputs"][0]["text"] == text
+    finally:
+        await store.close()
+    # What the checkpoints copied is in the database file itself: it reads without its WAL.
+    os.remove(path + "-wal") if os.path.exists(path + "-wal") else None
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM executions").fetchone()[0] == 40
