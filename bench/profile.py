@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.profile png --method rest -n 40       # writes bench/results/profile-png-rest.txt
     .venv/bin/python -m bench.profile roundtrip --method ws -n 500
+    .venv/bin/python -m bench.profile html --method channels -n 30     # the Jupyter channels WebSocket
 
 The gateway is the working tree's (as in ``make bench``: docker provisioner, pool off); py-spy
 (``pip install py-spy``, not a dependency) attaches to it for the loop only and prints the
@@ -43,6 +44,13 @@ async def profile(bench: Bench, scenario: str, method: str, count: int, rate: in
         elif method == "ndjson":
             async def run(c: str, e: str | None) -> Any:
                 return await clients.ndjson_execute(http, sandbox_id, c, e)
+        elif method == "channels":
+            session = uuid.uuid4().hex
+            socket = await clients.ws_connect(
+                f"{gateway.ws_base}/api/kernels/{sandbox_id}/channels?session_id={session}", gateway.headers)
+
+            async def run(c: str, e: str | None) -> Any:
+                return await clients.channels_execute(socket, c, session, e)
         else:
             socket = await clients.ws_connect(f"{gateway.ws_base}/api/v1/sandboxes/{sandbox_id}/stream",
                                               gateway.headers)
@@ -97,7 +105,7 @@ def summarize(raw: str, count: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.profile", description=__doc__.split("\n")[0])
     parser.add_argument("scenario", choices=sorted(CODES))
-    parser.add_argument("--method", choices=["rest", "ndjson", "ws"], default="rest")
+    parser.add_argument("--method", choices=["rest", "ndjson", "ws", "channels"], default="rest")
     parser.add_argument("-n", type=int, default=200)
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     args = parser.parse_args()

@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway import jsonbytes
@@ -136,3 +137,23 @@ def test_an_encoded_object_is_encoded_once() -> None:
     assert output.json in parts  # as it is, for its live event
     assert jsonbytes.Encoded([output]).json == b"[" + output.json + b"]"  # and in the record
     assert json.loads(jsonbytes.dumps(event)) == json.loads(joined(parts)) == json.loads(json.dumps(event))
+
+
+@pytest.mark.parametrize("text", [
+    b'{"a": 1}', b' {"a": [1, {"b": "\\u00e9\\ud83d\\ude00"}]} ', b'{"huge": 123456789012345678901234567890}',
+    b'[1]', b'"text"', b'{"a": 1}x', b'{"a": 1}, "b": {}', b'{"a": 1}{"b": 2}', b'\xef\xbb\xbf{"a": 1}',
+    b'{"a": "\xff"}', b'{"a": "\xed\xa0\x80"}', b'{"a": "\\ud800"}', b'{"a": NaN}', b'{"a": "\x01"}', b'{"a": 1,}', b'',
+])
+def test_is_object_accepts_one_json_object_large_or_small_as_orjson_does(text: bytes) -> None:
+    """A large part (simdjson's) is judged as a small one (orjson's): one object, strictly JSON,
+    nothing spliced before or after it, not even a byte order mark."""
+    try:
+        expected = isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        expected = False
+    assert jsonbytes.is_object(text) is expected
+    filler = b" " * jsonbytes.LARGE  # (whitespace: the same JSON, now large)
+    assert jsonbytes.is_object(text + filler) is expected
+    if text.startswith(b"{") and text.rstrip().endswith(b"}"):
+        large = text[:1] + b'"filler": "' + b"x" * jsonbytes.LARGE + b'", ' + text[1:]
+        assert jsonbytes.is_object(large) is expected

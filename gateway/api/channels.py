@@ -26,7 +26,7 @@ import logging
 import os
 import types
 from asyncio import Future
-from typing import Any
+from typing import Any, cast
 
 from jupyter_client.session import Session
 from jupyter_core.utils import ensure_async
@@ -45,7 +45,8 @@ from gateway.api.forwarding import served_elsewhere
 from gateway.api.streams import UncopiedFrames
 from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, SandboxNotRunning, SessionReplaced, Unauthorized
-from gateway.execution.messages import MALFORMED, BadMessage, Message
+from gateway.execution.messages import MALFORMED, BadMessage, Message, MessageGate
+from gateway.jsonbytes import LARGE, Buffer, is_object
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
 from gateway.tasks import done_within
@@ -121,6 +122,17 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
             stream.channel = channel
             drain_each_wakeup(stream)
             self.channels[channel] = stream
+        self._uncount_copies()
+        self._counted_in = self.kernel_manager.messages
+        self._counted_in.copies_more(1)  # (its iopub is one more copy of each message)
+
+    #: The gate this socket's iopub is counted in as one more copy of each message (``create_stream``).
+    _counted_in: MessageGate | None = None
+
+    def _uncount_copies(self) -> None:
+        if self._counted_in is not None:
+            self._counted_in.copies_more(-1)
+            self._counted_in = None
 
     #: Set once this socket's iopub relayed a message (its subscription reached the kernel).
     _heard: asyncio.Event | None = None
@@ -167,6 +179,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
     def disconnect(self) -> None:  # type: ignore[override]  # (jupyter_server's own is not a coroutine either)
         if self._heard is not None:
             self._heard.set()  # (no more asking for a socket that is gone)
+        self._uncount_copies()
         super().disconnect()  # type: ignore[no-untyped-call]
 
     def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
@@ -188,22 +201,25 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
             if text is None:
                 super().handle_outgoing_message(stream, outgoing_msg)
             else:
-                self.write_message(text)
+                cast(KernelChannelsHandler, self.websocket_handler).write_pieces(text)
         except WebSocketClosedError:
             pass  # the client left; the connection is being closed
         except Exception as exc:
             gate.drop(channel, BadMessage(MALFORMED, f"not relayable ({exc!r})"))
 
 
-    def _relayed_json(self, channel: str, message: Message) -> bytes | None:
-        """The message as jupyter_server writes it in the default JSON protocol, or None to leave
-        it to jupyter_server (it has binary buffers, is an error it rewrites, or is not plain JSON).
+    def _relayed_json(self, channel: str, message: Message) -> list[Buffer] | None:
+        """The message as jupyter_server writes it in the default JSON protocol, in pieces (never
+        joined: ``write_pieces``), or None to leave it to jupyter_server (it has binary buffers,
+        is an error it rewrites, or is not plain JSON).
 
         jupyter_server checks its signature again (the gate did), parses every part with the
         standard library, turns its dates into datetimes and back and encodes it all again: a
         2 MiB PNG crossed that twice. Here the header and parent header are the gate's, and the
-        metadata and content are relayed as the kernel encoded them once orjson has read them
-        (so they are JSON objects, and the text is valid UTF-8).
+        metadata and content are relayed as the kernel encoded them, each checked to be one JSON
+        object (``jsonbytes.is_object``: valid UTF-8, nothing before or after it), so no part can
+        end the message early or splice another into it. The pieces joined are what
+        ``orjson.dumps`` makes of the message with those two parts as ``orjson.Fragment``s.
         """
         parts = message.parts
         if len(parts) != 5 or self.channels.get(channel) is None or self.channels[channel].closed():
@@ -211,16 +227,30 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         if channel == "iopub" and message.msg_type == "error" and not getattr(
                 self.multi_kernel_manager, "allow_tracebacks", True):
             return None
-        try:
-            if not (isinstance(orjson.loads(parts[3]), dict) and isinstance(orjson.loads(parts[4]), dict)):
-                return None
-            return orjson.dumps({
-                "header": message.header, "msg_id": message.header.get("msg_id"), "msg_type": message.msg_type,
-                "parent_header": message.parent_header, "metadata": orjson.Fragment(parts[3]),
-                "content": orjson.Fragment(parts[4]), "buffers": [], "channel": channel,
-            })
-        except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # NaN, huge integers, ...: the slow way
-            return None
+        return jupyter_json(message, channel)
+
+
+def jupyter_json(message: Message, channel: str) -> list[Buffer] | None:
+    """A kernel message of 5 parts as jupyter_server writes it in the JSON protocol, in pieces,
+    its metadata and content the kernel's own bytes if each is one JSON object (else None).
+
+    The pieces joined are what ``orjson.dumps`` makes of the message with those two parts as
+    ``orjson.Fragment``s (no copy of a large part, nor a second parse to check it).
+    """
+    parts = message.parts
+    if not (is_object(parts[3]) and is_object(parts[4])):
+        return None  # (not JSON as orjson reads it: NaN, a spliced part, ...; the slow way)
+    try:
+        head = orjson.dumps({
+            "header": message.header, "msg_id": message.header.get("msg_id"), "msg_type": message.msg_type,
+            "parent_header": message.parent_header,
+        })
+        end = b',"buffers":[],"channel":' + orjson.dumps(channel) + b"}"
+    except orjson.JSONEncodeError:  # huge integers, ...: the slow way
+        return None
+    if len(parts[3]) < LARGE:  # (the usual: small pieces are joined, not written one by one)
+        return [head[:-1] + b',"metadata":' + parts[3] + b',"content":', parts[4], end]
+    return [head[:-1] + b',"metadata":', parts[3], b',"content":', parts[4], end]
 
 
 #: jupyter_server's binary subprotocol, which it relays without decoding.
@@ -245,15 +275,28 @@ class KernelChannelsHandler(JSONErrors, UncopiedFrames, KernelWebsocketHandler):
         kernel's messages are read as fast as they come), so what the client has not taken piles
         up in Tornado's buffer; past ``max_send_buffer`` the client is closed (1008) instead."""
         size = len(message) if isinstance(message, (bytes, str)) else 0
-        if not self._cut_off and self._unsent.would_pass(self.max_send_buffer, size):
-            self._too_slow()
-        if self._cut_off:
-            done: Future[None] = Future()
-            done.set_result(None)
-            return done  # dropped: the socket is closing
+        if self._behind(size):
+            return _dropped()
         written: Future[None] = super().write_message(message, binary=binary)
         self._unsent.add(size, written)
         return written
+
+    def write_pieces(self, parts: list[Buffer]) -> Future[None]:
+        """One text message in pieces, bounded as ``write_message`` is."""
+        size = sum(len(part) for part in parts)
+        if not self.uncopied(size):
+            return self.write_message(b"".join(parts))
+        if self._behind(size):
+            return _dropped()
+        written = super().write_pieces(parts)
+        self._unsent.add(size, written)
+        return written
+
+    def _behind(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes is dropped: the socket is closing (the client is too slow)."""
+        if not self._cut_off and self._unsent.would_pass(self.max_send_buffer, size):
+            self._too_slow()
+        return self._cut_off
 
     def _too_slow(self) -> None:
         log.info("kernel %s: closing a Jupyter channels socket with over %d bytes unsent", self.kernel_id,
@@ -321,6 +364,12 @@ class KernelChannelsHandler(JSONErrors, UncopiedFrames, KernelWebsocketHandler):
         await super().open(kernel_id)  # type: ignore[no-untyped-call]
         if self._superseded:  # replaced between its handshake and now (closing earlier would skip the bookkeeping)
             super().close(1000, "a newer socket of this session replaced this one")
+
+
+def _dropped() -> Future[None]:
+    done: Future[None] = Future()
+    done.set_result(None)
+    return done
 
 
 def jupyter_settings(keyring: KeyRing, sandboxes: SandboxManager) -> dict[str, Any]:

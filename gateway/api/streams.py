@@ -138,14 +138,21 @@ class UncopiedFrames(websocket.WebSocketHandler):
             protocol._write_frame = types.MethodType(_write_uncopied, protocol)  # type: ignore[method-assign]
         return protocol
 
+    def uncopied(self, size: int) -> bool:
+        """Whether ``write_pieces`` writes a message of ``size`` bytes in its pieces (else joined,
+        by ``write_message``)."""
+        protocol = self.ws_connection
+        return (size >= LARGE and isinstance(protocol, websocket.WebSocketProtocol13) and not protocol.mask_outgoing
+                and protocol._compressor is None and protocol.stream is not None)
+
     def write_pieces(self, parts: list[Buffer]) -> Future[None]:
         """Send one text message given in pieces (``jsonbytes.pieces``): a large uncompressed one
         as one frame, its header then each piece, never joined (else as ``write_message`` does)."""
         protocol = self.ws_connection
         size = sum(len(part) for part in parts)
-        if (size < LARGE or not isinstance(protocol, websocket.WebSocketProtocol13) or protocol.mask_outgoing
-                or protocol._compressor is not None or protocol.stream is None):
+        if not self.uncopied(size):
             return self.write_message(b"".join(parts))
+        assert isinstance(protocol, websocket.WebSocketProtocol13) and protocol.stream is not None
         if protocol.is_closing():
             raise websocket.WebSocketClosedError()
         protocol._message_bytes_out += size

@@ -208,3 +208,48 @@ async def test_a_garbage_flood_is_dropped_counted_and_logged_once(
     assert 1 <= len(drop_logs) <= 2, [r.getMessage() for r in drop_logs]
     assert sid in drop_logs[0].getMessage()
     assert len(caplog.records) < 20, [r.getMessage()[:200] for r in caplog.records]
+
+
+#: Large messages signed with the sandbox's own key (as code in it can sign them) whose content
+#: is the kernel's bytes as relayed without a copy: one spliced (an object, then keys of the
+#: Jupyter message itself), one behind a byte order mark, and one genuine that must arrive whole.
+LARGE_PARTS = r'''
+import datetime, hashlib, hmac, json, uuid
+_k = get_ipython().kernel
+_parent = _k.get_parent("shell")["header"]
+def _large(content):
+    header = {"msg_id": uuid.uuid4().hex, "msg_type": "stream", "username": "kernel",
+              "session": _k.session.session, "version": "5.3",
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    parts = [json.dumps(p, default=str).encode() for p in (header, _parent, {})] + [content]
+    signature = hmac.new(_k.session.key, b"".join(parts), hashlib.sha256).hexdigest().encode()
+    _k.iopub_socket.send_multipart([b"stream", b"<IDS|MSG>", signature, *parts])
+_text = "x" * (1 << 20)
+_marker = "SPL" + "ICED"
+_large(json.dumps({"name": "stdout", "text": _marker + _text}).encode()
+       + b', "channel": "shell", "header": {"msg_type": "' + _marker.encode() + b'"}, "x": {"a": 1}')
+_large(b"\xef\xbb\xbf" + json.dumps({"name": "stdout", "text": "BOM" + _text}).encode())
+_large(json.dumps({"name": "stdout", "text": "WHOLE" + _text}).encode())
+print("GEN" + "UINE")
+'''
+
+
+async def test_a_large_spliced_part_never_reaches_a_jupyter_client_as_it_is(
+    each_gateway: InProcessGateway, alice: httpx.AsyncClient
+) -> None:
+    """The channels relay writes a large content part as the kernel's own bytes, checked to be one
+    JSON object: a part that ends early and splices keys into the message is dropped, one behind
+    a byte order mark is re-encoded (the mark gone); every frame a client gets is one JSON message."""
+    sid = (await create(alice))["id"]
+    async with ChannelsListener(each_gateway, sid, None) as json_ws:
+        listening = json_ws.until_idle_after("GENUINE")
+        execution = await run(alice, sid, LARGE_PARTS)
+        assert execution["status"] == "completed", execution
+        await listening
+    assert not any(b"SPLICED" in frame or b"\xef\xbb\xbf" in frame for frame in json_ws.raw)
+    for frame in json_ws.raw:
+        assert set(json.loads(frame)) == {"header", "msg_id", "msg_type", "parent_header", "metadata", "content",
+                                         "buffers", "channel"}
+    texts = [text for text in json_ws.streams if len(text) > 1 << 20]
+    assert sorted(text[:5] for text in texts) == ["BOMxx", "WHOLE"]
+    assert all(text[-(1 << 20):] == "x" * (1 << 20) for text in texts)

@@ -12,7 +12,9 @@ import pytest
 from jupyter_client.session import Session
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.execution.messages import BAD_SIGNATURE, MALFORMED, BadMessage, MessageGate, decode
+from gateway.execution.messages import (
+    BAD_SIGNATURE, MALFORMED, VERIFIED_FOR, VERIFIED_LARGE, BadMessage, MessageGate, decode,
+)
 
 KEY = b"the-sandbox-key"
 
@@ -77,3 +79,60 @@ def test_gate_counts_every_drop_and_logs_at_most_once_a_minute(caplog: pytest.Lo
     assert gate.drops == 1003
     assert counter.labels(reason=MALFORMED)._value.get() == 1002
     assert counter.labels(reason=BAD_SIGNATURE)._value.get() == 1
+
+
+def test_a_large_message_is_verified_once_for_all_its_copies_and_a_forged_copy_is_refused() -> None:
+    """Each Jupyter socket on a kernel gets its own copy of every iopub message: a copy byte for
+    byte equal to one the gate verified (same key) is admitted without its HMAC computed again;
+    a copy that differs anywhere, or comes after the key changed, is checked as any message is."""
+    session = Session(key=KEY)
+    now = [1000.0]
+    gate = MessageGate("sb-1", session, clock=lambda: now[0])
+    text = "x" * VERIFIED_LARGE
+
+    def large(marker: str = "") -> list[bytes]:
+        return signed(session, {"msg_id": "m", "msg_type": "stream"}, {"msg_id": "p"},
+                      {"name": "stdout", "text": text + marker})
+
+    # No Jupyter socket: nothing is kept, every copy is verified as it comes.
+    assert gate.admit("iopub", large()) is not None and gate.admit("iopub", large()) is not None
+    assert gate.copies_verified == 0
+
+    gate.copies_more(1)  # (one socket: each message comes twice)
+    frames = large("1")
+    assert gate.admit("iopub", frames) is not None
+    copy = [bytes(frame) for frame in frames]  # (equal, not the same objects)
+    message = gate.admit("iopub", copy)
+    assert message is not None and message.content["text"] == text + "1" and gate.copies_verified == 1
+    # The copies expected came: a third is verified again (and still admitted).
+    assert gate.admit("iopub", [bytes(frame) for frame in frames]) is not None and gate.copies_verified == 1
+
+    # A forged copy: the signature of a verified message, one byte of its content changed.
+    frames = large("2")
+    assert gate.admit("iopub", frames) is not None
+    forged = [*frames[:-1], frames[-1].replace(b"2", b"3")]
+    assert gate.admit("iopub", forged) is None and gate.drops == 1 and gate.copies_verified == 1
+    assert gate.admit("iopub", frames) is not None and gate.copies_verified == 2  # (the genuine copy still is)
+    # Other headers, same content and signature.
+    frames = large("4")
+    assert gate.admit("iopub", frames) is not None
+    assert gate.admit("iopub", [frames[0], frames[1], frames[2], frames[3].replace(b"m", b"n"), *frames[4:]]) is None
+
+    # The key changed (a re-attach): a copy of a message signed with the old one is not taken as verified.
+    frames = large("5")
+    assert gate.admit("iopub", frames) is not None
+    gate.session = Session(key=b"the-new-key")
+    assert gate.admit("iopub", [bytes(frame) for frame in frames]) is None
+    gate.session = session
+
+    # A copy that comes too late (its socket was not subscribed yet, say) is verified again.
+    frames = large("6")
+    assert gate.admit("iopub", frames) is not None
+    now[0] += VERIFIED_FOR + 1
+    verified = gate.copies_verified
+    assert gate.admit("iopub", [bytes(frame) for frame in frames]) is not None and gate.copies_verified == verified
+    # Small messages and other channels are never kept.
+    small = signed(session, {"msg_type": "stream"})
+    assert gate.admit("iopub", small) is not None and gate.admit("iopub", small) is not None
+    assert gate.admit("shell", large("7")) is not None and gate.admit("shell", large("7")) is not None
+    assert gate.copies_verified == verified
