@@ -178,7 +178,7 @@ def dumps(value: Any) -> bytes:
         return _fallback(value).encode()
 
 
-def is_object(data: bytes) -> bool:
+def is_object(data: Buffer) -> bool:
     """Whether ``data`` is one JSON object as orjson reads it (strict JSON, valid UTF-8, nothing
     before or after it but whitespace): a kernel message's part that can be relayed as it is.
 
@@ -187,7 +187,7 @@ def is_object(data: bytes) -> bool:
     which is not JSON: refused here. What it refuses and orjson reads (an integer past 64 bits)
     is read by orjson, so what is relayed as it is stays what orjson accepts, or less.
     """
-    if len(data) >= LARGE and not data.startswith(_BOM):
+    if len(data) >= LARGE and data[:3] != _BOM:
         # One parser for most: its buffers stay (a new one's would be fresh pages, 3 ms of page
         # faults for 10 MB); a part past SHARED_PARSER_MAX gets its own, not kept.
         parser = _parser if len(data) <= SHARED_PARSER_MAX else simdjson.Parser()

@@ -136,3 +136,19 @@ def test_a_large_message_is_verified_once_for_all_its_copies_and_a_forged_copy_i
     assert gate.admit("iopub", small) is not None and gate.admit("iopub", small) is not None
     assert gate.admit("shell", large("7")) is not None and gate.admit("shell", large("7")) is not None
     assert gate.copies_verified == verified
+
+
+def test_a_copy_read_as_a_view_of_its_frame_is_compared_as_bytes() -> None:
+    """The channels relay reads a large part as a memoryview (uncopied): a copy compared with the
+    verified message by its bytes, a forged one refused."""
+    session = Session(key=KEY)
+    gate = MessageGate("sb-1", session)
+    gate.copies_more(1)
+    frames = signed(session, {"msg_id": "m", "msg_type": "stream"}, content={"text": "x" * VERIFIED_LARGE})
+    viewed = [*frames[:-1], memoryview(bytearray(frames[-1]))]
+    assert gate.admit("iopub", viewed) is not None  # (the view first: it is what is kept)
+    assert gate.admit("iopub", [bytes(frame) for frame in frames]) is not None and gate.copies_verified == 1
+    assert gate.admit("iopub", viewed) is not None
+    forged = bytearray(frames[-1])
+    forged[-3] ^= 1
+    assert gate.admit("iopub", [*frames[:-1], memoryview(forged)]) is None
