@@ -73,7 +73,6 @@ class SQLiteStore(SQLStore):
         # (writer thread only)
         self._page_size = 4096
         self._pages_since_checkpoint = 0
-        self._checkpoint_queued = False
 
     @staticmethod
     async def _on(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
@@ -173,14 +172,12 @@ class SQLiteStore(SQLStore):
             for _, params in statements:
                 written += self._page_size + sum(len(p) for p in params if isinstance(p, (str, bytes)))
         self._pages_since_checkpoint += written // self._page_size
-        if self._pages_since_checkpoint >= self.checkpoint_pages and not self._checkpoint_queued:
-            self._checkpoint_queued = True  # (behind this commit: its waiters hear of it first)
-            self._writer.submit(self._checkpoint_here)
+        if self._pages_since_checkpoint >= self.checkpoint_pages:
+            self._pages_since_checkpoint = 0  # (what is committed from now on counts towards the next)
+            self._writer.submit(self._checkpoint_here)  # behind this commit: its waiters hear of it first
 
     def _checkpoint_here(self) -> None:
         """Copy what the WAL holds into the database file, as far as readers allow (never waits on them)."""
-        self._checkpoint_queued = False
-        self._pages_since_checkpoint = 0
         db = self._db
         if db is None:
             return
