@@ -288,7 +288,7 @@ class KernelChannelsHandler(JSONErrors, UncopiedFrames, KernelWebsocketHandler):
             return self.write_message(b"".join(parts))
         if self._behind(size):
             return _dropped()
-        written = super().write_pieces(parts)
+        written = self._write_uncopied_message(parts, size)
         self._unsent.add(size, written)
         return written
 

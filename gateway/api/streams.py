@@ -148,22 +148,20 @@ class UncopiedFrames(websocket.WebSocketHandler):
     def write_pieces(self, parts: list[Buffer]) -> Future[None]:
         """Send one text message given in pieces (``jsonbytes.pieces``): a large uncompressed one
         as one frame, its header then each piece, never joined (else as ``write_message`` does)."""
-        protocol = self.ws_connection
         size = sum(len(part) for part in parts)
         if not self.uncopied(size):
             return self.write_message(b"".join(parts))
-        assert isinstance(protocol, websocket.WebSocketProtocol13) and protocol.stream is not None
+        return self._write_uncopied_message(parts, size)
+
+    def _write_uncopied_message(self, parts: list[Buffer], size: int) -> Future[None]:
+        """``write_pieces`` once ``uncopied(size)`` said yes: one text frame, its pieces as they are."""
+        protocol = self.ws_connection
+        assert isinstance(protocol, websocket.WebSocketProtocol13)
         if protocol.is_closing():
             raise websocket.WebSocketClosedError()
         protocol._message_bytes_out += size
-        header = struct.pack("!BBQ", protocol.FIN | 0x1, 127, size)  # a text frame, unmasked
-        protocol._wire_bytes_out += len(header) + size
-        stream = protocol.stream
         try:
-            stream.write(header)
-            for part in parts[:-1]:
-                stream.write(part)
-            written = stream.write(parts[-1])
+            written = _write_frame_pieces(protocol, protocol.FIN | 0x1, parts, size)  # a text frame
         except StreamClosedError:
             raise websocket.WebSocketClosedError() from None
 
@@ -183,11 +181,21 @@ def _write_uncopied(protocol: websocket.WebSocketProtocol13, fin: bool, opcode: 
     """``WebSocketProtocol13._write_frame`` for an unmasked frame, the payload not joined to its header."""
     if len(data) < LARGE:
         return _write_frame(protocol, fin, opcode, data, flags)
-    header = struct.pack("!BBQ", (protocol.FIN if fin else 0) | opcode | flags, 127, len(data))
-    protocol._wire_bytes_out += len(header) + len(data)
-    assert protocol.stream is not None
-    protocol.stream.write(header)
-    return protocol.stream.write(data)
+    return _write_frame_pieces(protocol, (protocol.FIN if fin else 0) | opcode | flags, [data], len(data))
+
+
+def _write_frame_pieces(protocol: websocket.WebSocketProtocol13, first_byte: int, parts: list[Buffer],
+                        size: int) -> Future[None]:
+    """One unmasked frame of ``size`` bytes (at least ``LARGE``: a 64-bit length) made of ``parts``:
+    its header, then each part as it is (counted as sent, as Tornado counts its frames)."""
+    header = struct.pack("!BBQ", first_byte, 127, size)
+    protocol._wire_bytes_out += len(header) + size
+    stream = protocol.stream
+    assert stream is not None
+    stream.write(header)
+    for part in parts[:-1]:
+        stream.write(part)
+    return stream.write(parts[-1])
 
 
 _write_frame = websocket.WebSocketProtocol13._write_frame
