@@ -138,8 +138,10 @@ def _same(a: Buffer, b: Buffer) -> bool:
 #: below it, comparing copies saves nothing worth the bookkeeping.
 VERIFIED_LARGE = 1 << 18
 #: At most this many bytes of verified messages are kept for their copies, each for at most
-#: ``VERIFIED_FOR`` seconds (a copy not in by then has its signature checked again).
-VERIFIED_BYTES = 1 << 27
+#: ``VERIFIED_FOR`` seconds (a copy not in by then has its signature checked again). Per sandbox,
+#: and filled while a Jupyter socket lags behind the gateway's own reader: 32 MiB holds a 10 MB
+#: table's copies (128 MiB let a flood to a stalled client add ~200 MiB to the gateway's peak).
+VERIFIED_BYTES = 1 << 25
 VERIFIED_FOR = 2.0
 
 
