@@ -75,6 +75,31 @@ class Write:
         self.waiters.extend(later.waiters)
 
 
+def small(batch: list[Write], limit: int) -> bool:
+    """Whether the batch's values come to fewer than ``limit`` bytes, roughly (strings count their
+    length, other values a few bytes each): a walk that stops as soon as it is past the limit, so
+    a record holding a large output costs one look at it."""
+    left = limit
+    stack: list[Any] = [p.value if isinstance(p, AsJSON) else p
+                        for write in batch for _, params in write.statements for p in params]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            left -= len(item)
+        elif isinstance(item, dict):
+            left -= 8 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            left -= 8 * len(item)
+            stack.extend(item)
+        else:
+            left -= 8
+        if left <= 0:
+            return False
+    return True
+
+
 def prepare(batch: list[Write],
             record_errors: tuple[type[BaseException], ...]) -> list[list[Statement] | BaseException]:
     """Each write's statements with their JSON encoded (call it on the store's thread), or the

@@ -1,6 +1,7 @@
 """SQLiteStore's own cases (the semantics both stores share are in test_stores.py): a locked
-database stalls neither the loop nor a write; a database from before migrations is adopted;
-WAL checkpoints run beside commits."""
+database stalls neither the loop nor a write; small batches commit on the loop's thread, the
+rest on the writer's; a database from before migrations is adopted; WAL checkpoints run beside
+commits."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from tests.waiting import until
 
 async def test_a_locked_database_does_not_stall_the_event_loop(tmp_path: Any) -> None:
     """Commits wait for a lock on the store's thread: the loop runs on (a 60 s busy timeout would
-    otherwise freeze it), and the write lands once the lock is gone."""
+    otherwise freeze it), and the write lands once the lock is gone. A write small enough to
+    commit on the loop's thread finds the lock there at once and goes to the store's thread."""
     path = str(tmp_path / "g.db")
     store = SQLiteStore(path, busy_timeout=60)
     await store.open()
@@ -36,9 +38,47 @@ async def test_a_locked_database_does_not_stall_the_event_loop(tmp_path: Any) ->
         other.execute("ROLLBACK")
         await asyncio.wait_for(written, 30)
         assert (await store.get_sandbox("s"))["status"] == "running"
+        assert store.loop_commits == 0
     finally:
         other.close()
         await store.close()
+
+
+async def test_small_batches_commit_on_the_loop_and_the_rest_on_the_writer_thread(tmp_path: Any) -> None:
+    """A small record commits on the loop's thread, durable for any other connection once its
+    write returns; a large one, and any behind a job of the writer thread, go to that thread, in
+    order; a store whose commits wait for the disk never commits on the loop."""
+    path = str(tmp_path / "g.db")
+    store = SQLiteStore(path, checkpoint_pages=16)  # 64 KiB: the large record is past it
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.put_sandbox({"id": "small", "owner": "a", "status": "running"})
+        assert store.loop_commits == 1
+        assert other.execute("SELECT count(*) FROM sandboxes WHERE id = 'small'").fetchone()[0] == 1
+        big = {"id": "e1", "sandbox_id": "small", "status": "completed",
+               "outputs": [{"output_type": "stream", "name": "stdout", "text": "x" * (store.loop_commit_bytes + 1)}]}
+        await store.put_execution(big)  # (past checkpoint_pages: a checkpoint follows it on the writer thread)
+        assert store.loop_commits == 1
+        # Behind that checkpoint, a small write goes to the writer thread too, and lands after it.
+        followed = store.put_sandbox({"id": "small", "owner": "a", "status": "paused"})
+        await followed
+        assert store.checkpoints == 1 and store.loop_commits == 1
+        assert other.execute("SELECT count(*) FROM executions").fetchone()[0] == 1
+        await store.put_sandbox({"id": "small", "owner": "a", "status": "running"})
+        assert store.loop_commits == 2
+        assert (await store.get_sandbox("small"))["status"] == "running"
+    finally:
+        other.close()
+        await store.close()
+    full = SQLiteStore(str(tmp_path / "full.db"), synchronous="FULL")
+    await full.open()
+    try:
+        await full.put_sandbox({"id": "s", "owner": "a", "status": "running"})
+        assert full.loop_commit_bytes == 0 and full.loop_commits == 0
+        assert (await full.get_sandbox("s"))["status"] == "running"
+    finally:
+        await full.close()
 
 
 async def test_a_database_locked_past_the_busy_timeout_is_retried(tmp_path: Any) -> None:
