@@ -77,27 +77,24 @@ class Write:
 
 def small(batch: list[Write], limit: int) -> bool:
     """Whether the batch's values come to fewer than ``limit`` bytes, roughly (strings count their
-    length, other values a few bytes each): a walk that stops as soon as it is past the limit, so
-    a record holding a large output costs one look at it."""
+    length, anything else a few bytes; keys are not counted): a walk that stops as soon as it is
+    past the limit, so a record holding a large output costs one look at it."""
     left = limit
     stack: list[Any] = [p.value if isinstance(p, AsJSON) else p
                         for write in batch for _, params in write.statements for p in params]
     while stack:
         item = stack.pop()
-        if isinstance(item, (str, bytes)):
+        if isinstance(item, str | bytes):
             left -= len(item)
+            if left <= 0:
+                return False
         elif isinstance(item, dict):
             left -= 8 * len(item)
-            stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
+        elif isinstance(item, list | tuple):
             left -= 8 * len(item)
             stack.extend(item)
-        else:
-            left -= 8
-        if left <= 0:
-            return False
-    return True
+    return left > 0
 
 
 def prepare(batch: list[Write],
