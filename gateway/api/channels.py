@@ -176,6 +176,48 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         finally:
             shell.close()
 
+    #: What the client sent since the kernel restarted under this socket, held until its iopub
+    #: heard the fresh kernel (None: nothing is held).
+    _held: list[Any] | None = None
+
+    def on_kernel_restarted(self) -> None:
+        """``status: restarting`` to the client, as jupyter_server says it; then what the client
+        sends is held, in order, until this socket's iopub hears the fresh kernel.
+
+        ZeroMQ reconnects each of the socket's kernel connections on its own: a request sent now
+        (JupyterLab's next cell) reaches the fresh kernel as soon as it is up, but the iopub
+        subscription may reach it later, and what the kernel publishes meanwhile goes to no one —
+        the cell would run without output and wait for its idle for good. So the kernel is asked
+        for ``kernel_info`` on a socket of its own, as for a new socket (``nudge``), until iopub
+        relays something; the held messages go then (or once the asking gives up, or the socket closes).
+        """
+        super().on_kernel_restarted()  # type: ignore[no-untyped-call]  # (flushes the old kernel's iopub first)
+        if self._held is not None or not self.channels:
+            return  # (already held: the asking under way covers this restart too)
+        self._held = []
+        if self._heard is not None:
+            self._heard.set()  # (an asking for the old kernel ends)
+        heard = self._heard = asyncio.Event()
+        asking = self._asking = asyncio.ensure_future(self._ask_until_heard(heard))
+        asking.add_done_callback(lambda _: self._release_held())
+
+    def on_restart_failed(self) -> None:
+        """``status: dead``, as jupyter_server says it; what was held goes on (to a dead kernel, as it would have)."""
+        super().on_restart_failed()  # type: ignore[no-untyped-call]
+        if self._held is not None and self._heard is not None:
+            self._heard.set()
+
+    def handle_incoming_message(self, incoming_msg: Any) -> None:
+        if self._held is not None:
+            self._held.append(incoming_msg)
+            return
+        super().handle_incoming_message(incoming_msg)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held or [], None
+        for message in held:
+            self.handle_incoming_message(message)  # (a closed socket's are dropped there, as jupyter_server does)
+
     def disconnect(self) -> None:  # type: ignore[override]  # (jupyter_server's own is not a coroutine either)
         if self._heard is not None:
             self._heard.set()  # (no more asking for a socket that is gone)

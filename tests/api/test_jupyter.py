@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import websockets
+import zmq
 from jupyter_client.session import Session
 from jupyter_server.services.kernels.connection.base import (
     deserialize_msg_from_ws_v1,
@@ -265,6 +266,35 @@ async def test_a_dying_jupyter_kernel_says_restarting_and_comes_back(gateway: In
         await state_once(client, kernel["id"], "idle")
         sandbox = (await client.get(f"/api/v1/sandboxes/{kernel['id']}", headers=TOKEN)).json()
         assert sandbox["status"] == "running" and sandbox["status_reason"] is None
+
+
+async def test_what_a_socket_sends_during_a_restart_waits_until_its_iopub_hears_the_fresh_kernel(
+        gateway: InProcessGateway, kernel: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZeroMQ reconnects each of a socket's kernel connections on its own: the request a client
+    sends once told ``restarting`` (JupyterLab's next cell) reaches the fresh kernel as soon as it
+    is up, but the socket's iopub subscription may reach it later, and what the kernel publishes
+    meanwhile goes to no one: the cell would run without output, and wait for its idle for good.
+    Here the socket's iopub reconnects 4 s after the death (what a loaded machine may do): its
+    request, sent once, is held until that iopub hears the fresh kernel, and then answered whole.
+    """
+    km = gateway.app.sandboxes.kernel_of(kernel["id"])
+
+    class SlowSubscriptions(type(km.context)):  # type: ignore[misc]
+        def socket(self, socket_type: int, *args: Any, **kwargs: Any) -> Any:
+            socket = super().socket(socket_type, *args, **kwargs)
+            if socket_type == zmq.SUB:
+                socket.setsockopt(zmq.RECONNECT_IVL, 4000)
+            return socket
+
+    monkeypatch.setattr(km, "context", SlowSubscriptions.shadow(km.context.underlying))
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        await socket.send(json.dumps(execute_request("x = 1\nimport os\nos._exit(1)")))
+        assert "restarting" in await statuses_until(socket, "restarting")
+        request = execute_request("'x' in globals()")
+        await socket.send(json.dumps(request))
+        got = await asyncio.wait_for(replies_to(socket, request["header"]["msg_id"]), 60)
+    assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["False"]
+    assert [m["content"]["execution_state"] for m in got if m["msg_type"] == "status"] == ["busy", "idle"]
 
 
 async def test_a_jupyter_kernel_that_dies_before_its_restart_is_over_is_restarted_again(
