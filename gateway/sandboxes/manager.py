@@ -245,6 +245,9 @@ class SandboxManager(LoggingConfigurable):
         self.locks = LifecycleLocks()
         #: Automatic restarts of Jupyter kernels that died, per row of deaths.
         self.autorestarts = RestartBudget(self.jupyter_restart_limit, self.jupyter_stable_start_time)
+        #: Sandboxes whose Jupyter kernel died and is to be restarted: set once that restart is over
+        #: (from the death on, before its task holds the lifecycle lock).
+        self._autorestarts_over: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Kernels being started for a sandbox (create, pool): stop cancels them.
         self._starts: set[asyncio.Task[SandboxRuntime]] = set()
@@ -1028,8 +1031,11 @@ class SandboxManager(LoggingConfigurable):
                 self.kernels.announce(sandbox.id, "dead")
             elif self.autorestarts.spend(sandbox.id):
                 self.kernels.announce(sandbox.id, "restart")
-                self._spawn(self._restart_after_death(sandbox, self._runtimes.get(sandbox.id)),
-                            name=f"autorestart-{sandbox.id}")
+                over = self._autorestarts_over.setdefault(sandbox.id, asyncio.Event())
+                restart = self._spawn(self._restart_after_death(sandbox, self._runtimes.get(sandbox.id)),
+                                      name=f"autorestart-{sandbox.id}")
+                # (when the task ends, however: also cancelled before it ran, at a stop)
+                restart.add_done_callback(lambda _: self._autorestart_over(sandbox.id, over))
             else:
                 log.warning("sandbox %s: its Jupyter kernel died again after %d restarts in a row; left dead",
                             sandbox.id, self.jupyter_restart_limit)
@@ -1040,6 +1046,12 @@ class SandboxManager(LoggingConfigurable):
     def kernel_restarting(self, sandbox_id: str) -> bool:
         """A restart of the sandbox's kernel is under way, or decided (a Jupyter kernel just died)."""
         return self.locks.under_way(sandbox_id) == "restarting" or self.autorestarts.pending(sandbox_id)
+
+    def _autorestart_over(self, sandbox_id: str, over: asyncio.Event) -> None:
+        """Work that waited for the restart goes on: to the fresh kernel, or told it stayed dead."""
+        if self._autorestarts_over.get(sandbox_id) is over:
+            del self._autorestarts_over[sandbox_id]
+        over.set()
 
     async def _restart_after_death(self, sandbox: Sandbox, runtime: SandboxRuntime | None) -> None:
         """Jupyter Server's policy for its kernels: a fresh kernel at once; ``status: dead`` if that fails."""
@@ -1075,6 +1087,12 @@ class SandboxManager(LoggingConfigurable):
         sandbox is an error (``SandboxPaused``), not resumed.
         """
         if settle and not locked:
+            # A Jupyter kernel that just died is being restarted, even before the restart's task
+            # holds the lock: work waits for it, as it would behind the lock (not a 409 telling
+            # its caller to restart a kernel the gateway is restarting).
+            over = self._autorestarts_over.get(sandbox_id)
+            if over is not None:
+                await over.wait()
             await self._settled(sandbox_id)
         sandbox = await self._here(await self.get(sandbox_id, user))
         if sandbox.status == SandboxStatus.PAUSED:

@@ -316,6 +316,35 @@ async def test_a_jupyter_kernel_that_dies_before_its_restart_is_over_is_restarte
         assert sandbox["status"] == "running" and sandbox["status_reason"] is None
 
 
+async def test_work_that_comes_the_moment_a_jupyter_kernel_died_waits_for_its_restart(
+        gateway: InProcessGateway, kernel: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Jupyter kernel that died is restarted by a task of its own, which holds the sandbox's
+    lifecycle lock only once it runs: an execution asked for between the death and then (half a
+    second here, a moment on a busy machine) waits for the restart, as one asked for during it
+    does, and runs in the fresh kernel — not a 409 telling its caller to restart a kernel that
+    the gateway is restarting."""
+    manager = gateway.app.sandboxes
+    restart = type(manager)._restart_after_death
+
+    async def late(self: Any, sandbox: Any, runtime: Any) -> None:
+        await asyncio.sleep(0.5)
+        await restart(self, sandbox, runtime)
+
+    monkeypatch.setattr(type(manager), "_restart_after_death", late)
+    execute = f"/api/v1/sandboxes/{kernel['id']}/execute"
+    async with gateway.client(None) as client:
+        died = await client.post(execute, json={"code": "x = 1\nimport os; os._exit(1)"}, headers=TOKEN)
+        assert died.status_code == 200 and died.json()["status"] == "failed", died.text
+        async with asyncio.timeout(10):  # the death is known (the restart's task not yet running)
+            while (await client.get(f"/api/v1/sandboxes/{kernel['id']}", headers=TOKEN)).json()["status"] != "failed":
+                await asyncio.sleep(0.02)
+        answered = await client.post(execute, json={"code": "'x' in globals()"}, headers=TOKEN)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["status"] == "completed"
+        assert answered.json()["outputs"][0]["data"]["text/plain"] == "False"  # the fresh kernel's
+        assert (await client.get(f"/api/v1/sandboxes/{kernel['id']}", headers=TOKEN)).json()["status"] == "running"
+
+
 async def test_a_dying_sandbox_kernel_says_dead(gateway: InProcessGateway, sandbox: dict[str, Any]) -> None:
     """A sandbox of our own API stays failed (its owner restarts it), and Jupyter clients are told at once."""
     async with websockets.connect(channels_url(gateway, sandbox["id"]), additional_headers=TOKEN) as socket:
