@@ -38,10 +38,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from gateway import timestamps
@@ -86,9 +85,9 @@ class SQLiteStore(SQLStore):
         self._db: sqlite3.Connection | None = None
         self._loop_db: sqlite3.Connection | None = None
         self._reads: sqlite3.Connection | None = None
-        #: Jobs handed to the writer thread and not done (commits, checkpoints); under ``_jobs_lock``.
-        self._writer_jobs = 0
-        self._jobs_lock = threading.Lock()
+        #: The last checkpoint handed to the writer thread: the thread is idle once it is done (the
+        #: write queue hands over one commit at a time, and calls ``_commit`` only between them).
+        self._checkpoint: Future[None] | None = None
         # (whichever thread commits)
         self._page_size = 4096
         self._pages_since_checkpoint = 0
@@ -164,11 +163,12 @@ class SQLiteStore(SQLStore):
         self._reader.shutdown(wait=True)
         self._writer.shutdown(wait=True)
 
-    # -- writes (on the writer thread) -----------------------------------------------------------
+    # -- writes (on the writer thread, or the loop's for a small batch) ----------------------------
 
     def _commit(self, batch: list[Write]) -> asyncio.Future[list[Outcome]]:
         loop = asyncio.get_running_loop()
-        if self._loop_db is not None and self._writer_jobs == 0 and small(batch, self.loop_commit_bytes):
+        writer_idle = self._checkpoint is None or self._checkpoint.done()
+        if self._loop_db is not None and writer_idle and small(batch, self.loop_commit_bytes):
             done: asyncio.Future[list[Outcome]] = loop.create_future()
             try:
                 done.set_result(self._commit_on(self._loop_db, batch))
@@ -181,20 +181,7 @@ class SQLiteStore(SQLStore):
             except Exception as exc:
                 done.set_exception(exc)
                 return done
-        self._hand_over()
-        return loop.run_in_executor(self._writer, self._writer_job, self._commit_here, batch)
-
-    def _writer_job(self, job: Callable[..., T], *args: Any) -> T:
-        """``job(*args)`` on the writer thread, counted in ``_writer_jobs`` from its hand-over to its end."""
-        try:
-            return job(*args)
-        finally:
-            with self._jobs_lock:
-                self._writer_jobs -= 1
-
-    def _hand_over(self) -> None:
-        with self._jobs_lock:
-            self._writer_jobs += 1
+        return loop.run_in_executor(self._writer, self._commit_here, batch)
 
     def _commit_here(self, batch: list[Write]) -> list[Outcome]:
         assert self._db is not None, "store is not open"
@@ -230,8 +217,8 @@ class SQLiteStore(SQLStore):
         self._pages_since_checkpoint += written // self._page_size
         if self._pages_since_checkpoint >= self.checkpoint_pages:
             self._pages_since_checkpoint = 0  # (what is committed from now on counts towards the next)
-            self._hand_over()  # behind this commit: its waiters hear of it first
-            self._writer.submit(self._writer_job, self._checkpoint_here)
+            # Behind this commit: its waiters hear of it first. (Set before they do, on either thread.)
+            self._checkpoint = self._writer.submit(self._checkpoint_here)
 
     def _checkpoint_here(self) -> None:
         """Copy what the WAL holds into the database file, as far as readers allow (never waits on them)."""
