@@ -1087,12 +1087,6 @@ class SandboxManager(LoggingConfigurable):
         sandbox is an error (``SandboxPaused``), not resumed.
         """
         if settle and not locked:
-            # A Jupyter kernel that just died is being restarted, even before the restart's task
-            # holds the lock: work waits for it, as it would behind the lock (not a 409 telling
-            # its caller to restart a kernel the gateway is restarting).
-            over = self._autorestarts_over.get(sandbox_id)
-            if over is not None:
-                await over.wait()
             await self._settled(sandbox_id)
         sandbox = await self._here(await self.get(sandbox_id, user))
         if sandbox.status == SandboxStatus.PAUSED:
@@ -1110,7 +1104,14 @@ class SandboxManager(LoggingConfigurable):
         return sandbox, runtime
 
     async def _settled(self, sandbox_id: str) -> None:
-        """Return once no lifecycle operation of the sandbox is under way (at once if none is)."""
+        """Return once no lifecycle operation of the sandbox is under way (at once if none is).
+
+        The restart of a Jupyter kernel that just died is one from the death on, before its task
+        holds the lock: work waits for it as it would behind the lock (not a 409 telling its
+        caller to restart a kernel the gateway is restarting)."""
+        over = self._autorestarts_over.get(sandbox_id)
+        if over is not None:
+            await over.wait()
         if self.locks.under_way(sandbox_id) is not None:
             async with self.locks.hold(sandbox_id, "waiting for a lifecycle operation"):
                 pass
