@@ -165,6 +165,27 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def reaches(value: Any, size: int) -> bool:
+    """Whether ``value`` comes to ``size`` bytes or more, roughly (strings and bytes count their
+    length, containers a few bytes per item; keys are not counted): a walk that stops as soon as
+    it gets there, so a value holding a large output costs one look at it."""
+    left = size
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            left -= len(item)
+            if left <= 0:
+                return True
+        elif isinstance(item, dict):
+            left -= 8 * len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            left -= 8 * len(item)
+            stack.extend(item)
+    return left <= 0
+
+
 def orjson_dumps(value: Any) -> bytes:
     """``value`` as orjson writes it (``Encoded`` lists as they are); ``TypeError`` where orjson refuses it."""
     return orjson.dumps(value, default=_default, option=_OPTIONS)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway import jsonbytes
-from gateway.api.streams import ENCODERS, NDJSON
+from gateway.api.streams import ENCODERS, NDJSON, SSE, hold_end
 
 
 @pytest.mark.parametrize("value", [
@@ -157,3 +157,17 @@ def test_is_object_accepts_one_json_object_large_or_small_as_orjson_does(text: b
     if text.startswith(b"{") and text.rstrip().endswith(b"}"):
         large = text[:1] + b'"filler": "' + b"x" * jsonbytes.LARGE + b'", ' + text[1:]
         assert jsonbytes.is_object(large) is expected
+
+
+@pytest.mark.parametrize("media_type, end", [(NDJSON, b"}\n"), (SSE, b"}\n\n"), (None, b"}")])
+def test_a_large_event_or_body_is_held_back_from_its_last_brace(media_type: str | None, end: bytes) -> None:
+    """What leaves before a record is durable: everything up to the document's last ``}``."""
+    encoded = jsonbytes.Encoded([PNG, stream("stdout", "x" * BIG)])
+    public = {"id": "e1", "outputs": encoded, "stdout": "x" * BIG, "duration_ms": 1.5}
+    event = {"type": "execution", "execution": public, "execution_id": "e1"}
+    parts = ENCODERS[media_type].pieces(event) if media_type else jsonbytes.pieces(public)
+    head, held = hold_end(parts)
+    assert held == end and joined(head) + held == joined(parts)
+    assert any(isinstance(part, memoryview) for part in head)  # (the large pieces as they were)
+    with pytest.raises(ValueError):
+        hold_end([b"[1, 2]"])

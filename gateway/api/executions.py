@@ -18,10 +18,11 @@ from gateway.api import schemas
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW, BehindWatch, end_stream, too_slow_message
 from gateway.api.base import MAX_OFFSET, error_body
 from gateway.api.sandboxes import SandboxAPIHandler
-from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, negotiate, write_event
+from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, hold_end, negotiate, write_event, write_large_held
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution
+from gateway.jsonbytes import LARGE, Buffer, pieces
 from gateway.sandboxes.manager import RunningExecution
 
 log = logging.getLogger(__name__)
@@ -64,20 +65,35 @@ class StreamingHandler(SandboxAPIHandler):
                             overrun=lambda: self._too_slow(encoder, execution_id))
         watch.start()
         try:
-            async for event in cursor.follow(idle=self.keepalive):
+            async for event in cursor.follow(idle=self.keepalive, early_end=True):
                 if self._cut_off:
                     break
                 # Awaiting each flush is the backpressure: a slow client slows only its own stream.
                 if event is None:
                     await write_event(self, encoder.keepalive)
+                    continue
+                parts = encoder.pieces({**event, "execution_id": execution_id})
+                if cursor.took_last:  # the final event
+                    await self._write_final(parts, running.feed)
                 else:
-                    await write_event(self, encoder.pieces({**event, "execution_id": execution_id}))
+                    await write_event(self, parts)
         except StreamClosedError:
             return  # on_connection_close has seen to it
         finally:
             watch.stop()
         if not self._cut_off:  # (else _too_slow ended it)
             self.finish()
+
+    async def _write_final(self, parts: list[Buffer], feed: ExecutionFeed) -> None:
+        """The final event, once its execution is durable; a large one leaves meanwhile, all but its end."""
+        if sum(len(part) for part in parts) < LARGE:
+            await feed.stored()
+            await write_event(self, parts)
+            return
+        head, end = hold_end(parts)
+        await write_event(self, head)
+        await feed.stored()
+        await write_event(self, end)
 
     def _too_slow(self, encoder: EventEncoder, execution_id: str) -> None:
         """End the stream of a client too far behind: one last ``error`` event, then the end (or the
@@ -110,7 +126,8 @@ class ExecuteHandler(StreamingHandler):
         where = {"context": body.get("context"), "language": body.get("language")}
         if encoder is None:
             running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"), **where)
-            self.write_json(await self.sandboxes.finished(running))
+            final = await self.sandboxes.ended(running)
+            await write_large_held(self, pieces(final), lambda: self.sandboxes.finished(running))
             return
         self.interrupt_on_disconnect = body.get("interrupt_on_disconnect", False)
         self.running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"), **where)

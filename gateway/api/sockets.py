@@ -46,7 +46,7 @@ from gateway.api.streams import UncopiedFrames
 from gateway.jsonbytes import loads, pieces
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
-from gateway.execution.feed import FeedCursor
+from gateway.execution.feed import ExecutionFeed, FeedCursor
 from gateway.sandboxes.manager import RunningExecution, SandboxManager
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
         #: Executions to cancel if the socket closes before they finish.
         self._to_cancel: list[RunningExecution] = []
         self._writer: asyncio.Task[None] | None = None
+        self._sending = asyncio.Lock()
         self._watch = BehindWatch(max_send_buffer, behind=self._behind, overrun=self._too_slow)
         self._cut_off = False
 
@@ -145,9 +146,10 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
             execution_id = running.execution.id
             await self._send({"type": "accepted", "id": request_id, "execution_id": execution_id})
             self._cursor = running.feed.cursor()
-            async for event in self._cursor.follow():
+            async for event in self._cursor.follow(early_end=True):
                 assert event is not None
-                await self._send({**event, "id": request_id, "execution_id": execution_id})
+                tagged = {**event, "id": request_id, "execution_id": execution_id}
+                await self._send(tagged, running.feed if self._cursor.took_last else None)
             self._cursor = None
             self._accepted.popleft()
             if not self._accepted:
@@ -170,11 +172,17 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
         self._accepted.clear()  # what it would have been sent: the executions themselves go on and are stored
         self.close(TOO_SLOW_CLOSE_CODE, too_slow_reason(self.max_send_buffer))
 
-    async def _send(self, event: dict[str, Any]) -> None:
-        try:
-            await self.write_pieces(pieces(event))  # bytes, sent as a text frame
-        except websocket.WebSocketClosedError:
-            pass
+    async def _send(self, event: dict[str, Any], final_of: ExecutionFeed | None = None) -> None:
+        """Send one event; ``final_of``: the feed it ends, whole once its execution is durable (see
+        ``write_held``). One at a time: a held event's fragments have nothing between them."""
+        async with self._sending:
+            try:
+                if final_of is None:
+                    await self.write_pieces(pieces(event))  # bytes, sent as a text frame
+                else:
+                    await self.write_held(pieces(event), final_of.stored)
+            except websocket.WebSocketClosedError:
+                pass
 
     def on_close(self) -> None:
         self._watch.stop()

@@ -21,7 +21,7 @@ import dataclasses
 import struct
 import types
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado import web, websocket
@@ -82,18 +82,52 @@ def write_large(handler: web.RequestHandler, body: bytes | list[Buffer]) -> None
     ``Content-Length``, the headers go out first, then each piece as it is. (No ``Etag`` on such
     a body: Tornado would hash all of it for one.)
     """
-    parts = [body] if isinstance(body, bytes) else body
+    parts: list[Buffer] = [body] if isinstance(body, bytes) else body
     size = sum(len(part) for part in parts)
     if size < LARGE:
         handler.finish(b"".join(parts))
         return
-    handler.set_header("Content-Length", size)
-    handler.flush()
+    _write_unframed(handler, parts, size)
+    handler.finish()
+
+
+async def write_large_held(handler: web.RequestHandler, parts: list[Buffer],
+                           durable: Callable[[], Awaitable[Any]]) -> None:
+    """``write_large``, finished once ``durable()`` returns (what the body tells is stored): a large
+    body leaves meanwhile, all but its end (``hold_end``), so the client has it whole only then."""
+    size = sum(len(part) for part in parts)
+    if size < LARGE:
+        await durable()
+        handler.finish(b"".join(parts))
+        return
+    head, end = hold_end(parts)
+    _write_unframed(handler, head, size)
+    await durable()
+    _write_unframed(handler, [end])
+    handler.finish()
+
+
+def _write_unframed(handler: web.RequestHandler, parts: list[Buffer], size: int | None = None) -> None:
+    """Hand ``parts`` to the connection as they are; ``size``: the whole body's, sent first as
+    ``Content-Length`` with the headers."""
+    if size is not None:
+        handler.set_header("Content-Length", size)
+        handler.flush()
     connection = handler.request.connection
     assert connection is not None
     for part in parts:
         connection.write(part)  # type: ignore[arg-type]  # with a Content-Length, Tornado frames nothing: the bytes themselves
-    handler.finish()
+
+
+def hold_end(parts: list[Buffer]) -> tuple[list[Buffer], bytes]:
+    """A JSON document (or event) in pieces, split before its last ``}``: what can leave before it is
+    final, and its end, without which no client has the document (nor a parser its last value)."""
+    for index in range(len(parts) - 1, -1, -1):
+        part = parts[index]
+        at = part.rfind(b"}") if isinstance(part, bytes) else -1  # (a view is a large string's or list's)
+        if at >= 0:
+            return [*parts[:index], part[:at]], b"".join([part[at:], *parts[index + 1:]])
+    raise ValueError("not a JSON object: no closing brace")
 
 
 async def write_event(handler: web.RequestHandler, data: bytes | list[Buffer]) -> None:
@@ -153,13 +187,37 @@ class UncopiedFrames(websocket.WebSocketHandler):
             return self.write_message(b"".join(parts))
         return self._write_uncopied_message(parts, size)
 
-    def _write_uncopied_message(self, parts: list[Buffer], size: int) -> Future[None]:
-        """``write_pieces`` once ``uncopied(size)`` said yes: one text frame, its pieces as they are."""
+    async def write_held(self, parts: list[Buffer], release: Callable[[], Awaitable[Any]]) -> None:
+        """``write_pieces``, the message whole only once ``release()`` returns (what it tells is durable):
+        a large one leaves meanwhile, all but its end (``hold_end``), as a first fragment, the end
+        then as its last. The caller sends no other message in between (control frames may come)."""
+        size = sum(len(part) for part in parts)
+        if not self.uncopied(size):
+            await release()
+            await self.write_pieces(parts)
+            return
+        head, end = hold_end(parts)
+        protocol = self._protocol_for(size)
+        try:
+            _write_frame_pieces(protocol, 0x1, head, size - len(end))  # a text frame, not the last of its message
+            await release()
+            await _write_frame(protocol, True, 0x0, end)  # the continuation that ends it
+        except StreamClosedError:
+            raise websocket.WebSocketClosedError() from None
+
+    def _protocol_for(self, size: int) -> websocket.WebSocketProtocol13:
+        """The connection's protocol, a message of ``size`` bytes counted as sent (as Tornado counts
+        its own); ``WebSocketClosedError`` if it is closing."""
         protocol = self.ws_connection
         assert isinstance(protocol, websocket.WebSocketProtocol13)
         if protocol.is_closing():
             raise websocket.WebSocketClosedError()
         protocol._message_bytes_out += size
+        return protocol
+
+    def _write_uncopied_message(self, parts: list[Buffer], size: int) -> Future[None]:
+        """``write_pieces`` once ``uncopied(size)`` said yes: one text frame, its pieces as they are."""
+        protocol = self._protocol_for(size)
         try:
             written = _write_frame_pieces(protocol, protocol.FIN | 0x1, parts, size)  # a text frame
         except StreamClosedError:

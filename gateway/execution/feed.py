@@ -20,6 +20,11 @@ is stream text of the same name (up to ``MERGE_BYTES``), as a notebook joins it:
 small prints reaches a client that is behind in a few large events instead of a write per print.
 Nothing is reordered, and positions mean the same for every follower (an event is joined to only
 until a follower has taken it, and then it is final).
+
+The final event (``close``) may be published while what it tells is being stored: a follower
+gets it once that is durable, or, if it asks (``follow(early_end=True)``), at once, to write all
+of it but its end and finish once ``stored()`` returns — a large one's bytes go out while the
+store commits, and the client has the event whole only once it is durable.
 """
 
 from __future__ import annotations
@@ -103,6 +108,8 @@ class ExecutionFeed:
         #: display id -> position of its latest update_display.
         self._latest_update: dict[str, int] = {}
         self._closed = False
+        #: Done once the final event's execution is durable (None: it is, or there is none).
+        self._stored: asyncio.Future[Any] | None = None
         self._changed = asyncio.Event()
 
     @property
@@ -172,12 +179,22 @@ class ExecutionFeed:
             self._events[last] = {**event, "output": {**event["output"], "text": "".join(self._open)}}
             self._open, self._open_bytes = [], 0
 
-    def close(self, final_event: dict[str, Any] | None = None) -> None:
-        """Publish the last event (if any) and end every follower's iteration after it."""
+    def close(self, final_event: dict[str, Any] | None = None, *, stored: asyncio.Future[Any] | None = None) -> None:
+        """Publish the last event (if any) and end every follower's iteration after it.
+
+        ``stored``: done once what the final event tells is durable (its result is not looked at);
+        followers get the event then, or at once if they asked to wait for it themselves.
+        """
         if final_event is not None:
             self._append(final_event)
+            self._stored = stored
         self._closed = True
         self._wake()
+
+    async def stored(self) -> None:
+        """Once what the final event tells is durable (at once if it is, or the feed is not closed)."""
+        if self._stored is not None and not self._stored.done():
+            await asyncio.shield(self._stored)
 
     def _append(self, event: dict[str, Any]) -> None:
         self._seal()  # the last event is final now
@@ -191,9 +208,10 @@ class ExecutionFeed:
     def cursor(self, start: int = 0) -> FeedCursor:
         return FeedCursor(self, start)
 
-    def follow(self, start: int = 0, *, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+    def follow(self, start: int = 0, *, idle: float | None = None,
+               early_end: bool = False) -> AsyncIterator[dict[str, Any] | None]:
         """Every event from ``start`` on, waiting for new ones until the feed closes (see ``FeedCursor.follow``)."""
-        return self.cursor(start).follow(idle=idle)
+        return self.cursor(start).follow(idle=idle, early_end=early_end)
 
 
 class FeedCursor:
@@ -208,16 +226,25 @@ class FeedCursor:
         """Bytes of events published that this follower has not taken yet."""
         return self.feed.bytes_after(self.position)
 
-    async def follow(self, *, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+    @property
+    def took_last(self) -> bool:
+        """Whether the event it took last was the feed's last (its final event, or none: see ``close``)."""
+        return self.feed.closed and self.position == len(self.feed)
+
+    async def follow(self, *, idle: float | None = None, early_end: bool = False) -> AsyncIterator[dict[str, Any] | None]:
         """Yield every event from the cursor's position on, waiting for new ones until the feed closes.
 
         With ``idle``, also yield None after each ``idle`` seconds without an event, so a
-        streaming client can send a keepalive while a long execution is silent.
+        streaming client can send a keepalive while a long execution is silent. The final event
+        comes once what it tells is durable; with ``early_end``, as soon as it is published (the
+        caller awaits ``feed.stored()`` before the event's end leaves).
         """
         feed = self.feed
         while True:
             changed = feed._changed
             while self.position < len(feed._events):
+                if not early_end and feed._closed and self.position == len(feed._events) - 1:
+                    await feed.stored()
                 event = feed._take(self.position)
                 self.position += 1
                 if event is not None:

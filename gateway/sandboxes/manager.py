@@ -33,7 +33,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
-from gateway import timestamps
+from gateway import jsonbytes, timestamps
 from gateway.errors import (
     ExecutionNotFound,
     GatewayError,
@@ -143,9 +143,13 @@ class RunningExecution:
 
     execution: Execution
     feed: ExecutionFeed
+    #: Once it has ended and its record is durable.
     done: asyncio.Future[Execution] = dataclasses.field(default_factory=lambda: asyncio.get_running_loop().create_future())
     #: The finished execution as the API shows it, made once for every client that asks.
     final: dict[str, Any] | None = None
+    #: ``final``, as soon as it is made: the record may not be durable yet (``done`` says when).
+    ended: asyncio.Future[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class SandboxManager(LoggingConfigurable):
@@ -1460,6 +1464,11 @@ class SandboxManager(LoggingConfigurable):
         assert running.final is not None
         return running.final
 
+    async def ended(self, running: RunningExecution) -> dict[str, Any]:
+        """An accepted execution's public form as soon as it has ended, maybe before its record is
+        durable: what is told of it must wait for ``finished``."""
+        return await asyncio.shield(running.ended)
+
     async def _run(self, sandbox: Sandbox, runtime: SandboxRuntime, running: RunningExecution,
                    env: dict[str, str] | None = None) -> None:
         execution, feed = running.execution, running.feed
@@ -1475,20 +1484,30 @@ class SandboxManager(LoggingConfigurable):
             self.metrics.execution_finished(str(execution.status), None if duration_ms is None else duration_ms / 1000)
             sandbox.touch()
             sandbox.execution_count += 1
-            record: dict[str, Any] | None = None  # (made once for the store and the public form: it is final)
+            record = execution.to_record()  # (made once for the store and the public form: it is final)
+            running.final = execution.to_public(record)
+            final_event = {"type": "execution", "execution": running.final}
+            # The result is told to no one before it is durable; until then (through a store outage,
+            # if need be) reads find the execution here, in _running. A large one's answers are sent
+            # meanwhile, all but their ends (see ExecutionFeed): its bytes go out while it commits.
+            stored: asyncio.Future[None] | None = None
+            if jsonbytes.reaches(running.final, jsonbytes.LARGE):
+                stored = asyncio.get_running_loop().create_future()
+                running.ended.set_result(running.final)
+                feed.close(final_event, stored=stored)
             try:
                 try:
-                    # The result is told to no one before it is durable; until then (through a store
-                    # outage, if need be) reads find the execution here, in _running.
-                    record = execution.to_record()
                     await self._put_execution(execution, sandbox.owner, record)
                 except Exception:  # the database refused the record itself (a bug); the client still gets its result
                     log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
                 self._record_activity_soon(sandbox)
             finally:  # even if that write is cancelled (a stop running out of time): nobody waits forever
                 self._forget(running)
-                running.final = execution.to_public(record)
-                feed.close({"type": "execution", "execution": running.final})
+                if stored is not None:
+                    stored.set_result(None)
+                else:
+                    running.ended.set_result(running.final)
+                    feed.close(final_event)
                 if not running.done.done():
                     running.done.set_result(execution)
 

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+from gateway import jsonbytes
 from gateway.errors import StoreUnavailable
 from gateway.store import codec
 from gateway.tasks import stop_tasks
@@ -76,25 +77,9 @@ class Write:
 
 
 def small(batch: list[Write], limit: int) -> bool:
-    """Whether the batch's values come to fewer than ``limit`` bytes, roughly (strings count their
-    length, anything else a few bytes; keys are not counted): a walk that stops as soon as it is
-    past the limit, so a record holding a large output costs one look at it."""
-    left = limit
-    stack: list[Any] = [p.value if isinstance(p, AsJSON) else p
-                        for write in batch for _, params in write.statements for p in params]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            left -= len(item)
-            if left <= 0:
-                return False
-        elif isinstance(item, dict):
-            left -= 8 * len(item)
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            left -= 8 * len(item)
-            stack.extend(item)
-    return left > 0
+    """Whether the batch's values come to fewer than ``limit`` bytes, roughly (``jsonbytes.reaches``)."""
+    return not jsonbytes.reaches([p.value if isinstance(p, AsJSON) else p
+                                  for write in batch for _, params in write.statements for p in params], limit)
 
 
 def prepare(batch: list[Write],

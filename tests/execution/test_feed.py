@@ -131,3 +131,22 @@ async def _until_caught_up(cursor: Any) -> Any:
             if event is None:
                 return
             yield event
+
+
+async def test_the_final_event_comes_once_stored_unless_a_follower_waits_for_that_itself() -> None:
+    feed = ExecutionFeed()
+    feed.publish({"n": 0})
+    stored = asyncio.get_running_loop().create_future()
+    feed.close({"n": 1}, stored=stored)
+    plain = asyncio.create_task(collect(feed))
+    early: list[int] = []
+    async for event in feed.follow(early_end=True):
+        early.append(event["n"])
+    waiting = asyncio.create_task(feed.stored())
+    await asyncio.sleep(0.05)
+    assert early == [0, 1]  # at once
+    assert not plain.done() and not waiting.done()  # the plain follower took event 0 and waits
+    stored.set_result(None)
+    assert await plain == [0, 1]
+    await waiting
+    await feed.stored()  # (at once, from then on)
