@@ -23,6 +23,7 @@ import asyncio
 import copy
 import itertools
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -231,10 +232,20 @@ class KubernetesStandIn:
         if pod.get("_container") != container.id:
             return
         code = int(result.get("StatusCode", 1))
-        reason = "OOMKilled" if state["State"].get("OOMKilled") else ("Completed" if code == 0 else "Error")
+        oom = state["State"].get("OOMKilled") or (code == 128 + 9 and await asyncio.to_thread(self._oom_event, container.id))
+        reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         pod["status"].update(phase="Succeeded" if code == 0 else "Failed", containerStatuses=[{
             **status, "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": now()}}}])
         await self.emit("MODIFIED", pod)
+
+    def _oom_event(self, container_id: str) -> bool:
+        """Whether the engine told of an OOM kill in the container, within a second of its exit: as a
+        kubelet reads the cgroup's OOM kills, not docker's ``State.OOMKilled``, which its exit can
+        overwrite with false when the OOM event comes first."""
+        until = time.time() + 1.0
+        events = self.docker.events(since=int(until) - 600, until=until, decode=True,
+                                    filters={"container": container_id, "event": "oom"})
+        return any(True for _ in events)
 
     # -- watches ---------------------------------------------------------------------------------
 

@@ -27,8 +27,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from traitlets import Float, Int
@@ -145,7 +146,10 @@ class SandboxFiles(LoggingConfigurable):
 
     def abandon(self, upload: Upload) -> None:
         """Abort an upload whose client went away, in the background (``stop`` awaits it)."""
-        task = asyncio.create_task(upload.abort(), name=f"abandon-upload-{upload.sandbox.id}")
+        self._in_background(upload.abort(), f"abandon-upload-{upload.sandbox.id}")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -269,9 +273,30 @@ class SandboxFiles(LoggingConfigurable):
         return Download(entry, process, self._talking(sandbox, process))
 
     async def open_upload(self, sandbox_id: str, user: str, path: str) -> Upload:
-        request = {"op": "write", "path": check_path(path), "max_bytes": self.max_file_bytes}
+        token, path = secrets.token_hex(8), check_path(path)  # (the token names its temporary file: see discard)
+        request = {"op": "write", "path": path, "max_bytes": self.max_file_bytes, "token": token}
         sandbox, process = await self._start(sandbox_id, user, request)
-        return Upload(sandbox, process, self.max_file_bytes, self)
+        return Upload(sandbox, process, self.max_file_bytes, self, path, token)
+
+    async def discard(self, upload: Upload) -> None:
+        """Remove the temporary file of an upload whose tool was killed (or died) before it could,
+        if the sandbox still runs; the sandbox's code may stop this tool too (then it is killed
+        after ``tool_timeout``, and the file stays). Never raises: it is tidying up."""
+        sandbox = upload.sandbox
+        try:
+            if sandbox.status != SandboxStatus.RUNNING:
+                return
+            process = await self.commands.start(sandbox, TOOL, timeout=self.tool_timeout)
+            try:
+                async with self._talking(sandbox, process):
+                    request = {"op": "discard", "path": upload.path, "token": upload.token}
+                    if await process.write(json.dumps(request).encode() + b"\n"):
+                        await process.close_stdin()
+                        await self._answer(process)
+            finally:
+                await process.close()
+        except Exception as exc:
+            log.info("sandbox %s: the temporary file of a failed upload was not removed: %s", sandbox.id, exc)
 
 
 class Download:
@@ -308,11 +333,15 @@ class Upload:
     input ends early (``abort``: the client went away) writes nothing.
     """
 
-    def __init__(self, sandbox: Sandbox, process: SandboxProcess, max_bytes: int, files: SandboxFiles) -> None:
+    def __init__(self, sandbox: Sandbox, process: SandboxProcess, max_bytes: int, files: SandboxFiles,
+                 path: str, token: str) -> None:
         self.sandbox = sandbox
         self.process = process
         self.max_bytes = max_bytes
         self.files = files
+        self.path = path
+        #: What the tool's temporary file is named by.
+        self.token = token
         self.received = 0
         self._accepting = True
 
@@ -335,16 +364,24 @@ class Upload:
                 await self.process.close_stdin()
                 answer = await self.files._answer(self.process)
                 return {**entry_of(answer, max_size=self.max_bytes), "created": answer.get("created") is True}
+        except BaseException:
+            # (a tool that refused removed its file itself; one that died or was killed could not)
+            self.files._in_background(self.files.discard(self), f"discard-upload-{self.sandbox.id}")
+            raise
         finally:
             await self.process.close()
 
     async def abort(self) -> None:
-        """Give up: the tool sees its input end early and removes what it wrote."""
+        """Give up: the tool sees its input end early and removes what it wrote (and answers); a tool
+        that cannot (killed for stalling, dead) leaves its temporary file to ``SandboxFiles.discard``."""
+        answered = False
         try:
             await self.process.close_stdin()
             async with asyncio.timeout(10):
-                await self.process.readline()
+                answered = bool(await self.process.readline())
         except Exception:
             pass
         finally:
             await self.process.close()
+        if not answered:
+            await self.files.discard(self)

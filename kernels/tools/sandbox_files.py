@@ -7,7 +7,7 @@ Standard library only; Python 3.8+. The gateway runs it as ``python3 -I -S -c <t
 
 Protocol. stdin starts with one JSON line, the request::
 
-    {"op": "read" | "write" | "list" | "delete" | "stat" | "mkdir" | "move", "path": "dir/name.csv",
+    {"op": "read" | "write" | "list" | "delete" | "stat" | "mkdir" | "move" | "discard", "path": "dir/name.csv",
      "max_bytes": 104857600}
 
 ``list`` takes ``depth`` (default 1: the directory's own entries; 2 adds their children, ...);
@@ -16,7 +16,10 @@ Protocol. stdin starts with one JSON line, the request::
 
 ``write`` takes the file's bytes from the rest of stdin in frames: a 4-byte big-endian length,
 then that many bytes; a zero length ends the file. If stdin ends before that, the upload was
-abandoned and nothing is written. stdout starts with one JSON line, the
+abandoned and nothing is written. The bytes go to a temporary file beside the target, named by
+the request's ``token`` (8-32 lowercase hex digits; default: the process id), renamed over the
+target at the end. ``discard`` (``path``, ``token``) removes the temporary file such a ``write``
+left when it was killed before it could (answers ``discarded``: whether there was one). stdout starts with one JSON line, the
 answer: ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message": TEXT}`` where CODE is
 ``invalid_path``, ``file_not_found``, ``too_large``, ``disk_full``, ``bad_request`` or
 ``io_error``. ``read`` then writes exactly ``size`` bytes of content. Nothing is written to
@@ -254,7 +257,7 @@ def op_write(root, parts, request, out, data):
         raise Refusal("invalid_path", "the path leads outside the working directory (through a symlink)")
     created = not os.path.lexists(full)
     limit = request.get("max_bytes")
-    temporary = os.path.join(directory, ".%s.upload-%d" % (os.path.basename(full)[:200], os.getpid()))
+    temporary = temporary_of(full, request.get("token", "%d" % os.getpid()))
     written = 0
     try:
         with open(temporary, "xb") as target:
@@ -280,6 +283,27 @@ def op_write(root, parts, request, out, data):
             pass
         raise
     answer(out, ok=True, created=created, **entry(root, full, parts[-1], "/".join(parts)))
+
+
+def temporary_of(full, token):
+    """Where a ``write`` to ``full`` puts its bytes until they are whole."""
+    if not isinstance(token, str) or not 1 <= len(token) <= 32 or token.strip("0123456789abcdef"):
+        raise Refusal("bad_request", "an upload's token is 1-32 lowercase hex digits")
+    return os.path.join(os.path.dirname(full), ".%s.upload-%s" % (os.path.basename(full)[:200], token))
+
+
+def op_discard(root, parts, request, out):
+    if not parts:
+        raise Refusal("invalid_path", "the working directory itself is not a file")
+    temporary = temporary_of(resolve(root, parts), request.get("token"))
+    if not inside(root, os.path.realpath(os.path.dirname(temporary))):
+        raise Refusal("invalid_path", "the path leads outside the working directory (through a symlink)")
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        answer(out, ok=True, discarded=False)
+        return
+    answer(out, ok=True, discarded=True)
 
 
 def op_delete(root, parts, request, out):
@@ -335,6 +359,8 @@ def main():
             op_mkdir(root, parts, request, out)
         elif op == "move":
             op_move(root, parts, request, out)
+        elif op == "discard":
+            op_discard(root, parts, request, out)
         else:
             raise Refusal("bad_request", "unknown op: %r" % (op,))
     except Refusal as refusal:

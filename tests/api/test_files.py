@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import random
+from collections.abc import AsyncIterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -275,6 +276,54 @@ async def test_abandoned_upload_leaves_nothing(each_gateway: InProcessGateway, a
     await until(names, lambda seen: any(n.startswith(".keep.bin.upload-") for n in seen), what="the upload to start")
     writer.close()
     await until(names, lambda seen: seen == ["keep.bin"], what="the abandoned upload to be removed")
+    assert (await alice.get(files_url(sandbox["id"], "keep.bin"))).content == b"old"
+
+
+#: Code that SIGKILLs the sandbox's file tools running in its working directory; prints how many.
+KILL_TOOLS = (
+    "import os, signal\nkilled = 0\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    try:\n"
+    "        mine = os.readlink(f'/proc/{pid}/cwd') == os.getcwd()\n"
+    "        tool = b'File operations inside a sandbox' in open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    if mine and tool:\n"
+    "        os.kill(int(pid), signal.SIGKILL); killed += 1\n"
+    "print(killed)"
+)
+
+
+async def test_an_upload_whose_tool_is_killed_leaves_nothing(each_gateway: InProcessGateway,
+                                                              alice: httpx.AsyncClient) -> None:
+    """The sandbox's code kills the tool mid-upload, after it made its temporary file: the client
+    gets an error — 502 when the tool's pipe tells of its death (local), 504 once it is silent for
+    ``tool_timeout`` (through ``docker exec``, whose stream outlives it) — and the gateway removes
+    that file (a killed tool cannot)."""
+    each_gateway.app.files.tool_timeout = 3.0
+    sandbox = await create(alice)
+    await alice.put(files_url(sandbox["id"], "keep.bin"), content=b"old")
+    go_on = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"n" * (1 << 20)
+        await go_on.wait()
+        for _ in range(3):
+            yield b"n" * (1 << 20)
+
+    upload = asyncio.ensure_future(alice.put(files_url(sandbox["id"], "keep.bin"), content=body(),
+                                             headers={"Content-Length": str(4 << 20)}))
+
+    async def names() -> list[str]:
+        return [e["name"] for e in (await alice.get(files_url(sandbox["id"]))).json()["entries"]]
+
+    await until(names, lambda seen: any(n.startswith(".keep.bin.upload-") for n in seen), what="the upload to start")
+    assert (await run(alice, sandbox["id"], KILL_TOOLS))["stdout"] == "1\n"
+    go_on.set()
+    response = await upload
+    assert (response.status_code, response.json()["error"]["code"]) in (
+        (502, "file_operation_failed"), (504, "file_operation_timeout")), response.text
+    await until(names, lambda seen: seen == ["keep.bin"], what="the killed upload's file to be removed")
     assert (await alice.get(files_url(sandbox["id"], "keep.bin"))).content == b"old"
 
 

@@ -7,8 +7,11 @@ by display id and ``clear_output``; errors included) runs twice, as a user would
 - in a local kernel of the same image (``tests.image_kernels``: the image's own ipykernel and
   libraries, without the gateway's startup files).
 Their outputs must be the same once what legitimately differs is set aside: memory addresses in
-reprs, the kernel's process id in warning paths, and the machine-readable table our sandboxes
-add to DataFrames (a vendor MIME type front ends ignore). PNG images are compared by size.
+reprs, the kernel's process id in warning paths, the machine-readable table our sandboxes
+add to DataFrames (a vendor MIME type front ends ignore), and where a kernel cut its stream text
+into messages (``print`` writes its text and its newline apart, and ipykernel's output thread
+may flush between them on a busy machine: nbclient keeps each message as an output, a front end
+shows them joined). PNG images are compared by size.
 """
 
 from __future__ import annotations
@@ -83,8 +86,21 @@ def comparable(output: dict[str, Any]) -> dict[str, Any]:
     return output
 
 
+def joined(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outputs with consecutive stream text of one stream joined, as a front end shows it."""
+    result: list[dict[str, Any]] = []
+    for output in outputs:
+        last = result[-1] if result else None
+        if (last is not None and output.get("output_type") == "stream" == last.get("output_type")
+                and output.get("name") == last.get("name")):
+            result[-1] = {**last, "text": last["text"] + output["text"]}
+        else:
+            result.append(output)
+    return result
+
+
 def cells_of(notebook: Any) -> list[tuple[str, int | None, list[dict[str, Any]]]]:
-    return [(cell.source, cell.execution_count, [comparable(o) for o in cell.outputs])
+    return [(cell.source, cell.execution_count, joined([comparable(o) for o in cell.outputs]))
             for cell in notebook.cells if cell.cell_type == "code"]
 
 

@@ -69,6 +69,35 @@ def test_abandoned_upload_writes_nothing(workdir: Path) -> None:
     assert sorted(os.listdir(workdir)) == ["keep.txt"]  # no temporary file left
 
 
+def test_a_killed_uploads_temporary_file_is_named_by_its_token_and_discarded(workdir: Path) -> None:
+    """A tool killed mid-upload cannot clean up: the gateway names its temporary file (``token``)
+    and removes it with ``discard``, which touches nothing else."""
+    process = subprocess.Popen([sys.executable, "-I", str(TOOL)], cwd=workdir, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env={"PATH": os.environ["PATH"]})
+    assert process.stdin is not None
+    process.stdin.write(json.dumps({"op": "write", "path": "d/big.bin", "token": "00ff"}).encode() + b"\n")
+    process.stdin.write(frames(b"x" * 5000, end=False))
+    process.stdin.flush()
+    left = workdir / "d" / ".big.bin.upload-00ff"
+    for _ in range(500):
+        if left.exists() and left.stat().st_size == 5000:
+            break
+        subprocess.run(["sleep", "0.01"])
+    process.kill()
+    process.wait()
+    (workdir / "d" / ".big.bin.upload-1234").write_bytes(b"another upload's")
+    assert left.exists()
+    assert tool(workdir, {"op": "discard", "path": "d/big.bin", "token": "00ff"})[0] == {"ok": True, "discarded": True}
+    assert sorted(os.listdir(workdir / "d")) == [".big.bin.upload-1234"]
+    assert tool(workdir, {"op": "discard", "path": "d/big.bin", "token": "00ff"})[0] == {"ok": True, "discarded": False}
+    for token in ("", "../x", "00FF", "0" * 33, 7, None):
+        answer, _ = tool(workdir, {"op": "discard", "path": "d/big.bin", "token": token})
+        assert answer["error"] == "bad_request", answer
+        answer, _ = tool(workdir, {"op": "write", "path": "d/other", "token": token}, frames(b"x"))
+        assert answer["error"] == "bad_request", answer
+    assert sorted(os.listdir(workdir / "d")) == [".big.bin.upload-1234"]
+
+
 def test_upload_over_the_limit_is_refused_and_cleaned_up(workdir: Path) -> None:
     answer, _ = tool(workdir, {"op": "write", "path": "big", "max_bytes": 2500}, frames(b"x" * 3000))
     assert answer["error"] == "too_large"
@@ -80,7 +109,7 @@ def test_upload_over_the_limit_is_refused_and_cleaned_up(workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("path", ["..", "../x", "a/../../x", "a/..", "/etc/passwd", "\\x", "a\x00b"])
-@pytest.mark.parametrize("op", ["read", "write", "list", "delete", "stat", "mkdir", "move"])
+@pytest.mark.parametrize("op", ["read", "write", "list", "delete", "stat", "mkdir", "move", "discard"])
 def test_escaping_paths_are_refused(workdir: Path, op: str, path: str) -> None:
     answer, _ = tool(workdir, {"op": op, "path": path}, frames(b"x"))
     assert answer["error"] == "invalid_path", answer
