@@ -161,7 +161,8 @@ async def test_a_sandbox_stopping_its_tools_stalls_only_itself(gateway: InProces
         assert stalled_write.json()["error"]["code"] == "file_operation_timeout"
         # The killed tool may have made its temporary file before it was stopped: once the sandbox
         # lets its tools run again, the one the gateway starts to discard it removes it.
-        await run(alice, sid, "_stopping.clear()\nfor _p in _stopped: os.kill(_p, signal.SIGCONT)")
+        # (the pause lets a stop the watcher is making as it sees the clear be recorded first)
+        await run(alice, sid, "_stopping.clear()\ntime.sleep(0.1)\nfor _p in _stopped: os.kill(_p, signal.SIGCONT)")
         await until(lambda: paused(alice, sid), lambda n: n == 0, what="no stopped tool")
 
         async def listed() -> list[str]:
