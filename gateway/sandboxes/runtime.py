@@ -116,6 +116,11 @@ class SandboxRuntime:
             await asyncio.gather(opening, died, return_exceptions=True)
         if opening.cancelled() and died.done() and not died.cancelled() and died.exception() is None:
             reason = await provisioner.exit_reason() if hasattr(provisioner, "exit_reason") else "kernel_died"
+            # (what tells a real death from a provisioner that lost track of its kernel, as a rare
+            # CI failure of a restart may be: its wait() returns at once without a process)
+            log.warning("sandbox %s: the kernel was gone before it answered (%s; exit status %r, %s)",
+                        self.sandbox_id, reason, died.result(),
+                        "the provisioner still has its process" if provisioner.has_process else "no process")
             raise KernelGone(reason)
         opening.result()
 
