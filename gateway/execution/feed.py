@@ -191,6 +191,10 @@ class ExecutionFeed:
         self._closed = True
         self._wake()
 
+    def is_final(self, position: int) -> bool:
+        """Whether the event at ``position`` is the feed's last (its final event, or none: see ``close``)."""
+        return self._closed and position == len(self._events) - 1
+
     async def stored(self) -> None:
         """Once what the final event tells is durable (at once if it is, or the feed is not closed)."""
         if self._stored is not None and not self._stored.done():
@@ -229,7 +233,7 @@ class FeedCursor:
     @property
     def took_last(self) -> bool:
         """Whether the event it took last was the feed's last (its final event, or none: see ``close``)."""
-        return self.feed.closed and self.position == len(self.feed)
+        return self.feed.is_final(self.position - 1)
 
     async def follow(self, *, idle: float | None = None, early_end: bool = False) -> AsyncIterator[dict[str, Any] | None]:
         """Yield every event from the cursor's position on, waiting for new ones until the feed closes.
@@ -243,7 +247,7 @@ class FeedCursor:
         while True:
             changed = feed._changed
             while self.position < len(feed._events):
-                if not early_end and feed._closed and self.position == len(feed._events) - 1:
+                if not early_end and feed.is_final(self.position):
                     await feed.stored()
                 event = feed._take(self.position)
                 self.position += 1

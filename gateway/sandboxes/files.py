@@ -198,8 +198,13 @@ class SandboxFiles(LoggingConfigurable):
             raise SandboxNotRunning(
                 f"sandbox {sandbox_id} is {sandbox.status}: its files are reachable only while it runs"
             )
-        process = await self.commands.start(sandbox, TOOL, timeout=self.tool_timeout)
+        process = await self._launch(sandbox, request)
         sandbox.touch()
+        return sandbox, process
+
+    async def _launch(self, sandbox: Sandbox, request: dict[str, Any]) -> SandboxProcess:
+        """The tool, started in the running sandbox and given ``request``."""
+        process = await self.commands.start(sandbox, TOOL, timeout=self.tool_timeout)
         try:
             async with self._talking(sandbox, process):
                 if not await process.write(json.dumps(request).encode() + b"\n"):
@@ -207,7 +212,7 @@ class SandboxFiles(LoggingConfigurable):
         except BaseException:
             await process.close()
             raise
-        return sandbox, process
+        return process
 
     async def _answer(self, process: SandboxProcess) -> dict[str, Any]:
         """The tool's answer: an ``ok`` one, or its refusal raised as the matching error."""
@@ -223,7 +228,10 @@ class SandboxFiles(LoggingConfigurable):
         return answer
 
     async def _run(self, sandbox_id: str, user: str, request: dict[str, Any]) -> dict[str, Any]:
-        sandbox, process = await self._start(sandbox_id, user, request)
+        return await self._answered(*await self._start(sandbox_id, user, request))
+
+    async def _answered(self, sandbox: Sandbox, process: SandboxProcess) -> dict[str, Any]:
+        """The answer of a tool that has its request and needs no more input."""
         try:
             async with self._talking(sandbox, process):
                 await process.close_stdin()
@@ -286,15 +294,8 @@ class SandboxFiles(LoggingConfigurable):
         try:
             if sandbox.status != SandboxStatus.RUNNING:
                 return
-            process = await self.commands.start(sandbox, TOOL, timeout=self.tool_timeout)
-            try:
-                async with self._talking(sandbox, process):
-                    request = {"op": "discard", "path": upload.path, "token": upload.token}
-                    if await process.write(json.dumps(request).encode() + b"\n"):
-                        await process.close_stdin()
-                        await self._answer(process)
-            finally:
-                await process.close()
+            request = {"op": "discard", "path": upload.path, "token": upload.token}
+            await self._answered(sandbox, await self._launch(sandbox, request))
         except Exception as exc:
             log.info("sandbox %s: the temporary file of a failed upload was not removed: %s", sandbox.id, exc)
 

@@ -17,7 +17,7 @@ Protocol. stdin starts with one JSON line, the request::
 ``write`` takes the file's bytes from the rest of stdin in frames: a 4-byte big-endian length,
 then that many bytes; a zero length ends the file. If stdin ends before that, the upload was
 abandoned and nothing is written. The bytes go to a temporary file beside the target, named by
-the request's ``token`` (8-32 lowercase hex digits; default: the process id), renamed over the
+the request's ``token`` (1-32 lowercase hex digits; default: the process id), renamed over the
 target at the end. ``discard`` (``path``, ``token``) removes the temporary file such a ``write``
 left when it was killed before it could (answers ``discarded``: whether there was one). stdout starts with one JSON line, the
 answer: ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message": TEXT}`` where CODE is
@@ -296,7 +296,7 @@ def op_discard(root, parts, request, out):
     if not parts:
         raise Refusal("invalid_path", "the working directory itself is not a file")
     temporary = temporary_of(resolve(root, parts), request.get("token"))
-    if not inside(root, os.path.realpath(os.path.dirname(temporary))):
+    if not inside(root, os.path.realpath(os.path.dirname(temporary))):  # (a symlink to the root itself)
         raise Refusal("invalid_path", "the path leads outside the working directory (through a symlink)")
     try:
         os.unlink(temporary)
