@@ -33,6 +33,10 @@ from gateway.execution.replies import Replies
 log = logging.getLogger(__name__)
 
 
+class SetupFailed(RuntimeError):
+    """Setup code (``run_silent``) raised in the kernel: the kernel is alive, the code's premise is not."""
+
+
 class KernelGone(Exception):
     """The kernel stopped answering for good (died, was killed, or the connection closed)."""
 
@@ -173,7 +177,7 @@ class KernelConnection:
                         idle = msg["content"].get("execution_state") == "idle"
         assert reply is not None
         if reply["content"].get("status") != "ok":
-            raise RuntimeError(f"setup code failed in sandbox {self.sandbox_id}: {reply['content'].get('evalue')}")
+            raise SetupFailed(f"setup code failed in sandbox {self.sandbox_id}: {reply['content'].get('evalue')}")
         return dict(reply["content"].get("user_expressions") or {})
 
     @contextlib.contextmanager

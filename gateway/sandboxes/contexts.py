@@ -25,8 +25,8 @@ from typing import Any
 from jupyter_client.kernelspec import NoSuchKernel
 
 from gateway import __version__, timestamps
-from gateway.errors import GatewayError, InvalidRequest, NotFound, SandboxStartFailed
-from gateway.execution.connection import KernelGone
+from gateway.errors import GatewayError, InvalidPath, InvalidRequest, NotFound, SandboxStartFailed
+from gateway.execution.connection import KernelGone, SetupFailed
 from gateway.provisioners.base import KernelExitedAtStart
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.model import Sandbox
@@ -183,11 +183,12 @@ class SandboxContexts:
         runtime.language = language
         try:
             await runtime.connect()
-            if cwd:
-                assert runtime.connection is not None
-                await runtime.connection.run_silent(chdir_code(language, cwd), timeout=self.settings.connect_timeout)
+            if cwd and not await self._enter(runtime, language, cwd):
+                raise InvalidPath(f"cwd {cwd!r} is not a directory in sandbox {sandbox.id} (make it first)")
         except BaseException as exc:
             await runtime.close()
+            if isinstance(exc, GatewayError):
+                raise
             if isinstance(exc, KernelGone) and exc.reason == "kernel_died":
                 # Gone before it answered, and not for memory: the image has no such kernel.
                 raise LanguageUnavailable(f"this sandbox's image has no {language} kernel (its kernel did not "
@@ -205,10 +206,20 @@ class SandboxContexts:
         """A fresh kernel for the context, in its directory; its running and queued executions are cancelled."""
         await context.runtime.restart()
         context.failed = None
-        if context.cwd:
-            assert context.runtime.connection is not None
-            await context.runtime.connection.run_silent(chdir_code(context.language, context.cwd),
-                                                        timeout=self.settings.connect_timeout)
+        if context.cwd and not await self._enter(context.runtime, context.language, context.cwd):
+            # Its directory was removed since: the fresh kernel works in the sandbox's (what the reply says).
+            log.warning("sandbox %s: context %s restarted without its directory %r (gone)",
+                        context.sandbox_id, context.id, context.cwd)
+            context.cwd = ""
+
+    async def _enter(self, runtime: SandboxRuntime, language: str, cwd: str) -> bool:
+        """Make ``cwd`` a connected kernel's current directory; False if it is not a directory there."""
+        assert runtime.connection is not None
+        try:
+            await runtime.connection.run_silent(chdir_code(language, cwd), timeout=self.settings.connect_timeout)
+        except SetupFailed:
+            return False
+        return True
 
     async def remove(self, context: Context) -> None:
         self._contexts.get(context.sandbox_id, {}).pop(context.id, None)

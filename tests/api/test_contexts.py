@@ -66,6 +66,30 @@ async def test_restart_remove_and_errors(alice: httpx.AsyncClient) -> None:
     assert_error(await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"cwd": "../out"}), 400, "invalid_path")
 
 
+async def test_a_cwd_that_is_not_a_directory_is_refused_and_starts_nothing(alice: httpx.AsyncClient) -> None:
+    sandbox = await create(alice)
+    sid = sandbox["id"]
+    await run(alice, sid, "open('a-file', 'w').close()")
+    kernels = len((await alice.get("/api/kernels")).json())
+    for language in ("python", "bash"):
+        for cwd in ("x;\u00b3\u00f8+", "a-file"):
+            refused = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": language, "cwd": cwd})
+            assert_error(refused, 400, "invalid_path")
+            assert repr(cwd) in refused.json()["error"]["message"]
+    listed = (await alice.get(f"/api/v1/sandboxes/{sid}/contexts")).json()["contexts"]
+    assert [c["id"] for c in listed] == [sid]
+    assert len((await alice.get("/api/kernels")).json()) == kernels
+    # A context whose directory is removed later restarts in the sandbox's working directory, and says so.
+    await run(alice, sid, "import os; os.makedirs('brief')")
+    context = (await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"cwd": "brief"})).json()
+    await run(alice, sid, "import os; os.rmdir('brief')")
+    restarted = await alice.post(f"/api/v1/sandboxes/{sid}/contexts/{context['id']}/restart")
+    assert restarted.status_code == 200, restarted.text
+    assert restarted.json()["cwd"] == ""
+    here = await run(alice, sid, "import os; os.getcwd()", context=context["id"])
+    assert here["result"] == (await run(alice, sid, "import os; os.getcwd()"))["result"]
+
+
 async def test_someone_elses_contexts_are_404(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
     sandbox = await create(alice)
     assert_error(await bob.get(f"/api/v1/sandboxes/{sandbox['id']}/contexts"), 404, "sandbox_not_found")
