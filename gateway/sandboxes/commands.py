@@ -72,6 +72,9 @@ IO_TIMEOUT = 60.0
 MAX_PER_SANDBOX = 8
 #: Seconds a tool under gVisor killed before its output was read has to show its pid (written at its start).
 ANNOUNCEMENT_WAIT = 2.0
+#: Seconds a write to a tool in a container may make no progress before the engine is asked whether
+#: the tool still runs (a dead one's input is still taken, up to a pipe's worth, then never read).
+STALLED_WRITE_CHECK = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,15 +412,33 @@ class DockerProcess(SandboxProcess):
     async def write(self, data: bytes) -> bool:
         if not self._stdin_open:
             return False
+        # Docker keeps taking an exec's input after its process died (a killed tool), so a write
+        # stalls rather than fails: while it makes no progress, the engine says whether the tool
+        # runs, and a dead one is told at once, as a closed pipe tells of a local tool.
+        sending = asyncio.ensure_future(self.loop.sock_sendall(self.sock, data))
+        deadline = self.loop.time() + self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.loop.sock_sendall(self.sock, data)
-        except TimeoutError:
-            raise ToolStalled(f"the tool read nothing for {self.timeout:g} s") from None
+            while not sending.done():
+                left = deadline - self.loop.time()
+                if left <= 0:
+                    raise ToolStalled(f"the tool read nothing for {self.timeout:g} s")
+                await asyncio.wait({sending}, timeout=min(STALLED_WRITE_CHECK, left))
+                if not sending.done() and not await self._exec_running():
+                    self._stdin_open = False
+                    return False
+            sending.result()
         except OSError:
             self._stdin_open = False
             return False
+        finally:
+            sending.cancel()
         return True
+
+    async def _exec_running(self) -> bool:
+        try:
+            return bool((await self.engine.call(self.engine.client.api.exec_inspect, self.exec_id)).get("Running"))
+        except Exception:
+            return True  # the engine does not answer: the write's own timeout decides
 
     async def close_stdin(self) -> None:
         if self._stdin_open:
