@@ -60,6 +60,11 @@ RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErr
                  OverflowError, TypeError, ValueError)
 
 
+def locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds the lock (busy), not for the data or disk."""
+    return (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # (& 0xFF: any extended code)
+
+
 class SQLiteStore(SQLStore):
     kind = "sqlite"
 
@@ -118,7 +123,7 @@ class SQLiteStore(SQLStore):
                 db.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                if not locked(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(0.02)
 
@@ -175,7 +180,7 @@ class SQLiteStore(SQLStore):
                 self.loop_commits += 1
                 return done
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc):  # (locked: another process writes; the writer thread waits)
+                if not locked(exc):  # (locked: another process writes; the writer thread waits)
                     done.set_exception(exc)
                     return done
             except Exception as exc:
