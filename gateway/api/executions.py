@@ -8,7 +8,9 @@ has ended, the answer is the final ``execution`` event alone: its ``outputs`` ho
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from tornado.http1connection import HTTP1Connection
@@ -18,8 +20,17 @@ from gateway.api import schemas
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW, BehindWatch, end_stream, too_slow_message
 from gateway.api.base import MAX_OFFSET, error_body
 from gateway.api.sandboxes import SandboxAPIHandler
-from gateway.api.streams import ENCODERS, NDJSON, EventEncoder, hold_end, negotiate, write_event, write_large_held
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.api.streams import (
+    ENCODERS,
+    NDJSON,
+    EventEncoder,
+    cut_short,
+    hold_end,
+    negotiate,
+    write_event,
+    write_large_held,
+)
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution
 from gateway.jsonbytes import LARGE, Buffer, pieces
@@ -74,7 +85,7 @@ class StreamingHandler(SandboxAPIHandler):
                     continue
                 parts = encoder.pieces({**event, "execution_id": execution_id})
                 if cursor.took_last:  # the final event
-                    await self._write_final(parts, running.feed)
+                    await self._write_final(parts, running.feed, encoder, execution_id)
                 else:
                     await write_event(self, parts)
         except StreamClosedError:
@@ -84,16 +95,42 @@ class StreamingHandler(SandboxAPIHandler):
         if not self._cut_off:  # (else _too_slow ended it)
             self.finish()
 
-    async def _write_final(self, parts: list[Buffer], feed: ExecutionFeed) -> None:
-        """The final event, once its execution is durable; a large one leaves meanwhile, all but its end."""
-        if sum(len(part) for part in parts) < LARGE:
-            await feed.stored()
-            await write_event(self, parts)
-            return
-        head, end = hold_end(parts)
-        await write_event(self, head)
-        await feed.stored()
-        await write_event(self, end)
+    async def _write_final(self, parts: list[Buffer], feed: ExecutionFeed, encoder: EventEncoder,
+                           execution_id: str) -> None:
+        """The final event, once its execution is durable; a large one leaves meanwhile, all but its end.
+
+        If it never will be (the gateway stopped first), the client gets no final event: an
+        ``error`` event instead, or, if the event had begun, a connection closed mid-event.
+        """
+        large = sum(len(part) for part in parts) >= LARGE
+        head, end = hold_end(parts) if large else ([], b"")
+        try:
+            if large:
+                await write_event(self, head)
+                await self._pad_until(feed.stored())
+            else:
+                await feed.stored()
+        except GatewayError as never:
+            log.warning("execution %s: its stream ends without its result: %s", execution_id, never)
+            if not large:
+                error = error_body(never.code, never.message)
+                await write_event(self, encoder.encode({"type": "error", "execution_id": execution_id, **error}))
+                return
+            cut_short(self)
+            raise StreamClosedError() from None  # (the response is over: stream() must not finish it)
+        await write_event(self, [end] if large else parts)
+
+    async def _pad_until(self, stored: Awaitable[None]) -> None:
+        """Await ``stored``, sending a space each ``keepalive`` seconds meanwhile: the held event is
+        not over (JSON takes whitespace before its last ``}``, SSE's data line too), and a proxy
+        must not take a long hold (a store outage) for a dead stream."""
+        waiting = asyncio.ensure_future(stored)
+        try:
+            while not (await asyncio.wait({waiting}, timeout=self.keepalive))[0]:
+                await write_event(self, b" ")
+            waiting.result()
+        finally:
+            waiting.cancel()
 
     def _too_slow(self, encoder: EventEncoder, execution_id: str) -> None:
         """End the stream of a client too far behind: one last ``error`` event, then the end (or the

@@ -86,6 +86,8 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
         #: Executions to cancel if the socket closes before they finish.
         self._to_cancel: list[RunningExecution] = []
         self._writer: asyncio.Task[None] | None = None
+        #: Answers to bad or refused messages on their way (``_reply``).
+        self._replies: set[asyncio.Future[None]] = set()
         self._sending = asyncio.Lock()
         self._watch = BehindWatch(max_send_buffer, behind=self._behind, overrun=self._too_slow)
         self._cut_off = False
@@ -117,7 +119,7 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
         try:
             request = _parse(message)
         except GatewayError as error:
-            await self._send({"type": "error", "id": message_id(message), **error_body(error.code, error.message)})
+            self._reply({"type": "error", "id": message_id(message), **error_body(error.code, error.message)})
             return
         request_id = request.get("id")
         try:
@@ -131,12 +133,21 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
             event = {"type": "error", "id": request_id, **error_body(error.code, error.message)}
             if error.retry_after is not None:
                 event["error"]["retry_after"] = error.retry_after
-            await self._send(event)
+            self._reply(event)
             return
         if request.get("interrupt_on_disconnect", False):
             self._to_cancel = [r for r in self._to_cancel if not r.execution.finished] + [running]
         self._accepted.append((request_id, running))
         self._more.set()
+
+    def _reply(self, event: dict[str, Any]) -> None:
+        """Send the answer to a message without waiting for it here: the execution being sent may hold
+        the socket's sends (its final event waiting for its record: see ``write_held``), and Tornado
+        reads no frame — no pong, no interrupt — while ``on_message`` waits. (Replies keep their order:
+        each waits its turn at the same lock.)"""
+        reply = asyncio.ensure_future(self._send(event))
+        self._replies.add(reply)
+        reply.add_done_callback(self._replies.discard)
 
     async def _write_events(self) -> None:
         """Send each accepted execution's events in turn; awaiting each write is the backpressure."""
@@ -149,7 +160,12 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
             async for event in self._cursor.follow(early_end=True):
                 assert event is not None
                 tagged = {**event, "id": request_id, "execution_id": execution_id}
-                await self._send(tagged, running.feed if self._cursor.took_last else None)
+                try:
+                    await self._send(tagged, running.feed if self._cursor.took_last else None)
+                except GatewayError as never:  # its record never will be stored (the gateway stopped first)
+                    log.warning("execution %s: its socket gets no result: %s", execution_id, never)
+                    await self._send({"type": "error", "id": request_id, "execution_id": execution_id,
+                                      **error_body(never.code, never.message)})
             self._cursor = None
             self._accepted.popleft()
             if not self._accepted:
@@ -186,6 +202,8 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
 
     def on_close(self) -> None:
         self._watch.stop()
+        for reply in list(self._replies):
+            reply.cancel()
         if self._writer is not None:
             self._writer.cancel()
             self.sandboxes.socket_closed(self.sandbox_id)

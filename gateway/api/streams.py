@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import struct
 import types
 from asyncio import Future
@@ -28,7 +29,10 @@ from tornado import web, websocket
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
+from gateway.errors import GatewayError
 from gateway.jsonbytes import LARGE, Buffer, pieces
+
+log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -71,6 +75,9 @@ def negotiate(accept: str) -> EventEncoder | None:
     return None
 
 
+#: The WebSocket close code when a held message will never be whole (RFC 6455: the server failed).
+HELD_LOST_CODE = 1011
+
 #: Slices of a large chunked body: each one's framing copies this much at most.
 SLICE = 1 << 18
 
@@ -102,9 +109,22 @@ async def write_large_held(handler: web.RequestHandler, parts: list[Buffer],
         return
     head, end = hold_end(parts)
     _write_unframed(handler, head, size)
-    await durable()
+    try:
+        await durable()
+    except GatewayError as never:  # it never will be (the gateway stopped first): the body stays short
+        log.warning("%s %s: cut short: %s", handler.request.method, handler.request.path, never)
+        cut_short(handler)
+        return
     _write_unframed(handler, [end])
     handler.finish()
+
+
+def cut_short(handler: web.RequestHandler) -> None:
+    """End a response whose body has begun by closing its connection: the client sees it unfinished."""
+    connection = handler.request.connection
+    assert isinstance(connection, HTTP1Connection)
+    connection.close()
+    handler.finish()  # (on a closed connection: writes nothing, checks no length)
 
 
 def _write_unframed(handler: web.RequestHandler, parts: list[Buffer], size: int | None = None) -> None:
@@ -190,7 +210,11 @@ class UncopiedFrames(websocket.WebSocketHandler):
     async def write_held(self, parts: list[Buffer], release: Callable[[], Awaitable[Any]]) -> None:
         """``write_pieces``, the message whole only once ``release()`` returns (what it tells is durable):
         a large one leaves meanwhile, all but its end (``hold_end``), as a first fragment, the end
-        then as its last. The caller sends no other message in between (control frames may come)."""
+        then as its last. The caller sends no other message in between (control frames may come).
+
+        If ``release()`` raises a ``GatewayError`` (it never will be durable), a message not begun
+        is not sent (the error is raised); one begun is never ended: the socket is closed (1011).
+        """
         size = sum(len(part) for part in parts)
         if not self.uncopied(size):
             await release()
@@ -200,7 +224,13 @@ class UncopiedFrames(websocket.WebSocketHandler):
         protocol = self._protocol_for(size)
         try:
             _write_frame_pieces(protocol, 0x1, head, size - len(end))  # a text frame, not the last of its message
-            await release()
+            try:
+                await release()
+            except GatewayError as never:  # it never will be whole: no data frame may come after the fragment
+                self.close(HELD_LOST_CODE, f"{never.code}: the execution's record was not stored")
+                raise websocket.WebSocketClosedError() from None
+            if protocol.is_closing():  # (closed meanwhile, a ping unanswered: no data frame after a Close)
+                raise websocket.WebSocketClosedError()
             await _write_frame(protocol, True, 0x0, end)  # the continuation that ends it
         except StreamClosedError:
             raise websocket.WebSocketClosedError() from None

@@ -182,8 +182,9 @@ class ExecutionFeed:
     def close(self, final_event: dict[str, Any] | None = None, *, stored: asyncio.Future[Any] | None = None) -> None:
         """Publish the last event (if any) and end every follower's iteration after it.
 
-        ``stored``: done once what the final event tells is durable (its result is not looked at);
-        followers get the event then, or at once if they asked to wait for it themselves.
+        ``stored``: done once what the final event tells is durable (its result is not looked at),
+        or failed if it never will be; followers get the event then (or, failed, its exception),
+        or at once if they asked to wait for it themselves.
         """
         if final_event is not None:
             self._append(final_event)
@@ -196,8 +197,9 @@ class ExecutionFeed:
         return self._closed and position == len(self._events) - 1
 
     async def stored(self) -> None:
-        """Once what the final event tells is durable (at once if it is, or the feed is not closed)."""
-        if self._stored is not None and not self._stored.done():
+        """Once what the final event tells is durable (at once if it is, or the feed is not closed);
+        raises what ``stored`` was failed with if it never will be."""
+        if self._stored is not None:
             await asyncio.shield(self._stored)
 
     def _append(self, event: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from gateway.errors import (
     SandboxNotRunning,
     SandboxPaused,
     SandboxStartFailed,
+    StoreUnavailable,
     TooManyQueued,
     ShuttingDown,
 )
@@ -1495,21 +1496,41 @@ class SandboxManager(LoggingConfigurable):
                 stored = asyncio.get_running_loop().create_future()
                 running.ended.set_result(running.final)
                 feed.close(final_event, stored=stored)
+            written = False
             try:
                 try:
                     await self._put_execution(execution, sandbox.owner, record)
                 except Exception:  # the database refused the record itself (a bug); the client still gets its result
                     log.exception("sandbox %s: execution %s could not be stored", sandbox.id, execution.id)
+                written = True
                 self._record_activity_soon(sandbox)
             finally:  # even if that write is cancelled (a stop running out of time): nobody waits forever
                 self._forget(running)
-                if stored is not None:
-                    stored.set_result(None)
-                else:
-                    running.ended.set_result(running.final)
-                    feed.close(final_event)
-                if not running.done.done():
-                    running.done.set_result(execution)
+                self._tell_end(running, final_event, stored, None if written else StoreUnavailable(
+                    "the gateway stopped before this execution's record was stored: its result is not kept"))
+
+    @staticmethod
+    def _tell_end(running: RunningExecution, final_event: dict[str, Any], stored: asyncio.Future[None] | None,
+                  lost: StoreUnavailable | None) -> None:
+        """Tell the execution's waiters and followers its end is durable, or (``lost``) that it never
+        will be: then none of them gets it as a result (a large answer on its way is cut short)."""
+        assert running.final is not None
+        if stored is None:  # a small answer: published only now
+            running.ended.set_result(running.final)
+            stored = None if lost is None else asyncio.get_running_loop().create_future()
+            running.feed.close(final_event, stored=stored)
+        if stored is not None:
+            if lost is None:
+                stored.set_result(None)
+            else:
+                stored.set_exception(lost)
+                stored.exception()  # (read here: nobody may be following)
+        if not running.done.done():
+            if lost is None:
+                running.done.set_result(running.execution)
+            else:
+                running.done.set_exception(lost)
+                running.done.exception()
 
     # -- records and their events ----------------------------------------------------------------
 

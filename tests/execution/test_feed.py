@@ -6,6 +6,8 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
+
 from gateway.execution.feed import MERGE_BYTES, ExecutionFeed, PrefixSums, event_size
 
 
@@ -150,3 +152,20 @@ async def test_the_final_event_comes_once_stored_unless_a_follower_waits_for_tha
     assert await plain == [0, 1]
     await waiting
     await feed.stored()  # (at once, from then on)
+
+
+async def test_a_final_event_that_never_will_be_stored_is_given_to_no_follower() -> None:
+    feed = ExecutionFeed()
+    feed.publish({"n": 0})
+    stored = asyncio.get_running_loop().create_future()
+    feed.close({"n": 1}, stored=stored)
+    plain = asyncio.create_task(collect(feed))
+    await asyncio.sleep(0.05)
+    stored.set_exception(LookupError("not stored"))
+    with pytest.raises(LookupError):
+        await plain  # (it had event 0; the final one it never gets)
+    for _ in range(2):  # as it fails, and for anyone asking later
+        with pytest.raises(LookupError):
+            await feed.stored()
+    early = feed.follow(early_end=True)
+    assert [event["n"] async for event in early] == [0, 1]  # (who waits itself is told by stored())
