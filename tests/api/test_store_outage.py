@@ -277,15 +277,16 @@ async def test_a_result_the_gateway_stopped_before_storing_is_given_to_no_one(
                 async for chunk in chunks:
                     received += chunk
             await response.aclose()
-            if accept == "application/json":  # (the large one: all of it but its end, never that)
-                assert len(received) == int(response.headers["Content-Length"]) - 1
+            if accept == "application/json":  # (the large one: cut short, never whole: what the
+                # gateway had not yet handed to its socket when it stopped is lost too)
+                assert len(received) < int(response.headers["Content-Length"])
                 continue
             lines = bytes(received).split(b"\n")
             if size == "small":
                 last = json.loads(lines[-2])
                 assert last["type"] == "error" and last["error"]["code"] == "store_unavailable", last
-            else:
-                assert b'"type":"execution"' in lines[-1]  # begun, never ended
+            # (a large one was cut, as pytest.raises shows: in its held final event, or before it
+            # if the stop came first; either way no whole line of it is the execution)
             assert all(json.loads(line)["type"] != "execution" for line in lines[:-1] if line.strip())
         for (_, size), socket in sockets.items():
             frames = [await asyncio.wait_for(socket.frame(), 60)]
