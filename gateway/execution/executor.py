@@ -41,6 +41,13 @@ from gateway.execution.replies import Replies
 
 log = logging.getLogger(__name__)
 
+#: Seconds after a held interrupt was sent to send it again while the code runs on without an error:
+#: ipykernel announces the execution's input before it runs the code, and a SIGINT landing in
+#: between (its own handling of the request) is taken as that request's end or lost altogether.
+INTERRUPT_AGAIN_AFTER = 1.0
+#: How many times a held interrupt is sent at most (the code may catch KeyboardInterrupt and go on).
+INTERRUPT_ATTEMPTS = 3
+
 #: Why a kernel went away -> (ename shown to the user, whether it was the user's own request).
 GONE_REASONS: dict[str, tuple[str, bool]] = {
     "kernel_died": ("KernelDied", False),
@@ -81,6 +88,11 @@ class _Progress:
     started: bool = False
     #: An interrupt asked for before the kernel started the execution, to send once it has.
     interrupt_pending: bool = False
+    #: When a held interrupt was last sent (loop time), and how many times it was.
+    interrupted_at: float | None = None
+    interrupts_sent: int = 0
+    #: The kernel sent an error output: a held interrupt it was sent has landed (or the code failed).
+    errored: bool = False
 
     @property
     def done(self) -> bool:
@@ -165,7 +177,12 @@ class Executor:
             async with asyncio.timeout_at(deadline):
                 while not progress.done:
                     if progress.reply is None and not progress.idle:
-                        channel, msg = await replies.get()
+                        try:
+                            async with asyncio.timeout_at(self._interrupt_again_at(progress)):
+                                channel, msg = await replies.get()
+                        except TimeoutError:
+                            await self._interrupt_again(progress)
+                            continue
                     else:  # one of the two came: the other is due at once (they take different sockets)
                         try:
                             async with asyncio.timeout(self.idle_grace):
@@ -182,10 +199,23 @@ class Executor:
                     self._handle(channel, msg, progress, collector, feed)
                     if progress.interrupt_pending and progress.started and not progress.done:
                         progress.interrupt_pending = False
-                        await self.interrupt()
+                        await self._interrupt_again(progress)
         except TimeoutError:
             return False
         return True
+
+    @staticmethod
+    def _interrupt_again_at(progress: _Progress) -> float | None:
+        """When a held interrupt is due again (loop time), or None if it is not."""
+        if progress.interrupted_at is None or progress.errored or progress.interrupts_sent >= INTERRUPT_ATTEMPTS:
+            return None
+        return progress.interrupted_at + INTERRUPT_AGAIN_AFTER
+
+    async def _interrupt_again(self, progress: _Progress) -> None:
+        """Send a held interrupt (again), noting when, so it is resent if the code runs on without an error."""
+        progress.interrupted_at = asyncio.get_running_loop().time()
+        progress.interrupts_sent += 1
+        await self.interrupt()
 
     async def _settle(self, replies: Replies, progress: _Progress,
                       collector: OutputCollector, feed: ExecutionFeed | None, deadline: float) -> None:
@@ -219,6 +249,7 @@ class Executor:
             return
         else:
             progress.started = True  # its execute_input (or already output)
+            progress.errored = progress.errored or msg["header"]["msg_type"] == "error"
             events = collector.apply(msg)
         Executor._publish(events, feed)
 

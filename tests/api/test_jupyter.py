@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -538,31 +539,42 @@ async def test_a_new_socket_hears_the_kernel_even_when_its_state_looks_busy(gate
     assert first["parent_header"]["msg_type"] == "kernel_info_request"
 
 
+SWALLOWS_AN_INTERRUPT = "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('caught')\ntime.sleep(60)"
+
+
+@pytest.mark.parametrize(("code", "stdout"), [("import time; time.sleep(60)", ""), (SWALLOWS_AN_INTERRUPT, "caught\n")],
+                         ids=["plain", "caught-once"])
 async def test_an_interrupt_sent_before_the_kernel_started_the_execution_stops_it_once_started(
-        gateway: InProcessGateway, kernel: dict[str, Any]) -> None:
+        gateway: InProcessGateway, kernel: dict[str, Any], tmp_path: Path, code: str, stdout: str) -> None:
     """An execution waits in the kernel's queue while a Jupyter client's cell runs; interrupting it
     then is held until the kernel starts it (a SIGINT at once would stop the other cell, and ipykernel
-    ignores SIGINT between requests: the execution would run on to its end)."""
+    ignores SIGINT between requests: the execution would run on to its end). The other cell ends only
+    once the interrupt was asked for, so it is held whatever the machine's speed. A held interrupt is
+    sent again while the code runs on without an error (one landing before the code ran is lost):
+    code that swallows the first is stopped by the next."""
     sid = kernel["id"]
+    go = tmp_path / "go"
     async with websockets.connect(channels_url(gateway, sid), additional_headers=TOKEN) as socket, \
             gateway.client("alice") as alice:
-        other = execute_request("import time; time.sleep(3); 'slept'")
+        other = execute_request(f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\n'slept'")
         await socket.send(json.dumps(other))
         async with asyncio.timeout(30):
             while (msg := json.loads(await socket.recv()))["msg_type"] != "execute_input":
                 pass
         ours = asyncio.create_task(alice.post(f"/api/v1/sandboxes/{sid}/execute",
-                                              json={"code": "import time; time.sleep(60)", "timeout": 120}))
+                                              json={"code": code, "timeout": 120}))
         async with asyncio.timeout(30):
             while [e["status"] for e in (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"]] \
                     != ["running"]:
                 await asyncio.sleep(0.02)
         assert (await alice.post(f"/api/v1/sandboxes/{sid}/interrupt")).status_code == 200
+        go.touch()
         got = await replies_to(socket, other["header"]["msg_id"])
         execution = (await asyncio.wait_for(ours, 60)).json()
     assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["'slept'"]
     assert execution["status"] == "cancelled", execution
     assert execution["error"]["ename"] == "KeyboardInterrupt"
+    assert execution["stdout"] == stdout
 
 
 FIGURE_AS_VALUE = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 1))\nax.plot([1, 0])\nfig"
