@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from typing import Any
 
 import pytest
@@ -50,6 +51,9 @@ async def test_small_batches_commit_on_the_loop_and_the_rest_on_the_writer_threa
     order; a store whose commits wait for the disk never commits on the loop."""
     path = str(tmp_path / "g.db")
     store = SQLiteStore(path, checkpoint_pages=16)  # 64 KiB: the large record is past it
+    held = threading.Event()  # the checkpoint waits for it: the small write comes while it runs
+    checkpoint = store._checkpoint_here
+    store._checkpoint_here = lambda: (held.wait(30), checkpoint())[1]  # type: ignore[method-assign]
     await store.open()
     other = sqlite3.connect(path, isolation_level=None)
     try:
@@ -61,7 +65,9 @@ async def test_small_batches_commit_on_the_loop_and_the_rest_on_the_writer_threa
         await store.put_execution(big)  # (past checkpoint_pages: a checkpoint follows it on the writer thread)
         assert store.loop_commits == 1
         # Behind that checkpoint, a small write goes to the writer thread too, and lands after it.
-        followed = store.put_sandbox({"id": "small", "owner": "a", "status": "paused"})
+        followed = asyncio.ensure_future(store.put_sandbox({"id": "small", "owner": "a", "status": "paused"}))
+        await until(lambda: store._writer._work_queue.qsize(), what="the write queued behind the checkpoint")
+        held.set()
         await followed
         assert store.checkpoints == 1 and store.loop_commits == 1
         assert other.execute("SELECT count(*) FROM executions").fetchone()[0] == 1
