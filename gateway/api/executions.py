@@ -112,12 +112,16 @@ class StreamingHandler(SandboxAPIHandler):
                 await feed.stored()
         except GatewayError as never:
             log.warning("execution %s: its stream ends without its result: %s", execution_id, never)
+            if self._cut_off:  # (the response is over already)
+                return
             if not large:
                 error = error_body(never.code, never.message)
                 await write_event(self, encoder.encode({"type": "error", "execution_id": execution_id, **error}))
                 return
             cut_short(self)
             raise StreamClosedError() from None  # (the response is over: stream() must not finish it)
+        if self._cut_off:  # too slow meanwhile: _too_slow ended the response, nothing may follow
+            return
         await write_event(self, [end] if large else parts)
 
     async def _pad_until(self, stored: Awaitable[None]) -> None:
@@ -127,6 +131,8 @@ class StreamingHandler(SandboxAPIHandler):
         waiting = asyncio.ensure_future(stored)
         try:
             while not (await asyncio.wait({waiting}, timeout=self.keepalive))[0]:
+                if self._cut_off:  # (ended by _too_slow: no more writes, but the outcome still counts)
+                    continue
                 await write_event(self, b" ")
             waiting.result()
         finally:
