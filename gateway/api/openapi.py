@@ -338,6 +338,7 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
                                 "typescript), sharing its files and limits",
                      "parameters": [SANDBOX_ID], "requestBody": body(schemas.CREATE_CONTEXT, required=False),
                      "responses": {"201": reply("the context", CONTEXT), **ERRORS,
+                                   "404": error("no such sandbox, or its cwd is not a directory in it (file_not_found)"),
                                    "409": error("the sandbox is not running, or its image has no kernel for the "
                                                 "language (language_unavailable)"),
                                    **RESUME_OVER_QUOTA, "503": error("its kernel did not start, or did not answer")}},

@@ -25,7 +25,7 @@ from typing import Any
 from jupyter_client.kernelspec import NoSuchKernel
 
 from gateway import __version__, timestamps
-from gateway.errors import GatewayError, InvalidPath, InvalidRequest, NotFound, SandboxStartFailed
+from gateway.errors import FileNotFound, GatewayError, InvalidRequest, NotFound, SandboxStartFailed
 from gateway.execution.connection import KernelGone, SetupFailed
 from gateway.provisioners.base import KernelExitedAtStart
 from gateway.provisioners.launcher import KernelLauncher
@@ -184,7 +184,7 @@ class SandboxContexts:
         try:
             await runtime.connect()
             if cwd and not await self._enter(runtime, language, cwd):
-                raise InvalidPath(f"cwd {cwd!r} is not a directory in sandbox {sandbox.id} (make it first)")
+                raise FileNotFound(f"cwd {cwd!r} is not a directory in sandbox {sandbox.id} (make it first)")
         except BaseException as exc:
             await runtime.close()
             if isinstance(exc, GatewayError):

@@ -74,7 +74,7 @@ async def test_a_cwd_that_is_not_a_directory_is_refused_and_starts_nothing(alice
     for language in ("python", "bash"):
         for cwd in ("x;\u00b3\u00f8+", "a-file"):
             refused = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": language, "cwd": cwd})
-            assert_error(refused, 400, "invalid_path")
+            assert_error(refused, 404, "file_not_found")
             assert repr(cwd) in refused.json()["error"]["message"]
     listed = (await alice.get(f"/api/v1/sandboxes/{sid}/contexts")).json()["contexts"]
     assert [c["id"] for c in listed] == [sid]
