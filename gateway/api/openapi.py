@@ -147,7 +147,9 @@ CONTEXT = {
         "id": {"type": "string"}, "sandbox_id": {"type": "string"},
         "language": {"enum": ["python", "bash", "r", "javascript", "typescript"]},
         "cwd": {"type": "string", "description": "relative to the sandbox's working directory"},
-        "status": {"enum": ["running", "failed"]}, "status_reason": {"type": ["string", "null"]},
+        "status": {"enum": STATUSES, "description": "the default context's is its sandbox's (paused with it, "
+                                                   "say); another's is running or failed"},
+        "status_reason": {"type": ["string", "null"]},
         "default": {"type": "boolean", "description": "the sandbox's own kernel"},
         "created_at": {"type": "string", "format": "date-time"},
     },
