@@ -16,6 +16,9 @@ Browsers: a request's ``Origin`` must be the gateway's own (the request's ``Host
 preflights (``OPTIONS``); any other origin gets no CORS header, a 403 preflight, and no
 WebSocket (``check_websocket``).
 
+File paths in a query (``?path=``) are read by ``path_argument``: as sent, and refused (400
+``invalid_path``) if not UTF-8 or holding a NUL.
+
 Logs never carry a secret: a request's URI is logged with ``scrub_uri`` (``?token=KEY`` becomes
 ``?token=[secret]``), and the request's headers are never logged.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import unquote_plus, urlparse
 
 from tornado import web
@@ -36,6 +39,7 @@ from gateway.auth import KeyRing
 from gateway.errors import (
     GatewayError,
     InvalidJSON,
+    InvalidPath,
     InvalidRequest,
     NotFound,
     OriginNotAllowed,
@@ -115,6 +119,50 @@ def check_websocket(handler: web.RequestHandler, allow_origins: list[str]) -> No
     if origin is not None and not origin_allowed(origin, handler.request.host, allow_origins):
         raise OriginNotAllowed(f"origin {origin!r} is not allowed here: only the gateway's own origin and "
                                "those in --allow-origins may open WebSockets")
+
+
+class Required:
+    """The ``default`` of an argument a request must give."""
+
+
+REQUIRED = Required()
+_Default = TypeVar("_Default", str, None)
+
+
+@overload
+def path_argument(handler: web.RequestHandler, name: str = "path") -> str: ...
+
+
+@overload
+def path_argument(handler: web.RequestHandler, name: str = "path", *, default: _Default) -> str | _Default: ...
+
+
+def path_argument(handler: web.RequestHandler, name: str = "path",
+                  *, default: str | None | Required = REQUIRED) -> str | None:
+    """The query argument ``name`` (the last if repeated) as a file path, exactly as sent; ``default``
+    if it is absent (without one: 400 ``invalid_path``, it is required).
+
+    Not Tornado's ``get_argument``: that strips whitespace and turns control characters into
+    spaces, so ``?path=a%20`` would name ``a`` and ``?path=a%00b`` name ``a b``, not what was sent.
+    """
+    values = handler.request.query_arguments.get(name)
+    if not values:
+        if isinstance(default, Required):
+            raise InvalidPath(f"the query parameter {name!r} is required: the path of a file")
+        return default
+    return decoded_path(values[-1], f"the query parameter {name!r}")
+
+
+def decoded_path(raw: bytes, what: str) -> str:
+    """A path's percent-decoded bytes as text: 400 ``invalid_path`` unless UTF-8 without a NUL
+    (no file name holds a NUL; one that is not UTF-8 cannot be named in the API's JSON)."""
+    try:
+        path = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPath(f"{what} is not valid UTF-8 (byte 0x{raw[exc.start]:02X} at {exc.start})") from None
+    if "\x00" in path:
+        raise InvalidPath(f"{what} contains a NUL character (%00): no file name can hold one")
+    return path
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

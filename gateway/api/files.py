@@ -21,6 +21,7 @@ from urllib.parse import quote
 from tornado import web
 
 from gateway import timestamps
+from gateway.api.base import decoded_path, path_argument
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.errors import FileTooLarge, GatewayError, InvalidRequest
 from gateway.sandboxes.files import Download, SandboxFiles, Upload
@@ -52,7 +53,7 @@ class FilesAPIHandler(SandboxAPIHandler):
 
 class FileListHandler(FilesAPIHandler):
     async def get(self, sandbox_id: str) -> None:
-        path = self.get_argument("path", "")
+        path = path_argument(self, default="")
         self.write_json(await self.files.list(sandbox_id, self.user, path))
 
 
@@ -61,6 +62,10 @@ class FileHandler(FilesAPIHandler):
     upload: Upload | None = None
     #: What went wrong while the body was arriving, answered once it has.
     failed: GatewayError | None = None
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # The URL's path, as the query's: not UTF-8 is 400 invalid_path (Tornado's own is bad_request).
+        return decoded_path(value, "the file's path")
 
     async def prepare(self) -> None:
         await super().prepare()

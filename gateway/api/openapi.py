@@ -82,8 +82,14 @@ ID = {"type": "string", "pattern": "^[0-9a-fA-F-]{1,64}$"}
 SANDBOX_ID = {"name": "sandbox_id", "in": "path", "required": True, "schema": ID}
 EXECUTION_ID = {"name": "execution_id", "in": "path", "required": True, "schema": ID}
 KERNEL_ID = {"name": "kernel_id", "in": "path", "required": True, "schema": ID}
-FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {**schemas.NO_NUL, "minLength": 1},
              "description": "relative to the sandbox's working directory"}
+DIRECTORY_PATH = {"name": "path", "in": "query", "schema": schemas.NO_NUL,
+                  "description": "a directory relative to the sandbox's working directory (default: that one), "
+                                 "taken as sent (spaces kept)"}
+#: What a file route answers for a path it cannot take (``path_argument``, ``check_path``).
+PATH_ERRORS = {"400": error("a path that is not UTF-8, holds a NUL, or leads out of the working directory "
+                            "(invalid_path, the message says which), or malformed input")}
 #: ``limit`` and ``offset`` of a paged listing (``APIHandler.paging``).
 PAGING = [
     {"name": "limit", "in": "query",
@@ -141,7 +147,9 @@ CONTEXT = {
         "id": {"type": "string"}, "sandbox_id": {"type": "string"},
         "language": {"enum": ["python", "bash", "r", "javascript", "typescript"]},
         "cwd": {"type": "string", "description": "relative to the sandbox's working directory"},
-        "status": {"enum": ["running", "failed"]}, "status_reason": {"type": ["string", "null"]},
+        "status": {"enum": STATUSES, "description": "the default context's is its sandbox's (paused with it, "
+                                                   "say); another's is running or failed"},
+        "status_reason": {"type": ["string", "null"]},
         "default": {"type": "boolean", "description": "the sandbox's own kernel"},
         "created_at": {"type": "string", "format": "date-time"},
     },
@@ -360,23 +368,26 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
         },
         "/api/v1/sandboxes/{sandbox_id}/files": {
             "get": {"summary": "List a directory of the working directory",
-                    "parameters": [SANDBOX_ID, {"name": "path", "in": "query", "schema": {"type": "string"}}],
-                    "responses": {"200": reply("entries", {"type": "object"}), **ERRORS, **FILE_ERRORS}},
+                    "parameters": [SANDBOX_ID, DIRECTORY_PATH],
+                    "responses": {"200": reply("entries", {"type": "object"}), **ERRORS, **PATH_ERRORS,
+                                  **FILE_ERRORS}},
         },
         "/api/v1/sandboxes/{sandbox_id}/files/{path}": {
             "get": {"summary": "Download a file", "parameters": [SANDBOX_ID, FILE_PATH],
                     "responses": {"200": reply("the file's bytes", {"type": "string", "format": "binary"},
-                                               "application/octet-stream"), **ERRORS, **FILE_ERRORS,
+                                               "application/octet-stream"), **ERRORS, **PATH_ERRORS,
+                                  **FILE_ERRORS,
                                   "413": error("over the file size limit")}},
             "put": {"summary": "Upload a file (raw body)", "parameters": [SANDBOX_ID, FILE_PATH],
                     "requestBody": body({"type": "string", "format": "binary"}, "application/octet-stream",
                                         required=False),  # no body: an empty file
                     "responses": {"201": reply("created", {"type": "object"}),
-                                  "200": reply("replaced", {"type": "object"}), **ERRORS, **FILE_ERRORS,
+                                  "200": reply("replaced", {"type": "object"}), **ERRORS, **PATH_ERRORS,
+                                  **FILE_ERRORS,
                                   "413": error("over the file size limit"),
                                   "507": error("the sandbox's disk is full")}},
             "delete": {"summary": "Remove a file or directory", "parameters": [SANDBOX_ID, FILE_PATH],
-                       "responses": {"204": reply("removed"), **ERRORS, **FILE_ERRORS}},
+                       "responses": {"204": reply("removed"), **ERRORS, **PATH_ERRORS, **FILE_ERRORS}},
         },
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": reply("OpenAPI 3.1", {"type": "object"})}}},

@@ -36,6 +36,9 @@ RESOURCES: dict[str, Any] = {
     },
 }
 
+#: Text without a NUL character (what no environment value or file name can hold).
+NO_NUL: dict[str, Any] = {"type": "string", "pattern": "^[^\\x00]*$"}
+
 #: How long a sandbox lives and what idleness does to it (ranges: ``LifetimePolicy``, 422 naming the field).
 LIFETIME: dict[str, Any] = {
     "lifetime": {**NUMBER, "description": "seconds until the sandbox expires and is terminated (default 3600)"},
@@ -59,7 +62,7 @@ CREATE_SANDBOX: dict[str, Any] = {
         "env": {
             "type": "object",
             # (no NUL in a value: an environment cannot hold one, the engine would refuse it)
-            "additionalProperties": {"type": "string", "pattern": "^[^\\x00]*$"},
+            "additionalProperties": NO_NUL,
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
             "description": "environment variables visible to the code as os.environ",
         },

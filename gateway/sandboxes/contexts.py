@@ -121,9 +121,9 @@ class Context:
 
 
 def default_context(sandbox: Sandbox) -> dict[str, Any]:
-    """A sandbox's own kernel, as a context."""
+    """A sandbox's own kernel, as a context: in the sandbox's status (paused with it, say)."""
     return {"id": sandbox.id, "sandbox_id": sandbox.id, "language": DEFAULT, "cwd": "",
-            "status": "failed" if sandbox.status == "failed" else "running", "status_reason": sandbox.status_reason,
+            "status": str(sandbox.status), "status_reason": sandbox.status_reason,
             "default": True, "created_at": timestamps.to_iso(sandbox.created_at)}
 
 

@@ -2,7 +2,7 @@
 
 ``POST|GET /api/v1/sandboxes/{id}/contexts``, ``"context"``/``"language"`` on execute, restart and
 removal of a context, and the errors: an unknown context 404, an unknown language 400, the
-default context cannot be removed.
+default context cannot be removed; the default context's status is its sandbox's.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ import asyncio
 from typing import Any
 
 import httpx
+import jsonschema
+import pytest
 
+from gateway.api.openapi import CONTEXT
 from tests.api.test_errors import assert_error
 from tests.gateways import create, run
+from tests.provisioned import PROVISIONERS, gateway_for
 
 
 async def test_contexts_share_the_sandbox_and_run_side_by_side(alice: httpx.AsyncClient) -> None:
@@ -88,6 +92,31 @@ async def test_a_cwd_that_is_not_a_directory_is_refused_and_starts_nothing(alice
     assert restarted.json()["cwd"] == ""
     here = await run(alice, sid, "import os; os.getcwd()", context=context["id"])
     assert here["result"] == (await run(alice, sid, "import os; os.getcwd()"))["result"]
+
+
+@pytest.mark.parametrize("provisioner", PROVISIONERS)
+async def test_the_default_context_is_in_its_sandboxs_status(provisioner: str, tmp_path: Any) -> None:
+    """The default context is the sandbox's own kernel: paused, running again or terminated with it
+    (not "running" whatever the sandbox is), as the document's enum says; the others stay running."""
+    async with gateway_for(provisioner, tmp_path) as gateway, gateway.client("alice") as alice:
+        sid = (await create(alice))["id"]
+        url = f"/api/v1/sandboxes/{sid}/contexts"
+        other = (await alice.post(url, json={"language": "python"})).json()
+
+        async def statuses() -> list[tuple[str, str, bool]]:
+            response = await alice.get(url)
+            assert response.status_code == 200, response.text
+            for context in response.json()["contexts"]:
+                jsonschema.validate(context, CONTEXT)
+            return [(c["id"], c["status"], c["default"]) for c in response.json()["contexts"]]
+
+        assert await statuses() == [(sid, "running", True), (other["id"], "running", False)]
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/pause")).json()["status"] == "paused"
+        assert await statuses() == [(sid, "paused", True)]  # (a pause ends the other contexts)
+        assert (await alice.post(f"/api/v1/sandboxes/{sid}/resume")).json()["status"] == "running"
+        assert await statuses() == [(sid, "running", True)]
+        assert (await alice.delete(f"/api/v1/sandboxes/{sid}")).status_code == 204
+        assert await statuses() == [(sid, "terminated", True)]
 
 
 async def test_someone_elses_contexts_are_404(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -175,11 +176,10 @@ async def test_delete(alice: httpx.AsyncClient) -> None:
 
 ESCAPES_IN_URL = [
     "..", "../x", "a/../../x", "../../../../etc/passwd", "%2e%2e", "%2e%2e/x", "%2E%2E%2Fx",
-    "a/%2e%2e/%2e%2e/x", "/etc/passwd", "%2Fetc%2Fpasswd", "a%00b", "etc-link/passwd", "up/x", "up",
+    "a/%2e%2e/%2e%2e/x", "/etc/passwd", "%2Fetc%2Fpasswd", "a%00b", "a%FFb", "etc-link/passwd", "up/x", "up",
     "passwd-link",
 ]
-# (Tornado turns control characters in query arguments into spaces, so a NUL never arrives there.)
-ESCAPES_IN_QUERY = ["..", "../", "a/../..", "/etc", "/", "etc-link", "up"]
+ESCAPES_IN_QUERY = ["..", "../", "a/../..", "/etc", "/", "etc-link", "up", "a\x00b"]
 
 
 async def test_every_path_escape_is_refused(each_gateway: InProcessGateway, alice: httpx.AsyncClient) -> None:
@@ -202,6 +202,32 @@ async def test_every_path_escape_is_refused(each_gateway: InProcessGateway, alic
     probe = ("import os; print(os.path.exists('/etc/pwned') or os.path.exists('../x') or os.path.exists('/x'), "
              "open('/etc/passwd').read().count('pwned'))")
     assert (await run(alice, sandbox["id"], probe))["stdout"].split() == ["False", "0"]
+
+
+async def test_query_paths_are_taken_as_sent(each_gateway: InProcessGateway, alice: httpx.AsyncClient) -> None:
+    """``?path=`` is the path the client sent: spaces kept, other control characters kept, and a
+    NUL or bytes that are not UTF-8 refused (Tornado's own reading strips the first and turns the
+    others into spaces: ``data%00`` would have listed ``data ``)."""
+    sandbox = await create(alice)
+    base = files_url(sandbox["id"])
+    for path, content in (("data /spaced.txt", b"s"), ("data/plain.txt", b"p"), ("data\x01/odd.txt", b"o")):
+        assert (await alice.put(f"{base}/{quote(path)}", content=content)).status_code == 201
+    for given, listed in (("data ", ["spaced.txt"]), ("data", ["plain.txt"]), ("data\x01", ["odd.txt"])):
+        response = await alice.get(base, params={"path": given})
+        assert response.status_code == 200, (given, response.text)
+        assert (response.json()["path"], [e["name"] for e in response.json()["entries"]]) == (given, listed)
+    names = sorted(e["name"] for e in (await alice.get(base)).json()["entries"])
+    assert names == sorted(["data", "data ", "data\x01"])
+    for query, problem in (("data%00", "NUL"), ("data%20%00", "NUL"), ("%FF", "not valid UTF-8"),
+                           ("data%C3", "not valid UTF-8")):
+        status, answer = await raw_request(each_gateway, "GET", f"{base}?path={query}")
+        assert (status, answer["error"]["code"]) == (400, "invalid_path"), (query, answer)
+        assert problem in answer["error"]["message"] and "'path'" in answer["error"]["message"], answer
+    # The same in the URL's path: a byte that is not UTF-8 is invalid_path too (and nothing is written).
+    status, answer = await raw_request(each_gateway, "PUT", f"{base}/data%FF.txt", b"x")
+    assert (status, answer["error"]["code"]) == (400, "invalid_path"), answer
+    assert "not valid UTF-8" in answer["error"]["message"]
+    assert sorted(e["name"] for e in (await alice.get(base)).json()["entries"]) == names
 
 
 async def test_missing_files_and_sandboxes(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:

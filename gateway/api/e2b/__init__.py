@@ -21,6 +21,7 @@ from gateway.api.e2b.envd_rpc.filesystem.filesystem_connect import FilesystemASG
 from gateway.api.e2b.envd_rpc.process.process_connect import ProcessASGIApplication
 from gateway.api.e2b.filesystem import FilesystemService
 from gateway.api.e2b.process import ProcessService
+from gateway.api.e2b.rpc import CODECS, COMPRESSIONS
 from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.e2b.traffic import ENVD_PORT, INTERPRETER_PORT, PREFIX, SandboxGone, SandboxPort, \
     SandboxTrafficHandler
@@ -59,15 +60,16 @@ def routes(deps: dict[str, Any], *, templates: E2BTemplates, policy: ResourcePol
     def interpreter_rule(path: str, handler: type) -> Rule:
         return Rule(SandboxPort(path, INTERPRETER_PORT), handler, interpreter_deps)
 
-    def rpc_rule(service: str, application: Any) -> Rule:
-        return Rule(SandboxPort(rf"/{service}/\w+", ENVD_PORT), ConnectHandler, {**deps, "rpc": application})
+    def rpc_rule(name: str, application_class: type, service: Any) -> Rule:
+        application = application_class(service, codecs=CODECS, compressions=COMPRESSIONS)  # (for every service)
+        return Rule(SandboxPort(rf"/{name}/\w+", ENVD_PORT), ConnectHandler, {**deps, "rpc": application})
 
     served: list[Rule] = []
     if files is not None:
         served += [Rule(SandboxPort("/files", ENVD_PORT), envd.FilesHandler, {**deps, "files": files}),
-                   rpc_rule(r"filesystem\.Filesystem", FilesystemASGIApplication(FilesystemService(files)))]
+                   rpc_rule(r"filesystem\.Filesystem", FilesystemASGIApplication, FilesystemService(files))]
     if processes is not None:
-        served.append(rpc_rule(r"process\.Process", ProcessASGIApplication(ProcessService(processes))))
+        served.append(rpc_rule(r"process\.Process", ProcessASGIApplication, ProcessService(processes)))
     return served + [
         plane("/sandboxes", control.SandboxesHandler, version=1),
         plane("/v2/sandboxes", control.SandboxesHandler, version=2),

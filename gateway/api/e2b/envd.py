@@ -10,6 +10,7 @@ import zlib
 from typing import Any
 
 from gateway import timestamps
+from gateway.api.base import path_argument
 from gateway.api.e2b import paths
 from gateway.api.files import send_download
 from gateway.api.e2b.traffic import SandboxTrafficHandler
@@ -53,7 +54,8 @@ class EnvsHandler(SandboxTrafficHandler):
 
 class FilesHandler(SandboxTrafficHandler):
     """``GET /files?path=`` downloads a file; ``POST /files[?path=]`` uploads one or more (multipart,
-    each part named by its path, or one ``application/octet-stream`` body, gzip-encoded or not).
+    each part named by its path, or one ``application/octet-stream`` body, gzip-encoded or not, whose
+    ``path`` is required). ``path`` is taken as sent (``path_argument``: spaces are part of a name).
 
     Through the sandbox's file tool, as our own files API: confined to the working directory,
     at most ``--max-file-bytes`` per file (a larger one: 413).
@@ -64,7 +66,7 @@ class FilesHandler(SandboxTrafficHandler):
         self.files = files
 
     async def get(self) -> None:
-        path = paths.relative(self.get_argument("path", ""))
+        path = paths.relative(path_argument(self))
         download = await self.files.open_download(self.sandbox.id, self.user, path)
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Length", str(download.size))
@@ -75,12 +77,12 @@ class FilesHandler(SandboxTrafficHandler):
             body = self.request.body
             if self.request.headers.get("Content-Encoding", "").lower() == "gzip":
                 body = self._gunzipped(body)
-            uploads = [(self.get_argument("path", ""), body)]
+            uploads = [(path_argument(self), body)]
         else:
             parts = self.request.files.get("file", [])
             if not parts:
                 raise InvalidRequest("no file in the request (a multipart part named 'file')")
-            single = self.get_argument("path", None)
+            single = path_argument(self, default=None)
             uploads = [(single if single is not None and len(parts) == 1 else part.filename, part.body)
                        for part in parts]
         written = []

@@ -3,6 +3,12 @@
 The SDKs pick their exception by the Connect code: ``not_found`` -> ``NotFoundException``,
 ``invalid_argument`` -> ``InvalidArgumentException``, ``unauthenticated`` ->
 ``AuthenticationException``, ``resource_exhausted``, ``unavailable`` (the sandbox is gone) ...
+
+A request body the codec cannot decode (not JSON, a wrong type, broken protobuf) is the client's
+error: ``CODECS`` (every codec the services speak, each a ``ClientErrorCodec``) answer it as
+``invalid_argument`` naming the problem (HTTP 400 for a unary call, the stream's end message for
+a streaming one), where connectrpc would answer ``unknown`` (HTTP 500) and log it as the
+gateway's failure; so do ``COMPRESSIONS`` for a body that does not decompress.
 """
 
 from __future__ import annotations
@@ -10,8 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from connectrpc.code import Code
+from connectrpc.codec import Codec, proto_binary_codec, proto_json_codec
+from connectrpc.compression import Compression
+from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
 
 from gateway.errors import GatewayError
@@ -23,6 +33,65 @@ CODES = {400: Code.INVALID_ARGUMENT, 401: Code.UNAUTHENTICATED, 403: Code.PERMIS
          404: Code.NOT_FOUND, 409: Code.FAILED_PRECONDITION, 413: Code.RESOURCE_EXHAUSTED,
          422: Code.INVALID_ARGUMENT, 429: Code.RESOURCE_EXHAUSTED, 502: Code.UNAVAILABLE,
          503: Code.UNAVAILABLE, 507: Code.RESOURCE_EXHAUSTED}
+
+
+#: How much of a decoder's complaint an answer quotes.
+MAX_PROBLEM = 300
+
+_Message = TypeVar("_Message")
+
+
+@contextlib.contextmanager
+def clients_fault(what: str) -> Iterator[None]:
+    """A failure to read the request's bytes raised as ``invalid_argument``: ``what``, then why.
+    (Decoding and decompressing are pure: whatever fails there is in the bytes the client sent.)"""
+    try:
+        yield
+    except ConnectError:
+        raise  # (connectrpc's own: a message over the size limit, say)
+    except Exception as exc:
+        problem = str(exc)[:MAX_PROBLEM] or type(exc).__name__
+        raise ConnectError(Code.INVALID_ARGUMENT, f"{what}: {problem}") from None
+
+
+class ClientErrorCodec:
+    """``codec``, its decoding failures raised as ``invalid_argument`` (the request's fault)."""
+
+    def __init__(self, codec: Codec[Any, Any]) -> None:
+        self.codec = codec
+
+    def name(self) -> str:
+        return self.codec.name()
+
+    def encode(self, message: Any) -> bytes:
+        return self.codec.encode(message)
+
+    def decode(self, data: bytes | bytearray, message_class: type[_Message]) -> _Message:
+        with clients_fault(f"the request body is not a valid {message_class.__name__} in {self.name()} encoding"):
+            return self.codec.decode(data, message_class)  # type: ignore[no-any-return]
+
+
+class ClientErrorCompression:
+    """``compression``, its decompression failures raised as ``invalid_argument``."""
+
+    def __init__(self, compression: Compression) -> None:
+        self.compression = compression
+
+    def name(self) -> str:
+        return self.compression.name()
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        return self.compression.compress(data)
+
+    def decompress(self, data: bytes | bytearray | memoryview, read_max_bytes: int | None = None) -> bytes:
+        with clients_fault(f"the request body is not valid {self.name()}"):
+            return self.compression.decompress(data, read_max_bytes)
+
+
+#: The codecs the envd services are served with (connectrpc's defaults: binary protobuf, JSON).
+CODECS = [ClientErrorCodec(proto_binary_codec()), ClientErrorCodec(proto_json_codec())]
+#: And their compressions (connectrpc's default, gzip; identity is always there).
+COMPRESSIONS = [ClientErrorCompression(GzipCompression())]
 
 
 def connect_error(exc: GatewayError) -> ConnectError:

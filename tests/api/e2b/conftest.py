@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b_code_interpreter import AsyncSandbox
+from e2b_code_interpreter import AsyncSandbox, Sandbox
 
 from tests.conftest import docker_or_fail
 from tests.gateways import KEY_PAIRS, KEYS, GatewayProcess
@@ -65,6 +65,12 @@ def e2b_gvisor_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 def gateway_options(gateway: GatewayProcess) -> dict[str, str]:
     """The SDK's options (``Sandbox.create(**...)``) for alice on ``gateway`` rather than the default one."""
     return {"api_url": f"{gateway.url}/e2b", "sandbox_url": f"{gateway.url}/e2b/sandbox", "api_key": E2B_KEYS["alice"]}
+
+
+def envd_headers(sandbox: Sandbox | AsyncSandbox) -> dict[str, str]:
+    """What the SDK sends with a request to a sandbox's envd (for requests it would not make)."""
+    return {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49983",
+            "X-Access-Token": sandbox._envd_access_token or ""}
 
 
 @pytest.fixture

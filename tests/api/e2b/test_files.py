@@ -16,7 +16,7 @@ import pytest
 from e2b import FileNotFoundException, FileType, FilesystemEventType, InvalidArgumentException, SandboxException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
-from tests.api.e2b.conftest import MAX_FILE_BYTES
+from tests.api.e2b.conftest import MAX_FILE_BYTES, envd_headers
 from tests.gateways import GatewayProcess
 
 pytestmark = pytest.mark.docker
@@ -78,6 +78,27 @@ def test_errors_are_e2b_exceptions(sandbox: Sandbox) -> None:
         sandbox.files.list("/")
     with pytest.raises(InvalidArgumentException, match="outside /home/user"):
         sandbox.files.exists("/home/user/../../etc/evil")
+
+
+def test_paths_are_taken_as_sent(sandbox: Sandbox) -> None:
+    """envd's ``?path=`` as sent: a trailing space names another file; a NUL, bytes that are not
+    UTF-8, or no path where one is needed are 400 (E2B's error shape) and write nothing."""
+    sandbox.files.write("spaced/name.txt ", "with")
+    sandbox.files.write("spaced/name.txt", io.BytesIO(b"without"))  # (application/octet-stream)
+    sandbox.files.write("spaced/other ", io.BytesIO(b"other"))
+    assert sandbox.files.read("spaced/name.txt ") == "with" and sandbox.files.read("spaced/name.txt") == "without"
+    assert sandbox.files.read("/home/user/spaced/other ") == "other"
+    assert sorted(e.name for e in sandbox.files.list("spaced")) == ["name.txt", "name.txt ", "other "]
+    files = f"{sandbox.envd_api_url}/files"
+    upload = {**envd_headers(sandbox), "Content-Type": "application/octet-stream"}
+    for query, problem in (("spaced/x%00", "contains a NUL"), ("spaced/%FF", "not valid UTF-8")):
+        for response in (httpx.get(f"{files}?path={query}", headers=envd_headers(sandbox)),
+                         httpx.post(f"{files}?path={query}", content=b"x", headers=upload)):
+            assert response.status_code == 400, (query, response.text)
+            assert response.json()["code"] == 400 and problem in response.json()["message"], response.text
+    for response in (httpx.get(files, headers=envd_headers(sandbox)), httpx.post(files, content=b"x", headers=upload)):
+        assert response.status_code == 400 and "'path' is required" in response.json()["message"], response.text
+    assert sorted(e.name for e in sandbox.files.list("spaced")) == ["name.txt", "name.txt ", "other "]
 
 
 def test_size_limit(sandbox: Sandbox) -> None:
