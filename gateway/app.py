@@ -48,6 +48,7 @@ from gateway.events.log import EventLog
 from gateway.events.webhooks import WebhookSender
 from gateway.sandboxes.commands import SandboxCommands
 from gateway.sandboxes.files import SandboxFiles
+from gateway.sandboxes.history import HistoryRetention
 from gateway.sandboxes.leases import WEBHOOKS_LEASE, LeaseKeeper
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.processes import SandboxProcesses
@@ -89,6 +90,7 @@ ALIASES = {
     "webhook-url": "WebhookSender.urls",
     "webhook-secret": "WebhookSender.secret",
     "event-retention": "EventLog.retention",
+    "history-retention": "HistoryRetention.retention",
     "default-lifetime": "LifetimePolicy.default_lifetime",
     "max-lifetime": "LifetimePolicy.max_lifetime",
     "idle-timeout": "LifetimePolicy.default_idle_timeout",
@@ -221,7 +223,7 @@ class GatewayApp(ConfiguredApp):
     }
     classes = [KernelLauncher, DockerProvisioner, KubernetesProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
                IsolationPolicy, LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, EventLog, WebhookSender, KeyRing,
-               E2BTemplates, LeaseKeeper]
+               E2BTemplates, LeaseKeeper, HistoryRetention]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -245,7 +247,7 @@ class GatewayApp(ConfiguredApp):
             return
         try:
             asyncio.run(self.serve())
-        except ReplicaInUse as exc:
+        except (ReplicaInUse, TraitError) as exc:  # (an option checked at start: its message names it)
             sys.exit(f"code-gateway: {exc}")
 
     async def serve(self) -> None:
@@ -292,6 +294,7 @@ class GatewayApp(ConfiguredApp):
         self.bound_port = sockets[0].getsockname()[1]
         self.replica.address = self.replica_address or self.default_address()
         self.store = self.open_store()
+        self.history = HistoryRetention(store=self.store, parent=self)  # (a bad option: stops before it opens)
         await self.store.open()
         self.keyring = KeyRing(store=self.store, parent=self)
         await self.keyring.start()
@@ -310,6 +313,7 @@ class GatewayApp(ConfiguredApp):
                                      kernels_dir=self.launcher.kernels_dir, parent=self)
         self.events = EventLog(store=self.store, parent=self)
         self.events.start()
+        self.history.start()
         # Before the sandboxes start: what their recovery changes is delivered too.
         leases = LeaseKeeper(store=self.store, replica=self.replica, parent=self)
         # One replica delivers the webhooks: the holder of the "webhooks" lease (another takes it if it dies).
@@ -368,6 +372,7 @@ class GatewayApp(ConfiguredApp):
         await self.launcher.stop()
         await self.webhooks.stop()  # what it did not deliver waits in the outbox for the next start
         await self.events.stop()  # (ends the event streams)
+        await self.history.stop()
         try:
             # Requests still open (their executions just ended) finish their answers.
             async with asyncio.timeout(CLOSE_CONNECTIONS_WITHIN):

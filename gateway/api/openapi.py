@@ -60,7 +60,8 @@ def error(description: str) -> dict[str, Any]:
 ERRORS = {
     "400": error("malformed JSON, an unknown field or a wrong type (the message names the field)"),
     "401": error("no API key, or an unknown one"),
-    "404": error("no such sandbox or execution (also someone else's)"),
+    "404": error("no such sandbox or execution (also someone else's, or one that ended longer ago than "
+                  "--history-retention)"),
 }
 #: While the store cannot commit, changes are refused rather than acknowledged.
 STORE_UNAVAILABLE = {"503": error("the store cannot commit writes right now (store_unavailable)")}
@@ -256,7 +257,8 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
                                     "409": error("the sandbox has ended"),
                                     "422": error("a value out of range (the message names the field)"),
                                     **STORE_UNAVAILABLE}},
-            "delete": {"summary": "Terminate a sandbox (the record stays, status terminated)",
+            "delete": {"summary": "Terminate a sandbox (the record and its executions stay, status terminated, "
+                                  "for --history-retention)",
                        "parameters": [SANDBOX_ID], "responses": {"204": reply("terminated"), **ERRORS,
                                                                  **NOT_RUNNING, **STORE_UNAVAILABLE}},
         },

@@ -16,19 +16,15 @@ whole backlog at once.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 from traitlets import Float, Int
 from traitlets.config import LoggingConfigurable
 
-from gateway import timestamps
+from gateway.retention import prune_periodically
 from gateway.store.base import Record, Store
 from gateway.tasks import stop_tasks
-
-log = logging.getLogger(__name__)
 
 
 class EventLog(LoggingConfigurable):
@@ -48,7 +44,9 @@ class EventLog(LoggingConfigurable):
         self._stopped = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._prune(), name="event-retention")
+        self._task = asyncio.create_task(prune_periodically(
+            lambda before: self.store.prune_events(before=before), self.retention, what="events"
+        ), name="event-retention")
 
     async def stop(self) -> None:
         """Stop pruning, and end every follower's iteration."""
@@ -93,14 +91,3 @@ class EventLog(LoggingConfigurable):
                 if keepalive is not None and loop.time() - quiet_since >= keepalive:
                     quiet_since = loop.time()
                     yield None
-
-    async def _prune(self) -> None:
-        while True:
-            cutoff = (timestamps.now() - timedelta(seconds=self.retention)).timestamp()
-            try:
-                removed = await self.store.prune_events(before=cutoff)
-                if removed:
-                    log.info("events: removed %d older than %g s", removed, self.retention)
-            except Exception:
-                log.warning("events: could not prune the outbox", exc_info=True)
-            await asyncio.sleep(min(3600.0, max(1.0, self.retention / 10)))

@@ -185,6 +185,14 @@ class Store(abc.ABC):
     def prune_events(self, *, before: float) -> Awaitable[int]:
         """Remove the events written before ``before`` (epoch seconds); how many."""
 
+    # -- history retention ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def prune_history(self, *, statuses: Sequence[str], before: float, limit: int) -> int:
+        """Forget up to ``limit`` sandboxes in ``statuses`` that ended (``terminated_at``) before ``before``
+        (epoch seconds) and that no replica alive holds, longest ended first: their records, executions and
+        leases, in one transaction. How many sandboxes; safe to run on several replicas at once."""
+
     @abc.abstractmethod
     async def webhook_cursor(self, url: str) -> int | None:
         """The last event taken by the webhook at ``url``; None if it was never configured."""

@@ -67,13 +67,18 @@ def held_by() -> str:
     return "SELECT sandbox_id FROM leases WHERE holder = ? ORDER BY sandbox_id"
 
 
+def held(now: str, sandbox_id: str) -> str:
+    """The condition that a replica alive holds the lease of the sandbox whose id is ``sandbox_id`` (SQL)."""
+    return (f"EXISTS (SELECT 1 FROM leases l JOIN replicas r ON r.id = l.holder "
+            f"WHERE l.sandbox_id = {sandbox_id} AND {alive(now)})")
+
+
 def unheld(now: str, statuses: int, order: str) -> str:
     """Records of sandboxes in ``statuses`` (that many ``?``) whose lease is missing or whose holder is not
     alive, oldest first (``order``: the column of insertion order)."""
     marks = ", ".join("?" * statuses)
-    return (f"SELECT s.record FROM sandboxes s LEFT JOIN leases l ON l.sandbox_id = s.id "
-            f"WHERE s.status IN ({marks}) AND (l.holder IS NULL OR NOT EXISTS "
-            f"(SELECT 1 FROM replicas r WHERE r.id = l.holder AND {alive(now)})) ORDER BY s.{order}")
+    return (f"SELECT s.record FROM sandboxes s WHERE s.status IN ({marks}) AND NOT {held(now, 's.id')} "
+            f"ORDER BY s.{order}")
 
 
 def false() -> str:

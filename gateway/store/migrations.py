@@ -102,6 +102,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX leases_by_holder ON leases (holder)",
         ),
     ),
+    Migration(
+        4, "when each sandbox ended (for history retention)",
+        sqlite=(
+            "ALTER TABLE sandboxes ADD COLUMN ended_at REAL",
+            "UPDATE sandboxes SET ended_at = "
+            "(julianday(json_extract(record, '$.terminated_at')) - 2440587.5) * 86400.0 "
+            "WHERE json_extract(record, '$.terminated_at') IS NOT NULL",
+            "CREATE INDEX sandboxes_by_end ON sandboxes (ended_at)",
+        ),
+        postgresql=(
+            "ALTER TABLE sandboxes ADD COLUMN ended_at DOUBLE PRECISION",
+            "UPDATE sandboxes SET ended_at = "
+            "EXTRACT(EPOCH FROM CAST(CAST(record AS json) ->> 'terminated_at' AS TIMESTAMPTZ)) "
+            "WHERE CAST(record AS json) ->> 'terminated_at' IS NOT NULL",
+            "CREATE INDEX sandboxes_by_end ON sandboxes (ended_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

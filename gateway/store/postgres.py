@@ -67,6 +67,7 @@ class PostgresStore(SQLStore):
     kind = "postgresql"
     order = "seq"
     now = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 4,
                  command_timeout: float = 30.0, max_backoff: float = 5.0,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Collection, Hashable, Sequence
 from typing import Any
 
 from gateway import timestamps
-from gateway.store import codec, leasing, migrations, statements
+from gateway.store import codec, history, leasing, migrations, statements
 from gateway.store.base import Budget, Record, Store, Written
 from gateway.store.writes import AsJSON, Outcome, Statement, Write, WriteQueue
 
@@ -22,10 +22,7 @@ UNFINISHED = ("queued", "running")
 #: ``LIMIT`` when there is none (SQLite needs one before ``OFFSET``).
 NO_LIMIT = 1 << 62
 
-UPSERT_SANDBOX = (
-    "INSERT INTO sandboxes (id, owner, status, record) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
-    "SET owner = excluded.owner, status = excluded.status, record = excluded.record"
-)
+UPSERT_SANDBOX = f"INSERT INTO sandboxes ({statements.SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?)" + statements.UPSERT_TAIL
 UPSERT_EXECUTION = (
     "INSERT INTO executions (id, sandbox_id, status, record) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
     "SET status = excluded.status, record = excluded.record"
@@ -59,6 +56,9 @@ class SQLStore(Store):
     order = "rowid"
     #: The database's clock, in epoch seconds (leases are judged by it, never by a replica's own clock).
     now = "((julianday('now') - 2440587.5) * 86400.0)"
+    #: What a ``SELECT`` ends with to take the rows it reads, skipping those another transaction holds
+    #: (``gateway.store.history``; none in SQLite, whose writers never run at once).
+    skip_locked = ""
 
     def __init__(self, *, max_backoff: float = 5.0, close_timeout: float = 10.0) -> None:
         self.close_timeout = close_timeout
@@ -118,8 +118,9 @@ class SQLStore(Store):
         rows = await self._rows(migrations.CURRENT_VERSION)
         return int(rows[0][0])
 
-    def _write(self, statements: list[Statement], key: Hashable | None = None) -> asyncio.Future[int]:
-        return self._writes.add(Write(statements, key))
+    def _write(self, statements: list[Statement], key: Hashable | None = None, *,
+               bulk: bool = False) -> asyncio.Future[int]:
+        return self._writes.add(Write(statements, key, bulk=bulk))
 
     async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         await self._writes.caught_up()
@@ -136,7 +137,7 @@ class SQLStore(Store):
     # -- sandboxes ---------------------------------------------------------------------------------
 
     def put_sandbox(self, record: Record, *, events: Sequence[Record] = ()) -> Written:
-        params = (record["id"], record["owner"], record["status"], AsJSON(record))
+        params = statements.sandbox_values(record)
         # A write with events is never replaced by a later version of the record: its events would go.
         return self._write([(UPSERT_SANDBOX, params), *map(statements.event_insert, events)],
                            key=None if events else ("sandbox", record["id"]))
@@ -164,9 +165,9 @@ class SQLStore(Store):
         return {str(status): (int(count), float(cpu), int(memory)) for status, count, cpu, memory in rows}
 
     async def put_sandbox_if(self, record: Record, *, statuses: Collection[str]) -> bool:
-        sql = (f"UPDATE sandboxes SET owner = ?, status = ?, record = ? "
+        sql = (f"UPDATE sandboxes SET owner = ?, status = ?, ended_at = ?, record = ? "
                f"WHERE id = ? AND status IN ({marks(statuses)})")
-        params = (record["owner"], record["status"], AsJSON(record), record["id"], *statuses)
+        params = (*statements.sandbox_values(record)[1:], record["id"], *statuses)
         return bool(await self._write([(sql, params)]))
 
     def _owner_lock(self, owner: str) -> list[Statement]:
@@ -240,7 +241,16 @@ class SQLStore(Store):
         return int(rows[0][0])
 
     def prune_events(self, *, before: float) -> Awaitable[int]:
-        return self._write([("DELETE FROM events WHERE at < ?", (before,))])
+        return self._write([("DELETE FROM events WHERE at < ?", (before,))], bulk=True)
+
+    async def prune_history(self, *, statuses: Sequence[str], before: float, limit: int) -> int:
+        if not statuses:
+            return 0
+        rows = await self._rows(history.oldest(self.now, len(statuses)), (*statuses, before, limit))
+        if not rows:
+            return 0
+        ids = [str(row[0]) for row in rows]
+        return await self._write(history.forget(self.now, self.skip_locked, ids, statuses, before), bulk=True)
 
     async def webhook_cursor(self, url: str) -> int | None:
         rows = await self._rows("SELECT seq FROM webhook_cursors WHERE url = ?", (url,))

@@ -11,11 +11,11 @@ In WAL mode readers never block the writer, and other processes (``code-gateway 
 may write while the gateway runs.
 
 A small batch (values under ``loop_commit_bytes`` in all, such as an execution of ``1+1`` being
-accepted or finished) is committed on the loop's own thread instead, on a third connection,
-when the writer thread has nothing to do: it costs the loop about what handing it over would
-(a commit is writes into the WAL file, tens of microseconds), without the two hand-overs
-between threads on the way to the answer, nor the writer thread taking turns at the GIL with
-the loop meanwhile. That connection never waits: its busy timeout is zero, and a batch that
+accepted or finished, and no bulk write: a prune may delete any number of rows) is committed on
+the loop's own thread instead, on a third connection, when the writer thread has nothing to do:
+it costs the loop about what handing it over would (a commit is writes into the WAL file, tens
+of microseconds), without the two hand-overs between threads on the way to the answer, nor the
+writer thread taking turns at the GIL with the loop meanwhile. That connection never waits: its busy timeout is zero, and a batch that
 finds the file locked by another process goes to the writer thread, which waits as before. With
 ``synchronous="FULL"`` (a commit waits for the disk) every batch goes to the writer thread.
 

@@ -22,10 +22,20 @@ from gateway import timestamps
 from gateway.store.base import Budget, Record
 from gateway.store.writes import AsJSON, Statement
 
-UPSERT_TAIL = " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, status = excluded.status, record = excluded.record"
+#: A sandbox's row: ``ended_at`` is its record's ``terminated_at`` in epoch seconds (NULL while it lives),
+#: a column of its own so that history retention finds the long-ended ones by an index.
+SANDBOX_COLUMNS = "id, owner, status, ended_at, record"
+UPSERT_TAIL = (" ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, status = excluded.status, "
+               "ended_at = excluded.ended_at, record = excluded.record")
 EXECUTION_TAIL = " ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record"
 INSERT_EVENT = "INSERT INTO events (at, type, time, sandbox_id, owner, data) SELECT ?, ?, ?, ?, ?, ?"
 EVENT_COLUMNS = "seq, type, time, sandbox_id, owner, data"
+
+
+def sandbox_values(record: Record) -> tuple[Any, ...]:
+    """The values of ``SANDBOX_COLUMNS`` for ``record``."""
+    ended = timestamps.from_iso(record.get("terminated_at"))
+    return (record["id"], record["owner"], record["status"], ended.timestamp() if ended else None, AsJSON(record))
 
 
 def event_insert(event: Record, condition: str = "", params: tuple[Any, ...] = ()) -> Statement:
@@ -66,8 +76,8 @@ def sandbox_within(record: Record, budgets: Sequence[Budget], events: Sequence[R
                    number: Callable[[str], str]) -> list[Statement]:
     """The conditional upsert of a sandbox record and its events; the last statement's row count says if it fit."""
     condition, params = room_left(record, budgets, number)
-    upsert = (f"INSERT INTO sandboxes (id, owner, status, record) SELECT ?, ?, ?, ? WHERE {condition}{UPSERT_TAIL}",
-              (record["id"], record["owner"], record["status"], AsJSON(record), *params))
+    upsert = (f"INSERT INTO sandboxes ({SANDBOX_COLUMNS}) SELECT ?, ?, ?, ?, ? WHERE {condition}{UPSERT_TAIL}",
+              (*sandbox_values(record), *params))
     return [upsert, *(event_insert(event, condition, params) for event in events)]
 
 

@@ -52,10 +52,14 @@ class AsJSON:
 
 @dataclasses.dataclass(eq=False)
 class Write:
-    """Statements run in order in one transaction; ``key`` names the record a full-record write replaces."""
+    """Statements run in order in one transaction; ``key`` names the record a full-record write replaces.
+
+    ``bulk``: its statements may touch many rows (a prune), however small its values.
+    """
 
     statements: list[Statement]
     key: Hashable | None = None
+    bulk: bool = False
     waiters: list[asyncio.Future[int]] = dataclasses.field(default_factory=list)
     #: The position of its latest addition in the queue's order.
     seq: int = 0
@@ -77,8 +81,9 @@ class Write:
 
 
 def small(batch: list[Write], limit: int) -> bool:
-    """Whether the batch's values come to fewer than ``limit`` bytes, roughly (``jsonbytes.reaches``)."""
-    return not jsonbytes.reaches([p.value if isinstance(p, AsJSON) else p
+    """Whether the batch's values come to fewer than ``limit`` bytes, roughly (``jsonbytes.reaches``),
+    and none of its writes is a bulk one."""
+    return not any(write.bulk for write in batch) and not jsonbytes.reaches([p.value if isinstance(p, AsJSON) else p
                                   for write in batch for _, params in write.statements for p in params], limit)
 
 

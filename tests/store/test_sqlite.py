@@ -47,8 +47,8 @@ async def test_a_locked_database_does_not_stall_the_event_loop(tmp_path: Any) ->
 
 async def test_small_batches_commit_on_the_loop_and_the_rest_on_the_writer_thread(tmp_path: Any) -> None:
     """A small record commits on the loop's thread, durable for any other connection once its
-    write returns; a large one, and any behind a job of the writer thread, go to that thread, in
-    order; a store whose commits wait for the disk never commits on the loop."""
+    write returns; a large one, any behind a job of the writer thread, and a prune, go to that
+    thread, in order; a store whose commits wait for the disk never commits on the loop."""
     path = str(tmp_path / "g.db")
     store = SQLiteStore(path, checkpoint_pages=16)  # 64 KiB: the large record is past it
     held = threading.Event()  # the checkpoint waits for it: the small write comes while it runs
@@ -74,6 +74,13 @@ async def test_small_batches_commit_on_the_loop_and_the_rest_on_the_writer_threa
         await store.put_sandbox({"id": "small", "owner": "a", "status": "running"})
         assert store.loop_commits == 2
         assert (await store.get_sandbox("small"))["status"] == "running"
+        # A prune's values are small, but it may delete any number of rows: never on the loop.
+        assert await store.prune_events(before=1e12) == 0 and store.loop_commits == 2
+        await store.put_sandbox({"id": "ended", "owner": "a", "status": "terminated",
+                                 "terminated_at": "2020-01-01T00:00:00Z"})
+        assert store.loop_commits == 3
+        assert await store.prune_history(statuses=["terminated"], before=1e12, limit=10) == 1
+        assert store.loop_commits == 3 and await store.get_sandbox("ended") is None
     finally:
         other.close()
         await store.close()
