@@ -99,13 +99,14 @@ class BoundedBodiesApplication(HTTPServerConnectionDelegate):
             message.release()
 
     def busy(self) -> ServerBusy:
-        return ServerBusy(f"the request bodies in the gateway's memory would pass {human_size(self.budget.limit)} "
-                          "(--max-buffered-body-bytes) with this one: it was read and dropped; send it again in a "
-                          "few seconds")
+        limit = human_size(self.budget.limit)
+        return ServerBusy(f"the request bodies in the gateway's memory would pass {limit} "
+                          "(--max-buffered-body-bytes) with this one: it was read and dropped; "
+                          "send it again in a few seconds")
 
 
 class BoundedBody(HTTPMessageDelegate):
-    """One request's message delegate, with its body counted against the budget (see the module's docstring)."""
+    """One request's message delegate, its body counted against the budget (see the module's docstring)."""
 
     def __init__(self, delegate: HTTPMessageDelegate, connection: HTTP1Connection,
                  bodies: BoundedBodiesApplication) -> None:
@@ -171,9 +172,9 @@ class BoundedBody(HTTPMessageDelegate):
         """Answer ``error`` as every handler answers errors, then close the connection (so nothing else
         of this client's is read past a body the gateway had no room for)."""
         body = jsonbytes.dumps(error_body(error.code, error.message))
-        headers = HTTPHeaders({"Content-Type": "application/json; charset=UTF-8", "Content-Length": str(len(body)),
-                               "Cache-Control": "no-store", "Retry-After": str(error.retry_after),
-                               "Connection": "close"})
+        headers = HTTPHeaders({"Content-Type": "application/json; charset=UTF-8",
+                               "Content-Length": str(len(body)), "Cache-Control": "no-store",
+                               "Retry-After": str(error.retry_after), "Connection": "close"})
         start = ResponseStartLine("HTTP/1.1", error.status, HTTPStatus(error.status).phrase)
         written = self.connection.write_headers(start, headers, body)
         self.connection.finish()

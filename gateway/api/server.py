@@ -80,7 +80,8 @@ class GatewayHTTPServer(HTTPServer):
     #: Client connections open now.
     open_connections = 0
 
-    def initialize(self, request_callback: Any, *, max_connections: int, **options: Any) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+            self, request_callback: Any, *, max_connections: int, **options: Any) -> None:
         super().initialize(request_callback, **options)
         self.max_connections = max_connections
         self.refused_connections = Refusals(
