@@ -30,9 +30,10 @@ from traitlets.config import Application, catch_config_error
 
 from gateway import __version__
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER
+from gateway.api.bodies import CHUNK, DEFAULT_BODY_BUDGET, BoundedBodiesApplication
 from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.routes import make_app
-from gateway.api.server import NoDelayHTTPServer
+from gateway.api.server import GatewayHTTPServer
 from gateway.auth import KEY_FORMATS, KeyRing
 from gateway.config import env_config
 from gateway.mcp.server import McpService
@@ -79,6 +80,9 @@ ALIASES = {
     "keepalive": "GatewayApp.keepalive",
     "allow-origins": "GatewayApp.allow_origins",
     "max-send-buffer-bytes": "GatewayApp.max_send_buffer_bytes",
+    "max-connections": "GatewayApp.max_connections",
+    "idle-connection-timeout": "GatewayApp.idle_connection_timeout",
+    "max-buffered-body-bytes": "GatewayApp.max_buffered_body_bytes",
     "log-level": "Application.log_level",
     "api-keys": "KeyRing.api_keys",
     "provisioner": "KernelLauncher.provisioner",
@@ -192,6 +196,17 @@ class GatewayApp(ConfiguredApp):
         config=True
     )
     max_body_size = Int(64 << 20, help="Largest request body accepted, in bytes.").tag(config=True)
+    max_connections = Int(4096, help="Most client connections open at once (WebSockets and streams included); "
+                          "one over it is closed at once, those open go on.").tag(config=True)
+    idle_connection_timeout = Float(
+        75.0, help="Seconds a client connection may wait without sending a request's headers (before its first "
+        "request, between two on a kept-alive connection) before the gateway closes it."
+    ).tag(config=True)
+    max_buffered_body_bytes = Int(
+        DEFAULT_BODY_BUDGET, help="Most bytes of request bodies held in memory at once, over all connections "
+        "(a streamed upload holds one 64 KiB chunk at a time); a request past it is answered 503 server_busy "
+        "with Retry-After once its body has been read. At least --GatewayApp.max_body_size."
+    ).tag(config=True)
     keepalive = Float(15.0, help="Seconds of silence after which a stream sends a keepalive.").tag(config=True)
     max_send_buffer_bytes = Int(
         DEFAULT_SEND_BUFFER, help="Most bytes a streaming client (NDJSON, SSE, /stream, Jupyter channels) may fall "
@@ -233,6 +248,28 @@ class GatewayApp(ConfiguredApp):
     @default("runtime_dir")
     def _runtime_dir_default(self) -> str:
         return default_runtime_dir(self.data_dir)
+
+    @validate("max_connections")
+    def _some_connections(self, proposal: Any) -> int:
+        if proposal["value"] < 1:
+            raise TraitError(f"--max-connections must be at least 1, not {proposal['value']}")
+        return int(proposal["value"])
+
+    @validate("idle_connection_timeout")
+    def _positive_idle_timeout(self, proposal: Any) -> float:
+        if not proposal["value"] > 0:
+            raise TraitError(f"--idle-connection-timeout must be more than 0 seconds, not {proposal['value']}")
+        return float(proposal["value"])
+
+    @catch_config_error
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        # (checked once every option is in: the two may come from different places)
+        least = max(self.max_body_size, CHUNK)
+        if self.subapp is None and self.max_buffered_body_bytes < least:
+            raise TraitError(f"--max-buffered-body-bytes is {self.max_buffered_body_bytes}, under {least}: the "
+                             "largest body accepted (--GatewayApp.max_body_size) or a streamed upload's chunk "
+                             "could never be held, and would be refused for good")
 
     @validate("runtime_dir")
     def _short_runtime_dir(self, proposal: Any) -> str:
@@ -334,7 +371,10 @@ class GatewayApp(ConfiguredApp):
                                 files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins,
                                 mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes,
                                 e2b_templates=E2BTemplates(parent=self), processes=self.processes)
-        self.server = NoDelayHTTPServer(self.web_app, max_body_size=self.max_body_size)
+        self.bodies = BoundedBodiesApplication(self.web_app, limit=self.max_buffered_body_bytes)
+        self.server = GatewayHTTPServer(self.bodies, max_connections=self.max_connections,
+                                        idle_connection_timeout=self.idle_connection_timeout,
+                                        max_body_size=self.max_body_size)
         self.server.add_sockets(sockets)
         log.info("Code Interpreter Gateway %s on http://%s:%d (provisioner: %s, replica %s at %s)",
                  __version__, self.ip, self.bound_port, self.launcher.resolved, self.replica.id, self.replica.address)

@@ -197,6 +197,15 @@ class EngineUnavailable(GatewayError):
     code = "engine_unavailable"
 
 
+class ServerBusy(GatewayError):
+    """The gateway holds as many request bodies in memory as it may (``--max-buffered-body-bytes``):
+    this one was read and dropped; sent again in a few seconds, it may fit."""
+
+    status = 503
+    code = "server_busy"
+    retry_after = 5
+
+
 class ShuttingDown(GatewayError):
     """The gateway is stopping: it starts no sandbox and accepts no execution any more."""
 

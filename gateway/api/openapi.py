@@ -467,7 +467,10 @@ def document(*, policy: ResourcePolicy | None = None, lifetimes: LifetimePolicy 
         "openapi": "3.1.0",
         "info": {"title": "Code Interpreter Gateway", "version": __version__,
                  "description": "Stateful sandboxed Jupyter kernels over REST, streams and WebSockets, and the "
-                                "Jupyter Server kernel API (/api/kernels, /api/kernelspecs)."},
+                                "Jupyter Server kernel API (/api/kernels, /api/kernelspecs). Any request with a "
+                                "body may be answered 503 server_busy (Retry-After: 5, then the connection is "
+                                "closed) while the gateway holds as many request bodies in memory as it may "
+                                "(--max-buffered-body-bytes)."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "components": {
