@@ -108,7 +108,7 @@ CREATE_CONTEXT: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "language": {"enum": LANGUAGE_NAMES, "description": "python (default), bash, r, javascript or typescript"},
-        "cwd": {"type": "string", "description": "its working directory, relative to the sandbox's"},
+        "cwd": {**NO_NUL, "description": "its working directory, relative to the sandbox's"},
     },
 }
 

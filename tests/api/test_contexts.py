@@ -68,6 +68,9 @@ async def test_restart_remove_and_errors(alice: httpx.AsyncClient) -> None:
     both = await alice.post(f"/api/v1/sandboxes/{sid}/execute", json={"code": "1", "context": sid, "language": "bash"})
     assert_error(both, 400, "invalid_request")
     assert_error(await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"cwd": "../out"}), 400, "invalid_path")
+    nul = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"cwd": "a\x00b"})
+    assert_error(nul, 400, "invalid_request")
+    assert "cwd" in nul.json()["error"]["message"]
 
 
 async def test_a_cwd_that_is_not_a_directory_is_refused_and_starts_nothing(alice: httpx.AsyncClient) -> None:
