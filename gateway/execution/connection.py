@@ -27,7 +27,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
-from gateway.execution.messages import MALFORMED, BadMessage, Message, MessageGate
+from gateway.execution.messages import MALFORMED, OVERSIZED, BadMessage, Message, MessageGate
 from gateway.execution.replies import Replies
 
 log = logging.getLogger(__name__)
@@ -226,13 +226,23 @@ class KernelConnection:
         self.client.shell_channel.stop()
         self.client.iopub_channel.stop()
 
+    def _lost(self, parent_id: str) -> None:
+        """A message was cut for its size: its request notes output lost (every waiting request,
+        if what was left of it does not say whose it was)."""
+        if parent_id:
+            waiting = [self._waiting[parent_id]] if parent_id in self._waiting else []
+        else:
+            waiting = list(self._waiting.values())
+        for replies in waiting:
+            replies.lost(OVERSIZED)
+
     def _receiver(self, channel_name: str) -> Callable[[list[bytes]], None]:
         gate = self.gate
         iopub = channel_name == "iopub"
 
         def receive(frames: list[bytes]) -> None:
             self.last_heard = time.monotonic()
-            message = gate.admit(channel_name, frames)
+            message = gate.admit(channel_name, frames, self._lost)
             if message is None:
                 return
             try:

@@ -243,7 +243,7 @@ class Executor:
             progress.reply = msg["content"]
             return
         if channel == "dropped":
-            events = collector.lost()
+            events = collector.lost(msg)
         elif msg["header"]["msg_type"] == "status":
             progress.idle = progress.idle or msg["content"]["execution_state"] == "idle"
             return

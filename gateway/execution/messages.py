@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from gateway import jsonbytes
 from gateway.jsonbytes import Buffer
+from gateway.provisioners.relay import CUT
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,19 @@ MALFORMED = "malformed"
 BAD_SIGNATURE = "bad_signature"
 #: Output that arrived while more than its request's bound waited to be handled (see ``Replies``).
 OUTRAN = "outran_gateway"
+#: A message larger than the kernel may send: the relay between the sockets cut it (``relay.CUT``).
+OVERSIZED = "oversized"
 
 
 class BadMessage(ValueError):
     """Not a kernel message we can read (``MALFORMED``) or not signed with the sandbox's key (``BAD_SIGNATURE``)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, parent_id: str = "") -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        #: For ``OVERSIZED``: the request it answered, if that part arrived before the cut ("": unknown).
+        self.parent_id = parent_id
 
 
 def _object(part: Buffer, what: str) -> dict[str, Any]:
@@ -105,6 +110,8 @@ def decode(session: Session, frames: Sequence[Buffer], verified: Callable[[list[
     """The message in ``frames`` (identities first; a large part may be a view of the frame
     received), or ``BadMessage``. The signature is checked first (unless ``verified`` says these
     very parts were, with this session's key)."""
+    if frames and len(frames[-1]) == len(CUT) and bytes(frames[-1]) == CUT:
+        raise BadMessage(OVERSIZED, "larger than a kernel may send: cut by the gateway's relay", _parent_of_cut(frames))
     try:
         parts = list(frames[frames.index(DELIM) + 1:])
     except ValueError:
@@ -120,6 +127,17 @@ def decode(session: Session, frames: Sequence[Buffer], verified: Callable[[list[
     if not isinstance(header.get("msg_type"), str) or not isinstance(parent_header.get("msg_id", ""), str):
         raise BadMessage(MALFORMED, "the header has no msg_type, or the parent's msg_id is not a string")
     return Message(parts, header, parent_header)
+
+
+def _parent_of_cut(frames: Sequence[Buffer]) -> str:
+    """The parent ``msg_id`` in what is left of a cut message, if its parent header is there (it
+    cannot be verified: the signature covers parts cut off; it only says whose output was lost)."""
+    try:
+        parent_header = _object(frames[list(frames).index(DELIM) + 3], "parent header")
+    except (ValueError, IndexError):  # (BadMessage too)
+        return ""
+    msg_id = parent_header.get("msg_id")
+    return msg_id if isinstance(msg_id, str) else ""
 
 
 def _same(a: Buffer, b: Buffer) -> bool:
@@ -176,8 +194,9 @@ class MessageGate:
         #: Copies admitted as a message verified before (their signature not computed again).
         self.copies_verified = 0
 
-    def admit(self, channel: str, frames: Sequence[Buffer]) -> Message | None:
-        """The decoded message, or None if it was dropped."""
+    def admit(self, channel: str, frames: Sequence[Buffer], lost: Callable[[str], None] | None = None) -> Message | None:
+        """The decoded message, or None if it was dropped (then, if it was cut for its size, ``lost``
+        is told the parent ``msg_id`` it had, or "" if that was cut off too)."""
         try:
             if channel != "iopub" or not (self._more_copies or self._verified):
                 return decode(self.session, frames)
@@ -188,6 +207,8 @@ class MessageGate:
             return message
         except BadMessage as bad:
             self.drop(channel, bad)
+            if lost is not None and bad.reason == OVERSIZED:
+                lost(bad.parent_id)
             return None
 
     def copies_more(self, count: int) -> None:

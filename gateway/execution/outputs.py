@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.execution.messages import OUTRAN, OVERSIZED
 from gateway.jsonbytes import EncodedObject
+
+#: The note an execution gets where output was lost before it reached the collector, by why.
+LOST_NOTES = {
+    OUTRAN: "\n[output dropped: the kernel produced it faster than the gateway could take it]\n",
+    OVERSIZED: "\n[output dropped: a message from the kernel was larger than the gateway takes]\n",
+}
 
 OUTPUT_MESSAGES = frozenset({"stream", "display_data", "execute_result", "error", "update_display_data"})
 
@@ -198,13 +205,13 @@ class OutputCollector:
         self._display_ids = {}
         return [{"type": "clear_output", "wait": wait}]
 
-    def lost(self) -> list[dict[str, Any]]:
-        """Output was dropped before it got here (the kernel outran the gateway): say so, once per run."""
+    def lost(self, reason: str = OUTRAN) -> list[dict[str, Any]]:
+        """Output was dropped before it got here (``OUTRAN``: the kernel outran the gateway;
+        ``OVERSIZED``: one message was larger than a kernel may send): say so, once per run."""
         self.truncated = True
         if self._dropping:
             return []
-        note = {"output_type": "stream", "name": "stderr",
-                "text": "\n[output dropped: the kernel produced it faster than the gateway could take it]\n"}
+        note = {"output_type": "stream", "name": "stderr", "text": LOST_NOTES.get(reason, LOST_NOTES[OUTRAN])}
         if not self._charge(self.event_cost + output_size(note)):
             return self._drop_rest()
         self._append(note, None)

@@ -8,7 +8,7 @@ ZMQ gives no backpressure on iopub: a kernel can publish output faster than the 
 it, and what waits would pile up in the gateway. Output messages arriving while more than
 ``max_bytes`` of them wait are dropped at once, before their content is parsed (so the reader
 keeps up with any kernel), and the request's reader is told once per run of drops
-(``("dropped", None)``), so the execution says it was truncated; an ``update_display_data``
+(``("dropped", OUTRAN)``; ``OVERSIZED`` for a message the kernel's relay cut), so the execution says it was truncated; an ``update_display_data``
 instead replaces the one of its display still waiting, so a display's latest content always
 arrives. Status messages and shell replies are never dropped: they are how a request ends.
 """
@@ -20,7 +20,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from gateway.execution.messages import Message
+from gateway.execution.messages import OUTRAN, Message
 
 #: iopub messages that may be dropped under a flood (the rest are small and end the request).
 DROPPABLE = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error"})
@@ -66,12 +66,17 @@ class Replies:
                 self.pending_bytes += size - waiting.size
                 waiting.msg, waiting.size = msg, size
                 return
-        self.dropped += 1
         if self.on_drop is not None:
             self.on_drop()
+        self.lost(OUTRAN)
+
+    def lost(self, reason: str) -> None:
+        """Note an output message lost (dropped here, or before: ``OVERSIZED``): the reader is told
+        ``("dropped", reason)`` once per run of losses."""
+        self.dropped += 1
         if not self._dropping:
             self._dropping = True
-            self._put(_Item("dropped", None, 0))
+            self._put(_Item("dropped", reason, 0))
 
     def put_nowait(self, item: tuple[str, Any]) -> None:
         """Queue something that is not a kernel message (``("gone", KernelGone(...))``)."""

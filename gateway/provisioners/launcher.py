@@ -43,7 +43,7 @@ from gateway.execution.messages import MessageGate
 from gateway.metrics import GatewayMetrics
 from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
 from gateway.provisioners.mounts import unmount_under
-from gateway.provisioners.sockets import KernelSockets, SocketRefused
+from gateway.provisioners.sockets import MAX_MESSAGE_BYTES, KernelSockets, SocketRefused
 from gateway.provisioners.transport import ConnectedSockets
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +143,12 @@ class SandboxKernelManager(AsyncIOLoopKernelManager):
 
     autorestart = Bool(False)
 
-    def __init__(self, *, sandbox_id: str, dropped: Counter | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, sandbox_id: str, dropped: Counter | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.messages = MessageGate(sandbox_id, self.session, dropped=dropped)
         #: The kernel's sockets, held by descriptor (its provisioner attaches them at each launch).
-        self.sockets = KernelSockets()
+        self.sockets = KernelSockets(max_message_bytes)
         #: The sockets ``connect_*`` handed out (jupyter_server's channels): they follow a relaunched kernel.
         self.connected = ConnectedSockets()
         # Plain attributes, not traits: they change with every execution, on the hot path.
@@ -211,6 +212,9 @@ class KernelLauncher(LoggingConfigurable):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runtime_dir = Path(runtime_dir)
+        #: Bytes of one message a kernel may send the gateway (its relays cut a larger one): the
+        #: sandbox manager sets it from its output caps.
+        self.max_message_bytes = MAX_MESSAGE_BYTES
         #: This replica's id: it labels the kernels it starts (docker: ``code-gateway.instance``).
         self.instance_id = instance_id
         self.metrics = metrics or GatewayMetrics()
@@ -295,6 +299,7 @@ class KernelLauncher(LoggingConfigurable):
         km = SandboxKernelManager(
             sandbox_id=sandbox_id,
             dropped=self.metrics.kernel_messages_dropped,
+            max_message_bytes=self.max_message_bytes,
             parent=self,
             kernel_name=(kernel_name or self.kernel_name) + ("" if context_id is None else CONTEXT_SUFFIX),
             kernel_spec_manager=self.spec_manager,

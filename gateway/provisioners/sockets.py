@@ -9,11 +9,13 @@ on its own whenever a connection drops, so checking once is not enough. Here:
 - each socket is opened ``O_PATH | O_NOFOLLOW`` in a directory reached one component at a time
   without following symlinks (``open_directory``), and must be a socket owned by the kernel's
   uid (``open_socket``);
-- ZeroMQ connects to ``<prefix>-<port>``, a symlink in a directory only the gateway writes
-  (``<sandbox_dir>/sock``), to ``/proc/self/fd/<descriptor>``: the first connect and every
-  reconnect reach exactly the verified socket, as long as the descriptor is held (for the
-  kernel's life: ``detach`` removes the links first and closes descriptors only after a grace
-  period, so no connect in flight can reach a reused descriptor number);
+- ZeroMQ connects to ``<prefix>-<port>``, the socket of a ``Relay`` of ours in a directory only
+  the gateway writes (``<sandbox_dir>/sock``), which connects each connection on to
+  ``/proc/self/fd/<descriptor>``: the first connect and every reconnect reach exactly the
+  verified socket, as long as the descriptor is held (for the kernel's life: ``detach`` removes
+  the relays' sockets first and closes descriptors only after a grace period, so no connect in
+  flight can reach a reused descriptor number). The relay also bounds each message the kernel
+  sends (``max_message_bytes``), which libzmq would assemble whole however large;
 - the sockets' identities (device, inode) are recorded with the sandbox, so a gateway that
   re-attaches after a restart refuses sockets the sandbox replaced in the meantime.
 
@@ -31,11 +33,13 @@ import asyncio
 import ctypes
 import logging
 import os
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from gateway.provisioners.relay import Relay
 from gateway.tasks import done_within
 
 log = logging.getLogger(__name__)
@@ -43,12 +47,20 @@ log = logging.getLogger(__name__)
 #: (st_dev, st_ino) of a socket: which socket it is, whatever its name.
 Identity = tuple[int, int]
 
+#: Bytes of one message a kernel may send (counting its frames' overhead: see ``relay``) unless the
+#: gateway says otherwise: its default output caps' ``max_pending_bytes``, past which ``Replies``
+#: would drop the message anyway.
+MAX_MESSAGE_BYTES = 20 << 20
+
 #: Seconds a detached descriptor stays open (pointing at nothing any link names) before it closes.
 GRACE = 5.0
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _retired: list[tuple[float, list[int]]] = []
 
+
+#: Connections a relay's socket holds waiting to be accepted (ZeroMQ makes one per gateway socket).
+LISTEN_BACKLOG = 64
 
 #: Seconds a just-bound socket may take to be owned by the kernel's uid before it is refused.
 OWNER_SETTLE = 2.0
@@ -184,22 +196,27 @@ class DirectoryChanges:
 
 
 class KernelSockets:
-    """The verified sockets of one kernel (across its restarts), held by descriptor, and the links to them."""
+    """The verified sockets of one kernel (across its restarts), held by descriptor, and the relays to them."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        #: Bytes of one message the kernel may send on any socket; a larger one is cut by the relay.
+        self.max_message_bytes = max_message_bytes
         self._fds: dict[int, int] = {}
         self._links: list[Path] = []
+        self._relays: list[Relay] = []
         #: Port -> identity of the sockets attached now (empty when detached).
         self.identities: dict[int, Identity] = {}
 
     def attach(self, directory: int, prefix: Path, ports: Iterable[int], *, owner: int,
                expect: dict[int, Identity] | None = None) -> dict[int, Identity]:
-        """Open the kernel's sockets ``<name>-<port>`` in ``directory`` and point ``<prefix>-<port>`` at
+        """Open the kernel's sockets ``<name>-<port>`` in ``directory`` and relay ``<prefix>-<port>`` to
         them, ``name`` being the prefix's own (``k`` for a sandbox's kernel, ``c<id>`` for a context's).
 
         With ``expect`` (identities recorded at launch) each socket must be that very socket.
-        All or nothing: on any refusal nothing changes and ``SocketRefused`` says why.
+        All or nothing: on any refusal nothing changes and ``SocketRefused`` says why. The relays
+        run on the running event loop.
         """
+        asyncio.get_running_loop()  # (no relay can run without it: refused before anything changes)
         opened: dict[int, int] = {}
         identities: dict[int, Identity] = {}
         try:
@@ -220,14 +237,22 @@ class KernelSockets:
         if links.is_symlink():  # an older gateway's link into the sandbox: never write through it
             links.unlink()
         links.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._fds = opened
         for port, fd in opened.items():
             link = Path(f"{prefix}-{port}")
-            temporary = link.with_name(f".{link.name}.new")
-            temporary.unlink(missing_ok=True)
-            os.symlink(f"/proc/self/fd/{fd}", temporary)
-            os.replace(temporary, link)
+            link.unlink(missing_ok=True)  # (an older gateway's symlink, or its relay's socket)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                listener.bind(str(link))
+                listener.listen(LISTEN_BACKLOG)
+            except BaseException:
+                listener.close()
+                self.detach()
+                raise
             self._links.append(link)
-        self._fds = opened
+            relay = Relay(listener, f"/proc/self/fd/{fd}", max_message_bytes=self.max_message_bytes, name=str(link))
+            relay.start()
+            self._relays.append(relay)
         self.identities = identities
         return identities
 
@@ -272,10 +297,14 @@ class KernelSockets:
                 changes.close()
 
     def detach(self) -> None:
-        """Remove the links (no connect reaches the sockets by them again), then retire the descriptors."""
+        """Remove the relays' sockets (no connect reaches the kernel by them again), end the relays
+        and every connection through them, then retire the descriptors."""
         for link in self._links:
             link.unlink(missing_ok=True)
         self._links = []
+        for relay in self._relays:
+            relay.close()
+        self._relays = []
         _retire(self._fds.values())
         self._fds = {}
         self.identities = {}

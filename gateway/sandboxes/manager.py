@@ -238,6 +238,9 @@ class SandboxManager(LoggingConfigurable):
             idle_grace=self.idle_grace,
             connect_timeout=launcher.startup_timeout,
         )
+        # A message larger than what an execution's replies may hold waiting would be dropped
+        # there anyway: the kernel's relays cut it before the gateway holds any more of it.
+        launcher.max_message_bytes = self.settings.caps.max_pending_bytes
         self._sandboxes: dict[str, Sandbox] = {}
         self._runtimes: dict[str, SandboxRuntime] = {}
         #: The same kernels as ``_runtimes``, for jupyter_server's kernel WebSocket code.

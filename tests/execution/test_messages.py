@@ -13,8 +13,9 @@ from jupyter_client.session import Session
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.execution.messages import (
-    BAD_SIGNATURE, MALFORMED, VERIFIED_FOR, VERIFIED_LARGE, BadMessage, MessageGate, decode,
+    BAD_SIGNATURE, MALFORMED, OVERSIZED, VERIFIED_FOR, VERIFIED_LARGE, BadMessage, MessageGate, decode,
 )
+from gateway.provisioners.relay import CUT
 
 KEY = b"the-sandbox-key"
 
@@ -152,3 +153,23 @@ def test_a_copy_read_as_a_view_of_its_frame_is_compared_as_bytes() -> None:
     forged = bytearray(frames[-1])
     forged[-3] ^= 1
     assert gate.admit("iopub", [*frames[:-1], memoryview(forged)]) is None
+
+
+def test_a_message_the_relay_cut_is_dropped_and_says_whose_output_was_lost() -> None:
+    """Even where what is left of it is well signed: the buffers a signature does not cover were cut."""
+    session = Session(key=KEY)
+    counter = Counter("dropped", "test", ["reason"], registry=CollectorRegistry())
+    gate = MessageGate("sb", session, dropped=counter)
+    whole = signed(session, {"msg_id": "m", "msg_type": "display_data"}, {"msg_id": "the-request"})
+    lost: list[str] = []
+    cut_early = [b"topic", b"<IDS|MSG>", whole[2], CUT]  # cut before the parent header
+    for frames, parent in ((whole + [b"buffer", CUT], "the-request"), (whole[:5] + [CUT], "the-request"),
+                           (cut_early, ""), ([CUT], "")):
+        assert gate.admit("iopub", frames, lost.append) is None
+        assert lost.pop() == parent
+        with pytest.raises(BadMessage) as bad:
+            decode(session, frames)
+        assert bad.value.reason == OVERSIZED
+    assert counter.labels(reason=OVERSIZED)._value.get() == 4
+    # A message merely holding the marker elsewhere is read as any other.
+    assert gate.admit("iopub", whole + [CUT, b"last"], lost.append) is not None and not lost

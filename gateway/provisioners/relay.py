@@ -1,0 +1,275 @@
+"""A relay between the gateway's ZeroMQ sockets and a kernel's, bounding each message the kernel sends.
+
+libzmq assembles a whole multipart message before its reader sees any part of it, and bounds
+only each frame (``ZMQ_MAXMSGSIZE``) and the number of messages queued (HWMs). Code in a
+sandbox controls its kernel process: with pyzmq's zero-copy sends it can send one message of a
+thousand frames that are all the same 1 MiB buffer, and the gateway would hold 1 GiB before its
+own bounds (``Replies``) could see any of it. So every connection to a kernel's ipc socket
+passes this relay, which reads what the kernel sends as ZMTP 3.x (RFC 23 and 37: a 64-byte
+greeting, then frames of a flags byte, a 1- or 8-byte size and a body) and counts the bytes of
+the message in flight. A message that passes ``max_message_bytes`` is ended for libzmq at a
+frame boundary by one last frame, ``CUT``, and the rest of it is read from the kernel and
+thrown away as it comes; the gateway's ``MessageGate`` drops a message ending with ``CUT`` and
+the execution it belongs to notes that output was lost. What the gateway sends the kernel
+passes unchanged. Bodies are forwarded in the chunks they arrive in (only headers are parsed),
+so a large output costs one more copy, never a frame held whole.
+
+    relay = Relay(listener, "/proc/self/fd/7", max_message_bytes=40 << 20, name="k-1")
+    relay.start()          # ZeroMQ connects to the listener; each connection gets one to the kernel
+    relay.close()          # both sides of every connection are closed, the listener too
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The last frame of a message the relay cut: a 1-frame body no kernel sends at the end of a message.
+CUT = b"\x00code-gateway: the rest of this message was dropped: it passed the gateway's bound\x00"
+#: The frame that ends a cut message: flags 0 (the last frame, short), its size, ``CUT``.
+_CUT_FRAME = bytes([0, len(CUT)]) + CUT
+
+# ZMTP 3.x frame flags (RFC 23 section "Framing"; the other bits are reserved, libzmq ignores them).
+MORE, LONG, COMMAND = 1, 2, 4
+GREETING_BYTES = 64
+#: What a greeting must hold where it is fixed: the signature's first and last bytes, the major
+#: version (3: an older peer would make libzmq fall back to another framing), and the NULL mechanism.
+_MECHANISM = b"NULL".ljust(20, b"\0")
+#: Bytes a frame costs libzmq besides its body (a ``zmq_msg_t`` is 64): a message of many empty
+#: frames is bounded too.
+FRAME_COST = 64
+#: A command (READY with its properties, PING, ERROR) is small; a larger one ends the connection.
+MAX_COMMAND_BYTES = 64 << 10
+#: Bytes read from a socket at a time.
+CHUNK = 256 << 10
+
+
+class ProtocolError(ValueError):
+    """The kernel's side does not speak ZMTP 3.x with the NULL mechanism as libzmq 4 does."""
+
+
+def _check_greeting(greeting: bytes) -> None:
+    """Refuse the first bytes of a greeting (however many arrived) unless they can begin a ZMTP 3.x one."""
+    if greeting[:1] not in (b"", b"\xff") or greeting[9:10] not in (b"", b"\x7f"):
+        raise ProtocolError("not a ZMTP 3 greeting")
+    if greeting[10:11] and greeting[10] < 3:
+        raise ProtocolError(f"ZMTP version {greeting[10]}, 3 or later expected")
+    mechanism = greeting[12:32]
+    if mechanism != _MECHANISM[:len(mechanism)]:
+        raise ProtocolError(f"mechanism {mechanism!r}, NULL expected")
+
+
+class MessageCutter:
+    """Splits the byte stream a kernel sends into ZMTP frames and passes it on, cutting messages
+    that pass ``max_message_bytes`` (counting ``FRAME_COST`` per frame).
+
+    ``feed`` takes each chunk as it arrives and returns what to forward, in order: views of the
+    chunk (one for the whole chunk unless something was cut out of it) and the ``CUT`` frame.
+    The views are valid as long as the chunk is: forward them before reading the next one.
+    """
+
+    def __init__(self, max_message_bytes: int, on_cut: Callable[[], None] | None = None) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.on_cut = on_cut
+        #: Messages cut so far.
+        self.cuts = 0
+        self._greeting = b""
+        #: The bytes of a frame header that arrived at the end of a chunk, waiting for the rest.
+        self._header = b""
+        self._body_left = 0
+        self._forwarding_body = True
+        self._last_frame = False
+        self._command = False
+        #: Bytes (with ``FRAME_COST`` each frame) of the message in flight forwarded so far.
+        self._in_flight = 0
+        #: The message in flight was cut: its remaining frames are thrown away.
+        self._discarding = False
+
+    def feed(self, chunk: memoryview) -> list[memoryview | bytes]:
+        out: list[memoryview | bytes] = []
+        # The range of ``chunk`` forwarded unchanged since the last piece added to ``out``.
+        run_start = run_end = 0
+        pos, end = 0, len(chunk)
+        while pos < end:
+            if len(self._greeting) < GREETING_BYTES:
+                n = min(GREETING_BYTES - len(self._greeting), end - pos)
+                self._greeting += chunk[pos:pos + n]
+                _check_greeting(self._greeting)  # (before libzmq sees any of it)
+                pos += n
+                run_end = pos
+            elif self._body_left:
+                n = min(self._body_left, end - pos)
+                if self._forwarding_body:
+                    if run_end != pos:
+                        if run_end > run_start:
+                            out.append(chunk[run_start:run_end])
+                        run_start = pos
+                    run_end = pos + n
+                pos += n
+                self._body_left -= n
+                if not self._body_left:
+                    self._end_frame()
+            else:
+                start = pos
+                header: bytes | memoryview
+                if self._header:
+                    header = self._header + chunk[pos:pos + 9 - len(self._header)]
+                else:
+                    header = chunk[pos:pos + 9]
+                size_bytes = 8 if header[0] & LONG else 1
+                if len(header) < 1 + size_bytes:  # the rest of the header is in the next chunk
+                    self._header = bytes(header)
+                    pos = end
+                    continue
+                taken = 1 + size_bytes - len(self._header)
+                pos += taken
+                flags = header[0]
+                size = int.from_bytes(header[1:1 + size_bytes], "big")
+                forward = self._begin_frame(flags, size)
+                if forward is None:  # the frame is forwarded: its header as it came
+                    if self._header:
+                        if run_end > run_start:
+                            out.append(chunk[run_start:run_end])
+                        out.append(self._header)
+                        run_start = start
+                    elif run_end != start:
+                        if run_end > run_start:
+                            out.append(chunk[run_start:run_end])
+                        run_start = start
+                    run_end = pos
+                elif forward:
+                    if run_end > run_start:
+                        out.append(chunk[run_start:run_end])
+                    out.append(forward)
+                    run_start = run_end = pos
+                self._header = b""
+                if not size:
+                    self._end_frame()
+        if run_end > run_start:
+            out.append(chunk[run_start:run_end])
+        return out
+
+    def _begin_frame(self, flags: int, size: int) -> bytes | None:
+        """Decide on a frame from its header: None to forward it, else bytes to forward instead
+        (``b""``: nothing) while its body is thrown away."""
+        self._body_left = size
+        self._command = bool(flags & COMMAND)
+        self._last_frame = not flags & MORE
+        self._forwarding_body = True
+        if self._command:  # (not part of any message: libzmq handles each on its own)
+            if size > MAX_COMMAND_BYTES:
+                raise ProtocolError(f"a command of {size} bytes")
+            return None
+        if self._discarding:
+            self._forwarding_body = False
+            return b""
+        self._in_flight += size + FRAME_COST
+        if self._in_flight <= self.max_message_bytes:
+            return None
+        self._discarding, self._forwarding_body = True, False
+        self.cuts += 1
+        if self.on_cut is not None:
+            self.on_cut()
+        return _CUT_FRAME
+
+    def _end_frame(self) -> None:
+        if not self._command and self._last_frame:
+            self._in_flight = 0
+            self._discarding = False
+
+
+class Relay:
+    """Accepts connections on ``listener`` and relays each to the kernel's socket at ``target``
+    (``/proc/self/fd/<n>``: the socket verified by descriptor), cutting messages the kernel sends
+    past ``max_message_bytes``. Either side ending ends both."""
+
+    def __init__(self, listener: socket.socket, target: str, *, max_message_bytes: int, name: str) -> None:
+        self.listener = listener
+        self.target = target
+        self.max_message_bytes = max_message_bytes
+        #: What log lines call it (the link's path: it names the sandbox).
+        self.name = name
+        #: Messages cut on all its connections so far.
+        self.cuts = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refusal_logged = False
+
+    def start(self) -> None:
+        self.listener.setblocking(False)
+        self._spawn(self._accept(), closing=self.listener)
+
+    def close(self) -> None:
+        """End every connection and stop listening. Each socket is closed once the task using it
+        is done (closing it here, under a pending read, could later unregister a reused descriptor)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], closing: socket.socket) -> None:
+        """Run ``coroutine`` as one of the relay's tasks; ``closing`` is closed when it is done."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: closing.close())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            client, _ = await loop.sock_accept(self.listener)
+            self._spawn(self._connection(client), closing=client)
+
+    async def _connection(self, client: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        kernel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        kernel.setblocking(False)
+        client.setblocking(False)
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            try:
+                await loop.sock_connect(kernel, self.target)
+            except OSError as exc:  # the kernel is gone (or not listening): ZeroMQ connects again later
+                log.debug("%s: no connection to the kernel's socket: %s", self.name, exc)
+                return
+            pumps = [loop.create_task(self._to_kernel(client, kernel)), loop.create_task(self._from_kernel(kernel, client))]
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            if pumps:
+                await asyncio.gather(*pumps, return_exceptions=True)
+            kernel.close()
+
+    async def _to_kernel(self, source: socket.socket, sink: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        try:
+            while n := await loop.sock_recv_into(source, buffer):
+                await loop.sock_sendall(sink, view[:n])
+        except OSError:  # reset, broken pipe: the connection ends
+            pass
+
+    async def _from_kernel(self, source: socket.socket, sink: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        cutter = MessageCutter(self.max_message_bytes, on_cut=self._cut)
+        try:
+            while n := await loop.sock_recv_into(source, buffer):
+                for piece in cutter.feed(view[:n]):
+                    await loop.sock_sendall(sink, piece)
+        except ProtocolError as refused:
+            # The kernel's process is the sandbox's: it may send anything. Logged once per socket.
+            (log.debug if self._refusal_logged else log.warning)(
+                "%s: closed a connection to the kernel: %s", self.name, refused)
+            self._refusal_logged = True
+        except OSError:
+            pass
+
+    def _cut(self) -> None:
+        self.cuts += 1
+        log.debug("%s: cut a kernel message past %d bytes", self.name, self.max_message_bytes)
