@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import re
 from typing import Any
@@ -43,7 +42,7 @@ from gateway.api.base import (
 from gateway.api.executions import check_code
 from gateway.api.forwarding import served_elsewhere
 from gateway.api.streams import UncopiedFrames
-from gateway.jsonbytes import loads, pieces
+from gateway.jsonbytes import TooDeep, loads, loads_bounded, pieces
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
 from gateway.execution.feed import ExecutionFeed, FeedCursor
@@ -227,14 +226,14 @@ def message_id(message: str | bytes) -> str | int | None:
     except UnicodeDecodeError:
         return None
     try:
-        request = json.loads(text)
-    except json.JSONDecodeError:
+        request = loads(text)
+    except ValueError:  # (not JSON, or nested too deep to read)
         found = {match.group(1) for match in _ID_IN_TEXT.finditer(text)}
         if len(found) != 1:
             return None
         try:
-            value = json.loads(found.pop())
-        except json.JSONDecodeError:
+            value = loads(found.pop())
+        except ValueError:
             return None
     else:
         value = request.get("id") if isinstance(request, dict) else None
@@ -243,7 +242,9 @@ def message_id(message: str | bytes) -> str | int | None:
 
 def _parse(message: str | bytes) -> dict[str, Any]:
     try:
-        request = loads(message)
+        request = loads_bounded(message)
+    except TooDeep as exc:
+        raise InvalidJSON(f"the message is refused: {exc}") from None
     except ValueError as exc:  # bad JSON or bad UTF-8
         raise InvalidJSON(f"the message is not valid JSON: {exc}") from None
     if not isinstance(request, dict):

@@ -186,6 +186,9 @@ async def test_error_events_echo_the_message_id(gateway: InProcessGateway, sandb
         ('{"type": "execute", "id": "t7", "code": ', "t7", "invalid_json"),              # bad JSON, id readable
         ('{"type": "execute", "id": [1], "code": "1"}', None, "invalid_request"),         # no usable id
         ("not json", None, "invalid_json"),
+        ('{"type": "execute", "id": "t8", "code": "1", "timeout": ' + "[" * 100_000, "t8", "invalid_json"),  # too deep
+        ('{"type": "execute", "id": "t9", "code": "1", "timeout": ' + "[" * 200 + "]" * 200 + "}", "t9",
+         "invalid_json"),                                                                  # valid, but too deep
     ]
     async with connect(gateway, sandbox["id"]) as socket:
         for message, request_id, code in cases:

@@ -16,7 +16,7 @@ from tornado.routing import PathMatches, Rule
 
 from gateway.api.e2b import control, envd, interpreter
 from gateway.api.e2b.base import NotSupportedHandler
-from gateway.api.e2b.connect import ConnectHandler
+from gateway.api.e2b.connect import CODECS, ConnectHandler
 from gateway.api.e2b.envd_rpc.filesystem.filesystem_connect import FilesystemASGIApplication
 from gateway.api.e2b.envd_rpc.process.process_connect import ProcessASGIApplication
 from gateway.api.e2b.filesystem import FilesystemService
@@ -65,9 +65,10 @@ def routes(deps: dict[str, Any], *, templates: E2BTemplates, policy: ResourcePol
     served: list[Rule] = []
     if files is not None:
         served += [Rule(SandboxPort("/files", ENVD_PORT), envd.FilesHandler, {**deps, "files": files}),
-                   rpc_rule(r"filesystem\.Filesystem", FilesystemASGIApplication(FilesystemService(files)))]
+                   rpc_rule(r"filesystem\.Filesystem",
+                            FilesystemASGIApplication(FilesystemService(files), codecs=CODECS))]
     if processes is not None:
-        served.append(rpc_rule(r"process\.Process", ProcessASGIApplication(ProcessService(processes))))
+        served.append(rpc_rule(r"process\.Process", ProcessASGIApplication(ProcessService(processes), codecs=CODECS)))
     return served + [
         plane("/sandboxes", control.SandboxesHandler, version=1),
         plane("/v2/sandboxes", control.SandboxesHandler, version=2),

@@ -9,6 +9,9 @@ handler is the ASGI server for it: the request as an ASGI scope, its body as one
 server stream then), every ``http.response.body`` written and flushed (awaited: backpressure).
 The sandbox the request is for (found and checked by ``SandboxTrafficHandler``) reaches the
 service through ``current_sandbox``, a context variable set around the call.
+
+The applications decode JSON messages with ``DepthBoundedJSON`` (``CODECS``): protobuf-py's JSON
+parse crashes the whole interpreter (a segfault) on a message of 100,000 nested ``[``.
 """
 
 from __future__ import annotations
@@ -17,14 +20,46 @@ import asyncio
 import contextvars
 from typing import Any
 
+from connectrpc.code import Code
+from connectrpc.codec import Codec, proto_binary_codec, proto_json_codec
+from connectrpc.errors import ConnectError
+from protobuf import Message
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
+from gateway import jsonbytes
 from gateway.api.e2b.traffic import PREFIX, SandboxTrafficHandler
 from gateway.sandboxes.model import Sandbox
 
 #: The sandbox the RPC being served is for.
 current_sandbox: contextvars.ContextVar[Sandbox] = contextvars.ContextVar("current_sandbox")
+
+
+class DepthBoundedJSON:
+    """connectrpc's JSON codec, a message nested more than ``jsonbytes.MAX_DEPTH`` levels deep
+    refused (``invalid_argument``) before protobuf-py parses it."""
+
+    def __init__(self) -> None:
+        self.codec: Codec[Message, Any] = proto_json_codec()
+
+    def name(self) -> str:
+        return self.codec.name()
+
+    def encode(self, message: Message) -> bytes:
+        return self.codec.encode(message)
+
+    def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
+        try:
+            jsonbytes.loads_bounded(data)
+        except jsonbytes.TooDeep as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, f"the message is refused: {exc}") from None
+        except ValueError:
+            pass  # (not JSON: the codec's own parse says so, as it always did)
+        return self.codec.decode(data, message_class)
+
+
+#: The codecs of the envd services: protobuf's binary one, and JSON bounded in depth.
+CODECS: list[Codec[Message, Any]] = [proto_binary_codec(), DepthBoundedJSON()]
 
 
 class ConnectHandler(SandboxTrafficHandler):
