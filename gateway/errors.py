@@ -94,6 +94,13 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
 
 
+class NotAcceptable(GatewayError):
+    """The request's ``Accept`` header accepts none of the media types the endpoint answers with."""
+
+    status = 406
+    code = "not_acceptable"
+
+
 class SandboxNotRunning(GatewayError):
     """The sandbox exists but cannot take work in its current state."""
 

@@ -22,7 +22,9 @@ from gateway.api.base import MAX_OFFSET, error_body
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.api.streams import (
     ENCODERS,
+    JSON,
     NDJSON,
+    SSE,
     EventEncoder,
     cut_short,
     hold_end,
@@ -159,7 +161,7 @@ class ExecuteHandler(StreamingHandler):
     async def post(self, sandbox_id: str) -> None:
         body = self.json_body(schemas.execute)
         code = check_code(body["code"])
-        encoder = negotiate(self.request.headers.get("Accept", ""))
+        encoder = ENCODERS.get(negotiate(self.request.headers.get("Accept", "")))  # (None: one JSON document)
         where = {"context": body.get("context"), "language": body.get("language")}
         if encoder is None:
             running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"), **where)
@@ -201,7 +203,9 @@ class ExecutionEventsHandler(StreamingHandler):
             raise InvalidRequest("query parameter 'after' must be an integer") from None
         if not 0 <= after <= MAX_OFFSET:
             raise InvalidRequest(f"'after' must be 0..{MAX_OFFSET}")
-        encoder = negotiate(self.request.headers.get("Accept", "")) or ENCODERS[NDJSON]
+        # (JSON asked for by name is NDJSON here: one JSON document a line)
+        chosen = negotiate(self.request.headers.get("Accept", ""), (NDJSON, SSE, JSON))
+        encoder = ENCODERS.get(chosen, ENCODERS[NDJSON])
         execution = await self.sandboxes.get_execution(execution_id, self.user)  # ownership, 404
         running = self.sandboxes.running(execution_id)
         if running is None:
