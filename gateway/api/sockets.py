@@ -2,7 +2,7 @@
 
 Client -> server::
 
-    {"type": "execute", "id": "c1", "code": "print(1)", "timeout": 30}
+    {"type": "execute", "id": "c1", "code": "print(1)", "timeout": 30}   # also "context" or "language"
     {"type": "interrupt"}
 
 Server -> client, each tagged with the request's ``id`` and the ``execution_id``::
@@ -127,7 +127,8 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
                 return
             code = check_code(request["code"])
             running = await self.sandboxes.submit(self.sandbox_id, self.current_user, code,
-                                                  timeout=request.get("timeout"))
+                                                  timeout=request.get("timeout"), context=request.get("context"),
+                                                  language=request.get("language"))
         except GatewayError as error:
             event = {"type": "error", "id": request_id, **error_body(error.code, error.message)}
             if error.retry_after is not None:
