@@ -32,22 +32,14 @@ from gateway.api.streams import (
     write_event,
     write_large_held,
 )
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution
 from gateway.jsonbytes import LARGE, Buffer, pieces
+from gateway.sandboxes.inputs import check_code
 from gateway.sandboxes.manager import RunningExecution
 
 log = logging.getLogger(__name__)
-
-MAX_CODE_BYTES = 1 << 20
-
-
-def check_code(code: str) -> str:
-    if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
-        raise PayloadTooLarge(f"field 'code' is larger than {MAX_CODE_BYTES} bytes (1 MiB)")
-    return code
-
 
 class StreamingHandler(SandboxAPIHandler):
     """Writes one execution's events as a live stream, each flush awaited (backpressure).

@@ -58,7 +58,9 @@ def error(description: str) -> dict[str, Any]:
 
 
 ERRORS = {
-    "400": error("malformed JSON, an unknown field or a wrong type (the message names the field)"),
+    "400": error("malformed JSON (or nested more than 128 levels deep), an unknown field or a wrong type (the "
+                 "message names the field); code or environment variables no kernel can take (invalid_code, "
+                 "invalid_env)"),
     "401": error("no API key, or an unknown one"),
     "404": error("no such sandbox or execution (also someone else's)"),
 }

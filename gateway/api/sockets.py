@@ -39,13 +39,13 @@ from gateway.api.base import (
     error_body,
     origin_allowed,
 )
-from gateway.api.executions import check_code
 from gateway.api.forwarding import served_elsewhere
 from gateway.api.streams import UncopiedFrames
 from gateway.jsonbytes import TooDeep, loads, loads_bounded, pieces
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
 from gateway.execution.feed import ExecutionFeed, FeedCursor
+from gateway.sandboxes.inputs import check_code
 from gateway.sandboxes.manager import RunningExecution, SandboxManager
 
 log = logging.getLogger(__name__)

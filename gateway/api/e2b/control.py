@@ -27,6 +27,7 @@ from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.e2b.usage import cpu_count, cpu_percent, disk_used, memory_used
 from gateway.api.forwarding import HolderRouting
 from gateway.errors import InvalidRequest, NotFound, SandboxNotFound
+from gateway.sandboxes.inputs import check_env
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
 
@@ -153,7 +154,8 @@ class SandboxesHandler(ControlHandler):
         if body.get("allow_internet_access"):
             resources["network"] = True  # (refused with 403 unless the operator allows network access)
         sandbox = await self.sandboxes.create(
-            self.user, resources=resources, env=string_map(body, "envVars"), metadata=string_map(body, "metadata"),
+            self.user, resources=resources, env=check_env(body.get("envVars"), "envVars"),
+            metadata=string_map(body, "metadata"),
             lifetime=300 if timeout is None else timeout, auto_resume=auto_resume, image=image, template=template,
         )
         self.write_json(created_body(sandbox), status=201)

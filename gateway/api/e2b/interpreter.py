@@ -31,9 +31,9 @@ from gateway.api.backpressure import DEFAULT_SEND_BUFFER, BehindWatch, end_strea
 from gateway.api.e2b import paths
 from gateway.api.e2b.results import E2BLines, error_line
 from gateway.api.e2b.traffic import SandboxTrafficHandler
-from gateway.api.executions import check_code
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.sandboxes.contexts import ContextNotFound
+from gateway.sandboxes.inputs import check_code, check_env
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.manager import RunningExecution
 
@@ -80,13 +80,12 @@ class ExecuteHandler(InterpreterHandler):
         code = body.get("code")
         if not isinstance(code, str):
             raise InvalidRequest("field 'code' is required: the code to run")
-        env = body.get("env_vars") or {}
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise InvalidRequest("field 'env_vars' must be an object of strings")
+        code = check_code(code)
+        env = check_env(body.get("env_vars"), "env_vars")
         context, language = body.get("context_id"), body.get("language")
         if context and language:
             raise InvalidRequest("Only one of context_id or language can be provided")
-        self.running = await self.sandboxes.submit(self.sandbox.id, self.user, check_code(code),
+        self.running = await self.sandboxes.submit(self.sandbox.id, self.user, code,
                                                    timeout=self.policy.max_timeout, env=env,
                                                    context=context or None, language=language or None)
         await self.stream(self.running)
