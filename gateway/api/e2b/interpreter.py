@@ -31,6 +31,7 @@ from gateway.api.backpressure import DEFAULT_SEND_BUFFER, BehindWatch, end_strea
 from gateway.api.e2b import paths
 from gateway.api.e2b.results import E2BLines, error_line
 from gateway.api.e2b.traffic import SandboxTrafficHandler
+from gateway.api.schemas import BodyValidator
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.sandboxes.contexts import ContextNotFound
 from gateway.sandboxes.inputs import check_code, check_env
@@ -38,6 +39,17 @@ from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.manager import RunningExecution
 
 log = logging.getLogger(__name__)
+
+
+#: A string, or null (which E2B's SDKs send for "not given").
+OPTIONAL_STRING = {"type": ["string", "null"]}
+#: The bodies of execute and of a new context: their fields typed (400 naming the field), others let
+#: through (as E2B's server does: a newer SDK may send more).
+EXECUTE_BODY = BodyValidator({"type": "object", "required": ["code"], "properties": {
+    "code": {"type": "string"}, "context_id": OPTIONAL_STRING, "language": OPTIONAL_STRING,
+    "env_vars": {"type": ["object", "null"]}}})
+CREATE_CONTEXT_BODY = BodyValidator({"type": "object", "properties": {
+    "language": OPTIONAL_STRING, "cwd": OPTIONAL_STRING}})
 
 
 def e2b_context(context: dict[str, Any]) -> dict[str, Any]:
@@ -76,11 +88,8 @@ class ExecuteHandler(InterpreterHandler):
         self._cut_off = False
 
     async def post(self) -> None:
-        body = self.json_body()
-        code = body.get("code")
-        if not isinstance(code, str):
-            raise InvalidRequest("field 'code' is required: the code to run")
-        code = check_code(code)
+        body = self.json_body(EXECUTE_BODY)
+        code = check_code(body["code"])
         env = check_env(body.get("env_vars"), "env_vars")
         context, language = body.get("context_id"), body.get("language")
         if context and language:
@@ -134,7 +143,7 @@ class ContextsHandler(InterpreterHandler):
         self.write_json([e2b_context(c) for c in contexts])
 
     async def post(self) -> None:
-        body = self.json_body(allow_empty=True)
+        body = self.json_body(CREATE_CONTEXT_BODY, allow_empty=True)
         cwd = paths.relative(body.get("cwd") or paths.HOME)
         context = await self.sandboxes.create_context(self.sandbox.id, self.user, body.get("language"), cwd)
         self.write_json(e2b_context(context))
