@@ -30,6 +30,18 @@ class InvalidJSON(GatewayError):
     code = "invalid_json"
 
 
+class InvalidCode(InvalidRequest):
+    """Code no execution can take (a NUL, a lone surrogate); the message says what and where."""
+
+    code = "invalid_code"
+
+
+class InvalidEnv(InvalidRequest):
+    """Environment variables no process can be given (a bad name, a NUL); the message names the variable."""
+
+    code = "invalid_env"
+
+
 class InvalidPath(GatewayError):
     status = 400
     code = "invalid_path"
@@ -92,6 +104,13 @@ class FileNotFound(NotFound):
 class MethodNotAllowed(GatewayError):
     status = 405
     code = "method_not_allowed"
+
+
+class NotAcceptable(GatewayError):
+    """The request's ``Accept`` header accepts none of the media types the endpoint answers with."""
+
+    status = 406
+    code = "not_acceptable"
 
 
 class SandboxNotRunning(GatewayError):

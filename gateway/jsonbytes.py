@@ -233,14 +233,52 @@ _parser = simdjson.Parser()
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """The value of a JSON text; ``ValueError`` (``json.JSONDecodeError``) if it is not JSON."""
+    """The value of a JSON text; ``ValueError`` (``json.JSONDecodeError``) if it is not JSON, and
+    ``TooDeep`` (a ``ValueError`` too) if it nests deeper than the standard library recurses."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         value = _ROUNDED
     if value is _ROUNDED or _may_be_rounded(value):
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        try:
+            return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        except RecursionError:  # (orjson stops at 1024 levels; json at the interpreter's recursion limit)
+            raise TooDeep() from None
     return value
+
+
+#: The deepest nesting of arrays and objects taken from a client (request bodies, socket messages):
+#: orjson encodes up to 254 levels, and the standard library (its fallback) recurses once per level,
+#: so a value a client gave may come back in a stored record, a response or a kernel message.
+MAX_DEPTH = 128
+
+
+class TooDeep(ValueError):
+    """A JSON text whose arrays and objects nest too deep to be taken."""
+
+    def __init__(self) -> None:
+        super().__init__(f"arrays and objects nested more than {MAX_DEPTH} levels deep")
+
+
+def loads_bounded(data: bytes | bytearray | memoryview | str) -> Any:
+    """``loads`` for what a client sends: ``TooDeep`` if it nests more than ``MAX_DEPTH`` levels."""
+    value = loads(data)
+    if deeper_than(value, MAX_DEPTH):
+        raise TooDeep()
+    return value
+
+
+def deeper_than(value: Any, depth: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``depth`` levels deep (``[]`` is one).
+
+    A walk over its containers, a level at a time (no recursion, whatever the depth)."""
+    level = [value] if type(value) in (dict, list) else []
+    for _ in range(depth):
+        level = [item for container in level for item in (container.values() if type(container) is dict else container)
+                 if type(item) in (dict, list)]
+        if not level:
+            return False
+    return bool(level)
 
 
 _ROUNDED = object()

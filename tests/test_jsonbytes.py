@@ -50,6 +50,28 @@ def test_bad_json_is_a_value_error(data: Any) -> None:
         jsonbytes.loads(data)
 
 
+def test_nesting_past_the_parsers_recursion_is_too_deep_not_a_recursion_error() -> None:
+    for text in (b"[" * 100_000, b"[" * 5000 + b"]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000):
+        with pytest.raises(jsonbytes.TooDeep):
+            jsonbytes.loads(text)
+
+
+def test_loads_bounded_takes_max_depth_levels_and_no_more() -> None:
+    depth = jsonbytes.MAX_DEPTH
+    assert jsonbytes.loads_bounded(b"[" * depth + b"]" * depth) is not None
+    for text in (b"[" * (depth + 1) + b"]" * (depth + 1), b'{"a": 1, "b": ' + b"[{}, " * depth + b"1" + b"]" * depth + b"}"):
+        with pytest.raises(jsonbytes.TooDeep, match="nested more than 128 levels deep"):
+            jsonbytes.loads_bounded(text)
+    assert isinstance(jsonbytes.TooDeep(), ValueError)
+
+
+@pytest.mark.parametrize("value, depth", [(1, 0), ("x", 0), ([], 1), ({}, 1), ([1, {"a": []}], 3),
+                                          ({"a": [], "b": {"c": {"d": [[]]}}}, 5)])
+def test_deeper_than_counts_levels_of_arrays_and_objects(value: Any, depth: int) -> None:
+    assert not jsonbytes.deeper_than(value, depth)
+    assert depth == 0 or jsonbytes.deeper_than(value, depth - 1)
+
+
 @pytest.mark.parametrize("outputs, around", [
     ([{"output_type": "stream", "name": "stdout", "text": "x" * 100_000}, {"data": {"text/plain": "é"}}], "plain"),
     ([{"output_type": "stream", "name": "stdout", "text": "a\ud800b"}], "plain"),    # the outputs need the stdlib

@@ -259,13 +259,16 @@ class APIHandler(JSONErrors, web.RequestHandler):
     # -- bodies ----------------------------------------------------------------------------------
 
     def json_body(self, validator: BodyValidator | None = None, *, allow_empty: bool = False) -> dict[str, Any]:
-        """The request's JSON object, checked against ``validator`` (400 naming the bad field)."""
+        """The request's JSON object, checked against ``validator`` (400 naming the bad field); one
+        nested more than ``jsonbytes.MAX_DEPTH`` levels deep is ``invalid_json``."""
         if not self.request.body.strip():
             if allow_empty:
                 return {}
             raise InvalidJSON("the request body must be a JSON object")
         try:
-            body = jsonbytes.loads(self.request.body)
+            body = jsonbytes.loads_bounded(self.request.body)
+        except jsonbytes.TooDeep as exc:
+            raise InvalidJSON(f"the request body is refused: {exc}") from None
         except ValueError as exc:  # bad JSON or bad UTF-8
             raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):

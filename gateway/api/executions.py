@@ -22,7 +22,9 @@ from gateway.api.base import MAX_OFFSET, error_body
 from gateway.api.sandboxes import SandboxAPIHandler
 from gateway.api.streams import (
     ENCODERS,
+    JSON,
     NDJSON,
+    SSE,
     EventEncoder,
     cut_short,
     hold_end,
@@ -30,22 +32,14 @@ from gateway.api.streams import (
     write_event,
     write_large_held,
 )
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.model import Execution
 from gateway.jsonbytes import LARGE, Buffer, pieces
+from gateway.sandboxes.inputs import check_code
 from gateway.sandboxes.manager import RunningExecution
 
 log = logging.getLogger(__name__)
-
-MAX_CODE_BYTES = 1 << 20
-
-
-def check_code(code: str) -> str:
-    if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
-        raise PayloadTooLarge(f"field 'code' is larger than {MAX_CODE_BYTES} bytes (1 MiB)")
-    return code
-
 
 class StreamingHandler(SandboxAPIHandler):
     """Writes one execution's events as a live stream, each flush awaited (backpressure).
@@ -165,7 +159,7 @@ class ExecuteHandler(StreamingHandler):
     async def post(self, sandbox_id: str) -> None:
         body = self.json_body(schemas.execute)
         code = check_code(body["code"])
-        encoder = negotiate(self.request.headers.get("Accept", ""))
+        encoder = ENCODERS.get(negotiate(self.request.headers.get("Accept", "")))  # (None: one JSON document)
         where = {"context": body.get("context"), "language": body.get("language")}
         if encoder is None:
             running = await self.sandboxes.submit(sandbox_id, self.user, code, timeout=body.get("timeout"), **where)
@@ -207,7 +201,9 @@ class ExecutionEventsHandler(StreamingHandler):
             raise InvalidRequest("query parameter 'after' must be an integer") from None
         if not 0 <= after <= MAX_OFFSET:
             raise InvalidRequest(f"'after' must be 0..{MAX_OFFSET}")
-        encoder = negotiate(self.request.headers.get("Accept", "")) or ENCODERS[NDJSON]
+        # (JSON asked for by name is NDJSON here: one JSON document a line)
+        chosen = negotiate(self.request.headers.get("Accept", ""), (NDJSON, SSE, JSON))
+        encoder = ENCODERS.get(chosen, ENCODERS[NDJSON])
         execution = await self.sandboxes.get_execution(execution_id, self.user)  # ownership, 404
         running = self.sandboxes.running(execution_id)
         if running is None:

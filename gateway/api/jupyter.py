@@ -28,6 +28,7 @@ from gateway.api.schemas import CREATE_SANDBOX, BodyValidator
 from gateway.errors import NotFound, SandboxNotFound
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.sandboxes.contexts import KERNELSPEC_LANGUAGES, LANGUAGES, Context, full_image
+from gateway.sandboxes.inputs import check_env
 from gateway.sandboxes.manager import STARTED_BY_JUPYTER, SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
 
@@ -155,7 +156,7 @@ class KernelsHandler(JupyterHandler):
         startable = startable_kernels(self.launcher)
         if name not in startable:
             raise NotFound(f"no kernelspec named {name!r}: the kernelspecs are {', '.join(startable)}")
-        env = {k: v for k, v in (body.get("env") or {}).items() if k not in HOST_SPECIFIC_ENV}
+        env = {k: v for k, v in check_env(body.get("env")).items() if k not in HOST_SPECIFIC_ENV}
         if name == self.launcher.kernel_name:
             sandbox = await self.sandboxes.create(self.user, env=env, metadata={"started_by": STARTED_BY_JUPYTER})
             self.set_header("Location", f"/api/kernels/{sandbox.id}")

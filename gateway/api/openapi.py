@@ -58,13 +58,18 @@ def error(description: str) -> dict[str, Any]:
 
 
 ERRORS = {
-    "400": error("malformed JSON, an unknown field or a wrong type (the message names the field)"),
+    "400": error("malformed JSON (or nested more than 128 levels deep), an unknown field or a wrong type (the "
+                 "message names the field); code or environment variables no kernel can take (invalid_code, "
+                 "invalid_env)"),
     "401": error("no API key, or an unknown one"),
     "404": error("no such sandbox or execution (also someone else's, or one that ended longer ago than "
                   "--history-retention)"),
 }
 #: While the store cannot commit, changes are refused rather than acknowledged.
 STORE_UNAVAILABLE = {"503": error("the store cannot commit writes right now (store_unavailable)")}
+#: What a request choosing its answer's media type by ``Accept`` may answer (``streams.negotiate``).
+NOT_ACCEPTABLE = {"406": error("the Accept header accepts none of the media types offered, by q-values "
+                               "(not_acceptable)")}
 NOT_RUNNING = {"409": error("the sandbox is not running (sandbox_not_running, sandbox_paused, sandbox_busy)")}
 #: What a request that resumes a paused sandbox (auto_resume) may answer.
 RESUME_OVER_QUOTA = {"429": error("resuming the paused sandbox would exceed a quota (quota_exceeded); Retry-After")}
@@ -270,7 +275,7 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
                 "responses": {"200": {"description": "the Execution, or its events then the Execution",
                                       "content": {JSON: {"schema": ref("Execution")},
                                                   **{media: {"schema": {"type": "string"}} for media in STREAMS}}},
-                              **ERRORS, **NOT_RUNNING, "413": error("code over 1 MiB"),
+                              **ERRORS, **NOT_RUNNING, **NOT_ACCEPTABLE, "413": error("code over 1 MiB"),
                               "422": error("timeout out of range"),
                               "429": error("too many executions waiting in this sandbox (too_many_queued), or over "
                                            "the executions-per-minute quota (or resuming the sandbox would exceed "
@@ -294,7 +299,7 @@ def v1_paths(requests: Requests) -> dict[str, Any]:
                                                   "description": "how many events the client already has"}],
                     "responses": {"200": {"description": "the events, then the Execution",
                                           "content": {media: {"schema": {"type": "string"}} for media in STREAMS}},
-                                  **ERRORS}},
+                                  **ERRORS, **NOT_ACCEPTABLE}},
         },
         "/api/v1/sandboxes/{sandbox_id}/interrupt": sandbox_action(
             "Interrupt the running execution (state is kept)", {"200": reply("the sandbox", ref("Sandbox"))}),

@@ -9,6 +9,7 @@ from gateway.api.base import APIHandler
 from gateway.api.forwarding import HolderRouting
 from gateway.errors import InvalidRequest
 from gateway.execution.notebook import run_seed, seed_cells
+from gateway.sandboxes.inputs import check_code, check_env
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
 
@@ -44,10 +45,11 @@ def lifetime_fields(body: dict[str, Any]) -> dict[str, Any]:
 class SandboxesHandler(SandboxAPIHandler):
     async def post(self) -> None:
         body = self.json_body(schemas.create_sandbox, allow_empty=True)
-        # A bad seed notebook is refused before anything starts.
-        seed = seed_cells(body["notebook"]) if "notebook" in body else None
+        # A bad seed notebook, or a cell of it no execution can take, is refused before anything starts.
+        seed = None if "notebook" not in body else [
+            (index, check_code(code, f"notebook.cells.{index}.source")) for index, code in seed_cells(body["notebook"])]
         sandbox = await self.sandboxes.create(
-            self.user, resources=creation_limits(body), env=body.get("env"), metadata=body.get("metadata"),
+            self.user, resources=creation_limits(body), env=check_env(body.get("env")), metadata=body.get("metadata"),
             figure_formats=body.get("figure_formats"), isolation=body.get("isolation"), **lifetime_fields(body),
         )
         report = None

@@ -2,7 +2,7 @@
 
 Client -> server::
 
-    {"type": "execute", "id": "c1", "code": "print(1)", "timeout": 30}
+    {"type": "execute", "id": "c1", "code": "print(1)", "timeout": 30}   # also "context" or "language"
     {"type": "interrupt"}
 
 Server -> client, each tagged with the request's ``id`` and the ``execution_id``::
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import re
 from typing import Any
@@ -40,13 +39,13 @@ from gateway.api.base import (
     error_body,
     origin_allowed,
 )
-from gateway.api.executions import check_code
 from gateway.api.forwarding import served_elsewhere
 from gateway.api.streams import UncopiedFrames
-from gateway.jsonbytes import loads, pieces
+from gateway.jsonbytes import TooDeep, loads, loads_bounded, pieces
 from gateway.auth import KeyRing
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest
 from gateway.execution.feed import ExecutionFeed, FeedCursor
+from gateway.sandboxes.inputs import check_code
 from gateway.sandboxes.manager import RunningExecution, SandboxManager
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,8 @@ class SandboxSocketHandler(JSONErrors, UncopiedFrames):
                 return
             code = check_code(request["code"])
             running = await self.sandboxes.submit(self.sandbox_id, self.current_user, code,
-                                                  timeout=request.get("timeout"))
+                                                  timeout=request.get("timeout"), context=request.get("context"),
+                                                  language=request.get("language"))
         except GatewayError as error:
             event = {"type": "error", "id": request_id, **error_body(error.code, error.message)}
             if error.retry_after is not None:
@@ -227,14 +227,14 @@ def message_id(message: str | bytes) -> str | int | None:
     except UnicodeDecodeError:
         return None
     try:
-        request = json.loads(text)
-    except json.JSONDecodeError:
+        request = loads(text)
+    except ValueError:  # (not JSON, or nested too deep to read)
         found = {match.group(1) for match in _ID_IN_TEXT.finditer(text)}
         if len(found) != 1:
             return None
         try:
-            value = json.loads(found.pop())
-        except json.JSONDecodeError:
+            value = loads(found.pop())
+        except ValueError:
             return None
     else:
         value = request.get("id") if isinstance(request, dict) else None
@@ -243,7 +243,9 @@ def message_id(message: str | bytes) -> str | int | None:
 
 def _parse(message: str | bytes) -> dict[str, Any]:
     try:
-        request = loads(message)
+        request = loads_bounded(message)
+    except TooDeep as exc:
+        raise InvalidJSON(f"the message is refused: {exc}") from None
     except ValueError as exc:  # bad JSON or bad UTF-8
         raise InvalidJSON(f"the message is not valid JSON: {exc}") from None
     if not isinstance(request, dict):

@@ -1,6 +1,6 @@
 """Streaming an execution over HTTP: NDJSON or Server-Sent Events, chosen by the Accept header.
 
-    encoder = negotiate(request.headers.get("Accept", ""))   # None: the client wants one JSON document
+    encoder = ENCODERS.get(negotiate(request.headers.get("Accept", "")))   # None: one JSON document
     handler.write(encoder.encode(event))
 
 Every event is one JSON object with a ``type``: ``output`` (an nbformat output), ``clear_output``,
@@ -19,21 +19,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import struct
 import types
 from asyncio import Future
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from tornado import web, websocket
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, NotAcceptable
 from gateway.jsonbytes import LARGE, Buffer, pieces
 
 log = logging.getLogger(__name__)
 
+JSON = "application/json"
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 
@@ -64,15 +66,57 @@ ENCODERS = {
 }
 
 
-def negotiate(accept: str) -> EventEncoder | None:
-    """The stream format the Accept header asks for first, or None for a plain JSON response."""
+def negotiate(accept: str, offered: Sequence[str] = (JSON, NDJSON, SSE)) -> str:
+    """The media type of ``offered`` that the ``Accept`` header prefers, as RFC 9110 (12.5.1) says.
+
+    Each offer's weight is the ``q`` of the most specific range matching it (``application/json``,
+    then ``application/*``, then ``*/*``; parameters other than ``q`` are not compared); ``q=0``
+    means not acceptable. Of the offers weighed highest, the one whose range the header lists
+    first, then the first offered. No header (or none that can be read) is the first offer;
+    ``NotAcceptable`` if the header accepts none.
+    """
+    ranges = _media_ranges(accept)
+    if not ranges:
+        return offered[0]
+    best: tuple[float, int, int] | None = None
+    chosen = offered[0]
+    for index, offer in enumerate(offered):
+        kind = offer.split("/")[0]
+        matching = [(specificity, -position, quality) for position, (media_range, quality) in enumerate(ranges)
+                    for specificity, pattern in ((2, offer), (1, f"{kind}/*"), (0, "*/*")) if media_range == pattern]
+        if not matching:
+            continue
+        _, position, quality = max(matching)  # (the most specific; of equals, the first listed)
+        rank = (quality, position, -index)
+        if quality > 0 and (best is None or rank > best):
+            best, chosen = rank, offer
+    if best is None:
+        raise NotAcceptable(f"the Accept header accepts none of what this endpoint answers with: {', '.join(offered)}")
+    return chosen
+
+
+#: A qvalue as RFC 9110 writes it (leniently: ``.5`` too, as some clients send it).
+_QVALUE = re.compile(r"(?:0?\.\d{1,3}|[01](?:\.\d{0,3})?)")
+
+
+def _media_ranges(accept: str) -> list[tuple[str, float]]:
+    """The header's media ranges (lowercased, ``*`` read as ``*/*``) with their ``q``; a range that
+    cannot be read (no ``type/subtype``, a ``q`` that is no qvalue) is left out."""
+    ranges = []
     for part in accept.split(","):
-        media_type = part.split(";")[0].strip().lower()
-        if media_type in ENCODERS:
-            return ENCODERS[media_type]
-        if media_type in ("application/json", "*/*"):
-            return None
-    return None
+        media_range, *parameters = [piece.strip() for piece in part.split(";")]
+        media_range = "*/*" if media_range == "*" else media_range.lower()
+        if media_range.count("/") != 1 or not all(media_range.split("/")):
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                value = value.strip()
+                quality = float(value) if _QVALUE.fullmatch(value) and float(value) <= 1 else -1.0
+        if quality >= 0:
+            ranges.append((media_range, quality))
+    return ranges
 
 
 #: The WebSocket close code when a held message will never be whole (RFC 6455: the server failed).

@@ -24,12 +24,10 @@ from typing import Any
 import nbformat
 
 from gateway import timestamps
-from gateway.errors import InvalidNotebook, PayloadTooLarge
+from gateway.errors import InvalidNotebook
 from gateway.execution.model import Execution, ExecutionStatus
 
 NOTEBOOK_MEDIA_TYPE = "application/x-ipynb+json"
-#: Largest seed cell, as for the code of one execution.
-MAX_CELL_BYTES = 1 << 20
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (sandbox)", "language": "python"}
 LANGUAGE_INFO = {
@@ -126,11 +124,12 @@ def integral(value: Any) -> Any:
     return value
 
 
-def seed_cells(document: Any, *, max_code_bytes: int = MAX_CELL_BYTES) -> list[tuple[int, str]]:
+def seed_cells(document: Any) -> list[tuple[int, str]]:
     """The code cells of a seed notebook as ``(index in cells, code)``, empty ones left out.
 
     The notebook must be nbformat 4 and valid (missing cell ids are tolerated); otherwise
-    ``InvalidNotebook`` names the problem and where it is.
+    ``InvalidNotebook`` names the problem and where it is. (Whether each cell's code can run is
+    the caller's to check, as for any execution's.)
     """
     if not isinstance(document, dict):
         raise InvalidNotebook("field 'notebook' must be an nbformat v4 notebook (a JSON object)")
@@ -164,8 +163,6 @@ def seed_cells(document: Any, *, max_code_bytes: int = MAX_CELL_BYTES) -> list[t
         source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
         if not source.strip():
             continue
-        if len(source.encode("utf-8", "surrogatepass")) > max_code_bytes:
-            raise PayloadTooLarge(f"field 'notebook': cell {index} is larger than {max_code_bytes} bytes")
         cells.append((index, source))
     return cells
 

@@ -38,6 +38,7 @@ from gateway.execution.notebook import history_notebook
 from gateway.mcp.content import execution_content
 from gateway.mcp.sessions import McpSessions
 from gateway.sandboxes.files import SandboxFiles
+from gateway.sandboxes.inputs import check_code
 from gateway.sandboxes.manager import SandboxManager
 from gateway.tasks import wait_tasks
 
@@ -122,6 +123,7 @@ class McpService:
         async def run_code(code: str, ctx: Context, timeout: float | None = None,
                            sandbox: str | None = None) -> CallToolResult:
             async with refusals():
+                check_code(code)  # (before a session's sandbox is made for it)
                 user, sandbox_id, note = await self.sandbox_for(ctx, sandbox)
                 execution = await self.sandboxes.execute(sandbox_id, user, code, timeout=timeout)
             public = execution.to_public()

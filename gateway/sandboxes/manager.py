@@ -1283,6 +1283,9 @@ class SandboxManager(LoggingConfigurable):
 
     async def _cancel(self, running: RunningExecution) -> None:
         runtime = self._runtimes.get(running.execution.sandbox_id)
+        if running.execution.context is not None:  # (it runs in another of the sandbox's kernels)
+            context = self.contexts.find(running.execution.context)
+            runtime = context.runtime if context is not None else None
         if runtime is None or running.execution.finished or self.locks.under_way(runtime.sandbox_id):
             return  # (a restart or delete under way cancels it anyway)
         try:

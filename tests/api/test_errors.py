@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.gateways import InProcessGateway
 
 
 def assert_error(response: httpx.Response, status: int, code: str, mentions: str | None = None) -> None:
@@ -96,3 +99,51 @@ async def test_unknown_execution_is_not_found(alice: httpx.AsyncClient) -> None:
 async def test_bad_paging_is_rejected(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
     response = await alice.get(f"/api/v1/sandboxes/{sandbox['id']}/executions?limit=abc")
     assert_error(response, 400, "invalid_request", "limit")
+
+
+#: 100,000 nested arrays: past every JSON parser's recursion (protobuf-py's crashed the interpreter).
+TOO_DEEP = b"[" * 100_000
+#: An object 129 levels deep (``jsonbytes.MAX_DEPTH`` is 128): valid JSON, refused as well.
+DEEPER_THAN_TAKEN = b'{"metadata": {"a": ' + b"[" * 127 + b"]" * 127 + b"}}"
+
+
+async def test_json_nested_too_deep_is_invalid_json_on_every_endpoint(gateway: InProcessGateway, alice: httpx.AsyncClient,
+                                                                      sandbox: dict[str, Any]) -> None:
+    sid = sandbox["id"]
+    ours = [("POST", "/api/v1/sandboxes"), ("PATCH", f"/api/v1/sandboxes/{sid}"),
+            ("POST", f"/api/v1/sandboxes/{sid}/execute"), ("POST", f"/api/v1/sandboxes/{sid}/contexts"),
+            ("POST", "/api/kernels")]
+    for method, path in ours:
+        for body in (TOO_DEEP, DEEPER_THAN_TAKEN):
+            response = await alice.request(method, path, content=body)
+            assert_error(response, 400, "invalid_json", "nested more than 128 levels deep")
+    e2b_key = {"X-API-Key": await gateway.app.keyring.create("alice", "e2b")}
+    for path in ("/e2b/sandboxes", f"/e2b/sandboxes/{sid}/timeout", f"/e2b/sandboxes/{sid}/connect"):
+        response = await alice.post(path, content=TOO_DEEP, headers=e2b_key)
+        assert response.status_code == 400 and "nested more than 128 levels deep" in response.json()["message"]
+    traffic = {"E2b-Sandbox-Id": sid, "X-Access-Token": gateway.app.sandboxes._sandboxes[sid].access_token}
+    for path in ("/e2b/sandbox/execute", "/e2b/sandbox/contexts"):
+        response = await alice.post(path, content=TOO_DEEP, headers={**traffic, "E2b-Sandbox-Port": "49999"})
+        assert response.status_code == 400 and "nested more than 128 levels deep" in response.text
+    envd = {**traffic, "E2b-Sandbox-Port": "49983"}
+    unary = await alice.post("/e2b/sandbox/filesystem.Filesystem/ListDir", content=TOO_DEEP,
+                             headers={**envd, "Content-Type": "application/json"})
+    assert unary.status_code == 400 and unary.json()["code"] == "invalid_argument", unary.text
+    streamed = await alice.post("/e2b/sandbox/process.Process/Start", content=b"\0" + (len(TOO_DEEP)).to_bytes(4, "big")
+                                + TOO_DEEP, headers={**envd, "Content-Type": "application/connect+json"})
+    assert b'"invalid_argument"' in streamed.content and b"nested more than 128 levels deep" in streamed.content
+    mcp = await alice.post("/mcp", content=TOO_DEEP, headers={"Accept": "application/json, text/event-stream",
+                                                               "Content-Type": "application/json"})
+    assert mcp.status_code == 400 and mcp.json()["error"]["code"] == -32700  # (the MCP SDK's parse error)
+    # Nothing was made or changed, and the gateway is still there to say so.
+    listed = (await alice.get("/api/v1/sandboxes")).json()["sandboxes"]
+    assert [(s["id"], s["metadata"]) for s in listed] == [(sid, {})]
+    assert (await alice.get(f"/api/v1/sandboxes/{sid}/contexts")).json()["contexts"][1:] == []
+    assert (await alice.get(f"/api/v1/sandboxes/{sid}/executions")).json()["executions"] == []
+
+
+async def test_json_as_deep_as_taken_is_taken(alice: httpx.AsyncClient) -> None:
+    metadata = b'{"a": ' + b"[" * 126 + b"]" * 126 + b"}"  # with the body's own object, 128 levels
+    response = await alice.post("/api/v1/sandboxes", content=b'{"metadata": ' + metadata + b"}")
+    assert response.status_code == 201, response.text
+    assert response.json()["metadata"] == json.loads(metadata)

@@ -186,9 +186,58 @@ async def test_error_events_echo_the_message_id(gateway: InProcessGateway, sandb
         ('{"type": "execute", "id": "t7", "code": ', "t7", "invalid_json"),              # bad JSON, id readable
         ('{"type": "execute", "id": [1], "code": "1"}', None, "invalid_request"),         # no usable id
         ("not json", None, "invalid_json"),
+        ('{"type": "execute", "id": "t8", "code": "1", "timeout": ' + "[" * 100_000, "t8", "invalid_json"),  # too deep
+        ('{"type": "execute", "id": "t9", "code": "1", "timeout": ' + "[" * 200 + "]" * 200 + "}", "t9",
+         "invalid_json"),                                                                  # valid, but too deep
     ]
     async with connect(gateway, sandbox["id"]) as socket:
         for message, request_id, code in cases:
             await socket.send(message)
             event = json.loads(await asyncio.wait_for(socket.recv(), 30))
             assert (event["type"], event["id"], event["error"]["code"]) == ("error", request_id, code), message
+
+
+async def test_execute_runs_in_the_context_or_language_it_names_as_over_rest(gateway: InProcessGateway, alice: Any,
+                                                                            sandbox: dict[str, Any]) -> None:
+    sid = sandbox["id"]
+    async with connect(gateway, sid) as socket:
+        # "language": the sandbox's context of that language, started for it, as REST's execute does.
+        await socket.send(json.dumps({"type": "execute", "id": "l", "language": "bash",
+                                      "code": "COUNT=41; echo $BASH_VERSION"}))
+        by_language = (await receive_until_done(socket, 1))[-1]["execution"]
+        contexts = (await alice.get(f"/api/v1/sandboxes/{sid}/contexts")).json()["contexts"]
+        assert [c["language"] for c in contexts] == ["python", "bash"]
+        bash = contexts[1]["id"]
+        assert by_language["status"] == "completed" and by_language["context"] == bash and by_language["stdout"]
+        # "context": that context (its state), and the sandbox's own id is the default one.
+        await socket.send(json.dumps({"type": "execute", "id": "c", "context": bash, "code": "echo $((COUNT + 1))"}))
+        await socket.send(json.dumps({"type": "execute", "id": "d", "context": sid,
+                                      "code": "import sys; sys.version_info[0]"}))
+        by_context, default = [e["execution"] for e in await receive_until_done(socket, 2) if e["type"] == "execution"]
+        assert (by_context["stdout"], by_context["context"]) == ("42\n", bash)
+        assert (default["result"], default["context"]) == ({"text/plain": "3"}, None)
+        # An unknown context is an error event naming it; so is asking for both; nothing is stored.
+        await socket.send(json.dumps({"type": "execute", "id": "u", "context": "0000abcd", "code": "1"}))
+        unknown = json.loads(await asyncio.wait_for(socket.recv(), 30))
+        assert (unknown["type"], unknown["id"], unknown["error"]["code"]) == ("error", "u", "context_not_found")
+        assert "'0000abcd'" in unknown["error"]["message"]
+        await socket.send(json.dumps({"type": "execute", "id": "b", "context": bash, "language": "bash", "code": "1"}))
+        both = json.loads(await asyncio.wait_for(socket.recv(), 30))
+        assert (both["type"], both["id"], both["error"]["code"]) == ("error", "b", "invalid_request")
+        await socket.send(json.dumps({"type": "execute", "id": "x", "language": "cobol", "code": "1"}))
+        cobol = json.loads(await asyncio.wait_for(socket.recv(), 30))
+        assert (cobol["type"], cobol["id"], cobol["error"]["code"]) == ("error", "x", "invalid_request")
+        assert "language" in cobol["error"]["message"]
+    assert [e["context"] for e in await executions_of(alice, sid)] == [bash, bash, None]
+
+
+async def test_interrupt_on_disconnect_interrupts_an_execution_in_a_context(gateway: InProcessGateway, alice: Any,
+                                                                           sandbox: dict[str, Any]) -> None:
+    async with connect(gateway, sandbox["id"]) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "a", "language": "bash", "interrupt_on_disconnect": True,
+                                      "code": "echo go; sleep 60"}))
+        while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "output":
+            pass  # it runs in the bash context: now hang up
+    [execution] = await executions_of(alice, sandbox["id"])
+    cancelled = await wait_finished(alice, execution["id"], timeout=30)  # not its 60 s
+    assert cancelled["status"] == "cancelled" and cancelled["stdout"].startswith("go\n") and cancelled["context"]

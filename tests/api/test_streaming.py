@@ -7,7 +7,11 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
+from gateway.api.streams import JSON, NDJSON, SSE, negotiate
+from gateway.errors import NotAcceptable
+from tests.api.test_errors import assert_error
 from tests.gateways import InProcessGateway
 from tests.waiting import hold, release, wait_finished
 
@@ -112,6 +116,69 @@ async def test_stream_errors_are_plain_json_before_streaming(alice: httpx.AsyncC
                                 headers={"Accept": "application/x-ndjson"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("accept, chosen", [
+    ("", JSON),
+    ("*/*", JSON),
+    ("application/x-ndjson", NDJSON),
+    ("APPLICATION/X-NDJSON", NDJSON),
+    ("application/json;q=0.1, application/x-ndjson", NDJSON),         # the higher q, wherever it is listed
+    ("application/x-ndjson;q=0.9, text/event-stream", SSE),
+    ("application/json;q=0, */*", NDJSON),                             # q=0: not acceptable; */* takes the rest
+    ("*/*;q=0.1, application/json;q=0", NDJSON),
+    ("text/event-stream, application/x-ndjson", SSE),                  # equal q: the one listed first
+    ("application/x-ndjson;q=0.5, text/event-stream;q=0.5", NDJSON),
+    ("application/*", JSON),                                           # equal q and place: the first offered
+    ("text/*;q=0.5, application/json;q=0.4", SSE),
+    ("application/*;q=0.2, application/x-ndjson;q=0.8, */*;q=0.5", NDJSON),  # the most specific range decides
+    ("application/x-ndjson;q=0.1, application/*;q=0.9", JSON),
+    ("application/json; charset=utf-8", JSON),                         # (other parameters are not compared)
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", JSON),   # a browser's
+    ("text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2", JSON),   # Java's: "*" and ".2" read leniently
+    ("application/x-ndjson;q=2, application/json;q=0.5", JSON),       # a q that is no qvalue: that range is left out
+    ("nonsense, application/x-ndjson", NDJSON),
+    ("application/json;q=1.000, text/event-stream;q=0.999", JSON),
+])
+def test_negotiate_weighs_the_accept_header_as_rfc_9110_says(accept: str, chosen: str) -> None:
+    assert negotiate(accept) == chosen
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/x-ndjson;q=0", "application/*;q=0, text/*;q=0",
+                                    "*/*;q=0", "application/json;q=0, application/x-ndjson;q=0, text/event-stream;q=0"])
+def test_negotiate_refuses_a_header_that_accepts_nothing_offered(accept: str) -> None:
+    with pytest.raises(NotAcceptable, match="application/json, application/x-ndjson, text/event-stream"):
+        negotiate(accept)
+
+
+def test_negotiate_among_what_an_endpoint_offers() -> None:
+    assert negotiate("application/json, text/event-stream", (NDJSON, SSE)) == SSE
+    assert negotiate("*/*", (NDJSON, SSE)) == NDJSON
+    with pytest.raises(NotAcceptable):
+        negotiate("application/json", (NDJSON, SSE))
+
+
+async def test_accept_q_values_over_http(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:
+    execute = f"/api/v1/sandboxes/{sandbox['id']}/execute"
+    response = await alice.post(execute, json={"code": "print('a'); 1 + 1"},
+                                headers={"Accept": "application/json;q=0.1, application/x-ndjson"})
+    assert response.status_code == 200 and response.headers["Content-Type"] == NDJSON
+    events = [json.loads(line) for line in response.text.splitlines() if line]
+    assert [e["type"] for e in events] == ["output", "output", "execution"]
+    plain = await alice.post(execute, json={"code": "2"}, headers={"Accept": "text/event-stream;q=0.2, application/*"})
+    assert plain.headers["Content-Type"].startswith(JSON) and plain.json()["result"] == {"text/plain": "2"}
+    refused = await alice.post(execute, json={"code": "3"}, headers={"Accept": "application/json;q=0, text/html"})
+    assert_error(refused, 406, "not_acceptable", "application/x-ndjson")
+    # Refused before anything ran or was stored.
+    executions = (await alice.get(f"/api/v1/sandboxes/{sandbox['id']}/executions")).json()["executions"]
+    assert [e["code"] for e in executions] == ["print('a'); 1 + 1", "2"]
+    # Re-attaching offers the two streams (JSON by name is NDJSON there).
+    events_url = f"/api/v1/executions/{executions[0]['id']}/events"
+    sse = await alice.get(events_url, headers={"Accept": "application/x-ndjson;q=0.5, text/event-stream"})
+    assert sse.headers["Content-Type"] == SSE and sse.text.startswith("event: execution\n")
+    ndjson = await alice.get(events_url, headers={"Accept": "application/json"})
+    assert ndjson.headers["Content-Type"] == NDJSON
+    assert_error(await alice.get(events_url, headers={"Accept": "text/html"}), 406, "not_acceptable")
 
 
 async def test_disconnect_mid_stream_loses_nothing(alice: httpx.AsyncClient, sandbox: dict[str, Any]) -> None:

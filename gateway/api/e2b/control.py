@@ -26,7 +26,9 @@ from gateway.api.e2b.base import CLIENT_ID, ENVD_VERSION, E2BHandler, NotSupport
 from gateway.api.e2b.templates import E2BTemplates
 from gateway.api.e2b.usage import cpu_count, cpu_percent, disk_used, memory_used
 from gateway.api.forwarding import HolderRouting
+from gateway.api.schemas import BodyValidator
 from gateway.errors import InvalidRequest, NotFound, SandboxNotFound
+from gateway.sandboxes.inputs import check_env
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import Sandbox, SandboxStatus
 
@@ -133,6 +135,15 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
         raise NotSupported("volumeMounts (volumes)")
 
 
+BOOLEAN = {"type": "boolean"}
+#: E2B's create body (``NewSandbox``): the fields this gateway reads, typed as E2B's API types them (400
+#: naming the field); others let through, to be refused by name (``refuse_unsupported``) or ignored.
+CREATE_BODY = BodyValidator({"type": "object", "properties": {
+    "templateID": {"type": "string"}, "timeout": {"type": "integer"}, "autoPause": BOOLEAN, "secure": BOOLEAN,
+    "allow_internet_access": BOOLEAN, "metadata": {"type": "object"}, "envVars": {"type": "object"},
+    "autoResume": {"type": "object", "properties": {"enabled": BOOLEAN}}}})
+
+
 class SandboxesHandler(ControlHandler):
     """``/sandboxes`` (v1: list shows running sandboxes, create takes ``secure``) and ``/v2/sandboxes``."""
 
@@ -141,19 +152,20 @@ class SandboxesHandler(ControlHandler):
         self.version = version
 
     async def post(self) -> None:
-        body = self.body()
+        body = self.json_body(CREATE_BODY, allow_empty=True)
         template = body.get("templateID")
         if not isinstance(template, str) or not template:
             raise InvalidRequest("field 'templateID' is required: the template name, e.g. code-interpreter-v1")
         refuse_unsupported(body)
         image = self.templates.image_for(template)
         timeout = self.seconds(body, "timeout")
-        auto_resume = (body.get("autoResume") or {}).get("enabled") if isinstance(body.get("autoResume"), dict) else None
+        auto_resume = body.get("autoResume", {}).get("enabled")
         resources: dict[str, Any] = {}
         if body.get("allow_internet_access"):
             resources["network"] = True  # (refused with 403 unless the operator allows network access)
         sandbox = await self.sandboxes.create(
-            self.user, resources=resources, env=string_map(body, "envVars"), metadata=string_map(body, "metadata"),
+            self.user, resources=resources, env=check_env(body.get("envVars"), "envVars"),
+            metadata=string_map(body, "metadata"),
             lifetime=300 if timeout is None else timeout, auto_resume=auto_resume, image=image, template=template,
         )
         self.write_json(created_body(sandbox), status=201)

@@ -31,13 +31,25 @@ from gateway.api.backpressure import DEFAULT_SEND_BUFFER, BehindWatch, end_strea
 from gateway.api.e2b import paths
 from gateway.api.e2b.results import E2BLines, error_line
 from gateway.api.e2b.traffic import SandboxTrafficHandler
-from gateway.api.executions import check_code
+from gateway.api.schemas import BodyValidator
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.sandboxes.contexts import ContextNotFound
+from gateway.sandboxes.inputs import check_code, check_env
 from gateway.sandboxes.limits import ResourcePolicy
 from gateway.sandboxes.manager import RunningExecution
 
 log = logging.getLogger(__name__)
+
+
+#: A string, or null (which E2B's SDKs send for "not given").
+OPTIONAL_STRING = {"type": ["string", "null"]}
+#: The bodies of execute and of a new context: their fields typed (400 naming the field), others let
+#: through (as E2B's server does: a newer SDK may send more).
+EXECUTE_BODY = BodyValidator({"type": "object", "required": ["code"], "properties": {
+    "code": {"type": "string"}, "context_id": OPTIONAL_STRING, "language": OPTIONAL_STRING,
+    "env_vars": {"type": ["object", "null"]}}})
+CREATE_CONTEXT_BODY = BodyValidator({"type": "object", "properties": {
+    "language": OPTIONAL_STRING, "cwd": OPTIONAL_STRING}})
 
 
 def e2b_context(context: dict[str, Any]) -> dict[str, Any]:
@@ -76,17 +88,13 @@ class ExecuteHandler(InterpreterHandler):
         self._cut_off = False
 
     async def post(self) -> None:
-        body = self.json_body()
-        code = body.get("code")
-        if not isinstance(code, str):
-            raise InvalidRequest("field 'code' is required: the code to run")
-        env = body.get("env_vars") or {}
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise InvalidRequest("field 'env_vars' must be an object of strings")
+        body = self.json_body(EXECUTE_BODY)
+        code = check_code(body["code"])
+        env = check_env(body.get("env_vars"), "env_vars")
         context, language = body.get("context_id"), body.get("language")
         if context and language:
             raise InvalidRequest("Only one of context_id or language can be provided")
-        self.running = await self.sandboxes.submit(self.sandbox.id, self.user, check_code(code),
+        self.running = await self.sandboxes.submit(self.sandbox.id, self.user, code,
                                                    timeout=self.policy.max_timeout, env=env,
                                                    context=context or None, language=language or None)
         await self.stream(self.running)
@@ -135,7 +143,7 @@ class ContextsHandler(InterpreterHandler):
         self.write_json([e2b_context(c) for c in contexts])
 
     async def post(self) -> None:
-        body = self.json_body(allow_empty=True)
+        body = self.json_body(CREATE_CONTEXT_BODY, allow_empty=True)
         cwd = paths.relative(body.get("cwd") or paths.HOME)
         context = await self.sandboxes.create_context(self.sandbox.id, self.user, body.get("language"), cwd)
         self.write_json(e2b_context(context))

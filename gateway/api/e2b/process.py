@@ -23,6 +23,7 @@ from gateway.api.e2b.connect import current_sandbox
 from gateway.api.e2b.envd_rpc.process import process_pb as pb
 from gateway.api.e2b.envd_rpc.process.process_connect import Process
 from gateway.api.e2b.rpc import translated
+from gateway.sandboxes.inputs import check_env
 from gateway.sandboxes.processes import Command, SandboxProcesses
 
 SIGNALS = {pb.Signal.SIGTERM: signal.SIGTERM, pb.Signal.SIGKILL: signal.SIGKILL}
@@ -77,7 +78,8 @@ class ProcessService(Process):
         with translated():
             cwd = paths.relative(config.cwd) if config.has_field("cwd") and config.cwd else ""
             command = await self.processes.start(
-                current_sandbox.get(), [config.cmd, *config.args], cwd=cwd, env=dict(config.envs),
+                current_sandbox.get(), [config.cmd, *config.args], cwd=cwd,
+                env=check_env(dict(config.envs), "envs"),
                 stdin=request.stdin if request.has_field("stdin") else True,
                 tag=request.tag if request.has_field("tag") else None,
                 timeout=timeout_ms / 1000 if timeout_ms is not None else None,

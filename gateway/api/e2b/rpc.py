@@ -8,7 +8,9 @@ A request body the codec cannot decode (not JSON, a wrong type, broken protobuf)
 error: ``CODECS`` (every codec the services speak, each a ``ClientErrorCodec``) answer it as
 ``invalid_argument`` naming the problem (HTTP 400 for a unary call, the stream's end message for
 a streaming one), where connectrpc would answer ``unknown`` (HTTP 500) and log it as the
-gateway's failure; so do ``COMPRESSIONS`` for a body that does not decompress.
+gateway's failure; so do ``COMPRESSIONS`` for a body that does not decompress. JSON is read
+by ``DepthBoundedJSON``: protobuf-py's JSON parse crashes the whole interpreter (a segfault) on
+a message of 100,000 nested ``[``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from connectrpc.compression import Compression
 from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
 
+from gateway import jsonbytes
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -88,8 +91,31 @@ class ClientErrorCompression:
             return self.compression.decompress(data, read_max_bytes)
 
 
+class DepthBoundedJSON:
+    """connectrpc's JSON codec, a message nested more than ``jsonbytes.MAX_DEPTH`` levels deep
+    refused (``TooDeep``) before protobuf-py parses it."""
+
+    def __init__(self) -> None:
+        self.codec: Codec[Any, Any] = proto_json_codec()
+
+    def name(self) -> str:
+        return self.codec.name()
+
+    def encode(self, message: Any) -> bytes:
+        return self.codec.encode(message)
+
+    def decode(self, data: bytes | bytearray, message_class: type[_Message]) -> _Message:
+        try:
+            jsonbytes.loads_bounded(data)
+        except jsonbytes.TooDeep:
+            raise
+        except ValueError:
+            pass  # (not JSON: the codec's own parse says so)
+        return self.codec.decode(data, message_class)  # type: ignore[no-any-return]
+
+
 #: The codecs the envd services are served with (connectrpc's defaults: binary protobuf, JSON).
-CODECS = [ClientErrorCodec(proto_binary_codec()), ClientErrorCodec(proto_json_codec())]
+CODECS = [ClientErrorCodec(proto_binary_codec()), ClientErrorCodec(DepthBoundedJSON())]
 #: And their compressions (connectrpc's default, gzip; identity is always there).
 COMPRESSIONS = [ClientErrorCompression(GzipCompression())]
 

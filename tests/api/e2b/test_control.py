@@ -142,6 +142,22 @@ def test_unknown_and_foreign_sandboxes_are_404(sandbox: Sandbox) -> None:
     assert sandbox.is_running()
 
 
+@pytest.mark.parametrize("body, field", [
+    ({"templateID": 5}, "templateID"), ({"timeout": "300"}, "timeout"), ({"autoResume": {"enabled": "yes"}},
+                                                                           "autoResume.enabled"),
+    ({"autoResume": True}, "autoResume"), ({"metadata": []}, "metadata"), ({"envVars": "A=1"}, "envVars"),
+    ({"secure": "no"}, "secure"), ({"allow_internet_access": 1}, "allow_internet_access"),
+])
+def test_a_wrongly_typed_create_field_is_400_naming_it(e2b_gateway: GatewayProcess, ours: httpx.Client,
+                                                       body: dict[str, object], field: str) -> None:
+    before = ours.get("/api/v1/sandboxes").json()["total"]
+    response = httpx.post(f"{e2b_gateway.url}/e2b/sandboxes", json={"templateID": "base", **body},
+                          headers={"X-API-Key": E2B_KEYS["alice"]})
+    assert response.status_code == 400, response.text
+    assert response.json()["message"].startswith(f"field '{field}': ") and "is not of type" in response.text
+    assert ours.get("/api/v1/sandboxes").json()["total"] == before
+
+
 def test_sandbox_traffic_needs_the_access_token(sandbox: Sandbox, e2b_gateway: GatewayProcess) -> None:
     body = {"code": "1 + 1"}
     headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49999"}

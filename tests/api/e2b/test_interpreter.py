@@ -154,6 +154,29 @@ def httpx_post_both(sandbox: Sandbox) -> None:
     raise SandboxException(response.text)
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/contexts", {"language": 5}, "language"),
+    ("/contexts", {"cwd": []}, "cwd"),
+    ("/contexts", {"cwd": [1]}, "cwd"),
+    ("/contexts", {"language": "bash", "cwd": {"p": "x"}}, "cwd"),
+    ("/execute", {"code": 5}, "code"),
+    ("/execute", {"code": "1", "language": ["python"]}, "language"),
+    ("/execute", {"code": "1", "context_id": 7}, "context_id"),
+    ("/execute", {"code": "1", "env_vars": "A=1"}, "env_vars"),
+])
+def test_a_wrongly_typed_field_is_400_naming_it_and_starts_nothing(sandbox: Sandbox, ours: httpx.Client, path: str,
+                                                                   body: dict[str, object], field: str) -> None:
+    before = ours.get(f"/api/v1/sandboxes/{sandbox.sandbox_id}/contexts").json()["contexts"]
+    executions = ours.get(f"/api/v1/sandboxes/{sandbox.sandbox_id}/executions").json()["executions"]
+    response = httpx.post(f"{sandbox._jupyter_url}{path}", json=body,
+                          headers={"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49999",
+                                   "X-Access-Token": sandbox._envd_access_token or ""})
+    assert response.status_code == 400, response.text
+    assert response.text.startswith(f"field '{field}': ") and "is not of type" in response.text, response.text
+    assert ours.get(f"/api/v1/sandboxes/{sandbox.sandbox_id}/contexts").json()["contexts"] == before
+    assert ours.get(f"/api/v1/sandboxes/{sandbox.sandbox_id}/executions").json()["executions"] == executions
+
+
 def test_killing_the_sandbox_ends_a_running_execution(e2b_gateway: GatewayProcess) -> None:
     doomed = Sandbox.create(timeout=120)
     started = threading.Event()
