@@ -43,8 +43,9 @@ class GatewayMetrics:
         )
         self.kernel_messages_dropped = Counter(
             "code_gateway_kernel_messages_dropped",
-            "Kernel messages dropped unread: malformed, not signed with the sandbox's key, or output "
-            "arriving faster than the gateway handles it (outran_gateway; its execution says so in a note)", ["reason"],
+            "Kernel messages dropped unread: malformed, not signed with the sandbox's key, nested too deep "
+            "to be read (too_deep; an output so is a note in its execution), or output arriving faster than "
+            "the gateway handles it (outran_gateway; its execution says so in a note)", ["reason"],
             registry=self.registry,
         )
         self.requests = Histogram(
