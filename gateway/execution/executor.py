@@ -197,7 +197,7 @@ class Executor:
                     channel, msg = await replies.get()
                     if channel == "gone":  # the execution is done already: it keeps its outcome
                         return
-                    if msg is not None and msg["parent_header"].get("msg_id") == barrier:
+                    if channel in ("iopub", "shell") and msg["parent_header"].get("msg_id") == barrier:
                         if channel == "iopub" and msg["content"].get("execution_state") == "idle":
                             return
                         continue
