@@ -10,7 +10,9 @@ strings holding lone surrogates, integers past 64 bits and nesting past 254 leve
 and ``NaN`` and ``Infinity`` when parsing; and it reads an integer past 64 bits as a float. A
 kernel can send all of these, so whatever orjson refuses or may have rounded is done by ``json``
 instead, and comes out as ``json`` makes it: ``dumps`` never fails on a value ``json.dumps``
-takes, ``loads`` reads every text as ``json.loads`` does. Two differences
+takes, ``loads`` reads every text as ``json.loads`` does, but for one nested too deep for its
+recursive parser (a kernel can send one 100,000 levels deep), which is ``TooDeep``, a
+``ValueError``, rather than ``RecursionError``. Two differences
 from ``json.dumps``'s defaults remain, both valid JSON meaning the same: non-ASCII characters are
 written as UTF-8 rather than ``\\u`` escapes, and a float NaN or infinity (which only the
 standard library's lenient parser makes) is written as ``null`` rather than as the ``NaN`` that
@@ -35,6 +37,13 @@ _fallback = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 Buffer = bytes | memoryview
 #: Values at least this large (bytes of JSON, characters of a string) are pieces of their own.
 LARGE = 1 << 18
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than the gateway reads or keeps (``loads``, ``loads_bounded``; ``outputs.MAX_DEPTH``)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or f"arrays and objects nested more than {MAX_DEPTH} levels deep")
 
 
 class EncodedObject(dict[str, Any]):
@@ -233,8 +242,8 @@ _parser = simdjson.Parser()
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """The value of a JSON text; ``ValueError`` (``json.JSONDecodeError``) if it is not JSON, and
-    ``TooDeep`` (a ``ValueError`` too) if it nests deeper than the standard library recurses."""
+    """The value of a JSON text; ``ValueError`` (``json.JSONDecodeError``) if it is not JSON,
+    ``TooDeep`` if it nests too deep for the standard library (about 1000 levels; orjson reads 254)."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -242,8 +251,8 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     if value is _ROUNDED or _may_be_rounded(value):
         try:
             return json.loads(bytes(data) if isinstance(data, memoryview) else data)
-        except RecursionError:  # (orjson stops at 1024 levels; json at the interpreter's recursion limit)
-            raise TooDeep() from None
+        except RecursionError:
+            raise TooDeep("the JSON is nested too deep to be read") from None
     return value
 
 
@@ -251,13 +260,6 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 #: orjson encodes up to 254 levels, and the standard library (its fallback) recurses once per level,
 #: so a value a client gave may come back in a stored record, a response or a kernel message.
 MAX_DEPTH = 128
-
-
-class TooDeep(ValueError):
-    """A JSON text whose arrays and objects nest too deep to be taken."""
-
-    def __init__(self) -> None:
-        super().__init__(f"arrays and objects nested more than {MAX_DEPTH} levels deep")
 
 
 def loads_bounded(data: bytes | bytearray | memoryview | str) -> Any:

@@ -43,9 +43,10 @@ class GatewayMetrics:
         )
         self.kernel_messages_dropped = Counter(
             "code_gateway_kernel_messages_dropped",
-            "Kernel messages dropped unread: malformed, not signed with the sandbox's key, output "
-            "arriving faster than the gateway handles it (outran_gateway; its execution says so in a note), or "
-            "larger than a kernel may send (oversized: cut by the relay to its kernel; noted likewise)", ["reason"],
+            "Kernel messages dropped unread: malformed, not signed with the sandbox's key, nested too deep "
+            "to be read (too_deep; an output so is a note in its execution), output arriving faster than "
+            "the gateway handles it (outran_gateway; its execution says so in a note), or larger than a "
+            "kernel may send (oversized: cut by the relay to its kernel; noted likewise)", ["reason"],
             registry=self.registry,
         )
         self.requests = Histogram(

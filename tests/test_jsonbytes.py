@@ -40,6 +40,14 @@ def test_loads_reads_what_the_stdlib_reads(text: str) -> None:
     assert repr(got) == repr(want)  # (NaN != NaN)
 
 
+def test_json_too_deep_for_the_stdlib_is_too_deep_not_a_recursion_error() -> None:
+    text = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(jsonbytes.TooDeep):
+        jsonbytes.loads(text)
+    assert issubclass(jsonbytes.TooDeep, ValueError)  # (bad JSON to whoever reads a body)
+    assert jsonbytes.loads(b"[" * 600 + b"]" * 600) is not None  # (deeper than orjson reads: the stdlib does)
+
+
 def test_nan_is_written_as_null() -> None:
     assert json.loads(jsonbytes.dumps({"x": math.nan})) == {"x": None}
 

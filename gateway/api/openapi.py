@@ -123,8 +123,11 @@ SANDBOX = {
         "idle_timeout": {"type": "number"}, "on_idle": {"enum": ["pause", "terminate"]},
         "auto_resume": {"type": "boolean"},
         "execution_count": {"type": "integer"},
-        "snapshot": {"type": ["object", "null"], "description": "while paused: what was saved"},
-        "restore": {"type": ["object", "null"], "description": "after a resume: files, variables, lost, at"},
+        "snapshot": {"type": ["object", "null"], "description": "while paused: what was saved (files, bytes, "
+                     "variables, modules, lost, execution_count, at; at most 64 KiB: truncated and omitted say what "
+                     "was left out)"},
+        "restore": {"type": ["object", "null"], "description": "after a resume: files, variables, lost, at (at most "
+                    "64 KiB: truncated and omitted say what was left out)"},
         "template": {"type": ["string", "null"], "description": "the E2B template it was created from, if any"},
         "seed": {"type": "object", "description": "only in a create's answer: how the seed notebook ran"},
     },

@@ -227,7 +227,7 @@ class Executor:
                     channel, msg = await replies.get()
                     if channel == "gone":  # the execution is done already: it keeps its outcome
                         return
-                    if msg is not None and msg["parent_header"].get("msg_id") == barrier:
+                    if channel in ("iopub", "shell") and msg["parent_header"].get("msg_id") == barrier:
                         if channel == "iopub" and msg["content"].get("execution_state") == "idle":
                             return
                         continue
@@ -240,10 +240,13 @@ class Executor:
             progress.gone = msg
             return
         if channel == "shell":
-            progress.reply = msg["content"]
+            progress.reply = reply_fields(msg["content"])
             return
         if channel == "dropped":
             events = collector.lost(msg)
+        elif channel == "nested":  # an output too deep to be read: a note in its place
+            progress.started = True
+            events = collector.unreadable(msg)
         elif msg["header"]["msg_type"] == "status":
             progress.idle = progress.idle or msg["content"]["execution_state"] == "idle"
             return
@@ -293,6 +296,22 @@ class Executor:
             execution.error = execution_error(
                 "exception", reply.get("ename", "Error"), reply.get("evalue", ""), reply.get("traceback")
             )
+
+
+#: The fields of an ``execute_reply`` an execution keeps, and the type each must have.
+REPLY_FIELDS: dict[str, type] = {"status": str, "execution_count": int, "ename": str, "evalue": str}
+
+
+def reply_fields(content: dict[str, Any]) -> dict[str, Any]:
+    """What the execution keeps of its ``execute_reply``: the fields it reads, each only if of
+    the type Jupyter gives it, the traceback's lines that are text. A kernel can send anything
+    there (a traceback nested 100,000 levels deep, a count that is a list), and what is kept is
+    stored and answered."""
+    kept = {key: content[key] for key, kind in REPLY_FIELDS.items() if isinstance(content.get(key), kind)}
+    traceback = content.get("traceback")
+    if isinstance(traceback, list):
+        kept["traceback"] = [line for line in traceback if isinstance(line, str)]
+    return kept
 
 
 def _gone_message(reason: str) -> str:

@@ -45,10 +45,14 @@ BAD_SIGNATURE = "bad_signature"
 OUTRAN = "outran_gateway"
 #: A message larger than the kernel may send: the relay between the sockets cut it (``relay.CUT``).
 OVERSIZED = "oversized"
+#: A part nested too deep to be read at all (``jsonbytes.TooDeep``): an output message so is
+#: kept as a note in its place (see ``Replies``), anything else dropped.
+TOO_DEEP = "too_deep"
 
 
 class BadMessage(ValueError):
-    """Not a kernel message we can read (``MALFORMED``) or not signed with the sandbox's key (``BAD_SIGNATURE``)."""
+    """Not a kernel message we can read (``MALFORMED``, ``TOO_DEEP``) or not signed with the sandbox's key
+    (``BAD_SIGNATURE``)."""
 
     def __init__(self, reason: str, detail: str, parent_id: str = "") -> None:
         super().__init__(detail)
@@ -62,6 +66,8 @@ def _object(part: Buffer, what: str) -> dict[str, Any]:
     """One JSON part that must be an object."""
     try:
         value = jsonbytes.loads(part)
+    except jsonbytes.TooDeep:
+        raise BadMessage(TOO_DEEP, f"the {what} is nested too deep to be read") from None
     except ValueError:  # bad JSON or bad UTF-8
         raise BadMessage(MALFORMED, f"the {what} is not JSON") from None
     if not isinstance(value, dict):

@@ -11,7 +11,11 @@ chunks), ``clear_output`` (also ``wait=True``) and
 memory an execution holds, whatever the kernel sends: one output over ``max_output_bytes`` is
 replaced by a note saying how big it was, and once what the execution holds (every kind of event
 counted, ``update_display`` included, see ``OutputCollector``) passes ``max_total_bytes`` the
-rest is dropped behind one note. Either marks the collector ``truncated``.
+rest is dropped behind one note. An output nested deeper than ``MAX_DEPTH`` levels (JSON in a
+MIME bundle, an error's traceback: a kernel controls every field) is replaced by a note of the
+same kind too, so nothing the gateway keeps, encodes or measures is deeper than that (sizes are
+measured without recursion); so is one too deep to be read at all (``unreadable``). Each marks
+the collector ``truncated``.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.execution.messages import OUTRAN, OVERSIZED
-from gateway.jsonbytes import EncodedObject
+from gateway.jsonbytes import EncodedObject, TooDeep
 
 #: The note an execution gets where output was lost before it reached the collector, by why.
 LOST_NOTES = {
     OUTRAN: "\n[output dropped: the kernel produced it faster than the gateway could take it]\n",
     OVERSIZED: "\n[output dropped: a message from the kernel was larger than the gateway takes]\n",
 }
+
+#: Most levels of nesting an output may have (the output itself is the first): deeper ones are
+#: replaced by a note. Far more than any renderer shows, far less than any recursive encoder (ours
+#: falls back to the standard library's past orjson's 254) or a client's parser could take.
+MAX_DEPTH = 64
 
 OUTPUT_MESSAGES = frozenset({"stream", "display_data", "execute_result", "error", "update_display_data"})
 
@@ -50,19 +59,40 @@ def output_from_msg(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def json_size(value: Any) -> int:
-    """Approximate bytes of a decoded JSON value: its strings' lengths plus a little per item."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(8 + len(str(key)) + json_size(item) for key, item in value.items())
-    if isinstance(value, list):
-        return sum(8 + json_size(item) for item in value)
-    return 8
+    """Approximate bytes of a decoded JSON value: its strings' lengths plus a little per item;
+    ``TooDeep`` if it nests deeper than ``MAX_DEPTH``. A walk, not a recursion: no depth a
+    kernel sends can exhaust the stack."""
+    size = 0
+    waiting: list[tuple[Any, int]] = [(value, 1)]
+    while waiting:
+        item, depth = waiting.pop()
+        if isinstance(item, str):
+            size += len(item)
+            continue
+        if isinstance(item, dict):
+            size += sum(8 + (len(key) if isinstance(key, str) else 8) for key in item)
+            children: Any = item.values()
+        elif isinstance(item, list):
+            size += 8 * len(item)
+            children = item
+        else:
+            size += 8
+            continue
+        if depth >= MAX_DEPTH and any(isinstance(child, (dict, list)) for child in children):
+            raise TooDeep(f"nested deeper than {MAX_DEPTH} levels")
+        for child in children:
+            if isinstance(child, str):
+                size += len(child)
+            elif isinstance(child, (dict, list)):
+                waiting.append((child, depth + 1))
+            else:
+                size += 8
+    return size
 
 
 def output_size(output: dict[str, Any]) -> int:
     """Approximate bytes of an output: every field counts (a kernel controls all of them,
-    ``metadata`` included)."""
+    ``metadata`` included); ``TooDeep`` past ``MAX_DEPTH`` (never for an output kept here)."""
     return json_size(output)
 
 
@@ -131,20 +161,34 @@ class OutputCollector:
         if msg_type not in OUTPUT_MESSAGES or self._dropping:
             return []
         events = self._flush_pending_clear()
-        display_id = (msg["content"].get("transient") or {}).get("display_id")
+        transient = msg["content"].get("transient")
+        display_id = transient.get("display_id") if isinstance(transient, dict) else None
         if not isinstance(display_id, str):
             display_id = None
         if msg_type == "update_display_data":
             return events + self._update_display(display_id, msg)
-        output, size = self._fit(output_from_msg(msg))
+        return events + self._keep(*self._fit(output_from_msg(msg)), display_id)
+
+    def unreadable(self, msg_type: str) -> list[dict[str, Any]]:
+        """An output message too deep to be read at all (``Replies``' ``nested``): a note in its place
+        (an ``update_display_data``'s as a new display: which display it meant cannot be read)."""
+        if msg_type not in OUTPUT_MESSAGES or self._dropping:
+            return []
+        events = self._flush_pending_clear()
+        kind = "display_data" if msg_type == "update_display_data" else msg_type
+        note = self._too_deep_note({"output_type": kind, "name": "stderr"})
+        return events + self._keep(note, output_size(note), None)
+
+    def _keep(self, output: dict[str, Any], size: int, display_id: str | None) -> list[dict[str, Any]]:
+        """Keep an output that fits the per-output cap (and charge it); its live event."""
         if not self._charge(size + self.event_cost + len(display_id or "")):
-            return events + self._drop_rest()
+            return self._drop_rest()
         if output["output_type"] != "stream":  # (stream text is joined later: encoded then)
             output = EncodedObject(output)  # encoded once for its live event and its execution's record
         self._append(output, display_id)
         if display_id:  # so a live client knows which output a later update_display replaces
-            return events + [{"type": "output", "output": output, "display_id": display_id}]
-        return events + [{"type": "output", "output": output}]
+            return [{"type": "output", "output": output, "display_id": display_id}]
+        return [{"type": "output", "output": output}]
 
     # -- outputs -------------------------------------------------------------------------------
 
@@ -241,33 +285,54 @@ class OutputCollector:
         return [{"type": "output", "output": note}]
 
     def _fit(self, output: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """The output as it may be kept (itself, or a note if it is over the per-output cap) and its size."""
-        if output["output_type"] == "stream" and output["name"] not in STREAM_NAMES:
+        """The output as it may be kept (itself, or a note if it is too deep or over the per-output
+        cap) and its size."""
+        name = output.get("name")
+        if output["output_type"] == "stream" and not (isinstance(name, str) and name in STREAM_NAMES):
             output = {**output, "name": "stderr"}
-        size = output_size(output)
+        try:
+            size = output_size(output)
+        except TooDeep:
+            note = self._too_deep_note(output)
+            return note, output_size(note)
         if size <= self.max_output_bytes:
             return output, size
-        self.truncated = True
         note = self._oversize_note(output, size)
         return note, output_size(note)
 
+    def _too_deep_note(self, output: dict[str, Any]) -> dict[str, Any]:
+        """A stand-in for an output nested deeper than ``MAX_DEPTH``: none of its fields is kept but its kind's."""
+        self.truncated = True
+        note = f"[output dropped: {output['output_type']} nested deeper than {MAX_DEPTH} levels]"
+        return _stand_in({"output_type": output["output_type"], "name": output.get("name")}, note, room=0)
+
     def _oversize_note(self, output: dict[str, Any], size: int) -> dict[str, Any]:
         """A small stand-in for an output over the per-output cap; none of its fields stays large."""
+        self.truncated = True
         note = (
             f"[output truncated: {output['output_type']} of {human_size(size)} is over the "
             f"{human_size(self.max_output_bytes)} per-output limit]"
         )
-        room = max(self.max_output_bytes - len(note) - 64, 0)
-        kind = output["output_type"]
-        if kind == "stream":
-            keep = output["text"][:room] if isinstance(output["text"], str) else ""
-            return {"output_type": "stream", "name": output["name"], "text": f"{keep}\n{note}\n"}
-        if kind == "error":
-            return {"output_type": "error", "ename": str(output.get("ename"))[:256],
-                    "evalue": str(output.get("evalue"))[: room // 2], "traceback": [note]}
-        replaced = {"output_type": kind, "data": {"text/plain": note},
-                    "metadata": {"truncated": {"original_bytes": size}}}
-        if kind == "execute_result":
-            count = output.get("execution_count")
-            replaced["execution_count"] = count if isinstance(count, int) else None
+        replaced = _stand_in(output, note, room=max(self.max_output_bytes - len(note) - 64, 0))
+        if "data" in replaced:
+            replaced["metadata"] = {"truncated": {"original_bytes": size}}
         return replaced
+
+
+def _stand_in(output: dict[str, Any], note: str, room: int) -> dict[str, Any]:
+    """An output of ``output``'s kind saying ``note``, with at most ``room`` characters of its
+    text (a stream's text, an error's value); any other field only if it is a plain value."""
+    kind = output["output_type"]
+    if kind == "stream":
+        text = output.get("text")
+        keep = text[:room] if isinstance(text, str) else ""
+        return {"output_type": "stream", "name": output["name"], "text": f"{keep}\n{note}\n"}
+    if kind == "error":
+        ename, evalue = output.get("ename"), output.get("evalue")
+        return {"output_type": "error", "ename": ename[:256] if isinstance(ename, str) else "Error",
+                "evalue": evalue[: room // 2] if isinstance(evalue, str) else "", "traceback": [note]}
+    replaced: dict[str, Any] = {"output_type": kind, "data": {"text/plain": note}, "metadata": {}}
+    if kind == "execute_result":
+        count = output.get("execution_count")
+        replaced["execution_count"] = count if isinstance(count, int) else None
+    return replaced

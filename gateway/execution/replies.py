@@ -2,7 +2,7 @@
 
     replies = Replies(max_bytes=20 << 20)
     replies.offer("iopub", message)      # the connection's reader: never blocks, never holds past the bound
-    channel, msg = await replies.get()   # ("iopub" | "shell" | "gone" | "dropped", message or reason)
+    channel, msg = await replies.get()   # ("iopub" | "shell" | "gone" | "dropped" | "nested", message or ...)
 
 ZMQ gives no backpressure on iopub: a kernel can publish output faster than the gateway takes
 it, and what waits would pile up in the gateway. Output messages arriving while more than
@@ -11,6 +11,10 @@ keeps up with any kernel), and the request's reader is told once per run of drop
 (``("dropped", OUTRAN)``; ``OVERSIZED`` for a message the kernel's relay cut), so the execution says it was truncated; an ``update_display_data``
 instead replaces the one of its display still waiting, so a display's latest content always
 arrives. Status messages and shell replies are never dropped: they are how a request ends.
+
+An output message whose content or metadata nests too deep to be read at all (``TOO_DEEP``: a
+kernel can send JSON 100,000 levels deep) is queued as ``("nested", its msg_type)``, so the
+execution keeps a note in its place (``OutputCollector.unreadable``) instead of losing it unsaid.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from gateway.execution.messages import OUTRAN, Message
+from gateway.execution.messages import OUTRAN, TOO_DEEP, BadMessage, Message
 
 #: iopub messages that may be dropped under a flood (the rest are small and end the request).
 DROPPABLE = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error"})
@@ -49,7 +53,13 @@ class Replies:
                 self._overflow(message, size)
                 return
             self._dropping = False
-        item = _Item(channel, message.full(), size)
+        try:
+            item = _Item(channel, message.full(), size)
+        except BadMessage as bad:
+            if bad.reason != TOO_DEEP or channel != "iopub" or message.msg_type not in DROPPABLE:
+                raise
+            self._put(_Item("nested", message.msg_type, size))
+            return
         if message.msg_type == "update_display_data":
             display_id = _display_id(item.msg)
             if display_id is not None:

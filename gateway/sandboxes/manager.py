@@ -59,6 +59,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.provisioners.launcher import KernelLauncher
 from gateway.provisioners.usage import Usage
 from gateway.replica import Replica
+from gateway.sandboxes import reports
 from gateway.sandboxes.contexts import Context, DefaultContext, SandboxContexts, default_context, normalize_language
 from gateway.sandboxes.isolation import IsolationPolicy
 from gateway.sandboxes.kernels import KernelRegistry
@@ -1171,16 +1172,15 @@ class SandboxManager(LoggingConfigurable):
         retry_after = self._soonest_end_of(sandbox.owner)
         await self.quotas.check({**sandbox.to_record(), "status": str(SandboxStatus.PAUSED)}, retry_after=retry_after)
         began = time.monotonic()
-        snapshot = await self.snapshots.save(sandbox, runtime)
-        snapshot["lost"] = [*snapshot["lost"], *(
+        snapshot = await self.snapshots.save(sandbox, runtime, unkept=[
             {"name": f"context {c.id}", "type": f"{c.language} context",
              "reason": "a context's kernel is not kept: it starts afresh when used again"}
-            for c in self.contexts.of(sandbox.id))]
+            for c in self.contexts.of(sandbox.id)])
         kept = (sandbox.status, sandbox.status_reason, sandbox.kernel)
         sandbox.status, sandbox.status_reason, sandbox.kernel, sandbox.snapshot = (
             SandboxStatus.PAUSED, reason, {}, snapshot)
         paused = self._event(sandbox, events.SANDBOX_PAUSED, reason=reason, files=snapshot["files"],
-                             variables=len(snapshot["variables"]), lost=len(snapshot["lost"]),
+                             variables=reports.total(snapshot, "variables"), lost=reports.total(snapshot, "lost"),
                              bytes=snapshot["bytes"])
         try:  # paused for good (durable, within the paused quota) before the container goes
             await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after, events=[paused])
@@ -1197,8 +1197,8 @@ class SandboxManager(LoggingConfigurable):
         except Exception:
             log.exception("sandbox %s: could not stop its container after pausing", sandbox.id)
         log.info("sandbox %s: paused%s in %.2f s (%d files, %d variables, %d lost)", sandbox.id,
-                 f" ({reason})" if reason else "", time.monotonic() - began, sandbox.snapshot["files"],
-                 len(sandbox.snapshot["variables"]), len(sandbox.snapshot["lost"]))
+                 f" ({reason})" if reason else "", time.monotonic() - began, snapshot["files"],
+                 reports.total(snapshot, "variables"), reports.total(snapshot, "lost"))
 
     async def resume(self, sandbox_id: str, user: str) -> Sandbox:
         """A paused sandbox running again, its files and variables restored (``restore`` says what came back)."""
@@ -1241,7 +1241,7 @@ class SandboxManager(LoggingConfigurable):
             SandboxStatus.RUNNING, None, report, None)
         sandbox.touch()
         resumed = self._event(sandbox, events.SANDBOX_RESUMED, files=report["files"],
-                              variables=len(report["variables"]), lost=len(report["lost"]))
+                              variables=reports.total(report, "variables"), lost=reports.total(report, "lost"))
         try:  # running again for good (durable, within the live quotas) before the saved state goes
             await self.quotas.put_sandbox(sandbox.to_record(), retry_after=retry_after, events=[resumed])
             self.events.written()
@@ -1255,7 +1255,8 @@ class SandboxManager(LoggingConfigurable):
         self.snapshots.remove(sandbox.id)
         self.metrics.sandbox_starts.labels(source=source).observe(time.monotonic() - began)
         log.info("sandbox %s: resumed in %.2f s (%d files, %d variables, %d lost)", sandbox.id,
-                 time.monotonic() - began, report["files"], len(report["variables"]), len(report["lost"]))
+                 time.monotonic() - began, report["files"], reports.total(report, "variables"),
+                 reports.total(report, "lost"))
 
     async def _resume_on_pooled(self, sandbox: Sandbox) -> SandboxRuntime | None:
         """A warm-pool kernel serving ``sandbox`` from now on (under the pooled runtime id), if one fits."""

@@ -90,9 +90,10 @@ class Sandbox:
     auto_resume: bool = True
     #: Executions run in this sandbox so far (across restarts).
     execution_count: int = 0
-    #: While paused: what was saved (``files``, ``bytes``, ``variables``, ``modules``, ``lost``, ``at``).
+    #: While paused: what was saved (``files``, ``bytes``, ``variables``, ``modules``, ``lost``, ``at``),
+    #: bounded (``truncated``, ``omitted``: see ``gateway.sandboxes.reports``).
     snapshot: dict[str, Any] | None = None
-    #: After a resume: what came back (``files``, ``variables``, ``lost``, ``at``).
+    #: After a resume: what came back (``files``, ``variables``, ``lost``, ``at``), bounded as well.
     restore: dict[str, Any] | None = None
     kernel: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The template name it was created from through the E2B API (``code-interpreter-v1``...), if any.

@@ -15,13 +15,16 @@ connection read with asyncio (no thread per command); its ``pid`` is the one the
 ``local`` sandboxes: a process in its own session in the sandbox's working directory.
 
 Output is not kept: each follower gets what the command writes from the moment it follows, as
-from envd. A follower more than ``MAX_BEHIND`` chunks behind is cut off (its iteration ends
-with ``("cut", ...)``); the command goes on.
+from envd, at its own pace (its client's: E2B's stream awaits each write). A follower that falls
+more than ``MAX_BEHIND_BYTES`` behind (each chunk waiting counted with ``CHUNK_COST`` besides its
+bytes, so a flood of tiny chunks is bounded too) is cut off: what waited for it is dropped at
+once and its iteration ends with ``("cut", why)``; the command and its other followers go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -32,6 +35,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.errors import InvalidRequest, NotFound, SandboxNotRunning
+from gateway.execution.outputs import human_size
 from gateway.provisioners.base import local_env, workdir_of
 from gateway.provisioners.execs import PID_LINE_BYTES, announced_pid, signal_exec
 from gateway.sandboxes.commands import CONTAINER_WORKDIR, DockerExec, SandboxCommands
@@ -43,8 +47,10 @@ log = logging.getLogger(__name__)
 #: A container command's environment before the sandbox's and its own (the image's sandbox user).
 CONTAINER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                  "HOME": CONTAINER_WORKDIR, "USER": "sandbox", "LOGNAME": "sandbox", "SHELL": "/bin/bash"}
-#: Chunks a follower may fall behind before it is cut off.
-MAX_BEHIND = 4096
+#: Bytes of output a follower may fall behind before it is cut off.
+MAX_BEHIND_BYTES = 4 << 20
+#: What holding one chunk for a follower costs besides its bytes (its tuple, its bytes object).
+CHUNK_COST = 128
 #: Most commands running in one sandbox at once.
 MAX_COMMANDS = 64
 #: Seconds a command under gVisor may take to announce its pid in the sandbox (the host may be loaded).
@@ -55,6 +61,57 @@ Event = tuple[str, Any]
 
 class CommandNotFound(NotFound):
     code = "command_not_found"
+
+
+class Follower:
+    """What waits for one follower of a command, bounded: past ``max_bytes`` it is cut off.
+
+        follower = Follower()
+        follower.offer("stdout", b"...")     # the command's pump: never blocks; False once cut off
+        kind, value = await follower.get()   # the follower, at its own pace
+    """
+
+    def __init__(self, max_bytes: int = MAX_BEHIND_BYTES) -> None:
+        self.max_bytes = max_bytes
+        #: What the events waiting cost (``cost``).
+        self.waiting_bytes = 0
+        self.cut = False
+        self._events: collections.deque[Event] = collections.deque()
+        self._arrived = asyncio.Event()
+
+    @staticmethod
+    def cost(value: Any) -> int:
+        return CHUNK_COST + (len(value) if isinstance(value, bytes) else 0)
+
+    def offer(self, kind: str, value: Any) -> bool:
+        """Queue an event, unless it takes the follower past its bound: then cut it off (what waits
+        is dropped, ``("cut", why)`` is all it gets next) and return False. Its end always fits, and
+        so does any chunk while nothing waits (a follower that keeps up is never behind)."""
+        if self.cut:
+            return False
+        cost = self.cost(value)
+        if kind != "end" and self._events and self.waiting_bytes + cost > self.max_bytes:
+            self.cut = True
+            self._events.clear()
+            self.waiting_bytes = 0
+            self._put("cut", f"more than {human_size(self.max_bytes)} of output waiting")
+            return False
+        self.waiting_bytes += cost
+        self._put(kind, value)
+        return True
+
+    def _put(self, kind: str, value: Any) -> None:
+        self._events.append((kind, value))
+        self._arrived.set()
+
+    async def get(self) -> Event:
+        while not self._events:
+            self._arrived.clear()
+            await self._arrived.wait()
+        kind, value = self._events.popleft()
+        if kind != "cut":
+            self.waiting_bytes -= self.cost(value)
+        return kind, value
 
 
 @dataclasses.dataclass
@@ -69,7 +126,7 @@ class Command:
     tag: str | None
     channel: CommandChannel
     exit_code: int | None = None
-    _followers: set[asyncio.Queue[Event]] = dataclasses.field(default_factory=set)
+    _followers: set[Follower] = dataclasses.field(default_factory=set)
     _ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     #: Why it ended, if not by itself (``killed at its timeout``).
     error: str | None = None
@@ -81,16 +138,16 @@ class Command:
     async def follow(self, idle: float | None = None) -> AsyncIterator[Event]:
         """What the command writes from now on, then ``("end", exit_code)``; with ``idle``, also
         ``("keepalive", None)`` after each ``idle`` seconds of silence."""
-        queue: asyncio.Queue[Event] = asyncio.Queue(MAX_BEHIND + 1)
+        follower = Follower()
         if not self.running:
             yield "end", self.exit_code
             return
-        self._followers.add(queue)
+        self._followers.add(follower)
         try:
             while True:
                 try:
                     async with asyncio.timeout(idle):  # (wait_for can swallow a cancellation)
-                        kind, value = await queue.get()
+                        kind, value = await follower.get()
                 except TimeoutError:
                     yield "keepalive", None
                     continue
@@ -98,15 +155,14 @@ class Command:
                 if kind in ("end", "cut"):
                     return
         finally:
-            self._followers.discard(queue)
+            self._followers.discard(follower)
 
     def publish(self, kind: str, value: Any) -> None:
-        for queue in list(self._followers):
-            if queue.qsize() >= MAX_BEHIND:
-                self._followers.discard(queue)
-                queue.put_nowait(("cut", f"more than {MAX_BEHIND} chunks of output waiting"))
-            else:
-                queue.put_nowait((kind, value))
+        for follower in list(self._followers):
+            if not follower.offer(kind, value):
+                self._followers.discard(follower)
+                log.info("sandbox %s: a follower of command %d fell more than %s behind: cut off",
+                         self.sandbox_id, self.pid, human_size(follower.max_bytes))
 
     def finish(self, exit_code: int) -> None:
         self.exit_code = exit_code

@@ -9,10 +9,16 @@ Everything is done inside the sandbox, by the sandbox's own user: ``kernels/tool
 packs and unpacks the working directory (a gzip-compressed tar) and moves the kernel's serialized
 variables through a FIFO, while ``kernels/snapshot/variables.py`` runs in the kernel (silent code)
 to serialize them with dill and load them back. The gateway only stores those bytes, under names it
-chose (``<root>/<sandbox id>/files.tar.gz``, ``variables.dill.gz``), opened without following links,
+chose (``<root>/<sandbox id>/files.tar.gz``, ``variables.dill.gz``, and ``state.json``: what the
+kernel is given back, its modules and counter), opened without following links,
 and counts them against the sandbox's ``disk_mb``: a paused sandbox never takes more of the host's
 disk than it had. A save is written to ``<id>.partial`` and renamed when complete, so a crash leaves
 no half-saved sandbox. Neither the archive nor the pickle is ever opened on the host.
+
+The reports (the manifest a pause returns, the ``restore`` report) are kept in the sandbox's
+record and shown with it, and a sandbox can make what they list any size: they are bounded
+(``gateway.sandboxes.reports``: ``MAX_REPORT_CHARS`` each, ``truncated`` and ``omitted`` saying
+what did not fit), which is why what the kernel needs again lives in ``state.json``, not in them.
 """
 
 from __future__ import annotations
@@ -35,12 +41,15 @@ from gateway import timestamps
 from gateway.errors import GatewayError, SandboxDiskFull
 from gateway.sandboxes.commands import SandboxCommands, SandboxProcess
 from gateway.sandboxes.model import Sandbox
+from gateway.sandboxes.reports import Budget, bounded, bounded_names
 
 log = logging.getLogger(__name__)
 
 TOOL = "sandbox_snapshot.py"
 FILES = "files.tar.gz"
 VARIABLES = "variables.dill.gz"
+#: What the kernel is given back on resume (modules, variable names, execution count), in full.
+STATE = "state.json"
 CHUNK = 1 << 16
 END = struct.pack(">I", 0)
 #: What the kernel reports back after ``save``/``restore`` (``kernels/snapshot/variables.py``).
@@ -129,8 +138,9 @@ class SandboxSnapshots(LoggingConfigurable):
 
     # -- pause -----------------------------------------------------------------------------------
 
-    async def save(self, sandbox: Sandbox, runtime: Any) -> dict[str, Any]:
-        """Save the sandbox's files and variables; the manifest for its record. Raises, leaving nothing, on failure."""
+    async def save(self, sandbox: Sandbox, runtime: Any, unkept: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Save the sandbox's files and variables; the manifest for its record (bounded; ``unkept``:
+        what the caller knows is lost besides, listed last). Raises, leaving nothing, on failure."""
         partial = self.root / f"{sandbox.id}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(mode=0o700)
@@ -142,18 +152,29 @@ class SandboxSnapshots(LoggingConfigurable):
             finally:
                 await files.close()
             variables = await self._save_variables(sandbox, runtime, partial, budget - files.size)
+            state = HostFile(partial / STATE, budget - files.size - variables["stored"])
+            try:
+                state.write(json.dumps({key: variables[key] for key in RESTORED}).encode())
+            finally:
+                await state.close()
             final = self.directory(sandbox.id)
             shutil.rmtree(final, ignore_errors=True)
             os.rename(partial, final)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        report = Budget()
+        report.omit("lost", _count(packed.get("skipped_more")) or 0)  # (files the tool only counted)
+        lost = [*_listed(packed.get("skipped")), *_listed(variables["lost"]), *(unkept or [])]
         return {
-            "files": packed["files"],
-            "bytes": files.size + variables.pop("stored"),
-            **variables,
-            "lost": packed["skipped"] + variables.pop("lost"),
+            "files": _count(packed.get("files")),
+            "bytes": files.size + variables["stored"] + state.size,
+            "lost": bounded(lost, report, "lost"),
+            "modules": bounded_names(variables["modules"], report, "modules"),
+            "variables": bounded(variables["variables"], report, "variables"),
+            "execution_count": variables["execution_count"],
             "at": timestamps.to_iso(timestamps.now()),
+            **report.summary(),
         }
 
     async def _pack(self, sandbox: Sandbox, sink: HostFile) -> dict[str, Any]:
@@ -167,8 +188,15 @@ class SandboxSnapshots(LoggingConfigurable):
     async def _save_variables(self, sandbox: Sandbox, runtime: Any, directory: Path, budget: int) -> dict[str, Any]:
         """Serialize the kernel's variables into ``directory``; what was kept, re-imported and lost."""
         plan = await self._in_kernel(runtime, f"plan({max(budget, 0)})")
-        kept = {"variables": plan.get("variables", []), "modules": plan.get("modules", {}),
-                "lost": plan.get("lost", []), "execution_count": plan.get("execution_count"), "stored": 0}
+        modules = plan.get("modules")
+        kept: dict[str, Any] = {
+            # (only names: the kernel's report is the sandbox's, and this is given back to it)
+            "variables": [name for name in _listed(plan.get("variables")) if isinstance(name, str)],
+            "modules": {alias: name for alias, name in (modules.items() if isinstance(modules, dict) else ())
+                        if isinstance(name, str)},
+            "lost": _listed(plan.get("lost")), "execution_count": _count(plan.get("execution_count"), None),
+            "stored": 0,
+        }
         if not kept["variables"]:
             return kept
         sink = HostFile(directory / VARIABLES, max(budget, 0))
@@ -180,7 +208,7 @@ class SandboxSnapshots(LoggingConfigurable):
             finally:
                 await sink.close()
         if dumped.get("lost"):  # together they could not be pickled: nothing of them is kept
-            kept["lost"] += dumped["lost"]
+            kept["lost"] = [*kept["lost"], *_listed(dumped["lost"])]
             kept["variables"] = []
             os.unlink(sink.path)
             return kept
@@ -195,7 +223,7 @@ class SandboxSnapshots(LoggingConfigurable):
     # -- resume ----------------------------------------------------------------------------------
 
     async def restore(self, sandbox: Sandbox, runtime: Any) -> dict[str, Any]:
-        """Put the saved files and variables into the sandbox's new kernel; the ``restore`` report."""
+        """Put the saved files and variables into the sandbox's new kernel; the ``restore`` report (bounded)."""
         manifest = sandbox.snapshot or {}
         directory = self.directory(sandbox.id)
         if not directory.is_dir():
@@ -203,18 +231,34 @@ class SandboxSnapshots(LoggingConfigurable):
         async with self._tool(sandbox, "unpack") as process:
             await self._send(process, directory / FILES)
             unpacked = await self._answer(process)
-        loaded = await self._restore_variables(sandbox, runtime, directory, manifest)
+        loaded = await self._restore_variables(sandbox, runtime, directory, self._state(directory, manifest))
+        report = Budget()
+        # Lost at the pause but not listed, and files the tool only counted:
+        report.omit("lost", (_count((manifest.get("omitted") or {}).get("lost")) or 0)
+                    + (_count(unpacked.get("skipped_more")) or 0))
+        lost = [*_listed(manifest.get("lost")), *_listed(unpacked.get("skipped")), *_listed(loaded.get("lost"))]
         return {
-            "files": unpacked["files"],
-            "variables": loaded["variables"],
-            "lost": list(manifest.get("lost", [])) + unpacked["skipped"] + loaded["lost"],
+            "files": _count(unpacked.get("files")),
+            "lost": bounded(lost, report, "lost"),
+            "variables": bounded(loaded.get("variables"), report, "variables"),
             "at": timestamps.to_iso(timestamps.now()),
+            **report.summary(),
         }
 
+    @staticmethod
+    def _state(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """What the kernel is given back: ``state.json`` (a state saved before it existed: the manifest)."""
+        try:
+            fd = os.open(directory / STATE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {key: manifest.get(key) for key in RESTORED}
+        with open(fd, "rb") as source:
+            state: dict[str, Any] = json.loads(source.read())
+        return state
+
     async def _restore_variables(self, sandbox: Sandbox, runtime: Any, directory: Path,
-                                 manifest: dict[str, Any]) -> dict[str, Any]:
-        state = {key: manifest.get(key) for key in ("variables", "modules", "execution_count")}
-        if not manifest.get("variables"):
+                                 state: dict[str, Any]) -> dict[str, Any]:
+        if not state.get("variables"):
             return await self._in_kernel(runtime, f"restore(None, {state!r})")
         async with self._tool(sandbox, "fill") as process:
             fifo = (await self._answer(process))["fifo"]
@@ -278,6 +322,19 @@ class SandboxSnapshots(LoggingConfigurable):
         if not isinstance(data, dict):
             raise SnapshotFailed("the kernel's report of its variables is not an object")
         return data
+
+
+#: What ``state.json`` holds (and a manifest held before it existed).
+RESTORED = ("variables", "modules", "execution_count")
+
+
+def _listed(entries: Any) -> list[Any]:
+    """``entries`` if it is a list (what a sandbox's tool or kernel reports may be anything)."""
+    return entries if isinstance(entries, list) else []
+
+
+def _count(value: Any, otherwise: int | None = 0) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else otherwise
 
 
 async def _together(kernel: Any, tool: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,10 +11,11 @@ moves in frames, both ways: a 4-byte big-endian length, then that many bytes; a 
 the data. After outgoing frames comes one more JSON line, the trailer, saying how it ended.
 
 - ``{"op": "pack"}`` — the working directory as a gzip-compressed tar, in frames on stdout;
-  trailer ``{"ok": true, "files": N, "bytes": B, "skipped": [{"name", "type", "reason"}]}``
-  (B: the uncompressed size of what was packed; skipped: entries that could not be read).
+  trailer ``{"ok": true, "files": N, "bytes": B, "skipped": [{"name", "type", "reason"}], "skipped_more": M}``
+  (B: the uncompressed size of what was packed; skipped: entries that could not be read, the
+  first ``MAX_SKIPPED`` of them; M: how many more).
 - ``{"op": "unpack"}`` — frames of such an archive on stdin, extracted into the working
-  directory; answer (after the data) ``{"ok": true, "files": N, "skipped": [...]}``.
+  directory; answer (after the data) ``{"ok": true, "files": N, "skipped": [...], "skipped_more": M}``.
 - ``{"op": "drain"}`` — makes a FIFO and answers ``{"ok": true, "fifo": PATH}``; whatever the
   kernel writes into it comes out gzip-compressed in frames; trailer ``{"ok": true, "bytes": B}``.
 - ``{"op": "fill"}`` — makes a FIFO and answers ``{"ok": true, "fifo": PATH}``; the frames on stdin,
@@ -112,9 +113,17 @@ class Counter:
         self.bytes = 0
 
 
+class Skipped(list):
+    """Entries that could not be kept: the first ``MAX_SKIPPED`` by name, the rest only counted."""
+
+    more = 0
+
+
 def skipped_entry(skipped, name, kind, reason):
     if len(skipped) < MAX_SKIPPED:
         skipped.append({"name": name, "type": kind, "reason": reason})
+    else:
+        skipped.more += 1
 
 
 def kind_of(mode):
@@ -133,7 +142,7 @@ def op_pack(out):
     frames = FrameWriter(out)
     files = 0
     size = 0
-    skipped = []
+    skipped = Skipped()
     try:
         with gzip.GzipFile(fileobj=frames, mode="wb", compresslevel=1, mtime=0) as packed:
             with tarfile.open(fileobj=packed, mode="w|", format=tarfile.PAX_FORMAT) as archive:
@@ -164,7 +173,7 @@ def op_pack(out):
                             skipped_entry(skipped, relative, kind, exc.strerror or str(exc))
     finally:
         frames.end()  # whatever happens, the frames end before the trailer
-    answer(out, ok=True, files=files, bytes=size, skipped=skipped)
+    answer(out, ok=True, files=files, bytes=size, skipped=skipped, skipped_more=skipped.more)
 
 
 def clean_name(name):
@@ -177,7 +186,7 @@ def clean_name(name):
 def op_unpack(data, out):
     root = os.getcwd()
     files = 0
-    skipped = []
+    skipped = Skipped()
     directories = []
     with gzip.GzipFile(fileobj=FrameReader(data), mode="rb") as packed:
         with tarfile.open(fileobj=packed, mode="r|") as archive:
@@ -216,7 +225,7 @@ def op_unpack(data, out):
             os.utime(target, (member.mtime, member.mtime))
         except OSError:
             pass
-    answer(out, ok=True, files=files, skipped=skipped)
+    answer(out, ok=True, files=files, skipped=skipped, skipped_more=skipped.more)
 
 
 def make_fifo():

@@ -11,6 +11,9 @@ import httpx
 import pytest
 import websockets
 
+from gateway import jsonbytes
+from gateway.sandboxes import reports
+from gateway.sandboxes.reports import MAX_REPORT_CHARS, MAX_TEXT_CHARS
 from tests.api.test_pool import NEVER_SATURATED
 from tests.gateways import InProcessGateway, auth
 from tests.provisioned import PROVISIONERS, containers_labelled, create, gateway_for, run
@@ -53,7 +56,7 @@ async def idle_pause_then_auto_resume(gateway: InProcessGateway, alice: httpx.As
     assert (await alice.patch(f"/api/v1/sandboxes/{sid}", json={"idle_timeout": 1})).status_code == 200
     paused = await until_status(alice, sid, "paused")
     assert paused["status_reason"] == "idle"
-    assert sorted(p.name for p in saved_state(gateway, sid).iterdir()) == ["files.tar.gz", "variables.dill.gz"]
+    assert sorted(p.name for p in saved_state(gateway, sid).iterdir()) == ["files.tar.gz", "state.json", "variables.dill.gz"]
     assert {"x", "df", "double", "same", "sqrt"} <= set(paused["snapshot"]["variables"])
     assert paused["snapshot"]["modules"] == {"socket": "socket", "pd": "pandas"}
     if gateway.app.launcher.resolved == "docker":  # the container is gone, not stopped
@@ -170,6 +173,68 @@ async def test_the_saved_state_is_bounded_by_disk_mb(provisioner: str, tmp_path:
         assert after["result"] == {"text/plain": "(1048576, [1, 2, 3], False)"}
 
 
+#: A sandbox whose pause has countless things to report, each with a long name: 20,000 generators
+#: (never kept, each lost), 5,000 variables and 2,000 module aliases (kept), 150 FIFOs in a
+#: directory 3,000 characters deep (not files: skipped). Listed in full, its reports would take
+#: megabytes, stored in its record and answered with every GET of it.
+COUNTLESS = """
+import os
+_long = "x" * 200
+for _n in range(20_000):
+    globals()[f"gen{_n}_{_long}"] = (v for v in ())
+for _n in range(5_000):
+    globals()[f"kept{_n}_{_long}"] = _n
+for _n in range(2_000):
+    globals()[f"mod{_n}_{_long}"] = os
+_deep = "/".join(["d" * 200] * 15)
+os.makedirs(_deep)
+for _n in range(150):
+    os.mkfifo(f"{_deep}/fifo{_n}_" + "p" * 200)
+"""
+
+
+@pytest.mark.parametrize("provisioner", PROVISIONERS)
+async def test_the_reports_of_a_sandbox_with_countless_losses_are_bounded_and_it_resumes_whole(
+    provisioner: str, tmp_path: Any
+) -> None:
+    async with gateway_for(provisioner, tmp_path) as gateway, gateway.client("alice") as alice:
+        sid = (await create(alice))["id"]
+        assert (await run(alice, sid, COUNTLESS, timeout=300))["status"] == "completed"
+        pausing = await alice.post(f"/api/v1/sandboxes/{sid}/pause")
+        assert pausing.status_code == 200, pausing.text[:1000]
+        report = pausing.json()["snapshot"]
+        assert len(jsonbytes.dumps(report)) <= MAX_REPORT_CHARS and len(pausing.content) < MAX_REPORT_CHARS + 4096
+        assert report["truncated"] is True and report["files"] == 0
+        assert reports.total(report, "lost") == 20_000 + 150
+        assert reports.total(report, "variables") == 5_000 and reports.total(report, "modules") == 2_001  # (and os)
+        assert all(len(entry["name"]) <= MAX_TEXT_CHARS for entry in report["lost"])
+        assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["snapshot"] == report  # (as stored)
+        listed = await alice.get("/api/v1/sandboxes")
+        assert len(listed.content) < MAX_REPORT_CHARS + 4096
+
+        resuming = await alice.post(f"/api/v1/sandboxes/{sid}/resume")
+        assert resuming.status_code == 200, resuming.text[:1000]
+        restore = resuming.json()["restore"]
+        assert len(jsonbytes.dumps(restore)) <= MAX_REPORT_CHARS and restore["truncated"] is True
+        assert reports.total(restore, "lost") == 20_000 + 150  # (those of the pause, still counted)
+        assert reports.total(restore, "variables") == 5_000 + 2_001
+        # What the kernel needs again was kept whole, whatever the reports show.
+        counted = await run(alice, sid, "import sys\n_names = list(globals())\n"
+                                        "(sum(n.startswith('kept') for n in _names), sum(n.startswith('mod') for n in _names),"
+                                        " globals()['kept4999_' + 'x' * 200], globals()['mod1999_' + 'x' * 200] is os)")
+        assert counted["result"] == {"text/plain": "(5000, 2000, 4999, True)"}, counted
+
+
+async def test_a_state_saved_before_state_json_resumes_from_its_manifest(
+    gateway: InProcessGateway, alice: httpx.AsyncClient
+) -> None:
+    sid = (await create(alice))["id"]
+    assert (await run(alice, sid, "import math as m\nx = 41"))["status"] == "completed"
+    assert (await alice.post(f"/api/v1/sandboxes/{sid}/pause")).json()["snapshot"]["modules"] == {"m": "math"}
+    (saved_state(gateway, sid) / "state.json").unlink()  # (as a gateway before it saved one)
+    assert (await run(alice, sid, "m.sqrt(x + 8)"))["result"] == {"text/plain": "7.0"}
+
+
 @pytest.mark.docker
 async def test_links_in_the_sandbox_stay_links_and_are_never_followed_on_the_host(
     tmp_path: Any, docker_client: Any
@@ -184,7 +249,7 @@ async def test_links_in_the_sandbox_stay_links_and_are_never_followed_on_the_hos
         paused = (await alice.post(f"/api/v1/sandboxes/{sid}/pause")).json()
         assert paused["status"] == "paused", paused
         state = saved_state(gateway, sid)
-        assert sorted(p.name for p in state.iterdir()) == ["files.tar.gz"]  # no variables, nothing else
+        assert sorted(p.name for p in state.iterdir()) == ["files.tar.gz", "state.json"]  # no variables, nothing else
         with tarfile.open(state / "files.tar.gz", "r:gz") as archive:  # (the test looks inside; the gateway never does)
             members = {m.name: m for m in archive.getmembers()}
         assert set(members) == {"shadow", "data", "hostroot", "d", "d/etc"}

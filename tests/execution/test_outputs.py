@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import nbformat
+import pytest
 
 from gateway.execution.feed import ExecutionFeed
-from gateway.execution.outputs import EVENT_COST, OutputCollector, output_size
+from gateway.execution.outputs import EVENT_COST, MAX_DEPTH, OutputCollector, json_size, output_size
+from gateway.jsonbytes import TooDeep
 
 
 def msg(msg_type: str, **content: Any) -> dict[str, Any]:
@@ -186,3 +188,69 @@ def test_output_lost_before_the_collector_is_said_once_and_truncates() -> None:
     events = c.lost() + c.lost()
     assert c.truncated and len(events) == 2  # one note per run of drops (each run reports once)
     assert all("output dropped" in e["output"]["text"] for e in events)
+
+
+def nested(levels: int, inner: Any = None) -> Any:
+    """``inner`` in ``levels`` lists (built without recursion)."""
+    value = inner
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_sizes_are_measured_without_recursion_and_nesting_is_bounded() -> None:
+    assert json_size({"a": ["xy", 1, {"b": None}]}) == (8 + 1) + 3 * 8 + 2 + 8 + (8 + 1) + 8
+    assert json_size(nested(MAX_DEPTH - 1, {})) == 8 * (MAX_DEPTH - 1)  # the 64th level holds a plain value
+    for too_deep in (nested(MAX_DEPTH, []), nested(100_000)):  # (far past the recursion limit)
+        with pytest.raises(TooDeep):
+            json_size(too_deep)
+
+
+@pytest.mark.parametrize("kind, content", [
+    ("display_data", {"data": {"application/json": nested(200)}, "metadata": {}}),
+    ("display_data", {"data": {"text/plain": "x"}, "metadata": nested(100_000)}),
+    ("execute_result", {"data": {"text/plain": "x"}, "metadata": {}, "execution_count": nested(100)}),
+    ("error", {"ename": nested(100), "evalue": "v", "traceback": []}),
+    ("error", {"ename": "E", "evalue": "v", "traceback": ["t", nested(100)]}),
+    ("stream", {"name": "stdout", "text": nested(100)}),
+])
+def test_an_output_nested_too_deep_becomes_a_note_of_its_kind(kind: str, content: dict[str, Any]) -> None:
+    c = collector(per=1000)
+    events = c.apply(msg(kind, **content))
+    (output,) = c.outputs
+    assert c.truncated and events == [{"type": "output", "output": output}]
+    assert output["output_type"] == kind and f"nested deeper than {MAX_DEPTH} levels" in str(output)
+    assert output_size(output) < 200  # (its own size is measured again: it is shallow)
+    if kind == "stream":
+        assert output["name"] == "stdout"
+    nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=c.outputs)]))
+
+
+def test_an_update_nested_too_deep_shows_a_note_in_its_display() -> None:
+    c = collector(per=1000)
+    c.apply(msg("display_data", data={"text/plain": "0%"}, metadata={}, transient={"display_id": "p"}))
+    events = c.apply(msg("update_display_data", data={"application/json": nested(100)}, metadata={},
+                         transient={"display_id": "p"}))
+    assert events[0]["type"] == "update_display" and "nested deeper" in events[0]["output"]["data"]["text/plain"]
+    assert "nested deeper" in c.outputs[0]["data"]["text/plain"] and c.truncated
+
+
+@pytest.mark.parametrize("kind", ["stream", "display_data", "execute_result", "error", "update_display_data"])
+def test_an_output_too_deep_to_be_read_is_a_note_in_its_place(kind: str) -> None:
+    c = collector(per=1000)
+    c.apply(msg("stream", name="stdout", text="before"))
+    events = c.unreadable(kind)
+    c.apply(msg("stream", name="stdout", text="after"))
+    assert c.truncated and len(events) == 1
+    note = events[0]["output"]
+    assert note["output_type"] == ("display_data" if kind == "update_display_data" else kind)
+    assert f"nested deeper than {MAX_DEPTH} levels" in str(note)
+    assert c.unreadable("status") == []
+    nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=c.outputs)]))
+
+
+def test_a_transient_that_is_no_object_and_a_stream_name_that_is_no_text_are_taken_as_nothing() -> None:
+    c = collector()
+    c.apply(msg("display_data", data={"text/plain": "x"}, metadata={}, transient=["not", "an", "object"]))
+    c.apply(msg("stream", name=nested(100), text="y"))
+    assert [o.get("data", o.get("name")) for o in c.outputs] == [{"text/plain": "x"}, "stderr"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.execution.messages import Message
+import pytest
+
+from gateway.execution.messages import TOO_DEEP, BadMessage, Message
 from gateway.execution.replies import Replies
 
 
@@ -59,3 +61,19 @@ async def test_without_a_bound_nothing_is_dropped() -> None:
     for _ in range(100):
         replies.offer("iopub", message("stream", name="stdout", text="x" * 1000))
     assert len(await drain(replies, 100)) == 100 and replies.dropped == 0
+
+
+async def test_an_output_too_deep_to_be_read_is_queued_as_nested_and_anything_else_raises() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    header = {"msg_type": "display_data", "msg_id": "m"}
+    parts = [b"sig", json.dumps(header).encode(), b'{"msg_id": "p"}', b"{}", b'{"data": ' + deep + b"}"]
+    replies = Replies(max_bytes=1 << 20)
+    replies.offer("iopub", Message(parts, header, {"msg_id": "p"}))
+    replies.offer("iopub", message("status", execution_state="idle"))
+    assert [(c, m if c == "nested" else m["content"]) for c, m in await drain(replies, 2)] == [
+        ("nested", "display_data"), ("iopub", {"execution_state": "idle"})]
+    assert replies.pending_bytes == 0
+    status = {"msg_type": "status", "msg_id": "m"}
+    with pytest.raises(BadMessage) as refused:  # (the reader drops it, counted as too_deep)
+        replies.offer("iopub", Message([*parts[:4], deep], status, {"msg_id": "p"}))
+    assert refused.value.reason == TOO_DEEP

@@ -73,13 +73,20 @@ def test_pack_then_unpack_gives_back_the_directory(tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.mkdir()
     out, _ = start(target, "unpack").communicate(frames(archive), timeout=30)
-    assert lines(out) == [{"ok": True, "files": 4, "skipped": []}]
+    assert lines(out) == [{"ok": True, "files": 4, "skipped": [], "skipped_more": 0}]
     assert (target / "data" / "deep" / "a.csv").read_bytes() == b"a,b\n1,2\n"
     assert (target / "run.sh").stat().st_mode & 0o777 == 0o750
     assert os.readlink(target / "passwd") == "/etc/passwd"  # a link again, never its target's bytes
     assert (target / "sealed" / "inside.txt").read_text() == "kept"
     assert (target / "sealed").stat().st_mode & 0o777 == 0o500
     (target / "sealed").chmod(0o700)
+
+
+def test_past_its_first_hundred_skipped_entries_are_only_counted(tmp_path: Path) -> None:
+    for n in range(150):
+        os.mkfifo(tmp_path / f"pipe-{n:03}")
+    _, trailer = pack(tmp_path)
+    assert len(trailer["skipped"]) == 100 and trailer["skipped_more"] == 50
 
 
 def test_unpack_refuses_names_leaving_the_directory(tmp_path: Path) -> None:
