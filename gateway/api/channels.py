@@ -41,6 +41,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER, TOO_SLOW_CLOSE_CODE, UnsentBytes, too_slow_reason
 from gateway.api.base import JSONErrors, authenticate, check_websocket, origin_allowed
+from gateway.api.channel_frames import BAD_FRAME_CLOSE_CODE, V1_PROTOCOL, BadFrame, check_frame
 from gateway.api.forwarding import served_elsewhere
 from gateway.api.streams import UncopiedFrames
 from gateway.auth import KeyRing
@@ -295,10 +296,6 @@ def jupyter_json(message: Message, channel: str) -> list[Buffer] | None:
     return [head[:-1] + b',"metadata":', parts[3], b',"content":', parts[4], end]
 
 
-#: jupyter_server's binary subprotocol, which it relays without decoding.
-V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
-
-
 class KernelChannelsHandler(JSONErrors, UncopiedFrames, KernelWebsocketHandler):
     def initialize(self, sandboxes: SandboxManager, allow_origins: list[str] | None = None,
                    max_send_buffer: int = DEFAULT_SEND_BUFFER, **_: Any) -> None:
@@ -311,6 +308,23 @@ class KernelChannelsHandler(JSONErrors, UncopiedFrames, KernelWebsocketHandler):
         self._opened = False
         #: A newer socket of the same session asked to replace this one before it was open.
         self._superseded = False
+        #: The client sent a frame that is no Jupyter message: the socket is closing, nothing more is relayed.
+        self._refused = False
+
+    def on_message(self, message: str | bytes) -> None:
+        """Relay a client's message to the kernel, if it is one (``channel_frames``); else close the
+        socket with 1007 and the reason, relaying nothing more from it."""
+        if self._refused:
+            return
+        try:
+            check_frame(message, self.selected_subprotocol)
+        except BadFrame as bad:
+            log.info("kernel %s: closing a channels socket whose client sent a bad frame: %s", self.kernel_id,
+                     bad.reason)
+            self._refused = True
+            self.close(BAD_FRAME_CLOSE_CODE, bad.reason)
+            return
+        super().on_message(message)  # type: ignore[no-untyped-call]
 
     def write_message(self, message: bytes | str | dict[str, Any], binary: bool = False) -> Future[None]:
         """Send, unless the client is too far behind: jupyter_server does not await its writes (the
