@@ -252,7 +252,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         try:
             return json.loads(bytes(data) if isinstance(data, memoryview) else data)
         except RecursionError:
-            raise TooDeep("the JSON is nested too deep to be read") from None
+            raise TooDeep() from None  # (more than MAX_DEPTH, as loads_bounded says)
     return value
 
 
