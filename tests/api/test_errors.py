@@ -31,7 +31,7 @@ async def no_sandboxes(client: httpx.AsyncClient) -> None:
     [
         (b"{not json", 400, "invalid_json", None),
         (b"[1, 2]", 400, "invalid_json", None),
-        (b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json", "nested too deep"),
+        (b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json", "nested more than 128 levels deep"),
         (b'{"cpu": 1}', 400, "invalid_request", "cpu"),
         (b'{"resources": {"cpu": "two"}}', 400, "invalid_request", "resources.cpu"),
         (b'{"resources": {"gpus": 1}}', 400, "invalid_request", "resources.gpus"),
