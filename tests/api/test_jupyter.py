@@ -574,7 +574,9 @@ async def test_an_interrupt_sent_before_the_kernel_started_the_execution_stops_i
     assert [m["content"]["data"]["text/plain"] for m in got if m["msg_type"] == "execute_result"] == ["'slept'"]
     assert execution["status"] == "cancelled", execution
     assert execution["error"]["ename"] == "KeyboardInterrupt"
-    assert execution["stdout"] == stdout
+    # (the first interrupt may land before the code's try, in the kernel's own handling: that
+    # stops it too, as a KeyboardInterrupt, with nothing printed)
+    assert execution["stdout"] in {"", stdout}
 
 
 FIGURE_AS_VALUE = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 1))\nax.plot([1, 0])\nfig"
