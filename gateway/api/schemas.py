@@ -143,6 +143,8 @@ def _field_check(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
             return None
         checks = [_TYPES[t] for t in types]
         return lambda value: any(check(value) for check in checks)
+    if keywords == {"type", "pattern"} and schema["type"] == "string" and schema["pattern"] == NO_NUL["pattern"]:
+        return lambda value: type(value) is str and "\x00" not in value
     if keywords == {"enum"} and all(type(v) is str for v in schema["enum"]):
         allowed = frozenset(schema["enum"])
         return lambda value: type(value) is str and value in allowed

@@ -17,7 +17,7 @@ VALIDATORS = {"execute": schemas.execute, "create_sandbox": schemas.create_sandb
               "start_kernel": START_KERNEL, "socket_message": SOCKET_MESSAGE}
 #: Values of every JSON type, and the strings the schemas' enums and constants name.
 VALUES: list[Any] = ["1+1", "", "python", "r", "execute", "interrupt", "pause", 0, 7, -1, 1.0, 2.5, True, False,
-                     None, [], ["png"], {}, {"a": "b"}]
+                     None, [], ["png"], {}, {"a": "b"}, "a\x00b"]
 FIELDS = ["code", "timeout", "interrupt_on_disconnect", "context", "language", "type", "id", "cwd", "name",
           "lifetime", "on_idle", "metadata", "unknown"]
 
