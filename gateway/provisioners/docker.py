@@ -936,6 +936,10 @@ class DockerProvisioner(KernelProvisionerBase):
         if state is None:
             return "sandbox_died"  # removed from outside
         settled = await engine.settled(container_id, timeout=2.0)
+        if settled and not state.get("OOMKilled"):
+            # Read before the die event, a container still being torn down does not yet say it was
+            # OOM-killed (seen under gVisor): once it has settled, its state is final.
+            state = await engine.state(container_id) or state
         facts = engine.facts(container_id)
         if state.get("OOMKilled") or facts.oom:
             return "out_of_memory"
