@@ -338,18 +338,52 @@ def log_domain_error(handler: web.RequestHandler, exc: BaseException | None) -> 
 
 
 def describe(error: Any) -> str:
-    """A jsonschema error as one sentence naming the field."""
+    """A jsonschema error as one sentence naming the field, never quoting its value.
+
+    jsonschema's own messages start with the value (``'sk-…' is not of type 'object'``): a secret
+    sent in the wrong place (an ``env`` value, a token) would come back in the response and its
+    logs, and a megabyte sent would come back as a megabyte. Field names are quoted; values never.
+    """
     field = ".".join(str(part) for part in error.absolute_path)
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         names = ", ".join(f"{'.'.join([field, e]) if field else e}" for e in extra)
-        return f"unknown field: {names}"
+        return f"unknown field: {_clipped(names)}"
     if error.validator == "required":
         return f"missing field: {error.message.split(chr(39))[1] if chr(39) in error.message else error.message}"
     if error.validator == "not" and isinstance(error.validator_value, dict) and "required" in error.validator_value:
         return f"give only one of the fields {', '.join(error.validator_value['required'])}"
     where = f"field '{field}'" if field else "the request body"
-    return f"{where}: {error.message}"
+    if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
+        # (a name, not a value: said, as the field is)
+        return f"{where}: the name '{_clipped(error.instance)}' {_broken_rule(error.validator, error.validator_value)}"
+    return f"{where}: {_broken_rule(error.validator, error.validator_value)}"
+
+
+#: How a value breaks each keyword our schemas use, said without the value.
+_RULES: dict[str, str] = {
+    "type": "is not of type {}", "enum": "is not one of {}", "const": "is not {}",
+    "minLength": "is shorter than {} characters", "maxLength": "is longer than {} characters",
+    "minimum": "is less than {}", "maximum": "is greater than {}",
+    "exclusiveMinimum": "is not greater than {}", "exclusiveMaximum": "is not less than {}",
+    "pattern": "does not match the pattern {}", "format": "is not a valid {}",
+    "minItems": "has fewer than {} items", "maxItems": "has more than {} items",
+    "uniqueItems": "has items that are not unique",
+}
+
+
+def _broken_rule(keyword: str, rule: Any) -> str:
+    template = _RULES.get(keyword)
+    if template is None:
+        return f"is not valid ({keyword})"
+    joined = " or " if keyword == "type" else ", "
+    shown = joined.join(repr(item) for item in rule) if isinstance(rule, list) else repr(rule)
+    return template.format(_clipped(shown))
+
+
+def _clipped(text: str, limit: int = 200) -> str:
+    """``text``, or its start and an ellipsis: a message stays a sentence whatever was sent."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _http_code(status_code: int) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 
-from tests.gateways import InProcessGateway
+from tests.gateways import KEYS, InProcessGateway
 
 
 def assert_error(response: httpx.Response, status: int, code: str, mentions: str | None = None) -> None:
@@ -57,6 +59,47 @@ async def test_bad_create_requests(alice: httpx.AsyncClient, body: bytes, status
 async def test_limits_at_the_bounds_are_accepted(alice: httpx.AsyncClient) -> None:
     response = await alice.post("/api/v1/sandboxes", json={"resources": {"cpu": 16, "memory_mb": 32768}})
     assert response.status_code == 201, response.text
+
+
+#: What a client might send in the wrong place: a secret, and a lot of it.
+SECRET = "sk-live-" + "s3cr3t" * 50_000
+
+
+async def test_a_refused_value_is_never_quoted_back(gateway: InProcessGateway, alice: httpx.AsyncClient,
+                                                    sandbox: dict[str, Any]) -> None:
+    """jsonschema's messages start with the value they refuse; ours name the field and the rule only,
+    on every way in, so a secret sent in the wrong field never comes back (nor a megabyte of it)."""
+    sid = sandbox["id"]
+    refused = [
+        ("POST", "/api/v1/sandboxes", {"env": SECRET}, "field 'env': is not of type 'object'"),
+        ("POST", "/api/v1/sandboxes", {"metadata": {"k": 1}, "lifetime": SECRET}, "field 'lifetime': is not of type 'number'"),
+        ("POST", "/api/v1/sandboxes", {"isolation": SECRET}, "field 'isolation': is not one of 'runc', 'gvisor'"),
+        ("PATCH", f"/api/v1/sandboxes/{sid}", {"metadata": SECRET}, "field 'metadata': is not of type 'object'"),
+        ("POST", f"/api/v1/sandboxes/{sid}/execute", {"code": "1", "timeout": SECRET}, "field 'timeout': is not of type 'number'"),
+        ("POST", f"/api/v1/sandboxes/{sid}/contexts", {"cwd": SECRET + "\0"}, "field 'cwd': does not match the pattern"),
+    ]
+    for method, path, body, says in refused:
+        response = await alice.request(method, path, json=body)
+        assert_error(response, 400, "invalid_request", says)
+        assert "s3cr3t" not in response.text and len(response.content) < 1000, response.text[:300]
+    # A bad name is said (names are not values), clipped.
+    response = await alice.post("/api/v1/sandboxes", json={"env": {"BAD NAME": "x"}})
+    assert_error(response, 400, "invalid_request", "field 'env': the name 'BAD NAME' does not match the pattern")
+    async with websockets.connect(gateway.url.replace("http", "ws") + f"/api/v1/sandboxes/{sid}/stream",
+                                  additional_headers={"Authorization": f"Bearer {KEYS['alice']}"}) as socket:
+        await socket.send(json.dumps({"type": "execute", "id": "t", "code": "1", "timeout": SECRET}))
+        answer = await asyncio.wait_for(socket.recv(), 30)
+    assert "s3cr3t" not in answer and "field 'timeout': is not of type 'number'" in answer, answer[:300]
+    e2b = await alice.post("/e2b/sandboxes", json={"templateID": "base", "envVars": SECRET},
+                           headers={"X-API-Key": await gateway.app.keyring.create("alice", "e2b")})
+    assert e2b.status_code == 400 and "field 'envVars'" in e2b.text and "s3cr3t" not in e2b.text, e2b.text[:300]
+    await no_sandboxes_but(alice, sid)
+
+
+async def no_sandboxes_but(client: httpx.AsyncClient, sandbox_id: str) -> None:
+    listed = (await client.get("/api/v1/sandboxes")).json()["sandboxes"]
+    assert [(s["id"], s["metadata"]) for s in listed] == [(sandbox_id, {})]
+    assert (await client.get(f"/api/v1/sandboxes/{sandbox_id}/executions")).json()["executions"] == []
 
 
 @pytest.mark.parametrize(
