@@ -457,7 +457,8 @@ def jupyter_paths(requests: Requests) -> dict[str, Any]:
         "/api/kernels/{kernel_id}/restart": {"post": {
             "summary": "Restart the kernel (empty state)", "parameters": [KERNEL_ID],
             "responses": {"200": reply("the kernel", ref("Kernel")), **kernel_errors, **NOT_RUNNING,
-                          "503": error("the kernel could not be restarted"), **STORE_UNAVAILABLE}}},
+                          **RESUME_OVER_QUOTA, "503": error("the kernel could not be restarted"),
+                          **STORE_UNAVAILABLE}}},
         "/api/kernels/{kernel_id}/channels": {"get": {
             "summary": "WebSocket: the Jupyter kernel protocol (JSON, or v1.kernel.websocket.jupyter.org)",
             "parameters": [KERNEL_ID], "responses": WEBSOCKET}},

@@ -69,7 +69,9 @@ async def test_nbclient_executes_a_notebook_through_jupyter_server(gateway: InPr
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     with gateway_client(jupyter_server, KEYS["alice"]):
         km = GatewayKernelManager(kernel_name="python3", client_factory=AuthGatewayKernelClient)
-        client = NotebookClient(nb, km=km, timeout=60, kernel_name="python3", allow_errors=True)
+        # (iopub_timeout: how long nbclient waits, after a cell's reply, for its outputs to end; by
+        # default 4 s, which a 2 MB output relayed by Jupyter Server on a loaded machine can miss)
+        client = NotebookClient(nb, km=km, timeout=60, iopub_timeout=60, kernel_name="python3", allow_errors=True)
         await client.async_execute()
         await km.shutdown_kernel()
     first, second, third = nb.cells
