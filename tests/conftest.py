@@ -86,7 +86,8 @@ async def docker_gateway(tmp_path: Any, docker_client: Any) -> AsyncIterator[InP
 
 #: Long tests that cannot be split (one build serves all their steps): they go first, so the other
 #: xdist workers get on with the rest instead of idling while one of these runs at the end.
-LONG_SETUP_FIRST = ("tests/test_packaging.py",)
+LONG_SETUP_FIRST = ("tests/test_packaging.py", "tests/deploy/test_compose.py", "tests/e2e/test_fuzz.py",
+                    "tests/e2e/test_gvisor_features.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
