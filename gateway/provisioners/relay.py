@@ -12,7 +12,9 @@ frame boundary by one last frame, ``CUT``, and the rest of it is read from the k
 thrown away as it comes; the gateway's ``MessageGate`` drops a message ending with ``CUT`` and
 the execution it belongs to notes that output was lost. What the gateway sends the kernel
 passes unchanged. Bodies are forwarded in the chunks they arrive in (only headers are parsed),
-so a large output costs one more copy, never a frame held whole.
+so a large output costs one more copy, never a frame held whole. Each connection is two asyncio
+transports with buffered protocols (``_Side``), all reading into one buffer: a message costs the
+loop one read and one send, an idle connection holds no buffer.
 
     relay = Relay(listener, "/proc/self/fd/7", max_message_bytes=40 << 20, name="k-1")
     relay.start()          # ZeroMQ connects to the listener; each connection gets one to the kernel
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -186,7 +189,15 @@ class MessageCutter:
 class Relay:
     """Accepts connections on ``listener`` and relays each to the kernel's socket at ``target``
     (``/proc/self/fd/<n>``: the socket verified by descriptor), cutting messages the kernel sends
-    past ``max_message_bytes``. Either side ending ends both."""
+    past ``max_message_bytes``. Either side ending ends both.
+
+    Each side of a connection is an asyncio transport with a buffered protocol (``_Side``): the
+    loop reads a socket into the side's own buffer whenever it is readable, and what was read goes
+    to the other side's transport at once, with no task, future or re-registration per read (a
+    kernel's messages cost the gateway's loop what they cost it without the relay, near enough).
+    A side whose peer cannot take more (ZeroMQ's queue full) stops reading until it can, so a
+    connection holds at most ``HIGH_WATER`` of unsent bytes, and an idle one no buffer at all.
+    """
 
     def __init__(self, listener: socket.socket, target: str, *, max_message_bytes: int, name: str) -> None:
         self.listener = listener
@@ -197,6 +208,7 @@ class Relay:
         #: Messages cut on all its connections so far.
         self.cuts = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sides: set[_Side] = set()
         self._refusal_logged = False
 
     def start(self) -> None:
@@ -204,10 +216,13 @@ class Relay:
         self._spawn(self._accept(), closing=self.listener)
 
     def close(self) -> None:
-        """End every connection and stop listening. Each socket is closed once the task using it
-        is done (closing it here, under a pending read, could later unregister a reused descriptor)."""
+        """End every connection and stop listening. Each socket is closed by its transport, or once
+        the task using it is done (closing it here, under a pending read, could later unregister a
+        reused descriptor)."""
         for task in list(self._tasks):
             task.cancel()
+        for side in list(self._sides):
+            side.abort()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], closing: socket.socket) -> None:
         """Run ``coroutine`` as one of the relay's tasks; ``closing`` is closed when it is done."""
@@ -220,56 +235,136 @@ class Relay:
         loop = asyncio.get_running_loop()
         while True:
             client, _ = await loop.sock_accept(self.listener)
-            self._spawn(self._connection(client), closing=client)
+            connecting = loop.create_task(self._connect(client))  # (one that fails closes ``client``)
+            self._tasks.add(connecting)  # (cancelled by close() while it connects)
+            connecting.add_done_callback(self._tasks.discard)
 
-    async def _connection(self, client: socket.socket) -> None:
+    async def _connect(self, client: socket.socket) -> None:
+        """Connect ``client`` (ZeroMQ's) to the kernel, then hand both sockets to transports."""
         loop = asyncio.get_running_loop()
         kernel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         kernel.setblocking(False)
         client.setblocking(False)
-        pumps: list[asyncio.Task[None]] = []
+        to_kernel = _Side(self, client, cutter=None)
+        from_kernel = _Side(self, kernel, cutter=MessageCutter(self.max_message_bytes, on_cut=self._cut))
+        to_kernel.peer, from_kernel.peer = from_kernel, to_kernel
         try:
-            try:
-                await loop.sock_connect(kernel, self.target)
-            except OSError as exc:  # the kernel is gone (or not listening): ZeroMQ connects again later
-                log.debug("%s: no connection to the kernel's socket: %s", self.name, exc)
+            await loop.sock_connect(kernel, self.target)
+            await loop.connect_accepted_socket(lambda: to_kernel, client)
+            await loop.connect_accepted_socket(lambda: from_kernel, kernel)
+        except BaseException as failed:
+            for side, sock in ((to_kernel, client), (from_kernel, kernel)):
+                if side.transport is not None:
+                    side.transport.abort()  # (the transport owns its socket now)
+                else:
+                    sock.close()
+            if isinstance(failed, OSError):  # the kernel is gone (or not listening): ZeroMQ connects again later
+                log.debug("%s: no connection to the kernel's socket: %s", self.name, failed)
                 return
-            pumps = [loop.create_task(self._to_kernel(client, kernel)), loop.create_task(self._from_kernel(kernel, client))]
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pump in pumps:
-                pump.cancel()
-            if pumps:
-                await asyncio.gather(*pumps, return_exceptions=True)
-            kernel.close()
-
-    async def _to_kernel(self, source: socket.socket, sink: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        try:
-            while n := await loop.sock_recv_into(source, buffer):
-                await loop.sock_sendall(sink, view[:n])
-        except OSError:  # reset, broken pipe: the connection ends
-            pass
-
-    async def _from_kernel(self, source: socket.socket, sink: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        cutter = MessageCutter(self.max_message_bytes, on_cut=self._cut)
-        try:
-            while n := await loop.sock_recv_into(source, buffer):
-                for piece in cutter.feed(view[:n]):
-                    await loop.sock_sendall(sink, piece)
-        except ProtocolError as refused:
-            # The kernel's process is the sandbox's: it may send anything. Logged once per socket.
-            (log.debug if self._refusal_logged else log.warning)(
-                "%s: closed a connection to the kernel: %s", self.name, refused)
-            self._refusal_logged = True
-        except OSError:
-            pass
+            raise
 
     def _cut(self) -> None:
         self.cuts += 1
         log.debug("%s: cut a kernel message past %d bytes", self.name, self.max_message_bytes)
+
+    def _refused(self, refused: ProtocolError) -> None:
+        # The kernel's process is the sandbox's: it may send anything. Logged once per socket.
+        (log.debug if self._refusal_logged else log.warning)("%s: closed a connection to the kernel: %s",
+                                                             self.name, refused)
+        self._refusal_logged = True
+
+
+#: Unsent bytes a side's transport holds before the other side stops reading.
+HIGH_WATER = CHUNK
+#: The buffer the sides of a thread's relays read into: a read is passed on before the loop reads
+#: anything else, so one buffer serves every connection and an idle one holds none (300 idle
+#: sandboxes are 1,500 connections or more).
+_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    buffer: memoryview | None = getattr(_buffers, "chunk", None)
+    if buffer is None:
+        buffer = _buffers.chunk = memoryview(bytearray(CHUNK))
+    return buffer
+
+
+class _Side(asyncio.BufferedProtocol):
+    """One socket of a relayed connection: what it reads goes to ``peer``'s socket (through the
+    cutter, for the kernel's side), read and written by the loop without a task."""
+
+    def __init__(self, relay: Relay, sock: socket.socket, cutter: MessageCutter | None) -> None:
+        self.relay = relay
+        self.sock = sock
+        self.cutter = cutter
+        self.peer: _Side | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.relay._sides.add(self)
+        if self.peer is not None and self.peer.transport is None:
+            transport.pause_reading()  # (until the other side is a transport too: it has nowhere to go)
+        elif self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self.peer is not None
+        data = _read_buffer()[:nbytes]
+        if self.cutter is None:
+            self.peer.send(data)
+            return
+        try:
+            pieces = self.cutter.feed(data)
+        except ProtocolError as refused:
+            self.relay._refused(refused)
+            self.abort()
+            return
+        for piece in pieces:
+            self.peer.send(piece)
+
+    def send(self, data: memoryview | bytes) -> None:
+        """Write ``data`` to this side's socket: at once if its transport holds nothing, and what
+        is left as a copy. (A transport keeps what it cannot send as the very view it was given
+        from Python 3.12 on, and the read buffer is read into again next.)"""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.get_write_buffer_size():
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # reset, broken pipe: the connection ends
+                self.abort()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(bytes(data))
+
+    def eof_received(self) -> bool:
+        return False  # (the transport closes: connection_lost ends the other side too)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay._sides.discard(self)
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()  # (what it still holds for its socket is sent first)
+
+    def abort(self) -> None:
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None:
+                side.transport.abort()

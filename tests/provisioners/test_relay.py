@@ -187,3 +187,94 @@ async def test_the_relay_carries_zeromq_both_ways_and_cuts_what_passes_the_bound
         await asyncio.sleep(0)  # (the relays' tasks close their sockets as they unwind)
         for fd in fds:
             os.close(fd)
+
+
+async def test_a_reader_that_stops_stops_the_relay_and_gets_everything_once_it_reads(tmp_path: Path) -> None:
+    """The relay holds at most its high-water mark for a reader that does not read (the kernel's
+    sends back up into the kernel), and loses or garbles nothing once it reads (its transports
+    hold what they could not send, on Python 3.12 on as views of the buffer it read into)."""
+    from gateway.provisioners.relay import CHUNK, HIGH_WATER
+
+    kernel_listener = socket.socket(socket.AF_UNIX)
+    kernel_listener.bind(str(tmp_path / "k"))
+    kernel_listener.listen()
+    kernel_listener.setblocking(False)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "g"))
+    listener.listen()
+    relay = Relay(listener, str(tmp_path / "k"), max_message_bytes=64 << 20, name="g")
+    relay.start()
+    loop = asyncio.get_running_loop()
+    gateway = socket.socket(socket.AF_UNIX)
+    gateway.setblocking(False)
+    await loop.sock_connect(gateway, str(tmp_path / "g"))
+    kernel, _ = await asyncio.wait_for(loop.sock_accept(kernel_listener), 10)
+    kernel.setblocking(False)
+    # 16 MiB the gateway does not read yet; random, so that bytes the relay garbled would show
+    stream = GREETING + message(b"topic", os.urandom(16 << 20))
+    sent = 0
+    try:
+        while sent < len(stream):  # the kernel sends until its socket is full: the relay stopped reading
+            try:
+                sent += kernel.send(memoryview(stream)[sent:sent + (1 << 20)])
+            except BlockingIOError:
+                await asyncio.sleep(0.2)
+                try:
+                    sent += kernel.send(memoryview(stream)[sent:sent + (1 << 20)])
+                except BlockingIOError:
+                    break
+        assert sent < len(stream)
+        held = sum(side.transport.get_write_buffer_size() for side in relay._sides if side.transport is not None)
+        assert held <= HIGH_WATER + CHUNK, held
+        received = bytearray()
+        sending = loop.create_task(loop.sock_sendall(kernel, memoryview(stream)[sent:]))
+        while len(received) < len(stream):
+            received += await asyncio.wait_for(loop.sock_recv(gateway, 1 << 20), 10)
+        await sending
+        assert bytes(received) == stream
+    finally:
+        relay.close()
+        gateway.close()
+        kernel.close()
+        kernel_listener.close()
+        await asyncio.sleep(0)
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_idle_relayed_connections_hold_no_buffers(tmp_path: Path) -> None:
+    """300 idle sandboxes are 1,500 relayed connections or more: each holds its sockets and
+    transports, no read buffer (the relay before held two of 256 KiB each: 150 MiB here)."""
+    kernel_listener = socket.socket(socket.AF_UNIX)
+    kernel_listener.bind(str(tmp_path / "k"))
+    kernel_listener.listen(512)
+    kernel_listener.setblocking(False)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "g"))
+    listener.listen(512)
+    relay = Relay(listener, str(tmp_path / "k"), max_message_bytes=64 << 20, name="g")
+    relay.start()
+    loop = asyncio.get_running_loop()
+    clients: list[socket.socket] = []
+    kernels: list[socket.socket] = []
+    before = resident_bytes()
+    try:
+        for _ in range(300):
+            client = socket.socket(socket.AF_UNIX)
+            client.setblocking(False)
+            clients.append(client)
+            await loop.sock_connect(client, str(tmp_path / "g"))
+            kernel, _ = await asyncio.wait_for(loop.sock_accept(kernel_listener), 10)
+            kernels.append(kernel)
+            await loop.sock_sendall(kernel, GREETING)  # (each connection reads once, as a kernel's do)
+            assert await asyncio.wait_for(loop.sock_recv(client, 128), 10) == GREETING
+        grown = resident_bytes() - before
+        assert grown < 20 << 20, f"{grown >> 20} MiB for 300 idle connections"
+        assert len(relay._sides) == 600
+    finally:
+        relay.close()
+        for sock in (*clients, *kernels, kernel_listener):
+            sock.close()
+        await asyncio.sleep(0)
