@@ -200,7 +200,8 @@ class GatewayApp(ConfiguredApp):
                           "one over it is closed at once, those open go on.").tag(config=True)
     idle_connection_timeout = Float(
         75.0, help="Seconds a client connection may wait without sending a request's headers (before its first "
-        "request, between two on a kept-alive connection) before the gateway closes it."
+        "request, between two on a kept-alive connection), or without sending more of a body it began, before "
+        "the gateway closes it."
     ).tag(config=True)
     max_buffered_body_bytes = Int(
         DEFAULT_BODY_BUDGET, help="Most bytes of request bodies held in memory at once, over all connections "
@@ -371,7 +372,8 @@ class GatewayApp(ConfiguredApp):
                                 files=self.files, keepalive=self.keepalive, allow_origins=self.allow_origins,
                                 mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes,
                                 e2b_templates=E2BTemplates(parent=self), processes=self.processes)
-        self.bodies = BoundedBodiesApplication(self.web_app, limit=self.max_buffered_body_bytes)
+        self.bodies = BoundedBodiesApplication(self.web_app, limit=self.max_buffered_body_bytes,
+                                               stall_timeout=self.idle_connection_timeout)
         self.server = GatewayHTTPServer(self.bodies, max_connections=self.max_connections,
                                         idle_connection_timeout=self.idle_connection_timeout,
                                         max_body_size=self.max_body_size)

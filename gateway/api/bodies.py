@@ -20,10 +20,18 @@ thrown away, then it is answered ``503 server_busy`` with ``Retry-After: 5`` and
 closed. Reading the body first is what lets the client see that answer: a server that answers and
 closes while the client is still sending makes the client's TCP stack reset the connection, and
 the answer is lost with it.
+
+A body must also keep arriving: one that stops for ``stall_timeout`` seconds (the gateway's
+``--idle-connection-timeout``) has its connection closed and what it held given back, as a
+connection that stops halfway through its headers is. Time its handler takes over a chunk (an
+upload's chunk on its way to the sandbox), or before it wants the body, is not the client's and
+is not counted; a body that trickles in, however slowly in all, is read to its end.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Any
@@ -43,6 +51,8 @@ from gateway.api.base import error_body
 from gateway.api.server import Refusals
 from gateway.errors import ServerBusy
 from gateway.execution.outputs import human_size
+
+log = logging.getLogger(__name__)
 
 #: The default of ``GatewayApp.max_buffered_body_bytes``.
 DEFAULT_BODY_BUDGET = 1 << 30
@@ -74,11 +84,14 @@ class BoundedBodiesApplication(HTTPServerConnectionDelegate):
     It needs a server that tells it when a connection closes: ``GatewayHTTPServer`` does.
     """
 
-    def __init__(self, application: HTTPServerConnectionDelegate, limit: int) -> None:
+    def __init__(self, application: HTTPServerConnectionDelegate, limit: int, stall_timeout: float = 75.0) -> None:
         self.application = application
         self.budget = BodyBudget(limit)
+        self.stall_timeout = stall_timeout
         self.refusals = Refusals(f"request bodies refused (503 server_busy): with them, the bodies in memory "
                                  f"would pass {human_size(limit)}, the most --max-buffered-body-bytes allows")
+        self.stalls = Refusals(f"connections closed: their request's body stopped arriving for {stall_timeout:g} s "
+                               "(--idle-connection-timeout)")
         #: The request each connection is reading or answering now (one at a time: HTTP/1.1 in Tornado).
         self._current: dict[object, BoundedBody] = {}
 
@@ -117,12 +130,26 @@ class BoundedBody(HTTPMessageDelegate):
         self.held = 0
         #: Over the budget: the rest of the body is read and dropped, then the 503 is sent.
         self.refused = False
+        #: Closes the connection if the body stops arriving (armed while the client is to send it).
+        self._stall: asyncio.TimerHandle | None = None
+        self._over = False
 
     def headers_received(self, start_line: RequestStartLine | ResponseStartLine,
                          headers: HTTPHeaders) -> Awaitable[None] | None:
-        return self.delegate.headers_received(start_line, headers)
+        preparing = self.delegate.headers_received(start_line, headers)
+        if not _has_body(headers):
+            return preparing
+        if preparing is None:
+            self._watch()
+            return None
+        return self._watch_after(preparing)  # (the handler's own time before it wants the body)
+
+    async def _watch_after(self, preparing: Awaitable[None]) -> None:
+        await preparing
+        self._watch()
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        self._watch()
         if self.refused:
             return None  # (drained)
         if not self.bodies.budget.take(len(chunk)):
@@ -132,6 +159,7 @@ class BoundedBody(HTTPMessageDelegate):
         taking = self.delegate.data_received(chunk)
         if taking is None:
             return None  # buffered: held until the request is over
+        self._unwatch()  # (until the handler has taken it: its time is not the client's)
         return self._passed_on(taking, len(chunk))
 
     async def _passed_on(self, taking: Awaitable[None], size: int) -> None:
@@ -139,14 +167,36 @@ class BoundedBody(HTTPMessageDelegate):
             await taking
         finally:
             self._give_back(size)
+        self._watch()
+
+    def _watch(self) -> None:
+        """(Re)start the wait for the rest of the body."""
+        self._unwatch()
+        if not self._over:
+            self._stall = asyncio.get_running_loop().call_later(self.bodies.stall_timeout, self._stalled)
+
+    def _unwatch(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        self.bodies.stalls.add()
+        log.info("closed a connection whose request body stopped arriving for %g s", self.bodies.stall_timeout)
+        self.connection.close()  # (on_connection_close gives back what it held, and tells the handler)
 
     def finish(self) -> None:
+        self._over = True
+        self._unwatch()
         if self.refused:
             self._answer(self.bodies.busy())
         else:
             self.delegate.finish()
 
     def on_connection_close(self) -> None:
+        self._over = True
+        self._unwatch()
         self.release()
         if not self.refused:  # (told already)
             self.delegate.on_connection_close()
@@ -182,3 +232,13 @@ class BoundedBody(HTTPMessageDelegate):
 
     def _close(self, _: Any) -> None:
         self.connection.close()
+
+
+def _has_body(headers: HTTPHeaders) -> bool:
+    """Whether the request says a body follows (one Tornado will read)."""
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        return True
+    try:
+        return int(headers.get("Content-Length", "0")) > 0
+    except ValueError:
+        return False  # (Tornado refuses it)

@@ -1,7 +1,7 @@
 """The HTTP server under connection and body floods, over real sockets to a real gateway:
 ``--max-connections`` (one over the cap is closed at once, those open go on, WebSockets count),
-``--idle-connection-timeout`` (a connection that sends no request is closed, one being answered is
-not) and ``--max-buffered-body-bytes`` (a body past the budget is read, dropped and answered 503
+``--idle-connection-timeout`` (a connection that sends no request, or stops sending its body, is
+closed; one being answered is not) and ``--max-buffered-body-bytes`` (a body past the budget is read, dropped and answered 503
 ``server_busy`` with Retry-After; streamed uploads hold one chunk at a time; the budget comes back)."""
 
 from __future__ import annotations
@@ -166,6 +166,59 @@ async def test_idle_connections_are_closed_and_busy_ones_are_not(tmp_path: Path)
         answered = time.monotonic()
         assert (await busy.response()).status == 200
         assert await lifetime(busy, answered) >= idle * 0.9
+
+
+async def test_a_body_that_stops_arriving_is_cut_and_one_that_trickles_in_is_read(tmp_path: Path) -> None:
+    """A slow loris that sends its headers and then a body that never ends holds nothing for
+    longer than the idle timeout; a body that keeps coming, however slowly in all, is answered,
+    and an upload's time in the sandbox is not the client's."""
+    idle = 1.0
+    async with InProcessGateway(tmp_path / "data", f"--idle-connection-timeout={idle:g}") as gateway:
+        async with gateway.client() as alice:
+            sandbox = await create(alice)
+        auth = {"Authorization": f"Bearer {KEYS['alice']}", "Content_Type": "application/json"}
+        execute = f"/api/v1/sandboxes/{sandbox['id']}/execute"
+        code = json.dumps({"code": "6 * 7"}).encode()
+
+        # Half a body, then nothing: closed, and what it held is given back.
+        loris = await Client.open(gateway)
+        await loris.head("POST", execute, len(code), **auth)
+        await loris.send(code[:5])
+        await until_held(gateway, 5)
+        sent = time.monotonic()
+        assert await loris.closed_by_server() == b""
+        assert idle * 0.9 <= time.monotonic() - sent < 30
+        loris.close()
+        assert held(gateway) == 0 and gateway.app.bodies.stalls.total == 1
+
+        # A body sent a byte at a time, half the timeout apart: longer than the timeout in all, answered.
+        slow = await Client.open(gateway)
+        await slow.head("POST", execute, len(code), **auth)
+        started = time.monotonic()
+        for at in range(0, len(code), len(code) // 5):
+            await asyncio.sleep(idle / 2)
+            await slow.send(code[at:at + len(code) // 5])
+        answer = await slow.response()
+        assert time.monotonic() - started > idle * 2
+        assert answer.status == 200 and answer.json()["result"] == {"text/plain": "42"}
+        slow.close()
+
+        # A streamed upload (its chunks passed on to the sandbox one at a time) trickling in goes through.
+        data = bytes(range(256)) * 1024
+        upload = await Client.open(gateway)
+        await upload.head("PUT", f"/api/v1/sandboxes/{sandbox['id']}/files/trickled.bin", len(data),
+                          Authorization=f"Bearer {KEYS['alice']}")
+        for at in range(0, len(data), 64 * KiB):
+            await upload.send(data[at:at + 64 * KiB])
+            await asyncio.sleep(idle / 2)
+        put = await upload.response()
+        assert put.status == 201 and put.json()["size"] == len(data), put
+        upload.close()
+        async with gateway.client() as alice:
+            assert (await alice.get(f"/api/v1/sandboxes/{sandbox['id']}/files/trickled.bin")).content == data
+            assert len((await alice.get(f"/api/v1/sandboxes/{sandbox['id']}/executions")).json()["executions"]) == 1
+        assert gateway.app.bodies.stalls.total == 1
+        await until_held(gateway, 0)
 
 
 @pytest.mark.parametrize("option, says", [
