@@ -192,8 +192,8 @@ class Relay:
     past ``max_message_bytes``. Either side ending ends both.
 
     Each side of a connection is an asyncio transport with a buffered protocol (``_Side``): the
-    loop reads a socket into the side's own buffer whenever it is readable, and what was read goes
-    to the other side's transport at once, with no task, future or re-registration per read (a
+    loop reads a socket into the thread's read buffer whenever it is readable, and what was read
+    goes to the other side's socket at once, with no task, future or re-registration per read (a
     kernel's messages cost the gateway's loop what they cost it without the relay, near enough).
     A side whose peer cannot take more (ZeroMQ's queue full) stops reading until it can, so a
     connection holds at most ``HIGH_WATER`` of unsent bytes, and an idle one no buffer at all.
@@ -224,20 +224,20 @@ class Relay:
         for side in list(self._sides):
             side.abort()
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], closing: socket.socket) -> None:
-        """Run ``coroutine`` as one of the relay's tasks; ``closing`` is closed when it is done."""
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], closing: socket.socket | None = None) -> None:
+        """Run ``coroutine`` as one of the relay's tasks (cancelled by ``close``); ``closing`` is
+        closed when it is done."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: closing.close())
+        if closing is not None:
+            task.add_done_callback(lambda _: closing.close())
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             client, _ = await loop.sock_accept(self.listener)
-            connecting = loop.create_task(self._connect(client))  # (one that fails closes ``client``)
-            self._tasks.add(connecting)  # (cancelled by close() while it connects)
-            connecting.add_done_callback(self._tasks.discard)
+            self._spawn(self._connect(client))  # (its transport closes ``client``, or it does if it fails)
 
     async def _connect(self, client: socket.socket) -> None:
         """Connect ``client`` (ZeroMQ's) to the kernel, then hand both sockets to transports."""
@@ -299,23 +299,31 @@ class _Side(asyncio.BufferedProtocol):
         self.cutter = cutter
         self.peer: _Side | None = None
         self.transport: asyncio.Transport | None = None
+        #: The buffer the transport is reading into now (``_read_buffer``'s, from ``get_buffer``).
+        self._reading = memoryview(b"")
+
+    @property
+    def peer_transport(self) -> asyncio.Transport | None:
+        return self.peer.transport if self.peer is not None else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.relay._sides.add(self)
-        if self.peer is not None and self.peer.transport is None:
+        peer_transport = self.peer_transport
+        if peer_transport is None:
             transport.pause_reading()  # (until the other side is a transport too: it has nowhere to go)
-        elif self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        else:
+            peer_transport.resume_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _read_buffer()
+        self._reading = _read_buffer()
+        return self._reading
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self.peer is not None
-        data = _read_buffer()[:nbytes]
+        data = self._reading[:nbytes]
         if self.cutter is None:
             self.peer.send(data)
             return
@@ -352,19 +360,19 @@ class _Side(asyncio.BufferedProtocol):
         return False  # (the transport closes: connection_lost ends the other side too)
 
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        if (peer_transport := self.peer_transport) is not None:
+            peer_transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        if (peer_transport := self.peer_transport) is not None:
+            peer_transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay._sides.discard(self)
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()  # (what it still holds for its socket is sent first)
+        if (peer_transport := self.peer_transport) is not None:
+            peer_transport.close()  # (what it still holds for its socket is sent first)
 
     def abort(self) -> None:
-        for side in (self, self.peer):
-            if side is not None and side.transport is not None:
-                side.transport.abort()
+        for transport in (self.transport, self.peer_transport):
+            if transport is not None:
+                transport.abort()

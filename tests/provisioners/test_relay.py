@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from gateway.provisioners.relay import CUT, FRAME_COST, MAX_COMMAND_BYTES, MessageCutter, ProtocolError, Relay
+from tests.stalled import memory_of
 
 GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x01" + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
 assert len(GREETING) == 64
@@ -240,10 +241,6 @@ async def test_a_reader_that_stops_stops_the_relay_and_gets_everything_once_it_r
         await asyncio.sleep(0)
 
 
-def resident_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 async def test_idle_relayed_connections_hold_no_buffers(tmp_path: Path) -> None:
     """300 idle sandboxes are 1,500 relayed connections or more: each holds its sockets and
     transports, no read buffer (the relay before held two of 256 KiB each: 150 MiB here)."""
@@ -259,7 +256,7 @@ async def test_idle_relayed_connections_hold_no_buffers(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
     clients: list[socket.socket] = []
     kernels: list[socket.socket] = []
-    before = resident_bytes()
+    before = memory_of(os.getpid())["rss"]
     try:
         for _ in range(300):
             client = socket.socket(socket.AF_UNIX)
@@ -270,7 +267,7 @@ async def test_idle_relayed_connections_hold_no_buffers(tmp_path: Path) -> None:
             kernels.append(kernel)
             await loop.sock_sendall(kernel, GREETING)  # (each connection reads once, as a kernel's do)
             assert await asyncio.wait_for(loop.sock_recv(client, 128), 10) == GREETING
-        grown = resident_bytes() - before
+        grown = memory_of(os.getpid())["rss"] - before
         assert grown < 20 << 20, f"{grown >> 20} MiB for 300 idle connections"
         assert len(relay._sides) == 600
     finally:
