@@ -373,7 +373,8 @@ class GatewayApp(ConfiguredApp):
                                 mcp=self.mcp, max_send_buffer=self.max_send_buffer_bytes,
                                 e2b_templates=E2BTemplates(parent=self), processes=self.processes)
         self.bodies = BoundedBodiesApplication(self.web_app, limit=self.max_buffered_body_bytes,
-                                               stall_timeout=self.idle_connection_timeout)
+                                               stall_timeout=self.idle_connection_timeout,
+                                               allow_origins=self.allow_origins)
         self.server = GatewayHTTPServer(self.bodies, max_connections=self.max_connections,
                                         idle_connection_timeout=self.idle_connection_timeout,
                                         max_body_size=self.max_body_size)

@@ -31,6 +31,7 @@ from typing import Any, TypeVar, overload
 from urllib.parse import unquote_plus, urlparse
 
 from tornado import web
+from tornado.httputil import HTTPHeaders
 
 from gateway import jsonbytes
 from gateway.api.schemas import BodyValidator
@@ -104,8 +105,23 @@ def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
 
 def request_origin(handler: web.RequestHandler) -> str | None:
     """The browser origin a request comes from (None from non-browser clients)."""
-    headers = handler.request.headers
+    return origin_of(handler.request.headers)
+
+
+def origin_of(headers: HTTPHeaders) -> str | None:
+    """The browser origin request ``headers`` say (None from non-browser clients)."""
     return headers.get("Origin") or headers.get("Sec-Websocket-Origin")
+
+
+def cors_headers(origin: str | None, host: str, allowed: list[str]) -> dict[str, str]:
+    """The CORS headers of an answer to a request from ``origin`` (``Host``: ``host``): what lets a
+    page of an allowed origin read it (``--allow-origins``); none for a non-browser client."""
+    if origin is None:
+        return {}
+    if not origin_allowed(origin, host, allowed):
+        return {"Vary": "Origin"}
+    return {"Vary": "Origin", "Access-Control-Allow-Origin": origin,
+            "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS}
 
 
 def check_websocket(handler: web.RequestHandler, allow_origins: list[str]) -> None:
@@ -220,13 +236,8 @@ class APIHandler(JSONErrors, web.RequestHandler):
     def _cors_headers(self) -> None:
         if not hasattr(self, "allow_origins"):
             return  # Tornado sets default headers before initialize(); it is called again after it
-        origin = request_origin(self)
-        if origin is None:
-            return
-        self.set_header("Vary", "Origin")
-        if origin_allowed(origin, self.request.host, self.allow_origins):
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)
+        for name, value in cors_headers(request_origin(self), self.request.host, self.allow_origins).items():
+            self.set_header(name, value)
 
     def request_token(self) -> str:
         return bearer_token(self)

@@ -47,7 +47,7 @@ from tornado.httputil import (
 )
 
 from gateway import jsonbytes
-from gateway.api.base import error_body
+from gateway.api.base import cors_headers, error_body, origin_of
 from gateway.api.server import Refusals
 from gateway.errors import ServerBusy
 from gateway.execution.outputs import human_size
@@ -84,10 +84,13 @@ class BoundedBodiesApplication(HTTPServerConnectionDelegate):
     It needs a server that tells it when a connection closes: ``GatewayHTTPServer`` does.
     """
 
-    def __init__(self, application: HTTPServerConnectionDelegate, limit: int, stall_timeout: float = 75.0) -> None:
+    def __init__(self, application: HTTPServerConnectionDelegate, limit: int, stall_timeout: float = 75.0,
+                 allow_origins: list[str] | None = None) -> None:
+        """``allow_origins``: as the handlers' (``--allow-origins``), so a page of one can read a 503."""
         self.application = application
         self.budget = BodyBudget(limit)
         self.stall_timeout = stall_timeout
+        self.allow_origins = allow_origins or []
         self.refusals = Refusals(f"request bodies refused (503 server_busy): with them, the bodies in memory "
                                  f"would pass {human_size(limit)}, the most --max-buffered-body-bytes allows")
         self.stalls = Refusals(f"connections closed: their request's body stopped arriving for {stall_timeout:g} s "
@@ -133,12 +136,16 @@ class BoundedBody(HTTPMessageDelegate):
         #: Closes the connection if the body stops arriving (armed while the client is to send it).
         self._stall: asyncio.TimerHandle | None = None
         self._over = False
+        #: What the 503 needs of the request's headers: its CORS headers (``base.cors_headers``).
+        self._cors: dict[str, str] = {}
 
     def headers_received(self, start_line: RequestStartLine | ResponseStartLine,
                          headers: HTTPHeaders) -> Awaitable[None] | None:
         preparing = self.delegate.headers_received(start_line, headers)
         if not _has_body(headers):
             return preparing
+        # (Host as Tornado reads it for a request: the handlers compare the origin with the same)
+        self._cors = cors_headers(origin_of(headers), headers.get("Host") or "127.0.0.1", self.bodies.allow_origins)
         if preparing is None:
             self._watch()
             return None
@@ -224,7 +231,7 @@ class BoundedBody(HTTPMessageDelegate):
         body = jsonbytes.dumps(error_body(error.code, error.message))
         headers = HTTPHeaders({"Content-Type": "application/json; charset=UTF-8",
                                "Content-Length": str(len(body)), "Cache-Control": "no-store",
-                               "Retry-After": str(error.retry_after), "Connection": "close"})
+                               "Retry-After": str(error.retry_after), "Connection": "close", **self._cors})
         start = ResponseStartLine("HTTP/1.1", error.status, HTTPStatus(error.status).phrase)
         written = self.connection.write_headers(start, headers, body)
         self.connection.finish()

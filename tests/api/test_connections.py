@@ -258,12 +258,13 @@ async def until_held(gateway: InProcessGateway, size: int) -> None:
     await until(lambda: held(gateway), lambda n: n == size, what=f"{size} bytes of bodies held")
 
 
-async def start_upload(gateway: InProcessGateway, sandbox: dict[str, Any], path: str, size: int) -> Client:
+async def start_upload(gateway: InProcessGateway, sandbox: dict[str, Any], path: str, size: int,
+                       **headers: str) -> Client:
     """A buffered upload (E2B's envd ``POST /files``: Tornado reads its body whole first): its headers sent."""
     client = await Client.open(gateway)
     await client.head("POST", f"/e2b/sandbox/files?path={path}", size, E2b_Sandbox_Id=sandbox["id"],
                       E2b_Sandbox_Port="49983", X_Access_Token=sandbox["access_token"],
-                      Content_Type="application/octet-stream")
+                      Content_Type="application/octet-stream", **headers)
     return client
 
 
@@ -313,6 +314,33 @@ async def test_of_two_uploads_past_the_budget_one_is_refused_503_and_the_other_s
         assert again.status_code == 200, again.text
         assert (await alice.get(f"{files}/b.bin")).content == b_data
     assert held(gateway) == 0
+
+
+async def test_a_page_of_an_allowed_origin_can_read_the_503_and_a_foreign_one_cannot(
+        bounded: tuple[InProcessGateway, dict[str, Any]]) -> None:
+    """The 503 is written before any handler runs: it carries the CORS headers a handler's answer
+    would (here the gateway's own origin is allowed, another is not), or a browser shows its page
+    a network error instead of ``server_busy`` and its Retry-After."""
+    gateway, sandbox = bounded
+    a = await start_upload(gateway, sandbox, "a.bin", 600 * KiB)
+    await a.send(b"a" * (500 * KiB))
+    await until_held(gateway, 500 * KiB)
+
+    answers = {}
+    for origin in ("http://127.0.0.1", "http://evil.example"):
+        b = await start_upload(gateway, sandbox, "b.bin", 600 * KiB, Origin=origin)
+        await b.send(b"b" * (600 * KiB))
+        answers[origin] = await b.response()
+        b.close()
+    own, foreign = answers["http://127.0.0.1"], answers["http://evil.example"]
+    assert_busy(own)
+    assert own.headers["access-control-allow-origin"] == "http://127.0.0.1"
+    assert "Retry-After" in own.headers["access-control-expose-headers"]
+    assert own.headers["vary"] == "Origin"
+    assert_busy(foreign)
+    assert "access-control-allow-origin" not in foreign.headers
+    assert "access-control-expose-headers" not in foreign.headers
+    a.close()
 
 
 async def test_streamed_uploads_hold_one_chunk_at_a_time_and_are_refused_when_nothing_fits(
