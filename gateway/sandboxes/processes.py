@@ -19,6 +19,8 @@ from envd, at its own pace (its client's: E2B's stream awaits each write). A fol
 more than ``MAX_BEHIND_BYTES`` behind (each chunk waiting counted with ``CHUNK_COST`` besides its
 bytes, so a flood of tiny chunks is bounded too) is cut off: what waited for it is dropped at
 once and its iteration ends with ``("cut", why)``; the command and its other followers go on.
+The followers of one sandbox's commands, all of them, are at most ``MAX_FOLLOWERS`` at once: one
+more is refused (``TooManyFollowers``, 429), so what a sandbox's followers can hold is bounded too.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.errors import InvalidRequest, NotFound, SandboxNotRunning
+from gateway.errors import GatewayError, InvalidRequest, NotFound, SandboxNotRunning
 from gateway.execution.outputs import human_size
 from gateway.provisioners.base import local_env, workdir_of
 from gateway.provisioners.execs import PID_LINE_BYTES, announced_pid, signal_exec
@@ -53,6 +55,8 @@ MAX_BEHIND_BYTES = 4 << 20
 CHUNK_COST = 128
 #: Most commands running in one sandbox at once.
 MAX_COMMANDS = 64
+#: Most followers of one sandbox's commands at once (so they hold at most 64 × 4 MiB waiting).
+MAX_FOLLOWERS = 64
 #: Seconds a command under gVisor may take to announce its pid in the sandbox (the host may be loaded).
 ANNOUNCE_TIMEOUT = 30.0
 
@@ -61,6 +65,34 @@ Event = tuple[str, Any]
 
 class CommandNotFound(NotFound):
     code = "command_not_found"
+
+
+class TooManyFollowers(GatewayError):
+    """A sandbox's commands have as many followers as they may: one must go before another comes."""
+
+    status = 429
+    code = "too_many_followers"
+
+
+class FollowerSlots:
+    """The followers of one sandbox's commands, counted against ``limit``."""
+
+    def __init__(self, limit: int = MAX_FOLLOWERS) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    def check(self) -> None:
+        """Raise ``TooManyFollowers`` if one more would not fit."""
+        if self.taken >= self.limit:
+            raise TooManyFollowers(f"this sandbox's commands have {self.limit} followers already (connections "
+                                   "reading their output): close one before following another")
+
+    def take(self) -> None:
+        self.check()
+        self.taken += 1
+
+    def give_back(self) -> None:
+        self.taken -= 1
 
 
 class Follower:
@@ -126,6 +158,8 @@ class Command:
     tag: str | None
     channel: CommandChannel
     exit_code: int | None = None
+    #: Shared by the sandbox's commands (``SandboxProcesses``).
+    slots: FollowerSlots = dataclasses.field(default_factory=FollowerSlots)
     _followers: set[Follower] = dataclasses.field(default_factory=set)
     _ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     #: Why it ended, if not by itself (``killed at its timeout``).
@@ -137,11 +171,13 @@ class Command:
 
     async def follow(self, idle: float | None = None) -> AsyncIterator[Event]:
         """What the command writes from now on, then ``("end", exit_code)``; with ``idle``, also
-        ``("keepalive", None)`` after each ``idle`` seconds of silence."""
+        ``("keepalive", None)`` after each ``idle`` seconds of silence. ``TooManyFollowers`` (at
+        the first step) if the sandbox's commands have all the followers they may."""
         follower = Follower()
         if not self.running:
             yield "end", self.exit_code
             return
+        self.slots.take()
         self._followers.add(follower)
         try:
             while True:
@@ -156,6 +192,7 @@ class Command:
                     return
         finally:
             self._followers.discard(follower)
+            self.slots.give_back()
 
     def publish(self, kind: str, value: Any) -> None:
         for follower in list(self._followers):
@@ -403,6 +440,8 @@ class SandboxProcesses:
     def __init__(self, commands: SandboxCommands) -> None:
         self.commands = commands
         self._running: dict[str, dict[int, Command]] = {}
+        #: Per sandbox with commands running: its commands' followers.
+        self._slots: dict[str, FollowerSlots] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, sandbox: Sandbox, argv: list[str], *, cwd: str = "", env: dict[str, str] | None = None,
@@ -414,7 +453,8 @@ class SandboxProcesses:
             raise InvalidRequest(f"sandbox {sandbox.id} runs {MAX_COMMANDS} commands already")
         wanted = {**sandbox.env, **(env or {})}
         channel = await self._launch(sandbox, argv, cwd, wanted)
-        command = Command(sandbox.id, channel.pid, list(argv), cwd, dict(env or {}), tag, channel)
+        command = Command(sandbox.id, channel.pid, list(argv), cwd, dict(env or {}), tag, channel,
+                          slots=self._slots.setdefault(sandbox.id, FollowerSlots()))
         if not stdin:
             await channel.close_stdin()
         self._running.setdefault(sandbox.id, {})[command.pid] = command
@@ -459,9 +499,24 @@ class SandboxProcesses:
         finally:
             if deadline is not None:
                 deadline.cancel()
-            self._running.get(command.sandbox_id, {}).pop(command.pid, None)
+            self._forget(command)
             await channel.close()
         command.finish(code)
+
+    def check_followers(self, sandbox_id: str) -> None:
+        """``TooManyFollowers`` if the sandbox's commands have all the followers they may."""
+        slots = self._slots.get(sandbox_id)
+        if slots is not None:
+            slots.check()
+
+    def _forget(self, command: Command) -> None:
+        """``command`` has ended: it is no longer found, and a sandbox with none left is not kept
+        (its followers' slots go with it: those left are of ended commands, about to go too)."""
+        running = self._running.get(command.sandbox_id, {})
+        running.pop(command.pid, None)
+        if not running:
+            self._running.pop(command.sandbox_id, None)
+            self._slots.pop(command.sandbox_id, None)
 
     def _expire(self, command: Command) -> None:
         command.error = "the command was killed at the end of its timeout"

@@ -19,7 +19,15 @@ import pytest
 from e2b import CommandExitException
 from e2b_code_interpreter import Sandbox
 
-from gateway.sandboxes.processes import CHUNK_COST, MAX_BEHIND_BYTES, Command, CommandChannel, Follower
+from gateway.sandboxes.processes import (
+    CHUNK_COST,
+    MAX_BEHIND_BYTES,
+    Command,
+    CommandChannel,
+    Follower,
+    FollowerSlots,
+    TooManyFollowers,
+)
 from tests.api.e2b.conftest import e2b_gateway_process, gateway_options
 from tests.gateways import GatewayProcess
 from tests.stalled import memory_of
@@ -29,8 +37,8 @@ CHUNK = b"x" * (64 << 10)
 CUT = ("cut", "more than 4.0 MiB of output waiting")
 
 
-def command() -> Command:
-    return Command("sandbox", 7, ["yes"], "", {}, None, CommandChannel())
+def command(slots: FollowerSlots | None = None) -> Command:
+    return Command("sandbox", 7, ["yes"], "", {}, None, CommandChannel(), slots=slots or FollowerSlots())
 
 
 async def test_a_follower_that_falls_behind_is_cut_off_and_what_waited_for_it_is_dropped() -> None:
@@ -84,6 +92,30 @@ async def test_a_slow_follower_is_cut_off_while_the_command_and_a_follower_keepi
     got = await keeping_up
     assert got[-1] == ("end", 0) and sum(len(value) for _, value in got[:-1]) == 2 * MAX_BEHIND_BYTES
     assert running.exit_code == 0 and not running._followers
+
+
+async def test_the_commands_of_a_sandbox_share_their_followers_slots() -> None:
+    slots = FollowerSlots(limit=2)
+    one, two = command(slots), command(slots)
+    first, second = one.follow(), two.follow()
+    waiting = [asyncio.ensure_future(anext(first)), asyncio.ensure_future(anext(second))]
+    await asyncio.sleep(0)
+    assert slots.taken == 2
+    with pytest.raises(TooManyFollowers, match="2 followers already"):
+        await anext(one.follow())
+    one.finish(0)  # its follower leaves (once it has read the end): its slot is free again
+    assert await waiting[0] == ("end", 0)
+    assert await collect(first) == [] and slots.taken == 1
+    third = two.follow()
+    waiting.append(asyncio.ensure_future(anext(third)))
+    await asyncio.sleep(0)
+    assert slots.taken == 2
+    waiting[2].cancel()  # (a follower that goes away before the end, as a client hanging up)
+    await asyncio.gather(waiting[2], return_exceptions=True)
+    assert slots.taken == 1
+    two.finish(0)
+    assert await waiting[1] == ("end", 0)
+    assert await collect(second) == [] and slots.taken == 0
 
 
 # -- a real slow reader --------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from gateway.api.e2b import paths
 from gateway.api.e2b.connect import current_sandbox
 from gateway.api.e2b.envd_rpc.process import process_pb as pb
 from gateway.api.e2b.envd_rpc.process.process_connect import Process
-from gateway.api.e2b.rpc import translated
+from gateway.api.e2b.rpc import connect_error, translated
 from gateway.sandboxes.inputs import check_env
-from gateway.sandboxes.processes import Command, SandboxProcesses
+from gateway.sandboxes.processes import Command, SandboxProcesses, TooManyFollowers
 
 SIGNALS = {pb.Signal.SIGTERM: signal.SIGTERM, pb.Signal.SIGKILL: signal.SIGKILL}
 #: Seconds of silence after which a command's stream sends a keepalive.
@@ -77,6 +77,7 @@ class ProcessService(Process):
         timeout_ms = ctx.timeout_ms
         with translated():
             cwd = paths.relative(config.cwd) if config.has_field("cwd") and config.cwd else ""
+            self.processes.check_followers(current_sandbox.get().id)  # (not started if it could not be followed)
             command = await self.processes.start(
                 current_sandbox.get(), [config.cmd, *config.args], cwd=cwd,
                 env=check_env(dict(config.envs), "envs"),
@@ -96,10 +97,15 @@ class ProcessService(Process):
             yield pb.ConnectResponse(event=event)
 
     async def _follow(self, command: Command) -> AsyncIterator[pb.ProcessEvent]:
+        with translated():
+            command.slots.check()  # (refused before its start event; ``follow`` checks again, at its start)
         yield process_event("start", command.pid, command)
         # Keepalives also let connectrpc notice a client that went away from a silent command.
-        async for kind, value in command.follow(idle=KEEPALIVE):
-            yield process_event(kind, value, command)
+        try:
+            async for kind, value in command.follow(idle=KEEPALIVE):
+                yield process_event(kind, value, command)
+        except TooManyFollowers as exc:  # (another took the last slot meanwhile)
+            raise connect_error(exc) from None
 
     async def send_input(self, request: pb.SendInputRequest, ctx: RequestContext[Any, Any]) -> pb.SendInputResponse:
         command = self._find(request.process)

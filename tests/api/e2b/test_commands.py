@@ -9,13 +9,15 @@ the command's whole tree is gone from inside the sandbox, and a shell runs no ne
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from e2b import CommandExitException, SandboxException, TimeoutException
+from e2b import CommandExitException, RateLimitException, SandboxException, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
+from gateway.sandboxes.processes import MAX_FOLLOWERS
 from tests.api.e2b.conftest import gateway_options
 from tests.gateways import GatewayProcess
 from tests.provisioned import RUNTIMES
@@ -186,3 +188,42 @@ async def test_async_commands(e2b_gateway: GatewayProcess) -> None:
         assert await sandbox.commands.kill(handle.pid)
     finally:
         await sandbox.kill()
+
+
+async def test_a_sandbox_s_commands_take_so_many_followers_and_no_more(e2b_gateway: GatewayProcess) -> None:
+    """Each follower may hold 4 MiB of output waiting: a client opening connection after connection
+    to its commands is refused past ``MAX_FOLLOWERS`` (429, which the SDK raises as a rate limit), a
+    command it would start is not started, and a follower that goes makes room for the next."""
+    sandbox = await AsyncSandbox.create(timeout=300)
+    try:
+        first = await sandbox.commands.run("sleep 300", background=True)  # (its start follows it)
+        handles = [first] + [await sandbox.commands.connect(first.pid) for _ in range(MAX_FOLLOWERS - 1)]
+        with pytest.raises(RateLimitException) as refused:
+            await sandbox.commands.connect(first.pid)
+        assert f"{MAX_FOLLOWERS} followers already" in str(refused.value)
+        with pytest.raises(RateLimitException):
+            await sandbox.commands.run("echo started > started.txt", background=True)
+        assert [p.pid for p in await sandbox.commands.list()] == [first.pid]
+        assert not await sandbox.files.exists("started.txt")
+
+        await handles.pop().disconnect()
+        handles.append(await until_connected(sandbox, first.pid))
+        assert await sandbox.commands.kill(first.pid)
+        for handle in handles:
+            with pytest.raises(CommandExitException):
+                await handle.wait()
+        # Their slots are given back with the command: a new one is followed at once.
+        assert (await sandbox.commands.run("echo fine")).stdout == "fine\n"
+    finally:
+        await sandbox.kill()
+
+
+async def until_connected(sandbox: AsyncSandbox, pid: int, within: float = 30) -> object:
+    """A follower once the one that disconnected has let go of its slot (when the gateway sees it go)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await sandbox.commands.connect(pid)
+        except RateLimitException:
+            assert time.monotonic() < deadline, "a follower that disconnected kept its slot"
+            await asyncio.sleep(0.2)
