@@ -67,6 +67,13 @@ class CommandNotFound(NotFound):
     code = "command_not_found"
 
 
+class TooManyCommands(GatewayError):
+    """A sandbox runs as many commands as it may at once."""
+
+    status = 429
+    code = "too_many_commands"
+
+
 class TooManyFollowers(GatewayError):
     """A sandbox's commands have as many followers as they may: one must go before another comes."""
 
@@ -450,7 +457,8 @@ class SandboxProcesses:
         if not argv:
             raise InvalidRequest("a command is required")
         if len(self._running.get(sandbox.id, {})) >= MAX_COMMANDS:
-            raise InvalidRequest(f"sandbox {sandbox.id} runs {MAX_COMMANDS} commands already")
+            raise TooManyCommands(f"sandbox {sandbox.id} runs {MAX_COMMANDS} commands already: one must end "
+                                  "(or be killed) before another starts")
         wanted = {**sandbox.env, **(env or {})}
         channel = await self._launch(sandbox, argv, cwd, wanted)
         command = Command(sandbox.id, channel.pid, list(argv), cwd, dict(env or {}), tag, channel,

@@ -17,7 +17,7 @@ import pytest
 from e2b import CommandExitException, RateLimitException, SandboxException, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
-from gateway.sandboxes.processes import MAX_FOLLOWERS
+from gateway.sandboxes.processes import MAX_COMMANDS, MAX_FOLLOWERS
 from tests.api.e2b.conftest import gateway_options
 from tests.gateways import GatewayProcess
 from tests.provisioned import RUNTIMES
@@ -227,3 +227,35 @@ async def until_connected(sandbox: AsyncSandbox, pid: int, within: float = 30) -
         except RateLimitException:
             assert time.monotonic() < deadline, "a follower that disconnected kept its slot"
             await asyncio.sleep(0.2)
+
+
+async def test_a_sandbox_runs_so_many_commands_at_once_and_no_more(e2b_gateway: GatewayProcess) -> None:
+    """Past ``MAX_COMMANDS`` running (followed or not), a command is refused with 429 and not started."""
+    sandbox = await AsyncSandbox.create(timeout=300)
+    try:
+        pids = []
+        for _ in range(MAX_COMMANDS):
+            handle = await sandbox.commands.run("sleep 300", background=True)
+            await handle.disconnect()  # (no follower: the followers' bound is not what refuses the next)
+            pids.append(handle.pid)
+        # Their followers' slots come back once the gateway sees them go (at a keepalive at the latest).
+        deadline = time.monotonic() + 60
+        while True:
+            with pytest.raises(RateLimitException) as refused:
+                await sandbox.commands.run("echo started > started.txt", background=True)
+            if "followers already" not in str(refused.value):
+                break
+            assert time.monotonic() < deadline, "disconnected followers kept their slots"
+            await asyncio.sleep(0.5)
+        assert f"runs {MAX_COMMANDS} commands already" in str(refused.value)
+        assert sorted(p.pid for p in await sandbox.commands.list()) == sorted(pids)
+        assert not await sandbox.files.exists("started.txt")
+        assert await sandbox.commands.kill(pids[0])
+        # The killed one's place is free once the gateway has seen it end.
+        deadline = time.monotonic() + 30
+        while pids[0] in [p.pid for p in await sandbox.commands.list()]:
+            assert time.monotonic() < deadline, "a killed command still counts"
+            await asyncio.sleep(0.2)
+        assert (await sandbox.commands.run("echo fine")).stdout == "fine\n"
+    finally:
+        await sandbox.kill()
