@@ -300,18 +300,37 @@ class Executor:
 
 #: The fields of an ``execute_reply`` an execution keeps, and the type each must have.
 REPLY_FIELDS: dict[str, type] = {"status": str, "execution_count": int, "ename": str, "evalue": str}
+#: Characters kept of a reply's ``ename`` and ``evalue`` each, and of its traceback in all (each
+#: line costing one more): the error output beside it has the output caps; this copy had none.
+MAX_REPLY_TEXT = 1 << 20
 
 
 def reply_fields(content: dict[str, Any]) -> dict[str, Any]:
     """What the execution keeps of its ``execute_reply``: the fields it reads, each only if of
-    the type Jupyter gives it, the traceback's lines that are text. A kernel can send anything
-    there (a traceback nested 100,000 levels deep, a count that is a list), and what is kept is
-    stored and answered."""
+    the type Jupyter gives it, the traceback's lines that are text, at most ``MAX_REPLY_TEXT`` of
+    each (a note saying what was cut). A kernel can send anything there (a traceback nested
+    100,000 levels deep, a count that is a list, ``raise Exception('x' * 10**8)``), and what is
+    kept is stored and answered."""
     kept = {key: content[key] for key, kind in REPLY_FIELDS.items() if isinstance(content.get(key), kind)}
+    for key in ("ename", "evalue"):
+        if key in kept and len(kept[key]) > MAX_REPLY_TEXT:
+            kept[key] = kept[key][:MAX_REPLY_TEXT] + f"\n[{key} truncated: {len(kept[key]) - MAX_REPLY_TEXT} " \
+                                                    "more characters]"
     traceback = content.get("traceback")
     if isinstance(traceback, list):
-        kept["traceback"] = [line for line in traceback if isinstance(line, str)]
+        kept["traceback"] = _bounded_lines([line for line in traceback if isinstance(line, str)], MAX_REPLY_TEXT)
     return kept
+
+
+def _bounded_lines(lines: list[str], limit: int) -> list[str]:
+    """``lines`` up to ``limit`` characters in all (each line one more), then a note of what was left out."""
+    room = limit
+    for index, line in enumerate(lines):
+        if len(line) + 1 > room:
+            cut = [*lines[:index], line[:room]] if room > 0 else lines[:index]
+            return [*cut, f"[traceback truncated: {len(lines) - index} more lines]"]
+        room -= len(line) + 1
+    return lines
 
 
 def _gone_message(reason: str) -> str:

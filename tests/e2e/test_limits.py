@@ -6,6 +6,8 @@
 - ``GET /sandboxes`` is paged (``limit``, ``offset``, ``total``).
 - The notebook export streams from the store: a client that does not read it holds a few cells
   in the gateway, not the history (peak memory from /proc), and a reader gets a valid notebook.
+- An exception with a huge message: the execution's ``error`` (from the kernel's reply, which has
+  no output cap of its own) keeps at most ``MAX_REPLY_TEXT`` of its value and traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import nbformat
 import pytest
 import websockets
 
+from gateway.execution.executor import MAX_REPLY_TEXT
 from tests.api.test_errors import assert_error
 from tests.conftest import docker_or_fail
 from tests.gateways import KEYS, GatewayProcess, InProcessGateway, create, run
@@ -119,3 +122,24 @@ async def test_the_notebook_export_streams_from_the_store(tmp_path: Any) -> None
             assert all(cell.outputs[0]["text"] == "n" * (2 << 20) + "\n" for cell in notebook.cells)
     finally:
         await gateway.stop()
+
+
+async def test_an_exception_with_a_huge_message_keeps_a_bounded_error(alice: httpx.AsyncClient) -> None:
+    sandbox = await create(alice)
+    huge = 2 * MiB  # (the error output, value and traceback, is under the 5 MiB per-output cap: kept whole)
+    answer = await alice.post(f"/api/v1/sandboxes/{sandbox['id']}/execute",
+                              json={"code": f"raise ValueError('v' * {huge})"}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    execution = answer.json()
+    assert execution["status"] == "failed"
+    error = execution["error"]
+    assert error["ename"] == "ValueError"
+    assert error["evalue"].startswith("v" * 1000)
+    assert error["evalue"].endswith(f"[evalue truncated: {huge - MAX_REPLY_TEXT} more characters]")
+    assert sum(len(line) + 1 for line in error["traceback"]) <= MAX_REPLY_TEXT + 100
+    assert error["traceback"][-1].startswith("[traceback truncated: ")
+    (output,) = [o for o in execution["outputs"] if o["output_type"] == "error"]
+    assert len(output["evalue"]) == huge  # (the output itself, as the output caps allow)
+    # Stored as answered.
+    stored = (await alice.get(f"/api/v1/executions/{execution['id']}")).json()
+    assert stored["error"] == error

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from gateway.execution.executor import Executor, OutputCaps
+from gateway.execution.executor import MAX_REPLY_TEXT, Executor, OutputCaps, reply_fields
 from gateway.execution.model import Execution
 from gateway.execution.replies import Replies
 
@@ -60,3 +60,18 @@ async def test_outputs_too_deep_to_read_are_notes_also_when_they_trail_the_idle(
     assert execution.status == "completed" and execution.truncated and execution.execution_count is None
     assert [(o["output_type"], "nested deeper" in str(o)) for o in execution.outputs] == [
         ("display_data", True), ("execute_result", True)]
+
+
+def test_a_reply_keeps_at_most_so_much_of_its_error() -> None:
+    huge = MAX_REPLY_TEXT + 10
+    kept = reply_fields({"status": "error", "ename": "E" * huge, "evalue": "v" * huge,
+                         "traceback": ["t" * 1000] * 2000 + [5]})
+    assert kept["ename"] == "E" * MAX_REPLY_TEXT + "\n[ename truncated: 10 more characters]"
+    assert kept["evalue"] == "v" * MAX_REPLY_TEXT + "\n[evalue truncated: 10 more characters]"
+    lines = kept["traceback"]
+    whole = MAX_REPLY_TEXT // 1001  # (lines that fit whole, each costing one more than its length)
+    assert lines[:whole] == ["t" * 1000] * whole
+    assert lines[whole] == "t" * (MAX_REPLY_TEXT - whole * 1001)
+    assert lines[-1] == f"[traceback truncated: {2000 - whole} more lines]" and len(lines) == whole + 2
+    small = {"status": "error", "ename": "E", "evalue": "v", "traceback": ["a", "b"]}
+    assert reply_fields(small) == small
