@@ -136,16 +136,15 @@ class BoundedBody(HTTPMessageDelegate):
         #: Closes the connection if the body stops arriving (armed while the client is to send it).
         self._stall: asyncio.TimerHandle | None = None
         self._over = False
-        #: What the 503 needs of the request's headers: its CORS headers (``base.cors_headers``).
-        self._cors: dict[str, str] = {}
+        #: The request's headers (for the 503's CORS headers, made only if it is sent).
+        self._headers = HTTPHeaders()
 
     def headers_received(self, start_line: RequestStartLine | ResponseStartLine,
                          headers: HTTPHeaders) -> Awaitable[None] | None:
         preparing = self.delegate.headers_received(start_line, headers)
         if not _has_body(headers):
             return preparing
-        # (Host as Tornado reads it for a request: the handlers compare the origin with the same)
-        self._cors = cors_headers(origin_of(headers), headers.get("Host") or "127.0.0.1", self.bodies.allow_origins)
+        self._headers = headers
         if preparing is None:
             self._watch()
             return None
@@ -229,9 +228,12 @@ class BoundedBody(HTTPMessageDelegate):
         """Answer ``error`` as every handler answers errors, then close the connection (so nothing else
         of this client's is read past a body the gateway had no room for)."""
         body = jsonbytes.dumps(error_body(error.code, error.message))
+        # (Host as Tornado reads it for a request: the handlers compare the origin with the same)
+        cors = cors_headers(origin_of(self._headers), self._headers.get("Host") or "127.0.0.1",
+                            self.bodies.allow_origins)
         headers = HTTPHeaders({"Content-Type": "application/json; charset=UTF-8",
                                "Content-Length": str(len(body)), "Cache-Control": "no-store",
-                               "Retry-After": str(error.retry_after), "Connection": "close", **self._cors})
+                               "Retry-After": str(error.retry_after), "Connection": "close", **cors})
         start = ResponseStartLine("HTTP/1.1", error.status, HTTPStatus(error.status).phrase)
         written = self.connection.write_headers(start, headers, body)
         self.connection.finish()

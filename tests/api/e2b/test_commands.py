@@ -9,18 +9,18 @@ the command's whole tree is gone from inside the sandbox, and a shell runs no ne
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from e2b import CommandExitException, RateLimitException, SandboxException, TimeoutException
+from e2b import AsyncCommandHandle, CommandExitException, RateLimitException, SandboxException, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
 from gateway.sandboxes.processes import MAX_COMMANDS, MAX_FOLLOWERS
 from tests.api.e2b.conftest import gateway_options
 from tests.gateways import GatewayProcess
 from tests.provisioned import RUNTIMES
+from tests.waiting import until as until_async
 
 pytestmark = pytest.mark.docker
 
@@ -201,13 +201,14 @@ async def test_a_sandbox_s_commands_take_so_many_followers_and_no_more(e2b_gatew
         with pytest.raises(RateLimitException) as refused:
             await sandbox.commands.connect(first.pid)
         assert f"{MAX_FOLLOWERS} followers already" in str(refused.value)
-        with pytest.raises(RateLimitException):
-            await sandbox.commands.run("echo started > started.txt", background=True)
+        assert f"{MAX_FOLLOWERS} followers already" in await refusal(sandbox, "echo started > started.txt")
         assert [p.pid for p in await sandbox.commands.list()] == [first.pid]
         assert not await sandbox.files.exists("started.txt")
 
         await handles.pop().disconnect()
-        handles.append(await until_connected(sandbox, first.pid))
+        # (its slot comes back once the gateway sees it go)
+        handles.append(await until_async(lambda: connected(sandbox, first.pid),
+                                         what="the disconnected follower's slot", timeout=30, interval=0.2))
         assert await sandbox.commands.kill(first.pid)
         for handle in handles:
             with pytest.raises(CommandExitException):
@@ -218,15 +219,19 @@ async def test_a_sandbox_s_commands_take_so_many_followers_and_no_more(e2b_gatew
         await sandbox.kill()
 
 
-async def until_connected(sandbox: AsyncSandbox, pid: int, within: float = 30) -> object:
-    """A follower once the one that disconnected has let go of its slot (when the gateway sees it go)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await sandbox.commands.connect(pid)
-        except RateLimitException:
-            assert time.monotonic() < deadline, "a follower that disconnected kept its slot"
-            await asyncio.sleep(0.2)
+async def connected(sandbox: AsyncSandbox, pid: int) -> AsyncCommandHandle | None:
+    """A new follower of command ``pid``; None if the sandbox's commands have all they may."""
+    try:
+        return await sandbox.commands.connect(pid)
+    except RateLimitException:
+        return None
+
+
+async def refusal(sandbox: AsyncSandbox, command: str) -> str:
+    """Why a background ``command`` is refused (it must be: 429, the SDK's rate limit)."""
+    with pytest.raises(RateLimitException) as refused:
+        await sandbox.commands.run(command, background=True)
+    return str(refused.value)
 
 
 async def test_a_sandbox_runs_so_many_commands_at_once_and_no_more(e2b_gateway: GatewayProcess) -> None:
@@ -239,23 +244,16 @@ async def test_a_sandbox_runs_so_many_commands_at_once_and_no_more(e2b_gateway: 
             await handle.disconnect()  # (no follower: the followers' bound is not what refuses the next)
             pids.append(handle.pid)
         # Their followers' slots come back once the gateway sees them go (at a keepalive at the latest).
-        deadline = time.monotonic() + 60
-        while True:
-            with pytest.raises(RateLimitException) as refused:
-                await sandbox.commands.run("echo started > started.txt", background=True)
-            if "followers already" not in str(refused.value):
-                break
-            assert time.monotonic() < deadline, "disconnected followers kept their slots"
-            await asyncio.sleep(0.5)
-        assert f"runs {MAX_COMMANDS} commands already" in str(refused.value)
+        why = await until_async(lambda: refusal(sandbox, "echo started > started.txt"),
+                                lambda said: "followers already" not in said, what="disconnected followers' slots",
+                                interval=0.5)
+        assert f"runs {MAX_COMMANDS} commands already" in why
         assert sorted(p.pid for p in await sandbox.commands.list()) == sorted(pids)
         assert not await sandbox.files.exists("started.txt")
         assert await sandbox.commands.kill(pids[0])
         # The killed one's place is free once the gateway has seen it end.
-        deadline = time.monotonic() + 30
-        while pids[0] in [p.pid for p in await sandbox.commands.list()]:
-            assert time.monotonic() < deadline, "a killed command still counts"
-            await asyncio.sleep(0.2)
+        await until_async(sandbox.commands.list, lambda running: pids[0] not in [p.pid for p in running],
+                          what="the killed command's end", timeout=30, interval=0.2)
         assert (await sandbox.commands.run("echo fine")).stdout == "fine\n"
     finally:
         await sandbox.kill()
