@@ -48,11 +48,15 @@ from gateway.auth import KeyRing
 from gateway.errors import SandboxNotFound, SandboxNotRunning, SessionReplaced, Unauthorized
 from gateway.execution.messages import MALFORMED, BadMessage, Message, MessageGate
 from gateway.jsonbytes import LARGE, Buffer, is_object
+from gateway.provisioners.handshakes import Handshake
 from gateway.sandboxes.manager import SandboxManager
 from gateway.sandboxes.model import SandboxStatus
 from gateway.tasks import done_within
 
 log = logging.getLogger(__name__)
+
+#: Seconds a socket waits for its stdin connection to be up before the client may send (``Handshake``).
+STDIN_WAIT = 10.0
 
 
 class KeyRingIdentity(IdentityProvider):
@@ -115,7 +119,8 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         """The kernel sockets of this connection, with an identity no other connection has.
 
         (Shell and stdin share it: ipykernel sends an ``input_request`` to the identity that sent
-        the ``execute_request``.)
+        the ``execute_request``, and drops it while that identity's stdin connection is not up:
+        the socket opens, and after a restart what the client sent goes on, only once it is.)
         """
         identity = self.session.bsession + b"/" + os.urandom(6).hex().encode()
         for channel in ("iopub", "shell", "control", "stdin"):
@@ -123,6 +128,8 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
             stream.channel = channel
             drain_each_wakeup(stream)
             self.channels[channel] = stream
+        self._forget_stdin()
+        self._stdin = Handshake(self.channels["stdin"].socket)  # (at once: see its module)
         self._uncount_copies()
         self._counted_in = self.kernel_manager.messages
         self._counted_in.copies_more(1)  # (its iopub is one more copy of each message)
@@ -134,6 +141,27 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         if self._counted_in is not None:
             self._counted_in.copies_more(-1)
             self._counted_in = None
+
+    #: Whether this socket's stdin is connected to the kernel (None: its channels came from a buffer,
+    #: connected by the socket before it).
+    _stdin: Handshake | None = None
+
+    def _forget_stdin(self) -> None:
+        if self._stdin is not None:
+            self._stdin.close()
+            self._stdin = None
+
+    def _with_stdin(self, first: asyncio.Future[None]) -> asyncio.Future[None]:
+        """``first``, then this socket's stdin connected (or ``STDIN_WAIT`` gone by)."""
+        if self._stdin is None or self._stdin.up:
+            return first
+        return asyncio.ensure_future(self._stdin_after(first, self._stdin))
+
+    async def _stdin_after(self, first: asyncio.Future[None], stdin: Handshake) -> None:
+        await first
+        if not await stdin.wait(STDIN_WAIT) and self.channels:
+            log.warning("kernel %s: a socket's stdin did not connect in %g s: input() may be asked of no one",
+                        self.kernel_id, STDIN_WAIT)
 
     #: Set once this socket's iopub relayed a message (its subscription reached the kernel).
     _heard: asyncio.Event | None = None
@@ -157,10 +185,10 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         iopub.on_recv(lambda message: self.handle_outgoing_message(iopub, message))
         asking = self._asking = asyncio.ensure_future(self._ask_until_heard(heard))
         if self.kernel_manager.execution_state != "busy":
-            return asking
+            return self._with_stdin(asking)
         opened: asyncio.Future[None] = asyncio.Future()
         opened.set_result(None)
-        return opened
+        return self._with_stdin(opened)
 
     async def _ask_until_heard(self, heard: asyncio.Event) -> None:
         shell = self.kernel_manager.connect_shell()
@@ -199,7 +227,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         if self._heard is not None:
             self._heard.set()  # (an asking for the old kernel ends)
         heard = self._heard = asyncio.Event()
-        asking = self._asking = asyncio.ensure_future(self._ask_until_heard(heard))
+        asking = self._asking = self._with_stdin(asyncio.ensure_future(self._ask_until_heard(heard)))
         asking.add_done_callback(lambda _: self._release_held())
 
     def on_restart_failed(self) -> None:
@@ -223,6 +251,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         if self._heard is not None:
             self._heard.set()  # (no more asking for a socket that is gone)
         self._uncount_copies()
+        self._forget_stdin()
         super().disconnect()  # type: ignore[no-untyped-call]
 
     def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import websockets
@@ -55,6 +55,18 @@ async def replies_to(socket: Any, msg_id: str, decode: Any = json.loads) -> list
 
 def channels_url(gateway: InProcessGateway, kernel_id: str) -> str:
     return gateway.url.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4()}"
+
+
+async def answer_input(socket: Any, value: str, within: float = 30) -> dict[str, Any]:
+    """Wait for the kernel's ``input_request`` (the test fails after ``within`` seconds), answer
+    it with ``value``; the request."""
+    async with asyncio.timeout(within):
+        while (asked := json.loads(await socket.recv()))["msg_type"] != "input_request":
+            pass
+    answer = Session().msg("input_reply", content={"value": value}, parent=asked["header"])
+    answer["channel"] = "stdin"
+    await socket.send(json.dumps(answer, default=str))
+    return cast(dict[str, Any], asked)
 
 
 async def test_api_and_kernelspecs(gateway: InProcessGateway) -> None:
@@ -298,6 +310,36 @@ async def test_what_a_socket_sends_during_a_restart_waits_until_its_iopub_hears_
     assert [m["content"]["execution_state"] for m in got if m["msg_type"] == "status"] == ["busy", "idle"]
 
 
+async def test_input_after_a_restart_waits_until_the_socket_s_stdin_reached_the_fresh_kernel(
+        gateway: InProcessGateway, kernel: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for iopub above, but stdin: here the socket's stdin reconnects 4 s after the death, its
+    shell at once. The ``input()`` cell sent once told ``restarting`` is held until the stdin is
+    up again (else the fresh kernel would ask no one, and the cell wait for good)."""
+    km = gateway.app.sandboxes.kernel_of(kernel["id"])
+    assert km is not None
+    create = km._create_connected_socket
+
+    def slow_stdin(channel: str, identity: bytes | None = None) -> Any:
+        socket = create(channel, identity=identity)
+        if channel == "stdin":  # (a connection takes the options set before it is made)
+            url = km._make_url(channel)
+            socket.disconnect(url)
+            socket.setsockopt(zmq.RECONNECT_IVL, 4000)
+            socket.connect(url)
+        return socket
+
+    monkeypatch.setattr(km, "_create_connected_socket", slow_stdin)
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        await socket.send(json.dumps(execute_request("import os\nos._exit(1)")))
+        assert "restarting" in await statuses_until(socket, "restarting")
+        request = execute_request("print('hi', input('who? '))")
+        request["content"]["allow_stdin"] = True
+        await socket.send(json.dumps(request))
+        await answer_input(socket, "carol", within=60)
+        got = await replies_to(socket, request["header"]["msg_id"])
+    assert [m["content"]["text"] for m in got if m["msg_type"] == "stream"] == ["hi carol\n"]
+
+
 async def test_a_jupyter_kernel_that_dies_before_its_restart_is_over_is_restarted_again(
         gateway: InProcessGateway, kernel: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket that reached the fresh kernel first may kill it again: another death in the row, as
@@ -391,15 +433,38 @@ async def test_input_goes_through_stdin(gateway: InProcessGateway, kernel: dict[
         request = execute_request("name = input('who? ')\nprint('hi', name)")
         request["content"]["allow_stdin"] = True
         await socket.send(json.dumps(request))
-        async with asyncio.timeout(60):
-            while (asked := json.loads(await socket.recv()))["msg_type"] != "input_request":
-                pass
+        asked = await answer_input(socket, "alice")
         assert asked["channel"] == "stdin" and asked["content"]["prompt"] == "who? "
-        answer = Session().msg("input_reply", content={"value": "alice"}, parent=asked["header"])
-        answer["channel"] = "stdin"
-        await socket.send(json.dumps(answer, default=str))
         got = await replies_to(socket, request["header"]["msg_id"])
     assert [m["content"]["text"] for m in got if m["msg_type"] == "stream"] == ["hi alice\n"]
+
+
+async def test_input_reaches_a_socket_whose_stdin_connects_last(gateway: InProcessGateway, kernel: dict[str, Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel's stdin ROUTER drops an ``input_request`` for an identity whose connection has not
+    finished its handshake: a socket whose shell reaches the kernel before its stdin (a loaded
+    gateway accepts the four connections in any order) would send ``input()`` to no one and the
+    cell would wait for good. The socket opens only once its stdin is connected."""
+    km = gateway.app.sandboxes.kernel_of(kernel["id"])
+    assert km is not None
+    stdin_relay, = [relay for relay in km.sockets._relays if relay.name.endswith(f"-{km.stdin_port}")]
+    connect = stdin_relay._connect
+    delayed: list[float] = []
+
+    async def connect_late(client: Any) -> None:
+        delayed.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(1.5)  # (what the shell's request and the kernel's input() take, and more)
+        await connect(client)
+
+    monkeypatch.setattr(stdin_relay, "_connect", connect_late)
+    async with websockets.connect(channels_url(gateway, kernel["id"]), additional_headers=TOKEN) as socket:
+        request = execute_request("name = input('who? ')\nprint('hi', name)")
+        request["content"]["allow_stdin"] = True
+        await socket.send(json.dumps(request))
+        await answer_input(socket, "bob")
+        got = await replies_to(socket, request["header"]["msg_id"])
+    assert delayed, "the stdin connection did not pass the delayed relay"
+    assert [m["content"]["text"] for m in got if m["msg_type"] == "stream"] == ["hi bob\n"]
 
 
 async def test_a_newer_socket_of_a_session_replaces_one_still_in_its_handshake(gateway: InProcessGateway,
