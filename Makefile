@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]' -e 'clients/python[mcp]'
 	touch $(STAMP)
 
+# matplotlib's font cache, which local sandboxes share (provisioners/local.py): built here, not by
+# the first cell that plots (which would say so on its stderr when it takes over 5 s).
 venv: $(STAMP)
+	@$(BIN)/python -c "import matplotlib.font_manager"
 
 engine:
 	bash deploy/host/ensure-docker.sh $(ENGINE_ARGS)

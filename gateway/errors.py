@@ -190,6 +190,20 @@ class TooManyOperations(GatewayError):
     code = "too_many_operations"
 
 
+class TooManyCommands(GatewayError):
+    """A sandbox runs as many commands as it may at once."""
+
+    status = 429
+    code = "too_many_commands"
+
+
+class TooManyFollowers(GatewayError):
+    """A sandbox's commands have as many followers as they may: one must go before another comes."""
+
+    status = 429
+    code = "too_many_followers"
+
+
 class SandboxDiskFull(GatewayError):
     """The sandbox's working directory has no room for what was asked."""
 

@@ -24,6 +24,19 @@ from gateway.provisioners.sockets import SocketRefused, open_directory, sockets_
 from gateway.provisioners.usage import Usage, directory_bytes, process_tree_usage
 
 
+def matplotlib_cache() -> Path:
+    """Where matplotlib run by this user keeps its font cache, found as matplotlib finds it.
+
+    Local sandboxes share it with each other, with every gateway of this user and with ``make
+    setup``, which builds it: a first build on a machine with many fonts (a browser's) can take
+    over 5 s, and then matplotlib says so on the stderr of the cell that plotted first.
+    """
+    configured = os.environ.get("MPLCONFIGDIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "matplotlib"
+
+
 class LocalSandboxProvisioner(LocalProvisioner):
     """jupyter_client's local provisioner, started in the sandbox's directory and environment."""
 
@@ -40,8 +53,7 @@ class LocalSandboxProvisioner(LocalProvisioner):
             **local_env(workdir),
             "IPYTHONDIR": str(self._ipython_dir(sandbox_dir)),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-            # Shared by all local sandboxes: the font cache is built once, not in each working directory.
-            "MPLCONFIGDIR": str(sandbox_dir.parent / "matplotlib"),
+            "MPLCONFIGDIR": str(matplotlib_cache()),
             "PYTHONUNBUFFERED": "1",
             **sandbox.env,
         }

@@ -36,7 +36,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.errors import GatewayError, InvalidRequest, NotFound, SandboxNotRunning
+from gateway.errors import InvalidRequest, NotFound, SandboxNotRunning, TooManyCommands, TooManyFollowers
 from gateway.execution.outputs import human_size
 from gateway.provisioners.base import local_env, workdir_of
 from gateway.provisioners.execs import PID_LINE_BYTES, announced_pid, signal_exec
@@ -65,20 +65,6 @@ Event = tuple[str, Any]
 
 class CommandNotFound(NotFound):
     code = "command_not_found"
-
-
-class TooManyCommands(GatewayError):
-    """A sandbox runs as many commands as it may at once."""
-
-    status = 429
-    code = "too_many_commands"
-
-
-class TooManyFollowers(GatewayError):
-    """A sandbox's commands have as many followers as they may: one must go before another comes."""
-
-    status = 429
-    code = "too_many_followers"
 
 
 class FollowerSlots:

@@ -19,6 +19,7 @@ import pytest
 from e2b import CommandExitException
 from e2b_code_interpreter import Sandbox
 
+from gateway.errors import TooManyFollowers
 from gateway.sandboxes.processes import (
     CHUNK_COST,
     MAX_BEHIND_BYTES,
@@ -26,7 +27,6 @@ from gateway.sandboxes.processes import (
     CommandChannel,
     Follower,
     FollowerSlots,
-    TooManyFollowers,
 )
 from tests.api.e2b.conftest import e2b_gateway_process, gateway_options
 from tests.gateways import GatewayProcess

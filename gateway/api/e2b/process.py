@@ -23,8 +23,9 @@ from gateway.api.e2b.connect import current_sandbox
 from gateway.api.e2b.envd_rpc.process import process_pb as pb
 from gateway.api.e2b.envd_rpc.process.process_connect import Process
 from gateway.api.e2b.rpc import connect_error, translated
+from gateway.errors import TooManyFollowers
 from gateway.sandboxes.inputs import check_env
-from gateway.sandboxes.processes import Command, SandboxProcesses, TooManyFollowers
+from gateway.sandboxes.processes import Command, SandboxProcesses
 
 SIGNALS = {pb.Signal.SIGTERM: signal.SIGTERM, pb.Signal.SIGKILL: signal.SIGKILL}
 #: Seconds of silence after which a command's stream sends a keepalive.
