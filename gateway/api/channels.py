@@ -142,8 +142,7 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
             self._counted_in.copies_more(-1)
             self._counted_in = None
 
-    #: Whether this socket's stdin is connected to the kernel (None: its channels came from a buffer,
-    #: connected by the socket before it).
+    #: Whether this socket's stdin is connected to the kernel.
     _stdin: Handshake | None = None
 
     def _forget_stdin(self) -> None:
@@ -180,6 +179,8 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         with it while its idle is on the way; skipping the nudge then, as jupyter_server does,
         left the socket unsubscribed, hearing nothing until the client asked for something.)
         """
+        if self._stdin is None:  # (channels from jupyter_server's buffer: connected under the socket before)
+            self._stdin = Handshake(self.channels["stdin"].socket, up=True)
         iopub = self.channels["iopub"]
         heard = self._heard = asyncio.Event()
         iopub.on_recv(lambda message: self.handle_outgoing_message(iopub, message))
@@ -227,6 +228,8 @@ class SandboxChannelsConnection(ZMQChannelsWebsocketConnection):
         if self._heard is not None:
             self._heard.set()  # (an asking for the old kernel ends)
         heard = self._heard = asyncio.Event()
+        if self._stdin is not None:
+            self._stdin.renew()  # (announced at the death: the fresh kernel is not up yet)
         asking = self._asking = self._with_stdin(asyncio.ensure_future(self._ask_until_heard(heard)))
         asking.add_done_callback(lambda _: self._release_held())
 

@@ -33,9 +33,12 @@ class Handshake:
 
     EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
-    def __init__(self, socket: zmq.Socket[Any]) -> None:
+    def __init__(self, socket: zmq.Socket[Any], *, up: bool = False) -> None:
+        """``up``: the socket is known to be connected already (its handshake was seen before)."""
         self._socket = socket
         self._up = asyncio.Event()
+        if up:
+            self._up.set()
         address = f"inproc://handshake-{id(self):x}"
         socket.monitor(address, self.EVENTS)
         # (a plain socket, whatever the context makes: ZMQStream takes no other)
@@ -54,6 +57,11 @@ class Handshake:
     @property
     def up(self) -> bool:
         return self._up.is_set()
+
+    def renew(self) -> None:
+        """The kernel it was connected to is gone: down until the next handshake (the monitor may
+        not have told the disconnect yet, and only the next handshake can be the fresh kernel's)."""
+        self._up.clear()
 
     async def wait(self, seconds: float) -> bool:
         """Whether the socket is (or within ``seconds`` gets) connected."""

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 import websockets
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 from jupyter_client.session import Session
 from jupyter_server.services.kernels.connection.base import (
     deserialize_msg_from_ws_v1,
@@ -18,6 +19,7 @@ from jupyter_server.services.kernels.connection.base import (
 )
 
 from gateway.execution.connection import KernelConnection
+from gateway.provisioners.handshakes import Handshake
 from tests.api.test_errors import assert_error
 from tests.gateways import KEYS, InProcessGateway
 
@@ -314,9 +316,18 @@ async def test_input_after_a_restart_waits_until_the_socket_s_stdin_reached_the_
         gateway: InProcessGateway, kernel: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """As for iopub above, but stdin: here the socket's stdin reconnects 4 s after the death, its
     shell at once. The ``input()`` cell sent once told ``restarting`` is held until the stdin is
-    up again (else the fresh kernel would ask no one, and the cell wait for good)."""
+    up again (else the fresh kernel would ask no one, and the cell wait for good) — also when the
+    stdin's monitor tells of the old connection's end only after the death was announced (here:
+    never)."""
     km = gateway.app.sandboxes.kernel_of(kernel["id"])
     assert km is not None
+    heard = Handshake._heard
+
+    def handshakes_only(handshake: Handshake, frames: list[bytes]) -> None:
+        if parse_monitor_message(frames)["event"] != zmq.EVENT_DISCONNECTED:
+            heard(handshake, frames)
+
+    monkeypatch.setattr(Handshake, "_heard", handshakes_only)
     create = km._create_connected_socket
 
     def slow_stdin(channel: str, identity: bytes | None = None) -> Any:
