@@ -137,6 +137,12 @@ class SandboxImageMissing(SandboxStartFailed):
     """The configured sandbox image is not on the engine (a message a client may see)."""
 
 
+#: Seconds a stopped container's reason waits for its ``die`` event: it comes in milliseconds, but
+#: from a loaded engine it may be late, and the reason read before it can miss an OOM kill (2 s
+#: were once too few in CI: a gVisor sandbox killed for memory at its start said kernel_died).
+SETTLE_SECONDS = 10.0
+
+
 @dataclasses.dataclass
 class ContainerFacts:
     """What the event stream told us about one container."""
@@ -935,10 +941,11 @@ class DockerProvisioner(KernelProvisionerBase):
         state = await engine.state(container_id)
         if state is None:
             return "sandbox_died"  # removed from outside
-        settled = await engine.settled(container_id, timeout=2.0)
-        if settled and not state.get("OOMKilled"):
+        settled = await engine.settled(container_id, timeout=SETTLE_SECONDS)
+        if not state.get("OOMKilled"):
             # Read before the die event, a container still being torn down does not yet say it was
-            # OOM-killed (seen under gVisor): once it has settled, its state is final.
+            # OOM-killed (seen under gVisor): once it has settled, its state is final (and if it has
+            # not, the latest state is still the best there is).
             state = await engine.state(container_id) or state
         facts = engine.facts(container_id)
         if state.get("OOMKilled") or facts.oom:
