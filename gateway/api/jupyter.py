@@ -152,7 +152,7 @@ class KernelsHandler(JupyterHandler):
 
     async def post(self) -> None:
         body = self.json_body(START_KERNEL, allow_empty=True)
-        name = body.get("name") or self.launcher.kernel_name
+        name = body.get("name", self.launcher.kernel_name)  # ("": no kernelspec's name, as Jupyter Server finds)
         startable = startable_kernels(self.launcher)
         if name not in startable:
             raise NotFound(f"no kernelspec named {name!r}: the kernelspecs are {', '.join(startable)}")

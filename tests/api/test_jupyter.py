@@ -114,6 +114,11 @@ async def test_bad_kernel_requests(gateway: InProcessGateway, kernel: dict[str, 
     async with gateway.client(None) as client:
         assert_error(await client.post("/api/kernels", json={"name": "julia"}, headers=TOKEN), 404, "not_found",
                      "no kernelspec named 'julia': the kernelspecs are bash, deno, ir, python3")
+        # (an empty name is no name of a kernelspec either: only a missing one means the default)
+        before = len((await client.get("/api/kernels", headers=TOKEN)).json())
+        assert_error(await client.post("/api/kernels", json={"name": ""}, headers=TOKEN), 404, "not_found",
+                     "no kernelspec named '': the kernelspecs are bash, deno, ir, python3")
+        assert len((await client.get("/api/kernels", headers=TOKEN)).json()) == before
         assert_error(await client.post("/api/kernels", content=b"{", headers=TOKEN), 400, "invalid_json")
         assert_error(await client.post("/api/kernels", json={"env": {"A": 1}}, headers=TOKEN), 400, "invalid_request")
         assert_error(await client.post("/api/kernels", json={}), 401, "unauthorized")
