@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 SANDBOX_KWARG = "sandbox"
 SANDBOX_DIR_KWARG = "sandbox_dir"
+#: Where the sandbox image has the repository's kernels/ (images/python/Dockerfile).
+KERNELS_IN_IMAGE = "/opt/code-gateway/kernels"
 
 
 class ExitReasons(Protocol):
@@ -34,6 +36,14 @@ def workdir_of(sandbox_dir: Path) -> Path:
 def local_env(workdir: Path) -> dict[str, str]:
     """What a process run locally for a sandbox gets: never the gateway's own environment (keys)."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(workdir)}
+
+
+def argv_in_image(argv: list[str], kernel_spec: Any, connection_file: str) -> list[str]:
+    """A kernelspec's ``argv`` as the sandbox image runs it: its ``{connection_file}`` and its
+    ``{resource_dir}`` (the kernelspec's directory: the bash kernel's own code) inside the container."""
+    resource_dir = f"{KERNELS_IN_IMAGE}/{Path(kernel_spec.resource_dir).name}"
+    return [arg.replace("{connection_file}", connection_file).replace("{resource_dir}", resource_dir)
+            for arg in argv]
 
 
 class KernelExitedAtStart(RuntimeError):

@@ -59,7 +59,7 @@ from traitlets import Bool, CaselessStrEnum, Dict, List, Unicode, default
 
 from gateway import __version__
 from gateway.errors import SandboxStartFailed
-from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, argv_in_image
 from gateway.provisioners import transport
 from gateway.provisioners.docker_events import ContainerEvents
 from gateway.provisioners.isolation import CONTAINER_DIR, GVISOR, HOME, ISOLATIONS, RUNC, Isolation, isolation_named
@@ -701,8 +701,7 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def _kernel_cmd(self, argv: list[str] | None = None) -> list[str]:
         """The kernelspec's argv, run by tini through the bootstrap (python3 stays the image's)."""
-        argv = [arg.replace("{connection_file}", CONTAINER_CONNECTION_FILE)
-                for arg in argv or self.kernel_spec.argv]
+        argv = argv_in_image(argv or self.kernel_spec.argv, self.kernel_spec, CONTAINER_CONNECTION_FILE)
         return ["tini", "-g", "--", "sh", "-c", BOOTSTRAP, "sh", *argv]
 
     def container_options(self, sandbox: Any, cmd: list[str], connection: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,9 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from gateway.errors import SandboxNotRunning
-from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, KernelExitedAtStart
+from gateway.provisioners.base import (
+    KERNELS_IN_IMAGE, SANDBOX_DIR_KWARG, SANDBOX_KWARG, KernelExitedAtStart, argv_in_image,
+)
 from gateway.provisioners.docker import CONNECTION_ENV, DockerEngine, engine_of
 from gateway.provisioners.isolation import CONTAINER_DIR, GVISOR, HOME, RUNC, Isolation
 from gateway.provisioners.runsc import RunscError, RunscSandbox
@@ -50,7 +52,7 @@ from gateway.provisioners.usage import cgroup_paths, oom_kills, process_tree
 log = logging.getLogger(__name__)
 
 #: In the image: runs a TCP-only kernel behind ipc sockets (kernels/tools/kernel_relay.py).
-RELAY = "/opt/code-gateway/kernels/tools/kernel_relay.py"
+RELAY = f"{KERNELS_IN_IMAGE}/tools/kernel_relay.py"
 #: The context's connection file, in an environment variable until the bootstrap writes it.
 CONTEXT_CONNECTION_ENV = "CODE_GATEWAY_CONTEXT_CONNECTION"
 
@@ -120,9 +122,9 @@ class DockerContextProvisioner(KernelProvisionerBase):
             # A kernel that speaks only TCP (Deno's) runs behind a relay to its ipc sockets.
             tcp_file = f"{CONTAINER_DIR}/{name}-tcp.json"
             argv = ["python3", "-I", RELAY, connection_file, tcp_file, "--",
-                    *[arg.replace("{connection_file}", tcp_file) for arg in self.kernel_spec.argv]]
+                    *argv_in_image(self.kernel_spec.argv, self.kernel_spec, tcp_file)]
         else:
-            argv = [arg.replace("{connection_file}", connection_file) for arg in self.kernel_spec.argv]
+            argv = argv_in_image(self.kernel_spec.argv, self.kernel_spec, connection_file)
         pid_file = f"{CONTAINER_DIR}/{name}.pid"
         return {"cmd": ["sh", "-c", bootstrap(connection_file, pid_file), "sh", *argv], "sandbox": sandbox,
                 "environment": {**self.kernel_spec.env, **sandbox.env, CONTEXT_CONNECTION_ENV: json.dumps(inside)}}

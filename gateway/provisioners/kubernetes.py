@@ -49,7 +49,7 @@ from traitlets import Dict, List, Unicode, default
 
 from gateway.errors import SandboxStartFailed
 from gateway.provisioners import transport
-from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG
+from gateway.provisioners.base import SANDBOX_DIR_KWARG, SANDBOX_KWARG, argv_in_image
 from gateway.provisioners.docker import BOOTSTRAP, CONNECTION_ENV, CONTAINER_CONNECTION_FILE, GONE, default_image
 from gateway.provisioners.docker import instance_id_for, replica_id_of
 from gateway.provisioners.pods import (
@@ -512,8 +512,7 @@ class KubernetesProvisioner(KernelProvisionerBase):
         Path(kwargs.pop(SANDBOX_DIR_KWARG)).mkdir(mode=0o700, parents=True, exist_ok=True)  # connection file
         assert self.parent is not None, "a provisioner is created by its kernel manager"
         inside = transport.prepare(self.parent)
-        argv = [arg.replace("{connection_file}", CONTAINER_CONNECTION_FILE)
-                for arg in transport.kernel_argv(self.kernel_spec)]
+        argv = argv_in_image(transport.kernel_argv(self.kernel_spec), self.kernel_spec, CONTAINER_CONNECTION_FILE)
         env = {"PYTHONUNBUFFERED": "1", **sandbox.env, CONNECTION_ENV: json.dumps(inside),
                **transport.bootstrap_env(self.kernel_spec)}
         return {"cmd": ["tini", "-g", "--", "sh", "-c", BOOTSTRAP, "sh", *argv], "sandbox": sandbox,

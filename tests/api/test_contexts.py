@@ -15,9 +15,11 @@ import jsonschema
 import pytest
 
 from gateway.api.openapi import CONTEXT
+from gateway.sandboxes.contexts import full_image
 from tests.api.test_errors import assert_error
 from tests.gateways import create, run
-from tests.provisioned import PROVISIONERS, gateway_for
+from tests.provisioned import PROVISIONERS, SANDBOX_KINDS, gateway_for, gateway_of_kind
+from tests.waiting import executions_of, until
 
 
 async def test_contexts_share_the_sandbox_and_run_side_by_side(alice: httpx.AsyncClient) -> None:
@@ -120,6 +122,43 @@ async def test_the_default_context_is_in_its_sandboxs_status(provisioner: str, t
         assert await statuses() == [(sid, "running", True)]
         assert (await alice.delete(f"/api/v1/sandboxes/{sid}")).status_code == 204
         assert await statuses() == [(sid, "terminated", True)]
+
+
+@pytest.mark.parametrize("kind", SANDBOX_KINDS)
+async def test_an_interrupt_reaches_a_bash_job_that_missed_the_first_sigint(kind: str, tmp_path: Any) -> None:
+    """bash_kernel interrupts a cell with one ^C on bash's terminal, which a job just starting misses
+    (and under gVisor any job does: kernels/bash/kernel.py). The job here ignores SIGINT for its
+    first 2 s, as if the first had come too soon: the kernel's own SIGINTs to the foreground job
+    after it end it, a job in the background is spared, and the context keeps its state. Without
+    them bash_kernel waits 30 s for a prompt: the interrupt's grace runs out and the gateway replaces
+    the kernel (X is gone); and a second interrupt while it waits ends the request with no reply."""
+    image = [] if kind == "local" else [f"--image={full_image()}"]  # (the python image has no bash kernel)
+    async with gateway_of_kind(kind, tmp_path, *image) as gateway, gateway.client("alice") as alice:
+        sid = (await create(alice))["id"]
+        made = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "bash"})
+        assert made.status_code == 201, made.text
+        bash = made.json()["id"]
+        assert (await run(alice, sid, "X=41; sleep 600 & BACKGROUND=$!", context=bash))["status"] == "completed"
+        stubborn = "echo go; (trap '' INT; sleep 2; trap - INT; exec sleep 60)"
+        timed_out = await run(alice, sid, stubborn, context=bash, timeout=1)
+        assert timed_out["status"] == "timed_out" and timed_out["stdout"].startswith("go\n"), timed_out
+        after = await run(alice, sid, "echo $((X + 1)); kill -0 $BACKGROUND && echo spared", context=bash)
+        assert after["stdout"] == "42\nspared\n", after
+
+        # Interrupted twice on request, the second time while bash_kernel waits for its prompt.
+        running = asyncio.create_task(run(alice, sid, stubborn, context=bash))
+
+        async def started() -> bool:
+            latest = (await executions_of(alice, sid))[-1]
+            return latest["status"] == "running" and latest["stdout"].startswith("go")
+
+        await until(started, what="the stubborn job to start")
+        for _ in range(2):
+            assert (await alice.post(f"/api/kernels/{bash}/interrupt")).status_code == 204
+            await asyncio.sleep(0.3)
+        cancelled = await asyncio.wait_for(running, 30)
+        assert cancelled["status"] == "cancelled", cancelled
+        assert (await run(alice, sid, "echo $((X + 2))", context=bash))["stdout"] == "43\n"
 
 
 async def test_someone_elses_contexts_are_404(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:

@@ -19,8 +19,9 @@ from tests.gateways import GatewayProcess
 
 pytestmark = pytest.mark.docker
 
-#: What each language's kernel process has in its command line.
-KERNELS = {"bash": "bash_kernel", "r": "IRkernel", "javascript": "deno jupyter", "typescript": "deno jupyter"}
+#: What each language's kernel processes have in their command lines (the bash kernel's: it and its bash).
+KERNELS = {"bash": ("kernels/bash/kernel.py", "pexpect/bashrc.sh"), "r": ("IRkernel",),
+           "javascript": ("deno jupyter",), "typescript": ("deno jupyter",)}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,16 @@ def test_a_context_in_each_language(sandbox: Sandbox, language: str, setup: str,
     ran = sandbox.run_code(code, context=context)  # state kept between runs of the context
     assert ran.error is None and "".join(ran.logs.stdout) == expected
     assert context.id in [c.id for c in sandbox.list_code_contexts()]
+    assert all(any(mark in line for line in kernel_processes(sandbox, language)) for mark in KERNELS[language])
     sandbox.remove_code_context(context)  # (they share the sandbox's 512 MiB: one at a time here)
-    # Its kernel is gone, with everything below it (Deno's relay and Deno, bash_kernel's bash).
+    # Its kernel is gone, with everything below it (Deno's relay and Deno, the bash kernel's bash).
+    assert not kernel_processes(sandbox, language)
+
+
+def kernel_processes(sandbox: Sandbox, language: str) -> list[str]:
+    """The command lines in the sandbox of ``language``'s kernel processes."""
     processes = sandbox.commands.run("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done").stdout
-    assert not [line for line in processes.splitlines() if KERNELS[language] in line], processes
+    return [line for line in processes.splitlines() if any(mark in line for mark in KERNELS[language])]
 
 
 def test_results_and_errors_of_other_languages(sandbox: Sandbox) -> None:
