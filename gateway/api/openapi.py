@@ -186,6 +186,10 @@ def notebook_schema() -> dict[str, Any]:
     text = resources.files("nbformat.v4").joinpath("nbformat.v4.5.schema.json").read_text()
     schema: dict[str, Any] = json.loads(text.replace('"#/definitions/', '"#/components/schemas/Notebook/definitions/'))
     schema.pop("$schema", None)
+    # A code cell's source is an execution's code: no NUL (gateway/sandboxes/inputs.py refuses it).
+    source = schema["definitions"]["code_cell"]["properties"]
+    source["source"] = {"description": "Contents of the cell, represented as an array of lines; no NUL.",
+                        "oneOf": [schemas.NO_NUL, {"type": "array", "items": schemas.NO_NUL}]}
     return schema
 
 
@@ -195,6 +199,11 @@ def ranged(schema: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> dict[st
     for name, extra in bounds.items():
         published["properties"][name] = {**published["properties"][name], **extra}
     return published
+
+
+#: What an execution's code may not hold, published (the handlers refuse it with 400 ``invalid_code``,
+#: a message of their own, so it is not in the validated schema).
+NO_NUL_CODE = {"pattern": schemas.NO_NUL["pattern"]}
 
 
 class Requests:
@@ -222,7 +231,7 @@ class Requests:
             field: {"properties": {"resources": {"not": {"required": [field]}}}} for field in ("timeout", "network")
         }
         self.update_sandbox = ranged(schemas.UPDATE_SANDBOX, {"lifetime": seconds, "idle_timeout": seconds})
-        self.execute = ranged(schemas.EXECUTE, {"timeout": limit("timeout")})
+        self.execute = ranged(schemas.EXECUTE, {"timeout": limit("timeout"), "code": NO_NUL_CODE})
         self.start_kernel = ranged(START_KERNEL_SCHEMA, {"name": {"enum": kernel_names}})
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
+from jsonschema import Draft202012Validator
 from tornado import web
 
 from gateway.api import schemas
@@ -61,3 +63,30 @@ def test_request_bodies_are_the_validated_schemas_with_the_policies_ranges() -> 
             if field not in ("resources", "notebook"):
                 assert schema["properties"][field] == {**schema["properties"][field], **rules}, (name, field)
         assert schema.get("additionalProperties") == validated.get("additionalProperties"), name
+
+
+def test_the_published_schemas_refuse_a_nul_in_code() -> None:
+    """What the handlers refuse as ``invalid_code`` is no schema-valid request either (a fuzzer that
+    sends schema-valid requests expects them accepted): a NUL in an execution's code or in a seed
+    notebook's code cell (a markdown cell may hold one: it never runs)."""
+    published = document()
+
+    def valid(schema: dict[str, Any], value: Any) -> bool:
+        return Draft202012Validator({**schema, "components": published["components"]}).is_valid(value)
+
+    execute = published["paths"]["/api/v1/sandboxes/{sandbox_id}/execute"]["post"]
+    execute_body = execute["requestBody"]["content"]["application/json"]["schema"]
+    assert valid(execute_body, {"code": "1 + 1"}) and not valid(execute_body, {"code": "1\x00"})
+    notebook = {"$ref": "#/components/schemas/Notebook"}
+
+    def with_cells(*cells: dict[str, Any]) -> dict[str, Any]:
+        return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": list(cells)}
+
+    def cell(kind: str, source: Any) -> dict[str, Any]:
+        extra = {"outputs": [], "execution_count": None} if kind == "code" else {}
+        return {"cell_type": kind, "id": f"{kind}-1", "metadata": {}, "source": source, **extra}
+
+    assert valid(notebook, with_cells(cell("code", "x = 1"), cell("code", ["y = 2\n", "x + y"])))
+    assert not valid(notebook, with_cells(cell("code", "x = 1\x00")))
+    assert not valid(notebook, with_cells(cell("code", ["y = 2\n", "\x00"])))
+    assert valid(notebook, with_cells(cell("markdown", "a \x00")))
