@@ -15,6 +15,22 @@ from tests.gateways import InProcessGateway
 #: postgres_server, postgres_url: a real PostgreSQL 15 (deploy/host/ensure-postgres.sh).
 pytest_plugins = ["tests.postgres"]
 
+#: Each test's reports by phase ("setup", "call", "teardown"): a fixture's teardown can tell
+#: whether its test failed (``failed(request)``) and leave what explains it in the report.
+REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    item.stash.setdefault(REPORTS, {})[report.when] = report
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test of ``request`` failed (asked in a fixture's teardown)."""
+    return any(report.failed for report in request.node.stash.get(REPORTS, {}).values())
+
 
 @pytest.fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[InProcessGateway]:

@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Page, async_playwright
 
 from tests.browsers import SharedChromium
-from tests.conftest import docker_or_fail
+from tests.conftest import docker_or_fail, failed
 from tests.gateways import GatewayProcess
 from tests.jupyter_clients import JupyterProcess
 
@@ -32,10 +32,19 @@ DEATH_NOTICE = 10
 
 
 class Lab:
-    def __init__(self, url: str, root: Path, chromium: SharedChromium) -> None:
+    def __init__(self, url: str, root: Path, chromium: SharedChromium, gateway: GatewayProcess,
+                 server: JupyterProcess) -> None:
         self.url = url
         self.root = root
         self.chromium = chromium
+        self.gateway = gateway
+        self.server = server
+
+    def log_tails(self, lines: int = 300) -> str:
+        """The last lines of the gateway's and JupyterLab's logs (a failed test's explanation)."""
+        lab = self.server.log.read_text(errors="replace").splitlines()[-lines:]
+        return "".join(["--- gateway\n", *self.gateway.output[-lines:],
+                        "--- jupyterlab\n", *(f"{line}\n" for line in lab)])
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +65,7 @@ def lab(tmp_path_factory: Any) -> Iterator[Lab]:
     try:
         chromium.start()
         asyncio.run(server.wait_up())
-        yield Lab(server.url, root, chromium)
+        yield Lab(server.url, root, chromium, gateway, server)
     finally:
         chromium.stop()
         server.stop()
@@ -64,8 +73,9 @@ def lab(tmp_path_factory: Any) -> Iterator[Lab]:
 
 
 @pytest.fixture
-async def page(lab: Lab) -> AsyncIterator[Page]:
-    """A page of the module's Chromium in a context of its own, as a new visitor of JupyterLab."""
+async def page(lab: Lab, request: pytest.FixtureRequest) -> AsyncIterator[Page]:
+    """A page of the module's Chromium in a context of its own, as a new visitor of JupyterLab.
+    (A failed test's report shows the tails of the gateway's and JupyterLab's logs.)"""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.connect_over_cdp(lab.chromium.endpoint)
         context = await browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -73,6 +83,8 @@ async def page(lab: Lab) -> AsyncIterator[Page]:
             yield await context.new_page()
         finally:
             await context.close()
+            if failed(request):
+                print(lab.log_tails())
 
 
 async def open_notebook(page: Page, lab: Lab, name: str, cells: list[str]) -> None:
