@@ -141,6 +141,11 @@ class SandboxImageMissing(SandboxStartFailed):
 #: from a loaded engine it may be late, and the reason read before it can miss an OOM kill (2 s
 #: were once too few in CI: a gVisor sandbox killed for memory at its start said kernel_died).
 SETTLE_SECONDS = 10.0
+#: Seconds a container SIGKILLed by no one we know of (exit 137, no ``kill`` event) waits after its
+#: ``die`` for an ``oom`` that may trail it: the shim watches the cgroup's OOM kills apart from the
+#: task's exit, and under load tells them later (CI saw a gVisor sandbox killed for memory at its
+#: start say kernel_died, its die event in and not yet its oom).
+OOM_AFTER_DIE_SECONDS = 3.0
 
 
 @dataclasses.dataclass
@@ -951,9 +956,22 @@ class DockerProvisioner(KernelProvisionerBase):
             return "out_of_memory"
         if facts.killed_from_outside:
             return "sandbox_died"
+        if settled and int(state.get("ExitCode", 0)) == 128 + signal.SIGKILL:
+            state = await self._oom_trailing_die(container_id, state)
+            if state.get("OOMKilled") or engine.facts(container_id).oom:
+                return "out_of_memory"
         if not settled and int(state.get("ExitCode", 0)) in (128 + signal.SIGKILL, 128 + signal.SIGTERM):
             return "sandbox_died"  # no events to tell: a signal's exit code is our best guess
         return "kernel_died"
+
+    async def _oom_trailing_die(self, container_id: str, state: dict[str, Any]) -> dict[str, Any]:
+        """The container's state once an ``oom`` event came after its ``die`` (or ``OOM_AFTER_DIE_SECONDS`` passed)."""
+        engine = self.engine
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OOM_AFTER_DIE_SECONDS
+        while not engine.facts(container_id).oom and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return await engine.state(container_id) or state
 
     # -- re-attaching ----------------------------------------------------------------------------
 
