@@ -187,8 +187,8 @@ def notebook_schema() -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(text.replace('"#/definitions/', '"#/components/schemas/Notebook/definitions/'))
     schema.pop("$schema", None)
     # A code cell's source is an execution's code: no NUL (gateway/sandboxes/inputs.py refuses it).
-    source = schema["definitions"]["code_cell"]["properties"]
-    source["source"] = {"description": "Contents of the cell, represented as an array of lines; no NUL.",
+    code_cell = schema["definitions"]["code_cell"]["properties"]
+    code_cell["source"] = {"description": "Contents of the cell, represented as an array of lines; no NUL.",
                         "oneOf": [schemas.NO_NUL, {"type": "array", "items": schemas.NO_NUL}]}
     return schema
 

@@ -956,22 +956,22 @@ class DockerProvisioner(KernelProvisionerBase):
             return "out_of_memory"
         if facts.killed_from_outside:
             return "sandbox_died"
-        if settled and int(state.get("ExitCode", 0)) == 128 + signal.SIGKILL:
-            state = await self._oom_trailing_die(container_id, state)
-            if state.get("OOMKilled") or engine.facts(container_id).oom:
-                return "out_of_memory"
+        if settled and int(state.get("ExitCode", 0)) == 128 + signal.SIGKILL \
+                and await self._oom_trailing_die(container_id):
+            return "out_of_memory"
         if not settled and int(state.get("ExitCode", 0)) in (128 + signal.SIGKILL, 128 + signal.SIGTERM):
             return "sandbox_died"  # no events to tell: a signal's exit code is our best guess
         return "kernel_died"
 
-    async def _oom_trailing_die(self, container_id: str, state: dict[str, Any]) -> dict[str, Any]:
-        """The container's state once an ``oom`` event came after its ``die`` (or ``OOM_AFTER_DIE_SECONDS`` passed)."""
+    async def _oom_trailing_die(self, container_id: str) -> bool:
+        """Whether an ``oom`` event came after the container's ``die`` (within ``OOM_AFTER_DIE_SECONDS``),
+        or its state says OOM-killed by then."""
         engine = self.engine
         loop = asyncio.get_running_loop()
         deadline = loop.time() + OOM_AFTER_DIE_SECONDS
         while not engine.facts(container_id).oom and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        return await engine.state(container_id) or state
+        return engine.facts(container_id).oom or bool((await engine.state(container_id) or {}).get("OOMKilled"))
 
     # -- re-attaching ----------------------------------------------------------------------------
 

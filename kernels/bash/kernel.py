@@ -85,11 +85,19 @@ class SandboxBashKernel(BashKernel):  # type: ignore[misc]  # (bash_kernel has n
                 self._again = None
 
 
-def terminal_tells_its_foreground(child: Any) -> bool:
+def terminal_foreground(child: Any) -> int | None:
+    """The process group in the foreground of bash's terminal; None where the terminal does not tell (gVisor)."""
     try:
-        os.tcgetpgrp(child.child_fd)
+        return os.tcgetpgrp(child.child_fd)
     except OSError as error:
-        return error.errno != errno.ENOTTY
+        if error.errno == errno.ENOTTY:
+            return None
+        raise
+
+
+def terminal_tells_its_foreground(child: Any) -> bool:
+    with contextlib.suppress(OSError):  # (closed: nothing to signal either way)
+        return terminal_foreground(child) is not None
     return True
 
 
@@ -103,11 +111,8 @@ def signal_foreground_job(child: Any) -> None:
 
 def foreground_job(child: Any) -> int | None:
     """The process group in the foreground of bash's terminal, unless it is bash's own (bash at its prompt)."""
-    try:
-        foreground = os.tcgetpgrp(child.child_fd)
-    except OSError as error:
-        if error.errno != errno.ENOTTY:
-            raise
+    foreground = terminal_foreground(child)
+    if foreground is None:
         return newest_job(child.pid)
     return foreground if foreground != child.pid else None  # (bash leads its session and its group)
 
