@@ -8,11 +8,14 @@
     await raw_execute(kernel_client, "1+1")                           # jupyter_client, no gateway
 
 Every WebSocket client is ``websockets`` (asyncio, compression off); HTTP is a raw HTTP/1.1
-keep-alive connection over asyncio streams (asyncio sets TCP_NODELAY), so no client library's
-overhead weighs on one method more than another. Every answer is parsed with orjson, as
+keep-alive connection (``bench.wire``: a body read straight into a buffer of its own), so no
+client library's overhead weighs on one method more than another. Every answer is parsed with orjson, as
 jupyter_client (the raw baseline) parses the kernel's messages when orjson is installed: the
 servers are compared, not two JSON parsers. Requests stay the standard library's (small; a
-WebSocket text frame needs ``str``).
+WebSocket text frame needs ``str``). WebSocket answers are read as bytes (``recv(decode=False)``:
+orjson checks their UTF-8 as it parses, so no ``str`` of a large frame is made first), and an
+NDJSON stream is parsed line by line as it arrives (``Lines``), as a streaming client reads it,
+with no copy of the whole body.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ from typing import Any
 import orjson
 import websockets
 
+from bench import wire
+
 TIMEOUT = 120.0
+#: A response body or a chunk of one, as ``bench.wire`` reads it.
+Body = bytes | bytearray
 
 
 class HttpError(Exception):
@@ -37,7 +44,7 @@ class HttpError(Exception):
 class HttpConnection:
     """One persistent HTTP/1.1 connection (Content-Length and chunked bodies)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int,
+    def __init__(self, reader: wire.ByteReader, writer: asyncio.Transport, port: int,
                  headers: dict[str, str]) -> None:
         self.reader = reader
         self.writer = writer
@@ -48,22 +55,19 @@ class HttpConnection:
 
     @classmethod
     async def open(cls, port: int, headers: dict[str, str] | None = None) -> HttpConnection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        reader, writer = await wire.connect(port)
         return cls(reader, writer, port, headers or {})
 
     async def close(self) -> None:
         self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except OSError:
-            pass
 
     async def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                      on_chunk: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
-        """One request and its whole response; ``on_chunk`` sees each chunk of a chunked body on arrival."""
+                      on_chunk: Callable[[Body], None] | None = None, keep_chunks: bool = True) -> tuple[int, Body]:
+        """One request and its whole response; ``on_chunk`` sees each chunk of a chunked body on arrival
+        (``keep_chunks`` False: the chunks are not joined into the body returned, which is then empty)."""
         if self.closing:
             await self.close()
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 24)
+            self.reader, self.writer = await wire.connect(self.port)
             self.closing = False
         data = b"" if body is None else json.dumps(body).encode()
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", f"Content-Length: {len(data)}"]
@@ -71,9 +75,9 @@ class HttpConnection:
             lines.append("Content-Type: application/json")
         lines += [f"{k}: {v}" for k, v in {**self.headers, **(headers or {})}.items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
-        return await asyncio.wait_for(self._response(on_chunk), TIMEOUT)
+        return await asyncio.wait_for(self._response(on_chunk, keep_chunks), TIMEOUT)
 
-    async def _response(self, on_chunk: Callable[[bytes], None] | None) -> tuple[int, bytes]:
+    async def _response(self, on_chunk: Callable[[Body], None] | None, keep_chunks: bool) -> tuple[int, Body]:
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         status = int(status_line.split()[1])
@@ -87,12 +91,14 @@ class HttpConnection:
             parts = []
             while True:
                 size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                chunk = await self.reader.readexactly(size + 2)
+                chunk = await self.reader.readexactly(size) if size else b""
+                await self.reader.readexactly(2)  # (its CRLF, read apart: slicing it off would copy the chunk)
                 if size == 0:
                     break
-                parts.append(chunk[:-2])
+                if keep_chunks:
+                    parts.append(chunk)
                 if on_chunk is not None:
-                    on_chunk(parts[-1])
+                    on_chunk(chunk)
             return status, b"".join(parts)
         length = int(headers.get("content-length", "0"))
         return status, await self.reader.readexactly(length) if length else b""
@@ -129,17 +135,49 @@ async def rest_execute(http: HttpConnection, sandbox_id: str, code: str,
 
 async def ndjson_execute(http: HttpConnection, sandbox_id: str, code: str, expect: str | None = "2",
                          timeout: float | None = None,
-                         on_chunk: Callable[[bytes], None] | None = None) -> dict[str, Any]:
+                         on_chunk: Callable[[Body], None] | None = None) -> dict[str, Any]:
     """The same with ``Accept: application/x-ndjson``: read every line to the final Execution."""
     body: dict[str, Any] = {"code": code} if timeout is None else {"code": code, "timeout": timeout}
+    lines = Lines()
+
+    def chunk(data: Body) -> None:
+        if on_chunk is not None:
+            on_chunk(data)
+        lines.feed(data)
+
     status, data = await http.request("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", body,
-                                      headers={"Accept": "application/x-ndjson"}, on_chunk=on_chunk)
+                                      headers={"Accept": "application/x-ndjson"}, on_chunk=chunk, keep_chunks=False)
     if status != 200:
         raise HttpError(f"ndjson execute: {status} {data[:300]!r}")
-    last = orjson.loads(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    if not lines.events:
+        raise HttpError("ndjson execute: the stream held no event")
+    last = lines.events[-1]
     if last.get("type") != "execution":
         raise HttpError(f"stream ended with {last.get('type')}")
     return check_completed(last["execution"], expect)
+
+
+class Lines:
+    """NDJSON read as it arrives, as a streaming client reads it: each line parsed once it is whole,
+    its pieces joined only when a line spans chunks (never the whole body, nor copies of it)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._partial: list[bytes | memoryview] = []
+
+    def feed(self, data: Body) -> None:
+        view = memoryview(data)
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            line: bytes | memoryview = view[start:end]
+            if self._partial:
+                line = b"".join([*self._partial, line])
+                self._partial = []
+            if len(line):
+                self.events.append(orjson.loads(line))
+            start = end + 1
+        if start < len(data):
+            self._partial.append(view[start:])
 
 
 def ws_connect(url: str, headers: dict[str, str]) -> Any:
@@ -152,7 +190,7 @@ async def ws_execute(socket: Any, code: str, expect: str | None = "2") -> dict[s
     request_id = uuid.uuid4().hex
     await socket.send(json.dumps({"type": "execute", "id": request_id, "code": code}))
     while True:
-        event = orjson.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        event = orjson.loads(await asyncio.wait_for(socket.recv(decode=False), TIMEOUT))
         if event.get("id") != request_id:
             continue
         if event["type"] == "error":
@@ -194,7 +232,7 @@ async def channels_execute(socket: Any, code: str, session: str, expect: str | N
     await socket.send(json.dumps(request))
     got, reply, idle = [], None, False
     while reply is None or not idle:
-        msg = orjson.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        msg = orjson.loads(await asyncio.wait_for(socket.recv(decode=False), TIMEOUT))
         if ack_at_once:
             quickack(socket)
         if msg.get("parent_header", {}).get("msg_id") != msg_id:

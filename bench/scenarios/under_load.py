@@ -83,7 +83,7 @@ async def stream_all(port: int, key: str, ids: list[str], seconds: float) -> Non
     ended: list[str] = []
 
     async def one(sandbox_id: str) -> int:
-        def chunk(data: bytes) -> None:
+        def chunk(data: clients.Body) -> None:
             if sandbox_id not in started and b'"output"' in data:
                 started.add(sandbox_id)
                 if len(started) == len(ids):
