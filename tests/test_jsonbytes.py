@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -167,6 +169,28 @@ def test_an_encoded_object_is_encoded_once() -> None:
     assert output.json in parts  # as it is, for its live event
     assert jsonbytes.Encoded([output]).json == b"[" + output.json + b"]"  # and in the record
     assert json.loads(jsonbytes.dumps(event)) == json.loads(joined(parts)) == json.loads(json.dumps(event))
+
+
+@pytest.mark.parametrize("kind", ["list", "object"])
+def test_threads_asking_at_once_for_an_encoding_get_one_made_once(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # When an execution ends, the loop (its response) and the store's thread (its record) ask for
+    # its outputs' JSON at the same moment: one makes it, the other waits for it.
+    made: list[Any] = []
+    real = jsonbytes.orjson_dumps
+
+    def slow_dumps(value: Any) -> bytes:
+        made.append(value)
+        time.sleep(0.2)  # (the other thread asks meanwhile)
+        return real(value)
+
+    monkeypatch.setattr(jsonbytes, "orjson_dumps", slow_dumps)
+    output = {"output_type": "display_data", "data": {"image/png": "A" * BIG}, "metadata": {}}
+    encoded = jsonbytes.Encoded([output]) if kind == "list" else jsonbytes.EncodedObject(output)
+    with ThreadPoolExecutor(2) as threads:
+        first, second = threads.map(lambda _: encoded.json, range(2))
+    assert len(made) == 1
+    assert first is second
+    assert json.loads(first) == ([output] if kind == "list" else output)
 
 
 @pytest.mark.parametrize("text", [

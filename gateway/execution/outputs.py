@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.execution.messages import OUTRAN, OVERSIZED
-from gateway.jsonbytes import EncodedObject, TooDeep
+from gateway.jsonbytes import LARGE, EncodedObject, TooDeep
 
 #: The note an execution gets where output was lost before it reached the collector, by why.
 LOST_NOTES = {
@@ -185,6 +185,10 @@ class OutputCollector:
             return self._drop_rest()
         if output["output_type"] != "stream":  # (stream text is joined later: encoded then)
             output = EncodedObject(output)  # encoded once for its live event and its execution's record
+            if size >= LARGE:
+                # Now, while the kernel finishes the cell (its reply and idle come a few ms later),
+                # rather than when the execution ends, on the way to its response.
+                _ = output.json
         self._append(output, display_id)
         if display_id:  # so a live client knows which output a later update_display replaces
             return [{"type": "output", "output": output, "display_id": display_id}]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import nbformat
+import orjson
 import pytest
 
 from gateway.execution.feed import ExecutionFeed
 from gateway.execution.outputs import EVENT_COST, MAX_DEPTH, OutputCollector, json_size, output_size
-from gateway.jsonbytes import TooDeep
+from gateway.jsonbytes import LARGE, TooDeep
 
 
 def msg(msg_type: str, **content: Any) -> dict[str, Any]:
@@ -254,3 +255,15 @@ def test_a_transient_that_is_no_object_and_a_stream_name_that_is_no_text_are_tak
     c.apply(msg("display_data", data={"text/plain": "x"}, metadata={}, transient=["not", "an", "object"]))
     c.apply(msg("stream", name=nested(100), text="y"))
     assert [o.get("data", o.get("name")) for o in c.outputs] == [{"text/plain": "x"}, "stderr"]
+
+
+def test_a_large_display_is_encoded_when_it_is_kept_a_small_one_when_first_asked() -> None:
+    # A large output's JSON is made as it arrives, while the kernel finishes the cell, not on the
+    # way to the response once the execution has ended.
+    c = collector(per=10 << 20, total=20 << 20)
+    c.apply(msg("display_data", data={"image/png": "A" * LARGE}, metadata={}))
+    c.apply(msg("execute_result", data={"text/plain": "2"}, metadata={}, execution_count=1))
+    large, small = c.outputs
+    assert large._json is not None and small._json is None
+    assert orjson.loads(large.json) == {"output_type": "display_data", "data": {"image/png": "A" * LARGE},
+                                        "metadata": {}}
