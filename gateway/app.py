@@ -29,6 +29,7 @@ from traitlets import CaselessStrEnum, Float, Int, List, TraitError, Unicode, de
 from traitlets.config import Application, catch_config_error
 
 from gateway import __version__
+from gateway.allocator import FreedMemory
 from gateway.api.backpressure import DEFAULT_SEND_BUFFER
 from gateway.api.bodies import CHUNK, DEFAULT_BODY_BUDGET, BoundedBodiesApplication
 from gateway.api.e2b.templates import E2BTemplates
@@ -239,7 +240,7 @@ class GatewayApp(ConfiguredApp):
     }
     classes = [KernelLauncher, DockerProvisioner, KubernetesProvisioner, SandboxManager, WarmPool, SandboxFiles, ResourcePolicy,
                IsolationPolicy, LifetimePolicy, SandboxReaper, SandboxSnapshots, UserQuotas, EventLog, WebhookSender, KeyRing,
-               E2BTemplates, LeaseKeeper, HistoryRetention]
+               E2BTemplates, LeaseKeeper, HistoryRetention, FreedMemory]
     subcommands = {"keys": (KeysApp, KeysApp.description)}
 
     @default("log_level")
@@ -379,6 +380,8 @@ class GatewayApp(ConfiguredApp):
                                         idle_connection_timeout=self.idle_connection_timeout,
                                         max_body_size=self.max_body_size)
         self.server.add_sockets(sockets)
+        self.freed_memory = FreedMemory(parent=self)
+        self.freed_memory.start()
         log.info("Code Interpreter Gateway %s on http://%s:%d (provisioner: %s, replica %s at %s)",
                  __version__, self.ip, self.bound_port, self.launcher.resolved, self.replica.id, self.replica.address)
         if self.keyring.generated_key:
@@ -408,6 +411,7 @@ class GatewayApp(ConfiguredApp):
             return
         self._stopped = True
         self.server.stop()
+        await self.freed_memory.stop()
         await self.mcp.stop()
         await self.files.stop()
         await self.processes.stop()
