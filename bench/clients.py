@@ -62,7 +62,8 @@ class HttpConnection:
         self.writer.close()
 
     async def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                      on_chunk: Callable[[Body], None] | None = None, keep_chunks: bool = True) -> tuple[int, Body]:
+                      on_chunk: Callable[[Body], None] | None = None,
+                      keep_chunks: bool = True) -> tuple[int, Body]:
         """One request and its whole response; ``on_chunk`` sees each chunk of a chunked body on arrival
         (``keep_chunks`` False: the chunks are not joined into the body returned, which is then empty)."""
         if self.closing:
@@ -92,7 +93,7 @@ class HttpConnection:
             while True:
                 size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
                 chunk = await self.reader.readexactly(size) if size else b""
-                await self.reader.readexactly(2)  # (its CRLF, read apart: slicing it off would copy the chunk)
+                await self.reader.readexactly(2)  # (its CRLF, read apart: slicing it off copies the chunk)
                 if size == 0:
                     break
                 if keep_chunks:
@@ -146,7 +147,8 @@ async def ndjson_execute(http: HttpConnection, sandbox_id: str, code: str, expec
         lines.feed(data)
 
     status, data = await http.request("POST", f"/api/v1/sandboxes/{sandbox_id}/execute", body,
-                                      headers={"Accept": "application/x-ndjson"}, on_chunk=chunk, keep_chunks=False)
+                                      headers={"Accept": "application/x-ndjson"}, on_chunk=chunk,
+                                      keep_chunks=False)
     if status != 200:
         raise HttpError(f"ndjson execute: {status} {data[:300]!r}")
     if not lines.events:

@@ -44,9 +44,9 @@ HEAP_UP_TO = 32 << 20
 
 class FreedMemory(LoggingConfigurable):
     keep_bytes = Int(
-        128 << 20, help="Most bytes of freed memory the gateway's C allocator (glibc) keeps for reuse at the "
-        "top of its heap, and buffers up to 32 MiB come from that heap: a large output reuses the pages of the "
-        "one before instead of faulting in new ones. 0 leaves glibc's own behaviour."
+        128 << 20, help="Most bytes of freed memory the gateway's C allocator (glibc) keeps for reuse at "
+        "the top of its heap, and buffers up to 32 MiB come from that heap: a large output reuses the pages "
+        "of the one before instead of faulting in new ones. 0 leaves glibc's own behaviour."
     ).tag(config=True)
     interval = Float(
         60.0, help="Seconds between two givings back of the free memory the allocator holds (malloc_trim), "
@@ -80,7 +80,8 @@ class FreedMemory(LoggingConfigurable):
         mallopt = getattr(self._libc, "mallopt", None)
         trim = getattr(self._libc, "malloc_trim", None)
         if mallopt is None or trim is None:
-            log.info("memory: the C library is not glibc (no mallopt or malloc_trim): its allocator is left as it is")
+            log.info("memory: the C library is not glibc (no mallopt or malloc_trim): "
+                     "its allocator is left as it is")
             return
         if not (mallopt(M_MMAP_THRESHOLD, HEAP_UP_TO) and mallopt(M_TRIM_THRESHOLD, self.keep_bytes)):
             log.warning("memory: glibc refused the allocator's thresholds; its own behaviour stays")

@@ -27,8 +27,8 @@ def run(script: str) -> dict[str, int]:
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
     """)
-    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True, text=True,
-                          timeout=60, check=True)
+    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True,
+                          text=True, timeout=60, check=True)
     return {key: int(value) for key, value in (line.split("=") for line in done.stdout.split())}
 
 

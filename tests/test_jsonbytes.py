@@ -172,7 +172,8 @@ def test_an_encoded_object_is_encoded_once() -> None:
 
 
 @pytest.mark.parametrize("kind", ["list", "object"])
-def test_threads_asking_at_once_for_an_encoding_get_one_made_once(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threads_asking_at_once_for_an_encoding_get_one_made_once(kind: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # When an execution ends, the loop (its response) and the store's thread (its record) ask for
     # its outputs' JSON at the same moment: one makes it, the other waits for it.
     made: list[Any] = []
