@@ -47,9 +47,12 @@ class TooDeep(ValueError):
         super().__init__(message or f"arrays and objects nested more than {MAX_DEPTH} levels deep")
 
 
-class EncodedObject(dict[str, Any]):
-    """A dict encoded once, however many documents hold it (a display output: in its live event
-    and in its execution's outputs). Its JSON is made on first use; it must not change after that."""
+class _EncodedOnce:
+    """The JSON of a value that must not change once encoded: made on first use, by one thread.
+
+    The loop (a response, a final event) and the store's thread (the record) ask for it at the
+    same moment when an execution ends: one encodes, the other waits for it, not doing it again
+    (a 20 MiB flood's outputs: 17 ms each, taking turns at the GIL)."""
 
     _json: bytes | None = None
 
@@ -57,16 +60,27 @@ class EncodedObject(dict[str, Any]):
         super().__init__(*args, **kwargs)
         self._encoding = threading.Lock()
 
+    def _encoded(self) -> bytes:
+        raise NotImplementedError
+
     @property
     def json(self) -> bytes:
         if self._json is None:
-            with self._encoding:  # (see Encoded.json)
+            with self._encoding:
                 if self._json is None:
-                    self._json = dumps(dict(self))
+                    self._json = self._encoded()
         return self._json
 
 
-class Encoded(list[Any]):
+class EncodedObject(_EncodedOnce, dict[str, Any]):
+    """A dict encoded once, however many documents hold it (a display output: in its live event
+    and in its execution's outputs). Its JSON is made on first use; it must not change after that."""
+
+    def _encoded(self) -> bytes:
+        return dumps(dict(self))
+
+
+class Encoded(_EncodedOnce, list[Any]):
     """A list that is encoded once, however many documents hold it (a finished execution's
     outputs: in its stored record, its response, its streams' final events).
 
@@ -76,29 +90,16 @@ class Encoded(list[Any]):
     not encoded again. The standard library's encoder (the fallback) sees a plain list.
     """
 
-    _json: bytes | None = None
     #: Whether orjson wrote it (else the standard library did: see ``dumps``).
     _by_orjson = False
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._encoding = threading.Lock()
-
-    @property
-    def json(self) -> bytes:
-        if self._json is None:
-            # The loop (a response, a final event) and the store's thread (the record) ask for it
-            # at the same moment when an execution ends: one encodes, the other waits for it, not
-            # doing it again (a 20 MiB flood's outputs: 17 ms each, taking turns at the GIL).
-            with self._encoding:
-                if self._json is None:
-                    try:
-                        encoded = orjson_dumps(list(self))
-                        self._by_orjson = True  # (before _json: a thread seeing _json must see this)
-                    except TypeError:
-                        encoded = _fallback(list(self)).encode()
-                    self._json = encoded
-        return self._json
+    def _encoded(self) -> bytes:
+        try:
+            encoded = orjson_dumps(list(self))
+        except TypeError:
+            return _fallback(list(self)).encode()
+        self._by_orjson = True  # (before _json: a thread seeing _json must see this)
+        return encoded
 
     def text_json(self, text: str) -> list[Buffer] | None:
         """``text`` as a JSON string in pieces (a view of ``json``), if it is the text of this
