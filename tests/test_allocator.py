@@ -16,7 +16,7 @@ MiB = 1 << 20
 
 
 def run(script: str) -> dict[str, int]:
-    """``script`` (with ``freed``, ``faults()``, ``rss()`` defined) in a fresh interpreter: what it prints."""
+    """``script`` (with ``FreedMemory``, ``faults()``, ``rss()``, ``hold_and_free()`` defined) in a fresh interpreter: what it prints."""
     prelude = textwrap.dedent("""
         import resource
         from gateway.allocator import FreedMemory
@@ -26,6 +26,14 @@ def run(script: str) -> dict[str, int]:
 
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+
+        def hold_and_free():
+            # Hold 100 MiB in 20 MiB buffers, free them and print how much RSS stayed; the RSS before.
+            start = rss()
+            buffers = [b"x" * (20 << 20) for _ in range(5)]
+            del buffers
+            print(f"kept={rss() - start}")
+            return start
     """)
     done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True,
                           text=True, timeout=60, check=True)
@@ -58,10 +66,7 @@ def test_what_the_allocator_keeps_is_given_back_on_request() -> None:
     out = run("""
         freed = FreedMemory(keep_bytes=128 << 20, interval=0)
         freed.start()
-        start = rss()
-        buffers = [b"x" * (20 << 20) for _ in range(5)]
-        del buffers
-        print(f"kept={rss() - start}")
+        start = hold_and_free()
         freed.give_back()
         print(f"left={rss() - start}")
     """)
@@ -76,10 +81,7 @@ def test_what_the_allocator_keeps_is_given_back_every_interval_until_it_stops() 
         async def main():
             freed = FreedMemory(keep_bytes=128 << 20, interval=0.2)
             freed.start()
-            start = rss()
-            buffers = [b"x" * (20 << 20) for _ in range(5)]
-            del buffers
-            print(f"kept={rss() - start}")
+            start = hold_and_free()
             await asyncio.sleep(0.6)
             print(f"left={rss() - start}")
             await freed.stop()
