@@ -5,7 +5,8 @@ It says what the gateway does, so that a client (or a fuzzer) holding to it is n
 - request bodies are the very schemas the handlers validate with (``gateway.api.schemas``), with
   the ranges this gateway's policies allow (``ResourcePolicy``, ``LifetimePolicy``: its own
   configured minima and maxima) written into them, and ``network`` only ``false`` where the
-  operator allows no network; a seed ``notebook`` is held to nbformat's own v4.5 schema;
+  operator allows no network; a seed ``notebook`` is held to nbformat's own schema of the v4 minor
+  version it says it is;
 - every status a route answers is listed (409 for files of a sandbox not running, 429, 503, ...);
 - the Jupyter Server kernel API (``/api/kernels``, ``/api/kernelspecs``) is described too.
 
@@ -180,17 +181,56 @@ KERNEL = {
 }
 
 
-@functools.cache
-def notebook_schema() -> dict[str, Any]:
-    """nbformat's own JSON schema of a v4.5 notebook, its references pointing into this document."""
-    text = resources.files("nbformat.v4").joinpath("nbformat.v4.5.schema.json").read_text()
-    schema: dict[str, Any] = json.loads(text.replace('"#/definitions/', '"#/components/schemas/Notebook/definitions/'))
+#: The minor versions of nbformat 4 with a schema of their own; nbformat holds a later minor to the last.
+NBFORMAT_MINORS = range(6)
+
+
+def nbformat_schema(minor: int, component: str) -> dict[str, Any]:
+    """nbformat's own JSON schema of a v4.``minor`` notebook, published as ``component``: its
+    references point into this document, and a code cell's source holds no NUL."""
+    text = resources.files("nbformat.v4").joinpath(f"nbformat.v4.{minor}.schema.json").read_text()
+    into = f'"#/components/schemas/{component}/definitions/'
+    schema: dict[str, Any] = json.loads(text.replace('"#/definitions/', into))
     schema.pop("$schema", None)
     # A code cell's source is an execution's code: no NUL (gateway/sandboxes/inputs.py refuses it).
     code_cell = schema["definitions"]["code_cell"]["properties"]
     code_cell["source"] = {"description": "Contents of the cell, represented as an array of lines; no NUL.",
                         "oneOf": [schemas.NO_NUL, {"type": "array", "items": schemas.NO_NUL}]}
     return schema
+
+
+@functools.cache
+def history_schema() -> dict[str, Any]:
+    """``Notebook``: a sandbox's history as the gateway exports it, a v4.5 notebook."""
+    return nbformat_schema(NBFORMAT_MINORS[-1], "Notebook")
+
+
+def seed_component(minor: int) -> str:
+    return f"SeedNotebook4_{minor}"
+
+
+@functools.cache
+def seed_schemas() -> dict[str, dict[str, Any]]:
+    """The components of a seed notebook: ``SeedNotebook``, any of one per minor version.
+
+    The gateway holds a seed to the schema of the minor version it says it is (as
+    ``nbformat.validate`` does), so each branch is that version's schema with ``nbformat_minor``
+    pinned to it; the last takes every later minor too. Its cells may leave out their ``id``: the
+    gateway gives one to a cell without (as nbformat does on reading such a notebook).
+    """
+    components: dict[str, dict[str, Any]] = {}
+    for minor in NBFORMAT_MINORS:
+        schema = nbformat_schema(minor, seed_component(minor))
+        if minor < NBFORMAT_MINORS[-1]:
+            schema["properties"]["nbformat_minor"] = {"type": "integer", "const": minor}
+        for definition in schema["definitions"].values():
+            if "id" in definition.get("required", []):
+                definition["required"].remove("id")
+        components[seed_component(minor)] = schema
+    return {"SeedNotebook": {"description": "an nbformat v4 notebook (any minor version), held to the schema "
+                                            "of the version it says it is; a cell's id may be left out",
+                             "anyOf": [ref(name) for name in components]},
+            **components}
 
 
 def ranged(schema: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -224,7 +264,7 @@ class Requests:
         offered: dict[str, Any] = {"enum": isolations} if isolations else {"not": {}}
         self.create_sandbox = ranged(schemas.CREATE_SANDBOX, {
             "resources": resources, "timeout": limit("timeout"), "network": network, "isolation": offered,
-            "lifetime": seconds, "idle_timeout": seconds, "notebook": ref("Notebook"),
+            "lifetime": seconds, "idle_timeout": seconds, "notebook": ref("SeedNotebook"),
         })
         # The top-level timeout and network are shorthands: not both with their resources twin.
         self.create_sandbox["dependentSchemas"] = {
@@ -494,7 +534,7 @@ def document(*, policy: ResourcePolicy | None = None, lifetimes: LifetimePolicy 
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Sandbox": SANDBOX, "Execution": EXECUTION, "Error": ERROR, "Kernel": KERNEL,
-                        "Notebook": notebook_schema()},
+                        "Notebook": history_schema(), **seed_schemas()},
         },
         "paths": {**v1_paths(requests), **OPERATIONS, **jupyter_paths(requests)},
     }

@@ -11,6 +11,7 @@ from tornado import web
 
 from gateway.api import schemas
 from gateway.api.openapi import document
+from gateway.execution.notebook import InvalidNotebook, seed_cells
 from tests.gateways import InProcessGateway
 
 
@@ -77,7 +78,7 @@ def test_the_published_schemas_refuse_a_nul_in_code() -> None:
     execute = published["paths"]["/api/v1/sandboxes/{sandbox_id}/execute"]["post"]
     execute_body = execute["requestBody"]["content"]["application/json"]["schema"]
     assert valid(execute_body, {"code": "1 + 1"}) and not valid(execute_body, {"code": "1\x00"})
-    notebook = {"$ref": "#/components/schemas/Notebook"}
+    notebook = {"$ref": "#/components/schemas/SeedNotebook"}
 
     def with_cells(*cells: dict[str, Any]) -> dict[str, Any]:
         return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": list(cells)}
@@ -90,3 +91,52 @@ def test_the_published_schemas_refuse_a_nul_in_code() -> None:
     assert not valid(notebook, with_cells(cell("code", "x = 1\x00")))
     assert not valid(notebook, with_cells(cell("code", ["y = 2\n", "\x00"])))
     assert valid(notebook, with_cells(cell("markdown", "a \x00")))
+
+
+def seed(minor: int, cell: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
+    """A one-cell seed notebook of nbformat 4.``minor``."""
+    code = {"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": [], "execution_count": None}
+    return {"nbformat": 4, "nbformat_minor": minor, "metadata": metadata, "cells": [{**code, **(cell or {})}]}
+
+
+#: Seed notebooks each minor version's own schema decides on differently.
+SEEDS = {
+    "4.0 without ids": seed(0), "4.4 without ids": seed(4), "4.5 with ids": seed(5, {"id": "a-1"}),
+    "4.5 without ids (the gateway gives them)": seed(5), "4.7 (held to 4.5's)": seed(7, {"id": "a"}),
+    "4.4 with an id (4.5's field)": seed(4, {"id": "a"}), "4.5 with a bad id": seed(5, {"id": "a b"}),
+    "4.7 with a bad id": seed(7, {"id": ""}),
+    "4.1 with a title not a string": seed(1, title=5), "4.2 with a title not a string": seed(2, title=5),
+    "4.2 with a cell's jupyter metadata not an object": seed(2, {"metadata": {"jupyter": 1}}),
+    "4.3 with a cell's jupyter metadata not an object": seed(3, {"metadata": {"jupyter": 1}}),
+    "4.3 with a cell's execution metadata not an object": seed(3, {"metadata": {"execution": 1}}),
+    "4.4 with a cell's execution metadata not an object": seed(4, {"metadata": {"execution": 1}}),
+    "a negative minor": seed(-1), "a minor not an integer": seed("5"),  # type: ignore[arg-type]
+    "nbformat 3": {**seed(0), "nbformat": 3},
+    "no cells": {key: value for key, value in seed(5).items() if key != "cells"},
+}
+
+
+def test_the_published_seed_notebook_is_what_the_gateway_accepts() -> None:
+    """A seed notebook is held to the schema of the minor version it says it is (as
+    ``nbformat.validate`` holds it), cell ids left out or not; the published schema says just that,
+    so each of these is accepted by both or refused by both (a fuzzer holds the gateway to it)."""
+    published = document()
+    validator = Draft202012Validator({"$ref": "#/components/schemas/SeedNotebook",
+                                      "components": published["components"]})
+    create = published["paths"]["/api/v1/sandboxes"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert create["properties"]["notebook"]["$ref"] == "#/components/schemas/SeedNotebook"
+
+    def accepted(notebook: dict[str, Any]) -> bool:
+        try:
+            seed_cells(notebook)
+        except InvalidNotebook:
+            return False
+        return True
+
+    verdicts = {name: (validator.is_valid(notebook), accepted(notebook)) for name, notebook in SEEDS.items()}
+    assert all(published == gateway for published, gateway in verdicts.values()), verdicts
+    assert {name for name, (valid, _) in verdicts.items() if valid} == {
+        "4.0 without ids", "4.4 without ids", "4.5 with ids", "4.5 without ids (the gateway gives them)",
+        "4.7 (held to 4.5's)", "4.1 with a title not a string", "4.2 with a cell's jupyter metadata not an object",
+        "4.3 with a cell's execution metadata not an object",
+    }

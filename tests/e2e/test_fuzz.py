@@ -95,5 +95,5 @@ def test_the_document_is_bounded_by_the_policies() -> None:
     assert schema["properties"]["lifetime"] == {**schema["properties"]["lifetime"], "exclusiveMinimum": 0,
                                                 "maximum": 600}
     assert schema["properties"]["network"]["const"] is False  # no network allowed here
-    assert schema["properties"]["notebook"]["$ref"] == "#/components/schemas/Notebook"
+    assert schema["properties"]["notebook"]["$ref"] == "#/components/schemas/SeedNotebook"
     assert {"limit", "offset", "status"} <= {p["name"] for p in create["get"]["parameters"]}
