@@ -67,6 +67,20 @@ def bootstrap(connection_file: str, pid_file: str) -> str:
             f'unset {CONTEXT_CONNECTION_ENV} {CONNECTION_ENV} && exec "$@"')
 
 
+async def exec_pid(engine: DockerEngine, exec_id: str) -> int:
+    """The host pid of a started exec, once the engine knows it, however long a busy engine takes
+    (the launcher bounds a kernel's whole start: ``startup_timeout``)."""
+    delay = 0.01
+    while True:
+        inspected = await engine.call(engine.client.api.exec_inspect, exec_id)
+        if inspected.get("Pid"):
+            return int(inspected["Pid"])
+        if not inspected.get("Running") and inspected.get("ExitCode") is not None:
+            raise KernelExitedAtStart(f"the context's kernel did not start (exit code {inspected['ExitCode']})")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 class DockerContextProvisioner(KernelProvisionerBase):
     """Runs a context's kernel as an exec in its sandbox's container."""
 
@@ -141,17 +155,11 @@ class DockerContextProvisioner(KernelProvisionerBase):
                                               workdir=HOME))["Id"])
         await engine.call(api.exec_start, self.exec_id, detach=True)
         self._exit_code = None
-        for _ in range(100):  # (the exec's process may still be starting)
-            inspected = await engine.call(api.exec_inspect, self.exec_id)
-            if inspected.get("Pid"):
-                try:
-                    self._watch(int(inspected["Pid"]), await self._cgroup_pid(container, int(inspected["Pid"])))
-                except ProcessLookupError:
-                    raise KernelExitedAtStart("the context's kernel exited at once") from None
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise RuntimeError("the context's kernel did not start")
+        pid = await exec_pid(engine, self.exec_id)
+        try:
+            self._watch(pid, await self._cgroup_pid(container, pid))
+        except ProcessLookupError:
+            raise KernelExitedAtStart("the context's kernel exited at once") from None
         try:
             await self._attach_sockets(container)
             if self._gvisor:
