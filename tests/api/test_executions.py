@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
 import httpx
@@ -158,6 +160,49 @@ async def test_kernel_death_fails_the_execution_and_restart_recovers(
     assert restarted.json()["status"] == "running" and restarted.json()["status_reason"] is None
     assert (await alice.get(f"/api/v1/sandboxes/{sid}")).json()["status"] == "running"
     assert (await run(alice, sid, "1 + 1"))["result"]["text/plain"] == "2"
+
+
+def kernels_crashing_at_start(gateway: InProcessGateway, monkeypatch: Any, times: int) -> list[int]:
+    """The next ``times`` fresh kernels of a restart get SIGSEGV the moment they start, before they
+    answer (a kernel's own crash at start, as ipykernel had in CI); their pids."""
+    launcher = gateway.app.sandboxes.launcher
+    relaunch = launcher.relaunch
+    crashed: list[int] = []
+
+    async def crashing(km: Any, sandbox: Any) -> None:
+        await relaunch(km, sandbox)
+        if len(crashed) < times:
+            crashed.append(km.provisioner.pid)
+            os.kill(km.provisioner.pid, signal.SIGSEGV)
+
+    monkeypatch.setattr(launcher, "relaunch", crashing)
+    return crashed
+
+
+async def test_a_restart_whose_fresh_kernel_crashes_at_start_starts_another(
+    gateway: InProcessGateway, alice: httpx.AsyncClient, sandbox: dict[str, Any], monkeypatch: Any
+) -> None:
+    sid = sandbox["id"]
+    await run(alice, sid, "x = 1")
+    crashed = kernels_crashing_at_start(gateway, monkeypatch, times=1)
+    restarted = await alice.post(f"/api/v1/sandboxes/{sid}/restart")
+    assert restarted.status_code == 200, restarted.text
+    assert len(crashed) == 1 and restarted.json()["status"] == "running"
+    answered = await run(alice, sid, "import os; os.getpid(), 'x' in globals()")
+    pid, kept = eval(answered["result"]["text/plain"])  # (a tuple's repr)
+    assert pid != crashed[0] and kept is False  # a third kernel, fresh
+
+
+async def test_a_restart_whose_fresh_kernels_keep_crashing_fails(
+    gateway: InProcessGateway, alice: httpx.AsyncClient, sandbox: dict[str, Any], monkeypatch: Any
+) -> None:
+    sid = sandbox["id"]
+    crashed = kernels_crashing_at_start(gateway, monkeypatch, times=2)
+    restarted = await alice.post(f"/api/v1/sandboxes/{sid}/restart")
+    assert restarted.status_code == 503 and restarted.json()["error"]["code"] == "sandbox_start_failed", restarted.text
+    assert len(crashed) == 2  # tried once more, not for good
+    shown = (await alice.get(f"/api/v1/sandboxes/{sid}")).json()
+    assert (shown["status"], shown["status_reason"]) == ("failed", "restart_failed")
 
 
 async def test_executions_in_one_sandbox_run_one_at_a_time_in_arrival_order(
