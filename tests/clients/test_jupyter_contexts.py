@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import websockets
-from jupyter_server.gateway.managers import GatewayKernelClient, GatewayKernelManager
+from jupyter_server.gateway.managers import GatewayKernelClient
 
 from tests.api.test_errors import assert_error
 from tests.api.test_jupyter import execute_request, replies_to
 from tests.gateways import KEYS, GatewayProcess, create, run
-from tests.jupyter_clients import AuthGatewayKernelClient, gateway_client
+from tests.jupyter_clients import AuthGatewayKernelClient, GatewayKernels, gateway_client
 
 pytestmark = pytest.mark.docker
 
@@ -62,7 +62,7 @@ async def until_iopub_hears(kc: GatewayKernelClient) -> None:
 
 async def test_a_bash_kernel_through_a_stock_jupyter_client(client_gateway: GatewayProcess) -> None:
     with gateway_client(client_gateway.url, KEYS["alice"]):
-        km = GatewayKernelManager(kernel_name="bash", client_factory=AuthGatewayKernelClient)
+        km = GatewayKernels(kernel_name="bash", client_factory=AuthGatewayKernelClient)
         await km.start_kernel(kernel_name="bash")  # (as its mapping manager passes it)
         kernel_id = km.kernel_id
         assert km.kernel is not None and km.kernel["name"] == "bash"

@@ -16,11 +16,10 @@ from typing import Any
 import jupyter_kernel_test
 import pytest
 from jupyter_client.utils import run_sync
-from jupyter_server.gateway.managers import GatewayKernelManager
 
 from tests.conftest import docker_or_fail
 from tests.gateways import KEYS, GatewayProcess
-from tests.jupyter_clients import BlockingGatewayKernelClient, gateway_client
+from tests.jupyter_clients import BlockingGatewayKernelClient, GatewayKernels, gateway_client
 
 pytestmark = pytest.mark.docker
 
@@ -38,7 +37,7 @@ class TestSandboxKernel(jupyter_kernel_test.KernelTests):
         asyncio.run(cls.gateway.start())
         cls.client_config = gateway_client(cls.gateway.url, KEYS["alice"])
         cls.client_config.__enter__()
-        km = GatewayKernelManager(kernel_name="python3", client_factory=BlockingGatewayKernelClient)
+        km = GatewayKernels(kernel_name="python3", client_factory=BlockingGatewayKernelClient)
         run_sync(km.start_kernel)()
         kc = km.client()
         run_sync(kc.start_channels)()

@@ -26,14 +26,13 @@ from typing import Any
 
 import nbformat
 import pytest
-from jupyter_server.gateway.managers import GatewayKernelManager
 from nbclient import NotebookClient
 
 from gateway.provisioners.docker import default_image
 from tests.conftest import docker_or_fail
 from tests.gateways import KEYS, GatewayProcess
 from tests.image_kernels import image_kernel
-from tests.jupyter_clients import AuthGatewayKernelClient, gateway_client
+from tests.jupyter_clients import AuthGatewayKernelClient, GatewayKernels, gateway_client
 from tests.pngs import png_size
 
 pytestmark = pytest.mark.docker
@@ -113,7 +112,7 @@ async def test_a_notebook_gives_what_a_local_kernel_gives(path: Path, gateway: G
             await NotebookClient(local, km=km, timeout=CELL_TIMEOUT).async_execute()
 
     with gateway_client(gateway.url, KEYS["alice"]):
-        gateway_km = GatewayKernelManager(kernel_name="python3", client_factory=AuthGatewayKernelClient)
+        gateway_km = GatewayKernels(kernel_name="python3", client_factory=AuthGatewayKernelClient)
         await asyncio.gather(in_a_local_kernel(),  # (side by side: the two kernels start in parallel)
                              NotebookClient(ours, km=gateway_km, timeout=CELL_TIMEOUT).async_execute())
 
