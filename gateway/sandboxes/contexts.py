@@ -202,9 +202,10 @@ class SandboxContexts:
         log.info("sandbox %s: %s context %s started", sandbox.id, language, context_id)
         return context
 
-    async def restart(self, context: Context) -> None:
-        """A fresh kernel for the context, in its directory; its running and queued executions are cancelled."""
-        await context.runtime.restart()
+    async def restart(self, context: Context, again: Callable[[], None] | None = None) -> None:
+        """A fresh kernel for the context, in its directory; its running and queued executions are
+        cancelled. (``again``: as for ``SandboxRuntime.restart``.)"""
+        await context.runtime.restart(again=again)
         context.failed = None
         if context.cwd and not await self._enter(context.runtime, context.language, context.cwd):
             # Its directory was removed since: the fresh kernel works in the sandbox's (what the reply says).

@@ -1304,7 +1304,7 @@ class SandboxManager(LoggingConfigurable):
         sandbox, runtime = await self._runtime(sandbox_id, user, allow_failed=True, locked=True)
         self._refuse_when_stopping()
         try:
-            await self._fresh_kernel(sandbox, runtime)
+            await runtime.restart(again=lambda: self.kernels.announce(sandbox_id, "restart"))
         except Exception as exc:
             log.exception("sandbox %s: restart failed", sandbox_id)
             sandbox.status = SandboxStatus.FAILED
@@ -1316,20 +1316,6 @@ class SandboxManager(LoggingConfigurable):
         sandbox.touch()
         await self.store.put_sandbox(sandbox.to_record())
         return sandbox
-
-    async def _fresh_kernel(self, sandbox: Sandbox, runtime: SandboxRuntime) -> None:
-        """``runtime.restart()``, once more if the fresh kernel dies before it answers (not for
-        memory): a kernel may crash at start for reasons of its own (ipykernel did, SIGSEGV, about
-        once in a few hundred restarts on a loaded machine), and a restart asked for is a kernel
-        wanted. Its Jupyter clients are told it restarts again."""
-        try:
-            await runtime.restart()
-        except KernelGone as exc:
-            if exc.reason != "kernel_died":
-                raise
-            log.warning("sandbox %s: the fresh kernel died before it answered; starting another", sandbox.id)
-            self.kernels.announce(sandbox.id, "restart")
-            await runtime.restart()
 
     # -- executions ------------------------------------------------------------------------------
 
@@ -1442,7 +1428,7 @@ class SandboxManager(LoggingConfigurable):
         sandbox, _ = await self._runtime(sandbox_id, user, allow_failed=True)
         context = self.contexts.get(sandbox_id, context_id)
         try:
-            await self.contexts.restart(context)
+            await self.contexts.restart(context, again=lambda: self.kernels.announce(context.id, "restart"))
         except GatewayError:
             raise
         except Exception as exc:

@@ -234,13 +234,28 @@ class SandboxRuntime:
         elif not execution.finished:
             self._withdrawn.add(execution.id)
 
-    async def restart(self) -> None:
-        """A fresh kernel with empty state, same sandbox; running and queued executions are cancelled."""
+    async def restart(self, again: Callable[[], None] | None = None) -> None:
+        """A fresh kernel with empty state, same sandbox; running and queued executions are cancelled.
+
+        If the fresh kernel dies before it answers (not for memory), one more is started, after
+        ``again()`` (which tells its Jupyter clients it restarts again): a kernel may crash at start
+        for reasons of its own (ipykernel 7.4 did, SIGSEGV, about once in a few hundred restarts on
+        a loaded machine), and a restart asked for is a kernel wanted. ``KernelGone`` if that one
+        dies too.
+        """
         self._generation += 1
         if self.connection is not None:
             self.connection.fail("restarted")
         async with self._lock:
-            await self._replace_kernel()
+            try:
+                await self._replace_kernel()
+            except KernelGone as gone:
+                if gone.reason != "kernel_died":
+                    raise
+                log.warning("sandbox %s: the fresh kernel died before it answered; starting another", self.sandbox_id)
+                if again is not None:
+                    again()
+                await self._replace_kernel()
 
     async def _replace_kernel(self) -> None:
         self.replacing = True

@@ -17,7 +17,8 @@ import pytest
 from gateway.api.openapi import CONTEXT
 from gateway.sandboxes.contexts import full_image
 from tests.api.test_errors import assert_error
-from tests.gateways import create, run
+from tests.api.test_executions import kernels_crashing_at_start
+from tests.gateways import InProcessGateway, create, run
 from tests.provisioned import PROVISIONERS, SANDBOX_KINDS, gateway_for, gateway_of_kind
 from tests.waiting import executions_of, until
 
@@ -73,6 +74,19 @@ async def test_restart_remove_and_errors(alice: httpx.AsyncClient) -> None:
     nul = await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"cwd": "a\x00b"})
     assert_error(nul, 400, "invalid_request")
     assert "cwd" in nul.json()["error"]["message"]
+
+
+async def test_a_context_restart_whose_fresh_kernel_crashes_at_start_starts_another(
+        gateway: InProcessGateway, alice: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = (await create(alice))["id"]
+    await run(alice, sid, "import os; os.makedirs('sub', exist_ok=True)")
+    context = (await alice.post(f"/api/v1/sandboxes/{sid}/contexts", json={"language": "python", "cwd": "sub"})).json()
+    crashed = kernels_crashing_at_start(gateway, monkeypatch, times=1)
+    restarted = await alice.post(f"/api/v1/sandboxes/{sid}/contexts/{context['id']}/restart")
+    assert restarted.status_code == 200, restarted.text
+    answered = await run(alice, sid, "import os; os.getpid(), os.getcwd().endswith('sub')", context=context["id"])
+    assert len(crashed) == 1 and answered["result"]["text/plain"] != f"({crashed[0]}, True)"
+    assert answered["result"]["text/plain"].endswith(", True)")  # a third kernel, in the context's directory
 
 
 async def test_a_cwd_that_is_not_a_directory_is_refused_and_starts_nothing(alice: httpx.AsyncClient) -> None:
