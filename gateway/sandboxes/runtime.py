@@ -236,36 +236,38 @@ class SandboxRuntime:
 
     async def restart(self, again: Callable[[], None] | None = None) -> None:
         """A fresh kernel with empty state, same sandbox; running and queued executions are cancelled.
-
-        If the fresh kernel dies before it answers (not for memory), one more is started, after
-        ``again()`` (which tells its Jupyter clients it restarts again): a kernel may crash at start
-        for reasons of its own (ipykernel 7.4 did, SIGSEGV, about once in a few hundred restarts on
-        a loaded machine), and a restart asked for is a kernel wanted. ``KernelGone`` if that one
-        dies too.
-        """
+        ``KernelGone`` if it does not answer (``again``: see ``_replace_kernel``)."""
         self._generation += 1
         if self.connection is not None:
             self.connection.fail("restarted")
         async with self._lock:
-            try:
-                await self._replace_kernel()
-            except KernelGone as gone:
-                if gone.reason != "kernel_died":
-                    raise
-                log.warning("sandbox %s: the fresh kernel died before it answered; starting another", self.sandbox_id)
-                if again is not None:
-                    again()
-                await self._replace_kernel()
+            await self._replace_kernel(again)
 
-    async def _replace_kernel(self) -> None:
+    async def _replace_kernel(self, again: Callable[[], None] | None = None) -> None:
+        """A fresh kernel behind the same kernel manager, once it answers.
+
+        If it dies before it answers (not for memory), one more is started, after ``again()``
+        (which tells Jupyter clients it restarts again): a kernel may crash at start for reasons
+        of its own (ipykernel 7.4 did, SIGSEGV, about once in a few hundred restarts on a loaded
+        machine), and a fresh kernel is what is wanted. ``KernelGone`` if that one dies too.
+        """
         self.replacing = True
         try:
             await self._disconnect()
-            self.km.execution_state = "restarting"
-            await self.launcher.relaunch(self.km, self.sandbox)
-            if self.km.context_of is None:  # (a context's kernel is not the sandbox's own)
-                self.sandbox.kernel = await self.launcher.record(self.km)
-            await self.connect()  # (returns once the kernel answers: its signal handlers are in place)
+            for last in (False, True):
+                self.km.execution_state = "restarting"
+                await self.launcher.relaunch(self.km, self.sandbox)
+                if self.km.context_of is None:  # (a context's kernel is not the sandbox's own)
+                    self.sandbox.kernel = await self.launcher.record(self.km)
+                try:
+                    await self.connect()  # (returns once the kernel answers: its signal handlers are in place)
+                    return
+                except KernelGone as gone:
+                    if last or gone.reason != "kernel_died":
+                        raise
+                log.warning("sandbox %s: the fresh kernel died before it answered; starting another", self.sandbox_id)
+                if again is not None:
+                    again()
         finally:
             self.replacing = False
 
