@@ -44,6 +44,7 @@ from gateway.provisioners.base import (
     KERNELS_IN_IMAGE, SANDBOX_DIR_KWARG, SANDBOX_KWARG, KernelExitedAtStart, argv_in_image,
 )
 from gateway.provisioners.docker import CONNECTION_ENV, DockerEngine, engine_of
+from gateway.provisioners.execs import ExecNotStarted, exec_pid
 from gateway.provisioners.isolation import CONTAINER_DIR, GVISOR, HOME, RUNC, Isolation
 from gateway.provisioners.runsc import RunscError, RunscSandbox
 from gateway.provisioners.sockets import SocketRefused, sockets_of
@@ -65,20 +66,6 @@ def bootstrap(connection_file: str, pid_file: str) -> str:
     """Note its pid, write the connection file, drop both connection variables, then become the kernel."""
     return (f'echo $$ > {pid_file} && printf %s "${CONTEXT_CONNECTION_ENV}" > {connection_file} && '
             f'unset {CONTEXT_CONNECTION_ENV} {CONNECTION_ENV} && exec "$@"')
-
-
-async def exec_pid(engine: DockerEngine, exec_id: str) -> int:
-    """The host pid of a started exec, once the engine knows it, however long a busy engine takes
-    (the launcher bounds a kernel's whole start: ``startup_timeout``)."""
-    delay = 0.01
-    while True:
-        inspected = await engine.call(engine.client.api.exec_inspect, exec_id)
-        if inspected.get("Pid"):
-            return int(inspected["Pid"])
-        if not inspected.get("Running") and inspected.get("ExitCode") is not None:
-            raise KernelExitedAtStart(f"the context's kernel did not start (exit code {inspected['ExitCode']})")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 class DockerContextProvisioner(KernelProvisionerBase):
@@ -155,7 +142,10 @@ class DockerContextProvisioner(KernelProvisionerBase):
                                               workdir=HOME))["Id"])
         await engine.call(api.exec_start, self.exec_id, detach=True)
         self._exit_code = None
-        pid = await exec_pid(engine, self.exec_id)
+        try:  # (however long the engine takes: the launcher bounds the whole start, startup_timeout)
+            pid = await exec_pid(engine, self.exec_id)
+        except ExecNotStarted as exc:
+            raise KernelExitedAtStart(f"the context's kernel did not start ({exc})") from None
         try:
             self._watch(pid, await self._cgroup_pid(container, pid))
         except ProcessLookupError:

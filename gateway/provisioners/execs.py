@@ -1,5 +1,7 @@
-"""Signals to a ``docker exec``'s whole process tree, each isolation's way (commands and tools).
+"""A ``docker exec``'s host pid, and signals to its whole process tree, each isolation's way
+(contexts' kernels, commands and tools).
 
+    pid = await exec_pid(engine, exec_id)   # once the engine knows it (ExecNotStarted if never)
     argv = announcing(argv)        # gVisor: the exec's first line of stdout is its pid in the sandbox
     pid = announced_pid(line)
     await signal_exec(engine, exec_id, signal.SIGKILL)                   # runc: through its host process
@@ -21,6 +23,7 @@ before it could still run its next step (``sleep 300; echo never > never.txt``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -39,6 +42,28 @@ log = logging.getLogger(__name__)
 ANNOUNCE = 'echo "$$" && exec "$@"'
 #: The most an announcement may take (digits and a newline).
 PID_LINE_BYTES = 32
+
+
+class ExecNotStarted(RuntimeError):
+    """The exec ended without a process, or the engine named none in time."""
+
+
+async def exec_pid(engine: DockerEngine, exec_id: str, *, within: float | None = None) -> int:
+    """The host pid of a started exec, once the engine knows it: at once, or after a while on a busy
+    engine. ``within``: at most that many seconds (None: the caller bounds the wait)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if within is None else loop.time() + within
+    delay = 0.01
+    while True:
+        inspected = await engine.call(engine.client.api.exec_inspect, exec_id)
+        if inspected.get("Pid"):
+            return int(inspected["Pid"])
+        if not inspected.get("Running") and inspected.get("ExitCode") is not None:
+            raise ExecNotStarted(f"exit code {inspected['ExitCode']}")
+        if deadline is not None and loop.time() >= deadline:
+            raise ExecNotStarted(f"the engine named no process in {within:g} s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def announcing(argv: list[str]) -> list[str]:

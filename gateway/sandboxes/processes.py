@@ -39,7 +39,7 @@ from typing import Any
 from gateway.errors import InvalidRequest, NotFound, SandboxNotRunning, TooManyCommands, TooManyFollowers
 from gateway.execution.outputs import human_size
 from gateway.provisioners.base import local_env, workdir_of
-from gateway.provisioners.execs import PID_LINE_BYTES, announced_pid, signal_exec
+from gateway.provisioners.execs import PID_LINE_BYTES, ExecNotStarted, announced_pid, exec_pid, signal_exec
 from gateway.sandboxes.commands import CONTAINER_WORKDIR, DockerExec, SandboxCommands
 from gateway.sandboxes.model import Sandbox
 from gateway.tasks import wait_tasks
@@ -53,6 +53,8 @@ CONTAINER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 MAX_BEHIND_BYTES = 4 << 20
 #: What holding one chunk for a follower costs besides its bytes (its tuple, its bytes object).
 CHUNK_COST = 128
+#: Seconds the engine may take to name a started command's process.
+PID_WAIT = 2.0
 #: Most commands running in one sandbox at once.
 MAX_COMMANDS = 64
 #: Most followers of one sandbox's commands at once (so they hold at most 64 × 4 MiB waiting).
@@ -323,15 +325,10 @@ class ContainerChannel(CommandChannel):
         sock = getattr(started.raw, "_sock", started.raw)
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock)
-        host_pid = 0
-        for _ in range(100):  # (the exec's process may still be starting as its connection is handed over)
-            inspected = await engine.call(engine.client.api.exec_inspect, started.exec_id)
-            host_pid = int(inspected.get("Pid") or 0)
-            if host_pid:
-                break
-            await asyncio.sleep(0.02)
-        if not host_pid:
-            raise SandboxNotRunning("the command did not start in the sandbox's container")
+        try:  # (the exec's process may still be starting as its connection is handed over)
+            host_pid = await exec_pid(engine, started.exec_id, within=PID_WAIT)
+        except ExecNotStarted:
+            raise SandboxNotRunning("the command did not start in the sandbox's container") from None
         channel = cls(started, engine, reader, writer, host_pid)
         if started.announcing:
             try:

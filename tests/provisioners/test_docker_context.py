@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.provisioners.base import KernelExitedAtStart
 from gateway.provisioners.docker import DockerEngine, default_image
-from gateway.provisioners.docker_context import exec_pid
+from gateway.provisioners.execs import ExecNotStarted, exec_pid
 
 pytestmark = pytest.mark.docker
 
@@ -54,5 +53,14 @@ async def test_an_exec_that_cannot_start_is_refused(container: tuple[DockerEngin
     exec_id = (await engine.call(api.exec_create, container_id, ["/no/such/kernel"]))["Id"]
     with pytest.raises(Exception):
         await engine.call(api.exec_start, exec_id, detach=True)  # the engine says so at once ...
-    with pytest.raises(KernelExitedAtStart, match="exit code"):  # ... and so does the wait, not hang
+    with pytest.raises(ExecNotStarted, match="exit code"):  # ... and so does the wait, not hang
         await asyncio.wait_for(exec_pid(engine, exec_id), 30)
+
+
+async def test_a_bounded_wait_gives_up_at_its_bound(container: tuple[DockerEngine, str]) -> None:
+    """What a command's start asks (``within``): an exec the engine never started is refused, not waited for."""
+    engine, container_id = container
+    api = engine.client.api
+    exec_id = (await engine.call(api.exec_create, container_id, ["sleep", "60"]))["Id"]
+    with pytest.raises(ExecNotStarted, match="no process in 1 s"):
+        await asyncio.wait_for(exec_pid(engine, exec_id, within=1), 30)
