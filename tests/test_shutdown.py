@@ -64,6 +64,7 @@ class Leftovers:
     def assert_none(self, docker_client: Any) -> None:
         assert self.processes() == []
         assert self.containers(docker_client) == []
+        assert not self.runtime_dir.exists(), f"{self.runtime_dir} is left: {sorted(os.listdir(self.runtime_dir))}"
 
 
 @pytest.fixture

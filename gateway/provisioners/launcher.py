@@ -16,6 +16,7 @@ reached. A provisioner may put a kernel on tcp instead (``gateway.provisioners.t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -426,10 +427,16 @@ class KernelLauncher(LoggingConfigurable):
         self._remove_dir(self.sandbox_dir(sandbox_id))
 
     async def stop(self) -> None:
-        """Release what kernels shared (the docker client and event stream); kernels are left as they are."""
+        """Release what kernels shared (the docker client and event stream); kernels are left as they are.
+
+        The runtime directory goes too once no sandbox has a directory in it: each data directory
+        has its own, and a host that runs many short-lived gateways (tests, CI) would keep one each.
+        """
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
+        with contextlib.suppress(OSError):  # not empty: a sandbox kept for the next start is in it
+            self.runtime_dir.rmdir()
 
     async def dispose(self, km: AsyncKernelManager, *, remove_dir: bool = True) -> None:
         """Stop the kernel if it still runs and free everything the sandbox had on this host."""

@@ -209,6 +209,9 @@ class Relay:
         self.cuts = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._sides: set[_Side] = set()
+        #: Connections accepted whose ``_connect`` has not begun: a task cancelled before its first
+        #: step never runs its body, so ``close`` closes these itself.
+        self._accepted: set[socket.socket] = set()
         self._refusal_logged = False
 
     def start(self) -> None:
@@ -223,6 +226,9 @@ class Relay:
             task.cancel()
         for side in list(self._sides):
             side.abort()
+        for client in self._accepted:
+            client.close()  # (nothing reads it yet: no transport or pending read has its descriptor)
+        self._accepted.clear()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], closing: socket.socket | None = None) -> None:
         """Run ``coroutine`` as one of the relay's tasks (cancelled by ``close``); ``closing`` is
@@ -237,10 +243,12 @@ class Relay:
         loop = asyncio.get_running_loop()
         while True:
             client, _ = await loop.sock_accept(self.listener)
+            self._accepted.add(client)
             self._spawn(self._connect(client))  # (its transport closes ``client``, or it does if it fails)
 
     async def _connect(self, client: socket.socket) -> None:
         """Connect ``client`` (ZeroMQ's) to the kernel, then hand both sockets to transports."""
+        self._accepted.discard(client)  # (this task closes it from here on)
         loop = asyncio.get_running_loop()
         kernel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         kernel.setblocking(False)

@@ -6,8 +6,10 @@ The attack through a real sandbox is in tests/e2e/test_oversized_messages.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -275,3 +277,38 @@ async def test_idle_relayed_connections_hold_no_buffers(tmp_path: Path) -> None:
         for sock in (*clients, *kernels, kernel_listener):
             sock.close()
         await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("steps", range(4))
+async def test_a_relay_closed_as_it_accepts_closes_that_connection_too(tmp_path: Path, steps: int) -> None:
+    """Closed between accepting a connection and connecting it to the kernel (a sandbox stopping as
+    ZeroMQ reconnects), the relay still closes the accepted socket: its task, cancelled before its
+    first step, never runs. Left to the garbage collector, it was an unclosed-socket warning."""
+    kernel_listener = socket.socket(socket.AF_UNIX)
+    kernel_listener.bind(str(tmp_path / "k"))
+    kernel_listener.listen(8)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "g"))
+    listener.listen(8)
+    relay = Relay(listener, str(tmp_path / "k"), max_message_bytes=1 << 20, name="g")
+    relay.start()
+    client = socket.socket(socket.AF_UNIX)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            client.connect(str(tmp_path / "g"))  # (the backlog takes it at once)
+            for _ in range(steps):  # one of these counts closes the relay inside the window
+                await asyncio.sleep(0)
+            relay.close()
+            for _ in range(3):
+                await asyncio.sleep(0)
+            gc.collect()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+        client.settimeout(10)
+        try:
+            assert client.recv(1) == b""  # the relay's side of it is closed
+        except ConnectionResetError:
+            pass  # (closed by the listener's close, still in its backlog: just as closed)
+    finally:
+        client.close()
+        kernel_listener.close()
