@@ -404,6 +404,7 @@ class DockerProcess(SandboxProcess):
         #: Under gVisor: the tool's pid inside the sandbox (what is killed there), from the exec's
         #: first line of stdout (collected here until it is read).
         self.sandbox_pid: int | None = None
+        self.announcing = announcing
         self._announcement: bytearray | None = bytearray() if announcing else None
         self.loop = asyncio.get_running_loop()
         self._stdin_open = True
@@ -506,12 +507,20 @@ class DockerProcess(SandboxProcess):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(ANNOUNCEMENT_WAIT):
                     self._buffer += await self._read_announcement()
-        _close_quietly(self.raw, self.sock)
-        if not self.finished:  # it may be stopped, or stuck: closing its connection alone may leave it
-            try:
-                await signal_exec(self.engine, self.exec_id, signal.SIGKILL, sandbox_pid=self.sandbox_pid)
-            except Exception:
-                log.warning("could not kill the tool exec %s", self.exec_id[:12], exc_info=True)
+        # Killed before its connection closes: an exec whose connection closed may end for Docker
+        # (runsc's host process gone) while the tool, stopped inside the sandbox, stays there.
+        try:
+            if not self.finished:  # it may be stopped, or stuck: closing its connection alone may leave it
+                if self.announcing and self.sandbox_pid is None:
+                    # (Under gVisor only the pid inside reaches the tool: runsc's host process is not it.)
+                    log.warning("the tool exec %s announced no pid within %g s of its end: only its host "
+                                "process is killed", self.exec_id[:12], ANNOUNCEMENT_WAIT)
+                try:
+                    await signal_exec(self.engine, self.exec_id, signal.SIGKILL, sandbox_pid=self.sandbox_pid)
+                except Exception:
+                    log.warning("could not kill the tool exec %s", self.exec_id[:12], exc_info=True)
+        finally:
+            _close_quietly(self.raw, self.sock)
 
 
 def _close_quietly(raw: Any, sock: Any) -> None:

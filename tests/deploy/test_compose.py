@@ -24,6 +24,7 @@ import pytest
 
 from tests.gateways import create, run
 from tests.postgres import free_port
+from tests.provisioned import containers_labelled
 from tests.waiting import until
 
 pytestmark = pytest.mark.docker
@@ -61,7 +62,7 @@ class Project:
 
     def containers(self, docker_client: Any, replica: int) -> list[Any]:
         label = f"code-gateway.instance={self.name}-{replica}"
-        return list(docker_client.containers.list(all=True, filters={"label": label}))
+        return containers_labelled(docker_client, label)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ across replicas; and no replica ever removes a container another live replica ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import docker.errors
 import httpx
 import pytest
 
 from tests.gateways import GatewayProcess, create, run
-from tests.provisioned import container_of
+from tests.provisioned import container_of, containers_labelled
 from tests.waiting import hold, until, until_running
 
 pytestmark = pytest.mark.docker
@@ -36,10 +38,13 @@ async def replicas(tmp_path: Path, docker_client: Any, postgres_url: str) -> Asy
     finally:
         for process in processes:  # SIGKILL: what they hold is left for the cleanup below
             process.kill()
-        for container in docker_client.containers.list(all=True, filters={"label": "code-gateway.sandbox"}):
-            if container.labels.get("code-gateway.instance") in {p.data_dir.joinpath("replica-id").read_text().strip()
-                                                                 for p in processes if p.data_dir.joinpath("replica-id").exists()}:
-                container.remove(force=True)
+        # (Other tests' containers come and go meanwhile: only these replicas' are listed, and one
+        # already gone is no error.)
+        for replica_id in [p.data_dir.joinpath("replica-id").read_text().strip()
+                           for p in processes if p.data_dir.joinpath("replica-id").exists()]:
+            for container in containers_labelled(docker_client, f"code-gateway.instance={replica_id}"):
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
 
 
 async def lease_holder(postgres_url: str, sandbox_id: str) -> str | None:
