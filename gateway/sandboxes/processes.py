@@ -53,8 +53,10 @@ CONTAINER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 MAX_BEHIND_BYTES = 4 << 20
 #: What holding one chunk for a follower costs besides its bytes (its tuple, its bytes object).
 CHUNK_COST = 128
-#: Seconds the engine may take to name a started command's process.
-PID_WAIT = 2.0
+#: Seconds the engine may take to name a started command's process. An exec that ended is told
+#: at once; this bounds only an engine that neither starts it nor says it failed. Generous: a
+#: loaded engine (50 sandboxes starting) takes seconds, and a refused start is the user's error.
+PID_WAIT = 10.0
 #: Most commands running in one sandbox at once.
 MAX_COMMANDS = 64
 #: Most followers of one sandbox's commands at once (so they hold at most 64 × 4 MiB waiting).
